@@ -1,0 +1,803 @@
+//! Arrow schemas of the [`Event`] and [`Alert`] records, and conversions
+//! between slices of records and Arrow [`RecordBatch`]es.
+//!
+//! The archive writer (`sinks::archive`) turns batches of records into
+//! RecordBatches with [`events_to_batch`] / [`alerts_to_batch`] and writes them
+//! as Parquet; replay reads Parquet back and turns RecordBatches into records
+//! with [`batch_to_events`] / [`batch_to_alerts`]. The readers look columns up
+//! by name, accept any string-like or timestamp-like Arrow type, and fill
+//! missing optional columns with defaults, so archives written by older
+//! versions (fewer columns, other column order) still replay.
+//!
+//! Low-cardinality strings are `Dictionary<Int32, Utf8>` in memory: building
+//! them interns repeated values, and Parquet stores them dictionary-encoded.
+//! The archive writer does not store the Arrow schema in the file, so every
+//! reader (DuckDB, pyarrow, Spark, Trino) sees those columns as plain strings.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, LazyLock};
+
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, BooleanBuilder, Int32Array, Int64Array, Int64Builder, ListArray, MapArray,
+    RecordBatch, StringArray, StringBuilder, StringDictionaryBuilder, StructArray, TimestampNanosecondBuilder,
+};
+use arrow::buffer::{NullBuffer, OffsetBuffer};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Fields, Int32Type, Schema, SchemaRef, TimeUnit};
+use arrow::error::ArrowError;
+
+use crate::{Alert, Event, EventKind, Evidence, Outcome, Severity, Source, ALERT_SCHEMA_VERSION, EVENT_SCHEMA_VERSION};
+
+/// Metadata key holding the record's schema version ([`EVENT_SCHEMA_VERSION`] or [`ALERT_SCHEMA_VERSION`]).
+pub const SCHEMA_VERSION_KEY: &str = "vigil.schema_version";
+/// Metadata key naming the record type: `events` or `alerts`.
+pub const RECORD_KEY: &str = "vigil.record";
+
+/// Errors converting between records and Arrow batches.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("arrow: {0}")]
+    Arrow(#[from] ArrowError),
+    #[error("column {column:?} has type {found}, which cannot be read as {expected}")]
+    ColumnType { column: String, found: DataType, expected: &'static str },
+    #[error("column {column:?} is required but missing")]
+    MissingColumn { column: &'static str },
+}
+
+type Result<T> = std::result::Result<T, SchemaError>;
+
+fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()))
+}
+
+fn dict_type() -> DataType {
+    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
+}
+
+/// The entries field of `map<string,string>`, named as the Parquet spec names them.
+fn map_entries_field() -> Arc<Field> {
+    Arc::new(Field::new(
+        "key_value",
+        DataType::Struct(Fields::from(vec![
+            Field::new("key", DataType::Utf8, false),
+            Field::new("value", DataType::Utf8, true),
+        ])),
+        false,
+    ))
+}
+
+fn map_type() -> DataType {
+    DataType::Map(map_entries_field(), false)
+}
+
+fn list_item_field() -> Arc<Field> {
+    Arc::new(Field::new("element", DataType::Utf8, true))
+}
+
+fn evidence_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("event_id", DataType::Utf8, false),
+        Field::new("time", ts_type(), false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("action", DataType::Utf8, true),
+        Field::new("tool", DataType::Utf8, true),
+        Field::new("path", DataType::Utf8, true),
+        Field::new("domain", DataType::Utf8, true),
+        Field::new("command", DataType::Utf8, true),
+    ])
+}
+
+fn evidence_item_field() -> Arc<Field> {
+    Arc::new(Field::new("element", DataType::Struct(evidence_fields()), true))
+}
+
+fn metadata(record: &str, version: u32) -> std::collections::HashMap<String, String> {
+    [(SCHEMA_VERSION_KEY.to_string(), version.to_string()), (RECORD_KEY.to_string(), record.to_string())].into()
+}
+
+static EVENT_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let s = |name: &str, nullable| Field::new(name, DataType::Utf8, nullable);
+    let d = |name: &str, nullable| Field::new(name, dict_type(), nullable);
+    let fields = vec![
+        Field::new("time", ts_type(), false),
+        Field::new("observed_time", ts_type(), false),
+        s("event_id", false),
+        d("tenant", false),
+        d("source", false),
+        d("product", true),
+        d("kind", false),
+        d("action", true),
+        d("outcome", false),
+        d("user", true),
+        d("session", true),
+        d("host", true),
+        d("tool", true),
+        d("mcp_server", true),
+        d("connector", true),
+        s("target", true),
+        d("domain", true),
+        s("path", true),
+        s("command", true),
+        d("model", true),
+        Field::new("tokens_in", DataType::Int64, true),
+        Field::new("tokens_out", DataType::Int64, true),
+        Field::new("interactive", DataType::Boolean, false),
+        Field::new("attrs", map_type(), false),
+    ];
+    debug_assert_eq!(fields.len(), crate::EVENT_FIELDS.len());
+    Arc::new(Schema::new_with_metadata(fields, metadata("events", EVENT_SCHEMA_VERSION)))
+});
+
+static ALERT_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let s = |name: &str, nullable| Field::new(name, DataType::Utf8, nullable);
+    let d = |name: &str, nullable| Field::new(name, dict_type(), nullable);
+    let fields = vec![
+        Field::new("time", ts_type(), false),
+        Field::new("first_seen", ts_type(), false),
+        Field::new("last_seen", ts_type(), false),
+        s("id", false),
+        Field::new("schema_version", DataType::Int32, false),
+        d("rule_id", false),
+        d("title", false),
+        d("severity", false),
+        Field::new("tags", DataType::List(list_item_field()), false),
+        d("tenant", false),
+        Field::new("key", map_type(), false),
+        d("user", true),
+        d("session", true),
+        d("host", true),
+        Field::new("count", DataType::Int64, false),
+        Field::new("suppressed", DataType::Int64, false),
+        Field::new("event_ids", DataType::List(list_item_field()), false),
+        Field::new("evidence", DataType::List(evidence_item_field()), false),
+        s("summary", false),
+        Field::new("replayed", DataType::Boolean, false),
+    ];
+    Arc::new(Schema::new_with_metadata(fields, metadata("alerts", ALERT_SCHEMA_VERSION)))
+});
+
+/// The Arrow schema of archived events (built once).
+pub fn event_schema() -> SchemaRef {
+    EVENT_SCHEMA.clone()
+}
+
+/// The Arrow schema of archived alerts (built once).
+pub fn alert_schema() -> SchemaRef {
+    ALERT_SCHEMA.clone()
+}
+
+// ---------------------------------------------------------------- writing
+
+/// Builds a `map<string,string>` column from per-row maps.
+fn map_column<'a, I: Iterator<Item = &'a BTreeMap<String, String>>>(rows: I, len: usize) -> Result<ArrayRef> {
+    let mut offsets = Vec::with_capacity(len + 1);
+    offsets.push(0i32);
+    let mut keys = StringBuilder::with_capacity(len * 8, len * 8 * 16);
+    let mut values = StringBuilder::with_capacity(len * 8, len * 8 * 24);
+    let mut n = 0i32;
+    for map in rows {
+        for (k, v) in map {
+            keys.append_value(k);
+            values.append_value(v);
+        }
+        n = n
+            .checked_add(i32::try_from(map.len()).map_err(|_| overflow())?)
+            .ok_or_else(overflow)?;
+        offsets.push(n);
+    }
+    let DataType::Struct(fields) = map_entries_field().data_type().clone() else {
+        unreachable!("map entries are a struct by construction")
+    };
+    let entries = StructArray::try_new(fields, vec![Arc::new(keys.finish()), Arc::new(values.finish())], None)?;
+    Ok(Arc::new(MapArray::try_new(
+        map_entries_field(),
+        OffsetBuffer::new(offsets.into()),
+        entries,
+        None,
+        false,
+    )?))
+}
+
+fn overflow() -> SchemaError {
+    SchemaError::Arrow(ArrowError::ComputeError("batch too large for 32-bit offsets".into()))
+}
+
+fn offsets_of(lens: impl Iterator<Item = usize>) -> Result<OffsetBuffer<i32>> {
+    let mut offsets = vec![0i32];
+    let mut n = 0i32;
+    for l in lens {
+        n = n.checked_add(i32::try_from(l).map_err(|_| overflow())?).ok_or_else(overflow)?;
+        offsets.push(n);
+    }
+    Ok(OffsetBuffer::new(offsets.into()))
+}
+
+fn string_list_column<'a>(rows: impl Iterator<Item = &'a Vec<String>> + Clone) -> Result<ArrayRef> {
+    let offsets = offsets_of(rows.clone().map(|v| v.len()))?;
+    let values: StringArray = rows.flat_map(|v| v.iter().map(|s| Some(s.as_str()))).collect();
+    Ok(Arc::new(ListArray::try_new(list_item_field(), offsets, Arc::new(values), None)?))
+}
+
+struct DictCol(StringDictionaryBuilder<Int32Type>);
+
+impl DictCol {
+    fn new(len: usize) -> Self {
+        DictCol(StringDictionaryBuilder::with_capacity(len, 64, 1024))
+    }
+    #[inline]
+    fn push(&mut self, v: Option<&str>) {
+        self.0.append_option(v);
+    }
+    fn finish(mut self) -> ArrayRef {
+        Arc::new(self.0.finish())
+    }
+}
+
+/// Converts events into one RecordBatch of [`event_schema`].
+pub fn events_to_batch(events: &[Event]) -> Result<RecordBatch> {
+    events_iter_to_batch(events.iter(), events.len())
+}
+
+/// Converts events given by reference (e.g. one partition's share of a
+/// batch) into one RecordBatch of [`event_schema`].
+pub fn event_refs_to_batch(events: &[&Event]) -> Result<RecordBatch> {
+    events_iter_to_batch(events.iter().copied(), events.len())
+}
+
+fn events_iter_to_batch<'a, I>(events: I, n: usize) -> Result<RecordBatch>
+where
+    I: Iterator<Item = &'a Event> + Clone,
+{
+    let mut time = TimestampNanosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut observed = TimestampNanosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut event_id = StringBuilder::with_capacity(n, n * 32);
+    let [mut tenant, mut source, mut product, mut kind, mut action, mut outcome, mut user, mut session, mut host, mut tool, mut mcp_server, mut connector, mut domain, mut model] =
+        std::array::from_fn(|_| DictCol::new(n));
+    let [mut target, mut path, mut command] = std::array::from_fn(|_| StringBuilder::with_capacity(n, n * 16));
+    let mut tokens_in = Int64Builder::with_capacity(n);
+    let mut tokens_out = Int64Builder::with_capacity(n);
+    let mut interactive = BooleanBuilder::with_capacity(n);
+    for e in events.clone() {
+        time.append_value(e.time);
+        observed.append_value(e.observed_time);
+        event_id.append_value(&e.event_id);
+        tenant.push(Some(&e.tenant));
+        source.push(Some(e.source.as_str()));
+        product.push(e.product.as_deref());
+        kind.push(Some(e.kind.as_str()));
+        action.push(e.action.as_deref());
+        outcome.push(Some(e.outcome.as_str()));
+        user.push(e.user.as_deref());
+        session.push(e.session.as_deref());
+        host.push(e.host.as_deref());
+        tool.push(e.tool.as_deref());
+        mcp_server.push(e.mcp_server.as_deref());
+        connector.push(e.connector.as_deref());
+        target.append_option(e.target.as_deref());
+        domain.push(e.domain.as_deref());
+        path.append_option(e.path.as_deref());
+        command.append_option(e.command.as_deref());
+        model.push(e.model.as_deref());
+        tokens_in.append_option(e.tokens_in);
+        tokens_out.append_option(e.tokens_out);
+        interactive.append_value(e.interactive);
+    }
+    let attrs = map_column(events.map(|e| &e.attrs), n)?;
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(time.finish()),
+        Arc::new(observed.finish()),
+        Arc::new(event_id.finish()),
+        tenant.finish(),
+        source.finish(),
+        product.finish(),
+        kind.finish(),
+        action.finish(),
+        outcome.finish(),
+        user.finish(),
+        session.finish(),
+        host.finish(),
+        tool.finish(),
+        mcp_server.finish(),
+        connector.finish(),
+        Arc::new(target.finish()),
+        domain.finish(),
+        Arc::new(path.finish()),
+        Arc::new(command.finish()),
+        model.finish(),
+        Arc::new(tokens_in.finish()),
+        Arc::new(tokens_out.finish()),
+        Arc::new(interactive.finish()),
+        attrs,
+    ];
+    Ok(RecordBatch::try_new(event_schema(), columns)?)
+}
+
+/// Converts alerts into one RecordBatch of [`alert_schema`].
+pub fn alerts_to_batch(alerts: &[Alert]) -> Result<RecordBatch> {
+    alert_refs_to_batch(&alerts.iter().collect::<Vec<_>>())
+}
+
+/// Converts alerts given by reference into one RecordBatch of [`alert_schema`].
+pub fn alert_refs_to_batch(alerts: &[&Alert]) -> Result<RecordBatch> {
+    let n = alerts.len();
+    let ts = |f: fn(&Alert) -> i64| -> ArrayRef {
+        let mut b = TimestampNanosecondBuilder::with_capacity(n).with_timezone("UTC");
+        alerts.iter().for_each(|a| b.append_value(f(a)));
+        Arc::new(b.finish())
+    };
+    let dict = |f: fn(&Alert) -> Option<&str>| -> ArrayRef {
+        let mut b = DictCol::new(n);
+        alerts.iter().for_each(|a| b.push(f(a)));
+        b.finish()
+    };
+    let string = |f: fn(&Alert) -> &str| -> ArrayRef {
+        Arc::new(alerts.iter().map(|a| Some(f(a))).collect::<StringArray>())
+    };
+    let int = |f: fn(&Alert) -> u64| -> ArrayRef {
+        Arc::new(alerts.iter().map(|a| Some(i64::try_from(f(a)).unwrap_or(i64::MAX))).collect::<Int64Array>())
+    };
+
+    // Evidence: one struct row per piece of evidence, grouped per alert by list offsets.
+    let ev: Vec<&Evidence> = alerts.iter().flat_map(|a| a.evidence.iter()).collect();
+    let ev_str = |f: fn(&Evidence) -> Option<&str>| -> ArrayRef { Arc::new(ev.iter().map(|e| f(e)).collect::<StringArray>()) };
+    let mut ev_time = TimestampNanosecondBuilder::with_capacity(ev.len()).with_timezone("UTC");
+    ev.iter().for_each(|e| ev_time.append_value(e.time));
+    let evidence_struct = StructArray::try_new(
+        evidence_fields(),
+        vec![
+            ev_str(|e| Some(&e.event_id)),
+            Arc::new(ev_time.finish()),
+            ev_str(|e| Some(e.kind.as_str())),
+            ev_str(|e| e.action.as_deref()),
+            ev_str(|e| e.tool.as_deref()),
+            ev_str(|e| e.path.as_deref()),
+            ev_str(|e| e.domain.as_deref()),
+            ev_str(|e| e.command.as_deref()),
+        ],
+        None,
+    )?;
+    let evidence = ListArray::try_new(
+        evidence_item_field(),
+        offsets_of(alerts.iter().map(|a| a.evidence.len()))?,
+        Arc::new(evidence_struct),
+        None,
+    )?;
+
+    let columns: Vec<ArrayRef> = vec![
+        ts(|a| a.time),
+        ts(|a| a.first_seen),
+        ts(|a| a.last_seen),
+        string(|a| &a.id),
+        Arc::new(alerts.iter().map(|a| Some(i32::try_from(a.schema_version).unwrap_or(i32::MAX))).collect::<Int32Array>()),
+        dict(|a| Some(&a.rule_id)),
+        dict(|a| Some(&a.title)),
+        dict(|a| Some(a.severity.as_str())),
+        string_list_column(alerts.iter().map(|a| &a.tags))?,
+        dict(|a| Some(&a.tenant)),
+        map_column(alerts.iter().map(|a| &a.key), n)?,
+        dict(|a| a.user.as_deref()),
+        dict(|a| a.session.as_deref()),
+        dict(|a| a.host.as_deref()),
+        int(|a| a.count),
+        int(|a| a.suppressed),
+        string_list_column(alerts.iter().map(|a| &a.event_ids))?,
+        Arc::new(evidence),
+        string(|a| &a.summary),
+        Arc::new(alerts.iter().map(|a| Some(a.replayed)).collect::<BooleanArray>()),
+    ];
+    Ok(RecordBatch::try_new(alert_schema(), columns)?)
+}
+
+// ---------------------------------------------------------------- reading
+
+/// A column looked up by name, read tolerantly.
+struct Columns<'a> {
+    fields: &'a Fields,
+    arrays: &'a [ArrayRef],
+}
+
+impl<'a> Columns<'a> {
+    fn of_batch(batch: &'a RecordBatch) -> Self {
+        Columns { fields: batch.schema_ref().fields(), arrays: batch.columns() }
+    }
+
+    fn of_struct(s: &'a StructArray) -> Self {
+        Columns { fields: s.fields(), arrays: s.columns() }
+    }
+
+    fn get(&self, name: &str) -> Option<&'a ArrayRef> {
+        self.fields.iter().position(|f| f.name() == name).map(|i| &self.arrays[i])
+    }
+
+    fn cast_to(&self, name: &str, to: &DataType, expected: &'static str) -> Result<Option<ArrayRef>> {
+        let Some(a) = self.get(name) else { return Ok(None) };
+        if a.data_type() == to {
+            return Ok(Some(a.clone()));
+        }
+        cast(a, to).map(Some).map_err(|_| SchemaError::ColumnType {
+            column: name.to_string(),
+            found: a.data_type().clone(),
+            expected,
+        })
+    }
+
+    /// Any string-like column (Utf8, LargeUtf8, Utf8View, dictionary of those) as Utf8.
+    fn strings(&self, name: &str) -> Result<Option<StringArray>> {
+        Ok(self
+            .cast_to(name, &DataType::Utf8, "string")?
+            .map(|a| a.as_any().downcast_ref::<StringArray>().expect("cast to Utf8 gives a StringArray").clone()))
+    }
+
+    /// Any timestamp (any unit, any zone) or integer column as i64 nanoseconds.
+    fn nanos(&self, name: &str) -> Result<Option<Int64Array>> {
+        let Some(a) = self.get(name) else { return Ok(None) };
+        let a = match a.data_type() {
+            DataType::Timestamp(TimeUnit::Nanosecond, _) => a.clone(),
+            DataType::Timestamp(_, _) => cast(a, &DataType::Timestamp(TimeUnit::Nanosecond, None))?,
+            _ => a.clone(),
+        };
+        let found = a.data_type().clone();
+        let ints = cast(&a, &DataType::Int64).map_err(|_| SchemaError::ColumnType {
+            column: name.to_string(),
+            found,
+            expected: "timestamp",
+        })?;
+        Ok(Some(ints.as_any().downcast_ref::<Int64Array>().expect("cast to Int64").clone()))
+    }
+
+    fn ints(&self, name: &str) -> Result<Option<Int64Array>> {
+        Ok(self
+            .cast_to(name, &DataType::Int64, "integer")?
+            .map(|a| a.as_any().downcast_ref::<Int64Array>().expect("cast to Int64").clone()))
+    }
+
+    fn bools(&self, name: &str) -> Result<Option<BooleanArray>> {
+        Ok(self
+            .cast_to(name, &DataType::Boolean, "boolean")?
+            .map(|a| a.as_any().downcast_ref::<BooleanArray>().expect("cast to Boolean").clone()))
+    }
+
+    fn maps(&self, name: &str) -> Result<Option<MapColumn>> {
+        let Some(a) = self.get(name) else { return Ok(None) };
+        let bad = || SchemaError::ColumnType { column: name.to_string(), found: a.data_type().clone(), expected: "map<string,string>" };
+        let m = a.as_any().downcast_ref::<MapArray>().ok_or_else(bad)?;
+        let keys = cast(m.keys(), &DataType::Utf8).map_err(|_| bad())?;
+        let values = cast(m.values(), &DataType::Utf8).map_err(|_| bad())?;
+        Ok(Some(MapColumn {
+            offsets: m.offsets().clone(),
+            nulls: m.nulls().cloned(),
+            keys: keys.as_any().downcast_ref::<StringArray>().expect("Utf8").clone(),
+            values: values.as_any().downcast_ref::<StringArray>().expect("Utf8").clone(),
+        }))
+    }
+
+    fn lists(&self, name: &str) -> Result<Option<(ListArray, ArrayRef)>> {
+        let Some(a) = self.get(name) else { return Ok(None) };
+        let bad = || SchemaError::ColumnType { column: name.to_string(), found: a.data_type().clone(), expected: "list" };
+        let l = match a.data_type() {
+            DataType::List(_) => a.as_any().downcast_ref::<ListArray>().ok_or_else(bad)?.clone(),
+            DataType::LargeList(item) => {
+                let to = DataType::List(item.clone());
+                let c = cast(a, &to).map_err(|_| bad())?;
+                c.as_any().downcast_ref::<ListArray>().ok_or_else(bad)?.clone()
+            }
+            _ => return Err(bad()),
+        };
+        let values = l.values().clone();
+        Ok(Some((l, values)))
+    }
+
+    fn string_lists(&self, name: &str) -> Result<Option<StringLists>> {
+        let Some((l, values)) = self.lists(name)? else { return Ok(None) };
+        let values = cast(&values, &DataType::Utf8).map_err(|_| SchemaError::ColumnType {
+            column: name.to_string(),
+            found: values.data_type().clone(),
+            expected: "list<string>",
+        })?;
+        Ok(Some(StringLists {
+            list: l,
+            values: values.as_any().downcast_ref::<StringArray>().expect("Utf8").clone(),
+        }))
+    }
+}
+
+struct MapColumn {
+    offsets: OffsetBuffer<i32>,
+    nulls: Option<NullBuffer>,
+    keys: StringArray,
+    values: StringArray,
+}
+
+impl MapColumn {
+    fn row(&self, i: usize) -> BTreeMap<String, String> {
+        if self.nulls.as_ref().is_some_and(|n| n.is_null(i)) {
+            return BTreeMap::new();
+        }
+        let (start, end) = (self.offsets[i] as usize, self.offsets[i + 1] as usize);
+        (start..end)
+            .filter(|&j| self.keys.is_valid(j))
+            .map(|j| (self.keys.value(j).to_string(), opt_str(&self.values, j).unwrap_or_default()))
+            .collect()
+    }
+}
+
+struct StringLists {
+    list: ListArray,
+    values: StringArray,
+}
+
+impl StringLists {
+    fn row(&self, i: usize) -> Vec<String> {
+        if self.list.is_null(i) {
+            return Vec::new();
+        }
+        let offsets = self.list.value_offsets();
+        (offsets[i] as usize..offsets[i + 1] as usize).filter_map(|j| opt_str(&self.values, j)).collect()
+    }
+}
+
+fn opt_str(a: &StringArray, i: usize) -> Option<String> {
+    a.is_valid(i).then(|| a.value(i).to_string())
+}
+
+fn str_or_default(a: &Option<StringArray>, i: usize) -> String {
+    a.as_ref().and_then(|a| opt_str(a, i)).unwrap_or_default()
+}
+
+fn opt_col_str(a: &Option<StringArray>, i: usize) -> Option<String> {
+    a.as_ref().and_then(|a| opt_str(a, i))
+}
+
+fn opt_int(a: &Option<Int64Array>, i: usize) -> Option<i64> {
+    a.as_ref().and_then(|a| a.is_valid(i).then(|| a.value(i)))
+}
+
+fn opt_bool(a: &Option<BooleanArray>, i: usize) -> bool {
+    a.as_ref().is_some_and(|a| a.is_valid(i) && a.value(i))
+}
+
+/// Parses an enum column's text; a value this version does not know (an
+/// archive written by a newer vigil) reads as the enum's default rather than
+/// failing the whole replay.
+fn enum_or_default<T: Default>(a: &Option<StringArray>, i: usize, parse: fn(&str) -> Option<T>) -> T {
+    a.as_ref().filter(|a| a.is_valid(i)).and_then(|a| parse(a.value(i))).unwrap_or_default()
+}
+
+/// Reads events back from a RecordBatch of any version of [`event_schema`].
+/// Only `time` is required; missing columns read as `None` / defaults.
+pub fn batch_to_events(batch: &RecordBatch) -> Result<Vec<Event>> {
+    let c = Columns::of_batch(batch);
+    let time = c.nanos("time")?.ok_or(SchemaError::MissingColumn { column: "time" })?;
+    let observed = c.nanos("observed_time")?;
+    let s = |name| c.strings(name);
+    let (event_id, tenant, source, product, kind, action, outcome) =
+        (s("event_id")?, s("tenant")?, s("source")?, s("product")?, s("kind")?, s("action")?, s("outcome")?);
+    let (user, session, host, tool, mcp_server, connector) =
+        (s("user")?, s("session")?, s("host")?, s("tool")?, s("mcp_server")?, s("connector")?);
+    let (target, domain, path, command, model) = (s("target")?, s("domain")?, s("path")?, s("command")?, s("model")?);
+    let (tokens_in, tokens_out) = (c.ints("tokens_in")?, c.ints("tokens_out")?);
+    let interactive = c.bools("interactive")?;
+    let attrs = c.maps("attrs")?;
+    let mut out = Vec::with_capacity(batch.num_rows());
+    for i in 0..batch.num_rows() {
+        out.push(Event {
+            time: time.value(i),
+            observed_time: opt_int(&observed, i).unwrap_or(0),
+            event_id: str_or_default(&event_id, i),
+            tenant: str_or_default(&tenant, i),
+            source: enum_or_default(&source, i, Source::parse),
+            product: opt_col_str(&product, i),
+            kind: enum_or_default(&kind, i, EventKind::parse),
+            action: opt_col_str(&action, i),
+            outcome: enum_or_default(&outcome, i, Outcome::parse),
+            user: opt_col_str(&user, i),
+            session: opt_col_str(&session, i),
+            host: opt_col_str(&host, i),
+            tool: opt_col_str(&tool, i),
+            mcp_server: opt_col_str(&mcp_server, i),
+            connector: opt_col_str(&connector, i),
+            target: opt_col_str(&target, i),
+            domain: opt_col_str(&domain, i),
+            path: opt_col_str(&path, i),
+            command: opt_col_str(&command, i),
+            model: opt_col_str(&model, i),
+            tokens_in: opt_int(&tokens_in, i),
+            tokens_out: opt_int(&tokens_out, i),
+            interactive: opt_bool(&interactive, i),
+            attrs: attrs.as_ref().map(|m| m.row(i)).unwrap_or_default(),
+        });
+    }
+    Ok(out)
+}
+
+/// Reads alerts back from a RecordBatch of any version of [`alert_schema`].
+/// Only `time` is required; missing columns read as empty / defaults.
+pub fn batch_to_alerts(batch: &RecordBatch) -> Result<Vec<Alert>> {
+    let c = Columns::of_batch(batch);
+    let time = c.nanos("time")?.ok_or(SchemaError::MissingColumn { column: "time" })?;
+    let (first_seen, last_seen) = (c.nanos("first_seen")?, c.nanos("last_seen")?);
+    let s = |name| c.strings(name);
+    let (id, rule_id, title, severity, tenant) = (s("id")?, s("rule_id")?, s("title")?, s("severity")?, s("tenant")?);
+    let (user, session, host, summary) = (s("user")?, s("session")?, s("host")?, s("summary")?);
+    let (version, count, suppressed) = (c.ints("schema_version")?, c.ints("count")?, c.ints("suppressed")?);
+    let (tags, event_ids) = (c.string_lists("tags")?, c.string_lists("event_ids")?);
+    let key = c.maps("key")?;
+    let replayed = c.bools("replayed")?;
+    let evidence = match c.lists("evidence")? {
+        None => None,
+        Some((list, values)) => {
+            let st = values.as_any().downcast_ref::<StructArray>().ok_or_else(|| SchemaError::ColumnType {
+                column: "evidence".into(),
+                found: values.data_type().clone(),
+                expected: "list<struct>",
+            })?;
+            Some((list, read_evidence(&Columns::of_struct(st), st.len())?))
+        }
+    };
+    let mut out = Vec::with_capacity(batch.num_rows());
+    for i in 0..batch.num_rows() {
+        let t = time.value(i);
+        let u = |a: &Option<Int64Array>| opt_int(a, i).map(|v| u64::try_from(v).unwrap_or(0)).unwrap_or(0);
+        out.push(Alert {
+            schema_version: opt_int(&version, i).and_then(|v| u32::try_from(v).ok()).unwrap_or(ALERT_SCHEMA_VERSION),
+            id: str_or_default(&id, i),
+            rule_id: str_or_default(&rule_id, i),
+            title: str_or_default(&title, i),
+            severity: enum_or_default(&severity, i, Severity::parse),
+            tags: tags.as_ref().map(|l| l.row(i)).unwrap_or_default(),
+            tenant: str_or_default(&tenant, i),
+            key: key.as_ref().map(|m| m.row(i)).unwrap_or_default(),
+            user: opt_col_str(&user, i),
+            session: opt_col_str(&session, i),
+            host: opt_col_str(&host, i),
+            time: t,
+            first_seen: opt_int(&first_seen, i).unwrap_or(t),
+            last_seen: opt_int(&last_seen, i).unwrap_or(t),
+            count: u(&count),
+            suppressed: u(&suppressed),
+            event_ids: event_ids.as_ref().map(|l| l.row(i)).unwrap_or_default(),
+            evidence: match &evidence {
+                Some((list, all)) if list.is_valid(i) => {
+                    let o = list.value_offsets();
+                    all[o[i] as usize..o[i + 1] as usize].to_vec()
+                }
+                _ => Vec::new(),
+            },
+            summary: str_or_default(&summary, i),
+            replayed: opt_bool(&replayed, i),
+        });
+    }
+    Ok(out)
+}
+
+fn read_evidence(c: &Columns<'_>, len: usize) -> Result<Vec<Evidence>> {
+    let time = c.nanos("time")?;
+    let s = |name| c.strings(name);
+    let (event_id, kind, action, tool, path, domain, command) =
+        (s("event_id")?, s("kind")?, s("action")?, s("tool")?, s("path")?, s("domain")?, s("command")?);
+    Ok((0..len)
+        .map(|i| Evidence {
+            event_id: str_or_default(&event_id, i),
+            time: opt_int(&time, i).unwrap_or(0),
+            kind: enum_or_default(&kind, i, EventKind::parse),
+            action: opt_col_str(&action, i),
+            tool: opt_col_str(&tool, i),
+            path: opt_col_str(&path, i),
+            domain: opt_col_str(&domain, i),
+            command: opt_col_str(&command, i),
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(i: i64) -> Event {
+        let mut e = Event {
+            time: 1_773_154_800_000_000_000 + i,
+            observed_time: 1_773_154_800_500_000_000 + i,
+            tenant: "acme".into(),
+            source: Source::Agent,
+            product: Some("claude-code".into()),
+            kind: if i % 2 == 0 { EventKind::FileRead } else { EventKind::ToolCall },
+            action: (i % 3 == 0).then(|| "read".into()),
+            outcome: Outcome::Success,
+            user: Some(format!("user{}@example.com", i % 4)),
+            session: Some("s-1".into()),
+            tool: Some("Read".into()),
+            path: Some(format!("/home/u/file{i}.rs")),
+            tokens_in: (i % 2 == 1).then_some(i * 10),
+            interactive: i % 5 == 0,
+            attrs: [("event.name".to_string(), "tool_result".to_string()), ("n".to_string(), i.to_string())].into(),
+            ..Default::default()
+        };
+        e.event_id = e.compute_id();
+        e
+    }
+
+    fn alert() -> Alert {
+        Alert {
+            schema_version: ALERT_SCHEMA_VERSION,
+            id: "a1".into(),
+            rule_id: "ssh_key_read".into(),
+            title: "SSH key read by agent".into(),
+            severity: Severity::High,
+            tags: vec!["attack.t1552.004".into(), "owasp.llm06".into()],
+            tenant: "acme".into(),
+            key: [("user".to_string(), "gina@example.com".to_string())].into(),
+            user: Some("gina@example.com".into()),
+            time: 5,
+            first_seen: 1,
+            last_seen: 5,
+            count: 2,
+            suppressed: 3,
+            event_ids: vec!["e1".into(), "e2".into()],
+            evidence: vec![
+                Evidence { event_id: "e1".into(), time: 1, kind: EventKind::FileRead, path: Some("/x".into()), ..Default::default() },
+                Evidence { event_id: "e2".into(), time: 5, kind: EventKind::ToolCall, command: Some("ls".into()), ..Default::default() },
+            ],
+            summary: "gina's agent read ~/.ssh/id_ed25519".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn events_round_trip_through_a_batch() {
+        let events: Vec<Event> = (0..50).map(event).collect();
+        let batch = events_to_batch(&events).unwrap();
+        assert_eq!(batch.num_rows(), 50);
+        assert_eq!(batch_to_events(&batch).unwrap(), events);
+    }
+
+    #[test]
+    fn alerts_round_trip_through_a_batch() {
+        let mut empty = alert();
+        empty.evidence.clear();
+        empty.tags.clear();
+        empty.user = None;
+        let alerts = vec![alert(), empty, alert()];
+        let batch = alerts_to_batch(&alerts).unwrap();
+        assert_eq!(batch_to_alerts(&batch).unwrap(), alerts);
+    }
+
+    #[test]
+    fn schemas_carry_version_and_record_metadata() {
+        let s = event_schema();
+        assert_eq!(s.metadata()[SCHEMA_VERSION_KEY], EVENT_SCHEMA_VERSION.to_string());
+        assert_eq!(s.metadata()[RECORD_KEY], "events");
+        assert_eq!(alert_schema().metadata()[RECORD_KEY], "alerts");
+        let names: Vec<&str> = s.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, crate::EVENT_FIELDS);
+    }
+
+    #[test]
+    fn reading_tolerates_reordered_plain_and_missing_columns() {
+        // An "older archive": plain strings instead of dictionaries, microsecond
+        // times without a zone, columns in another order, most columns absent.
+        let batch = RecordBatch::try_from_iter(vec![
+            ("kind", Arc::new(StringArray::from(vec!["file_read", "brand_new_kind"])) as ArrayRef),
+            (
+                "time",
+                Arc::new(arrow::array::TimestampMicrosecondArray::from(vec![1_000_000, 2_000_000])) as ArrayRef,
+            ),
+            ("user", Arc::new(StringArray::from(vec![Some("dana"), None])) as ArrayRef),
+        ])
+        .unwrap();
+        let events = batch_to_events(&batch).unwrap();
+        assert_eq!(events[0].time, 1_000_000_000);
+        assert_eq!(events[0].kind, EventKind::FileRead);
+        assert_eq!(events[1].kind, EventKind::Other);
+        assert_eq!(events[0].user.as_deref(), Some("dana"));
+        assert_eq!(events[1].user, None);
+        assert!(events[0].attrs.is_empty());
+    }
+
+    #[test]
+    fn reading_without_time_is_a_clear_error() {
+        let batch =
+            RecordBatch::try_from_iter(vec![("kind", Arc::new(StringArray::from(vec!["file_read"])) as ArrayRef)]).unwrap();
+        let err = batch_to_events(&batch).unwrap_err().to_string();
+        assert!(err.contains("\"time\""), "{err}");
+    }
+}

@@ -1,0 +1,105 @@
+//! OTLP/gRPC receiver: the Logs, Trace and Metrics services on one tonic server.
+//!
+//! gzip-compressed requests are accepted; the decoding limit is the same
+//! `max_body_bytes` as HTTP. A full pipeline answers RESOURCE_EXHAUSTED and a
+//! pipeline that cannot keep data UNAVAILABLE, both of which exporters retry.
+
+use std::future::Future;
+
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
+use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{MetricsService, MetricsServiceServer};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::codec::CompressionEncoding;
+use tonic::{Request, Response, Status};
+
+use crate::{ExportOutcome, Ingest, Payload, SubmitError};
+
+#[derive(Clone)]
+struct Otlp(Ingest);
+
+impl Otlp {
+    async fn run(&self, payload: Payload) -> Result<ExportOutcome, Status> {
+        self.0.export(payload, "grpc").await.map_err(|e| match e {
+            SubmitError::Busy => Status::resource_exhausted(e.to_string()),
+            SubmitError::Unavailable(_) | SubmitError::Closed => Status::unavailable(e.to_string()),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for Otlp {
+    async fn export(&self, request: Request<ExportLogsServiceRequest>) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        let o = self.run(Payload::Logs(request.into_inner())).await?;
+        Ok(Response::new(ExportLogsServiceResponse {
+            partial_success: (o.rejected > 0).then(|| ExportLogsPartialSuccess {
+                rejected_log_records: o.rejected as i64,
+                error_message: o.error.unwrap_or_default(),
+            }),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Otlp {
+    async fn export(&self, request: Request<ExportTraceServiceRequest>) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let o = self.run(Payload::Traces(request.into_inner())).await?;
+        Ok(Response::new(ExportTraceServiceResponse {
+            partial_success: (o.rejected > 0).then(|| ExportTracePartialSuccess {
+                rejected_spans: o.rejected as i64,
+                error_message: o.error.unwrap_or_default(),
+            }),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Otlp {
+    async fn export(
+        &self,
+        request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        let o = self.run(Payload::Metrics(request.into_inner())).await?;
+        Ok(Response::new(ExportMetricsServiceResponse {
+            partial_success: (o.rejected > 0).then(|| ExportMetricsPartialSuccess {
+                rejected_data_points: o.rejected as i64,
+                error_message: o.error.unwrap_or_default(),
+            }),
+        }))
+    }
+}
+
+/// Serves the three OTLP services on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    ingest: Ingest,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let limit = ingest.max_body_bytes;
+    let svc = Otlp(ingest);
+    tonic::transport::Server::builder()
+        .add_service(
+            LogsServiceServer::new(svc.clone())
+                .accept_compressed(CompressionEncoding::Gzip)
+                .max_decoding_message_size(limit),
+        )
+        .add_service(
+            TraceServiceServer::new(svc.clone())
+                .accept_compressed(CompressionEncoding::Gzip)
+                .max_decoding_message_size(limit),
+        )
+        .add_service(
+            MetricsServiceServer::new(svc)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .max_decoding_message_size(limit),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}

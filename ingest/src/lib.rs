@@ -1,0 +1,124 @@
+//! vigil's front door: OTLP receivers (gRPC on 4317, HTTP protobuf and JSON on
+//! 4318) and the declarative normalization of what they receive into
+//! [`event::Event`]s.
+//!
+//! Data enters as OTLP export requests, is decoded once, normalized by the
+//! mapping set ([`mapping`]) and handed, a request at a time, to the pipeline
+//! through a bounded queue ([`handoff`]). The sender is answered only when the
+//! pipeline has kept the batch, so an accepted record is never lost in vigil's
+//! memory; when the pipeline is full or cannot keep data, the receivers say so
+//! with the status codes OTLP exporters retry.
+
+pub mod grpc;
+pub mod handoff;
+pub mod http;
+pub mod mapping;
+pub mod metrics;
+pub mod normalize;
+pub mod record;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+
+pub use handoff::{IngestBatch, PipelineHandle, SubmitError};
+pub use mapping::{MappingError, MappingSet, Signal};
+pub use metrics::IngestMetrics;
+pub use normalize::{Normalized, Normalizer};
+
+/// A decoded export request of any signal.
+#[derive(Debug)]
+pub enum Payload {
+    Logs(ExportLogsServiceRequest),
+    Traces(ExportTraceServiceRequest),
+    Metrics(ExportMetricsServiceRequest),
+}
+
+impl Payload {
+    pub fn signal(&self) -> Signal {
+        match self {
+            Payload::Logs(_) => Signal::Log,
+            Payload::Traces(_) => Signal::Span,
+            Payload::Metrics(_) => Signal::Metric,
+        }
+    }
+}
+
+/// What one export request came to.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ExportOutcome {
+    pub accepted: usize,
+    pub rejected: u64,
+    pub error: Option<String>,
+}
+
+/// Everything a receiver needs, shared by the gRPC and HTTP servers.
+#[derive(Clone)]
+pub struct Ingest {
+    pub normalizer: Normalizer,
+    pub pipeline: PipelineHandle,
+    pub metrics: IngestMetrics,
+    /// Tenant given to events when no credential names one.
+    pub tenant: Arc<str>,
+    /// Largest request accepted, after decompression.
+    pub max_body_bytes: usize,
+    /// Renders the process's Prometheus metrics for `GET /metrics`.
+    pub render_metrics: Arc<dyn Fn() -> String + Send + Sync>,
+    /// Whether the pipeline and its sinks are up, for `GET /readyz`; `Err` says what is not.
+    pub readiness: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
+}
+
+impl Ingest {
+    /// Normalizes a request (off the async runtime: it is CPU work) and hands the
+    /// events to the pipeline, returning once they are kept.
+    pub async fn export(&self, payload: Payload, transport: &str) -> Result<ExportOutcome, SubmitError> {
+        let signal = payload.signal();
+        let normalizer = self.normalizer.clone();
+        let tenant = self.tenant.clone();
+        let normalized = tokio::task::spawn_blocking(move || {
+            let now = now_ns();
+            match &payload {
+                Payload::Logs(r) => normalizer.logs(r, &tenant, now),
+                Payload::Traces(r) => normalizer.traces(r, &tenant, now),
+                Payload::Metrics(r) => normalizer.metrics(r, &tenant, now),
+            }
+        })
+        .await
+        .map_err(|e| SubmitError::Unavailable(format!("normalization failed: {e}")))?;
+
+        let Normalized { events, rejected, error } = normalized;
+        let accepted = events.len();
+        let mut by_source: std::collections::BTreeMap<&'static str, u64> = Default::default();
+        for e in &events {
+            *by_source.entry(e.source.as_str()).or_default() += 1;
+        }
+        let result = self.pipeline.submit(events).await;
+        let status = match &result {
+            Ok(()) => "ok",
+            Err(SubmitError::Busy) => "busy",
+            Err(SubmitError::Unavailable(_)) => "unavailable",
+            Err(SubmitError::Closed) => "closed",
+        };
+        self.metrics.request(transport, signal.as_str(), status);
+        result?;
+        self.metrics.batches_submitted.inc();
+        for (source, n) in by_source {
+            self.metrics
+                .records_received
+                .get_or_create(&metrics::SignalSource { signal: signal.as_str().into(), source: source.into() })
+                .inc_by(n);
+        }
+        if rejected > 0 {
+            self.metrics.records_rejected.get_or_create(&metrics::SignalLabel { signal: signal.as_str().into() }).inc_by(rejected);
+        }
+        Ok(ExportOutcome { accepted, rejected, error })
+    }
+}
+
+/// Nanoseconds since the Unix epoch, now.
+pub fn now_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}

@@ -1,0 +1,840 @@
+//! Declarative mappings from what a source sends to vigil's event columns.
+//!
+//! A mapping file (YAML) holds `mappings:` (how to recognise a source family
+//! and fill the columns from its attributes), and optionally `verbs:` and
+//! `connectors:` (the tables that decide whether an MCP tool call writes and
+//! which SaaS it reaches). The default pack in `ingest/mappings/` is embedded
+//! in the binary; users add their own files with `--mappings DIR`. A user
+//! mapping with the name of a default one replaces it. docs/mappings.md is the
+//! reference.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use event::{Event, EventKind, Outcome, Source};
+use regex::Regex;
+use serde::Deserialize;
+
+use crate::record::{Origin, RecordView, Val};
+
+/// The default mapping pack, embedded at build time.
+pub const DEFAULT_PACK: &[(&str, &str)] = &[
+    ("claude_code.yaml", include_str!("../mappings/claude_code.yaml")),
+    ("genai_gateway.yaml", include_str!("../mappings/genai_gateway.yaml")),
+    ("mcp_gateway.yaml", include_str!("../mappings/mcp_gateway.yaml")),
+    ("endpoint.yaml", include_str!("../mappings/endpoint.yaml")),
+    ("generic.yaml", include_str!("../mappings/generic.yaml")),
+    ("verbs.yaml", include_str!("../mappings/verbs.yaml")),
+];
+
+/// Largest mapping file read; a mapping is a few KiB, so anything far larger is a mistake.
+const MAX_FILE_BYTES: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MappingError {
+    #[error("{file}: cannot read: {source}")]
+    Io { file: String, source: std::io::Error },
+    #[error("{file}:{line}:{column}: {message}")]
+    Parse { file: String, line: usize, column: usize, message: String },
+    #[error("{file}: mapping `{mapping}`: {message}")]
+    Invalid { file: String, mapping: String, message: String },
+}
+
+/// Which OTLP signal a record came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Signal {
+    Log,
+    Span,
+    Metric,
+}
+
+impl Signal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signal::Log => "log",
+            Signal::Span => "span",
+            Signal::Metric => "metric",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileSpec {
+    /// Source-family mappings.
+    #[serde(default)]
+    mappings: Vec<MappingSpec>,
+    /// Verb table: which tool-name words mean which action.
+    #[serde(default)]
+    verbs: Vec<VerbSpec>,
+    /// Connector table: which SaaS a domain or tool name belongs to.
+    #[serde(default)]
+    connectors: Vec<ConnectorSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MappingSpec {
+    /// Unique name; a user mapping with a default mapping's name replaces it.
+    name: String,
+    /// What `source` column the events get.
+    source: Source,
+    /// Signals this mapping applies to.
+    signals: Vec<Signal>,
+    /// Higher is tried first (ties by name). The generic fallback uses 0.
+    #[serde(default = "default_priority")]
+    priority: i32,
+    /// When the mapping applies to a record.
+    #[serde(default)]
+    when: Option<PredSpec>,
+    /// Attributes whose string value is a JSON object, expanded into `<attr>.<member>`.
+    #[serde(default)]
+    expand_json: Vec<String>,
+    /// Helper values, available to later steps as `@<name>`.
+    #[serde(default)]
+    derive: BTreeMap<String, Vec<SourceSpec>>,
+    /// Column name -> candidate sources, first present wins.
+    #[serde(default)]
+    columns: BTreeMap<String, Vec<SourceSpec>>,
+    /// Kind decision: first matching case wins; none matching gives `other`.
+    #[serde(default)]
+    kinds: Vec<KindCase>,
+    /// Outcome decision: first matching case wins; none gives `unknown`.
+    #[serde(default)]
+    outcome: Vec<OutcomeCase>,
+    /// A human acted when this holds (besides kind cases marked `interactive`).
+    #[serde(default)]
+    interactive: Option<PredSpec>,
+}
+
+fn default_priority() -> i32 {
+    50
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum SourceSpec {
+    Key(String),
+    Full(SourceFull),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceFull {
+    /// Key to read.
+    #[serde(default)]
+    field: Option<String>,
+    /// A literal value instead of a key.
+    #[serde(default)]
+    value: Option<String>,
+    /// Keep only this regex's `value` group (or the whole match).
+    #[serde(default)]
+    regex: Option<String>,
+    /// Lower-case the result.
+    #[serde(default)]
+    lower: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KindCase {
+    #[serde(default)]
+    when: Option<PredSpec>,
+    /// An event kind, or `from_verb` (connector_action when the tool's verb writes, else tool_call).
+    kind: String,
+    /// Literal action for this case.
+    #[serde(default)]
+    action: Option<String>,
+    /// This case is a human acting.
+    #[serde(default)]
+    interactive: bool,
+    /// Column overrides for this case.
+    #[serde(default)]
+    set: BTreeMap<String, Vec<SourceSpec>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutcomeCase {
+    #[serde(default)]
+    when: Option<PredSpec>,
+    value: Outcome,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PredSpec {
+    #[serde(default)]
+    all: Option<Vec<PredSpec>>,
+    #[serde(default)]
+    any: Option<Vec<PredSpec>>,
+    #[serde(default)]
+    not: Option<Box<PredSpec>>,
+    #[serde(default)]
+    field: Option<String>,
+    #[serde(default)]
+    eq: Option<String>,
+    #[serde(default, rename = "in")]
+    in_: Option<Vec<String>>,
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    suffix: Option<String>,
+    #[serde(default)]
+    contains: Option<String>,
+    #[serde(default)]
+    regex: Option<String>,
+    #[serde(default)]
+    exists: Option<bool>,
+    /// Compare case-insensitively.
+    #[serde(default)]
+    nocase: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerbSpec {
+    action: String,
+    /// True when this verb changes something outside (a connector write).
+    writes: bool,
+    words: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConnectorSpec {
+    name: String,
+    /// Case-insensitive regexes tried on the domain, the MCP server and the tool name.
+    patterns: Vec<String>,
+}
+
+// ---------------------------------------------------------------------------
+// Compiled form
+
+#[derive(Debug)]
+enum Pred {
+    All(Vec<Pred>),
+    Any(Vec<Pred>),
+    Not(Box<Pred>),
+    Field { key: String, test: Test, nocase: bool },
+    True,
+}
+
+#[derive(Debug)]
+enum Test {
+    Exists(bool),
+    Eq(String),
+    In(Vec<String>),
+    Prefix(String),
+    Suffix(String),
+    Contains(String),
+    Regex(Regex),
+}
+
+impl Pred {
+    fn eval(&self, view: &RecordView) -> bool {
+        match self {
+            Pred::True => true,
+            Pred::All(ps) => ps.iter().all(|p| p.eval(view)),
+            Pred::Any(ps) => ps.iter().any(|p| p.eval(view)),
+            Pred::Not(p) => !p.eval(view),
+            Pred::Field { key, test, nocase } => {
+                let val = view.get(key);
+                if let Test::Exists(want) = test {
+                    return val.is_some() == *want;
+                }
+                let Some(val) = val else { return false };
+                let text = val.as_text();
+                let (text, fold) = if *nocase { (text.to_lowercase(), true) } else { (text, false) };
+                let norm = |s: &String| if fold { s.to_lowercase() } else { s.clone() };
+                match test {
+                    Test::Exists(_) => unreachable!("handled above"),
+                    Test::Eq(s) => text == norm(s),
+                    Test::In(list) => list.iter().any(|s| text == norm(s)),
+                    Test::Prefix(s) => text.starts_with(&norm(s)),
+                    Test::Suffix(s) => text.ends_with(&norm(s)),
+                    Test::Contains(s) => text.contains(&norm(s)),
+                    Test::Regex(re) => re.is_match(&text),
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ValueSource {
+    field: Option<String>,
+    literal: Option<String>,
+    regex: Option<Regex>,
+    lower: bool,
+}
+
+impl ValueSource {
+    /// The value and, when it came whole from a view key, that key (it is then
+    /// taken by the column and not repeated in `attrs`).
+    fn extract<'v>(&self, view: &'v RecordView) -> Option<(String, Option<&'v str>)> {
+        if let Some(lit) = &self.literal {
+            return Some((lit.clone(), None));
+        }
+        let key = self.field.as_deref()?;
+        let val = view.get(key)?;
+        let mut text = val.as_text();
+        let mut whole = true;
+        if let Some(re) = &self.regex {
+            let caps = re.captures(&text)?;
+            text = caps.name("value").or_else(|| caps.get(0))?.as_str().to_string();
+            whole = false;
+        }
+        if self.lower {
+            text = text.to_lowercase();
+        }
+        if text.is_empty() {
+            return None;
+        }
+        let taken = whole.then(|| view.iter().find(|(k, _, _)| *k == key).map(|(k, _, _)| k)).flatten();
+        Some((text, taken))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KindChoice {
+    Fixed(EventKind),
+    FromVerb,
+}
+
+#[derive(Debug)]
+struct CompiledCase {
+    when: Pred,
+    kind: KindChoice,
+    action: Option<String>,
+    interactive: bool,
+    set: Vec<(Column, Vec<ValueSource>)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Column {
+    Product,
+    Action,
+    User,
+    Session,
+    Host,
+    Tool,
+    McpServer,
+    Connector,
+    Target,
+    Domain,
+    Path,
+    Command,
+    Model,
+    TokensIn,
+    TokensOut,
+}
+
+impl Column {
+    fn parse(name: &str) -> Option<Column> {
+        Some(match name {
+            "product" => Column::Product,
+            "action" => Column::Action,
+            "user" => Column::User,
+            "session" => Column::Session,
+            "host" => Column::Host,
+            "tool" => Column::Tool,
+            "mcp_server" => Column::McpServer,
+            "connector" => Column::Connector,
+            "target" => Column::Target,
+            "domain" => Column::Domain,
+            "path" => Column::Path,
+            "command" => Column::Command,
+            "model" => Column::Model,
+            "tokens_in" => Column::TokensIn,
+            "tokens_out" => Column::TokensOut,
+            _ => return None,
+        })
+    }
+
+    fn set(self, ev: &mut Event, value: String) {
+        let slot = match self {
+            Column::Product => &mut ev.product,
+            Column::Action => &mut ev.action,
+            Column::User => &mut ev.user,
+            Column::Session => &mut ev.session,
+            Column::Host => &mut ev.host,
+            Column::Tool => &mut ev.tool,
+            Column::McpServer => &mut ev.mcp_server,
+            Column::Connector => &mut ev.connector,
+            Column::Target => &mut ev.target,
+            Column::Domain => &mut ev.domain,
+            Column::Path => &mut ev.path,
+            Column::Command => &mut ev.command,
+            Column::Model => &mut ev.model,
+            Column::TokensIn | Column::TokensOut => {
+                // Numbers sometimes arrive as strings or doubles; keep the raw
+                // text in attrs when it is not a number.
+                if let Some(n) = Val::Str(value.clone()).as_i64().or_else(|| value.parse::<f64>().ok().map(|f| f as i64)) {
+                    if self == Column::TokensIn {
+                        ev.tokens_in = Some(n);
+                    } else {
+                        ev.tokens_out = Some(n);
+                    }
+                } else {
+                    let name = if self == Column::TokensIn { "tokens_in" } else { "tokens_out" };
+                    ev.attrs.insert(name.to_string(), value);
+                }
+                return;
+            }
+        };
+        *slot = Some(value);
+    }
+}
+
+/// One compiled source-family mapping.
+#[derive(Debug)]
+pub struct Mapping {
+    pub name: String,
+    pub file: String,
+    source: Source,
+    signals: Vec<Signal>,
+    priority: i32,
+    when: Pred,
+    expand_json: Vec<String>,
+    derive: Vec<(String, Vec<ValueSource>)>,
+    columns: Vec<(Column, Vec<ValueSource>)>,
+    kinds: Vec<CompiledCase>,
+    outcome: Vec<(Pred, Outcome)>,
+    interactive: Option<Pred>,
+}
+
+#[derive(Debug)]
+struct Verb {
+    action: String,
+    writes: bool,
+}
+
+/// All mappings plus the verb and connector tables, ready to apply.
+#[derive(Debug)]
+pub struct MappingSet {
+    mappings: Vec<Mapping>,
+    verbs: BTreeMap<String, Verb>,
+    connectors: Vec<(String, Regex)>,
+}
+
+/// What the mapping step decided for one record.
+pub struct Applied<'m> {
+    pub mapping: &'m str,
+}
+
+impl MappingSet {
+    /// The embedded default pack plus every `*.yaml`/`*.yml` file in `extra` (files or directories).
+    pub fn load(extra: &[PathBuf]) -> Result<MappingSet, MappingError> {
+        let mut files: Vec<(String, String)> =
+            DEFAULT_PACK.iter().map(|(n, t)| (format!("<default>/{n}"), t.to_string())).collect();
+        for path in extra {
+            for file in yaml_files(path)? {
+                let name = file.display().to_string();
+                let meta = std::fs::metadata(&file).map_err(|e| MappingError::Io { file: name.clone(), source: e })?;
+                if meta.len() as usize > MAX_FILE_BYTES {
+                    return Err(MappingError::Invalid {
+                        file: name,
+                        mapping: String::new(),
+                        message: format!("file is {} bytes, more than the {MAX_FILE_BYTES} a mapping file may have", meta.len()),
+                    });
+                }
+                let text = std::fs::read_to_string(&file).map_err(|e| MappingError::Io { file: name.clone(), source: e })?;
+                files.push((name, text));
+            }
+        }
+        Self::from_texts(&files)
+    }
+
+    /// Compiles mapping files given as (name, YAML text); later files override earlier ones by mapping name.
+    pub fn from_texts(files: &[(String, String)]) -> Result<MappingSet, MappingError> {
+        let mut by_name: BTreeMap<String, Mapping> = BTreeMap::new();
+        let mut verbs = BTreeMap::new();
+        let mut connectors = Vec::new();
+        for (file, text) in files {
+            let spec: FileSpec = serde_yaml::from_str(text).map_err(|e| {
+                let loc = e.location();
+                MappingError::Parse {
+                    file: file.clone(),
+                    line: loc.as_ref().map_or(0, |l| l.line()),
+                    column: loc.as_ref().map_or(0, |l| l.column()),
+                    message: e.to_string(),
+                }
+            })?;
+            for m in spec.mappings {
+                let compiled = compile_mapping(file, m)?;
+                by_name.insert(compiled.name.clone(), compiled);
+            }
+            for v in spec.verbs {
+                for w in v.words {
+                    verbs.insert(w.to_lowercase(), Verb { action: v.action.clone(), writes: v.writes });
+                }
+            }
+            for c in spec.connectors {
+                for p in c.patterns {
+                    let re = Regex::new(&format!("(?i){p}")).map_err(|e| MappingError::Invalid {
+                        file: file.clone(),
+                        mapping: format!("connector {}", c.name),
+                        message: e.to_string(),
+                    })?;
+                    connectors.push((c.name.clone(), re));
+                }
+            }
+        }
+        let mut mappings: Vec<Mapping> = by_name.into_values().collect();
+        mappings.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.name.cmp(&b.name)));
+        Ok(MappingSet { mappings, verbs, connectors })
+    }
+
+    pub fn mappings(&self) -> impl Iterator<Item = &Mapping> {
+        self.mappings.iter()
+    }
+
+    /// Fills `ev` from the view with the first mapping that applies. Returns the mapping's name.
+    pub fn apply<'m>(&'m self, signal: Signal, view: &mut RecordView, ev: &mut Event) -> Option<Applied<'m>> {
+        let mapping = self.mappings.iter().find(|m| m.signals.contains(&signal) && m.when.eval(view))?;
+        mapping.fill(self, view, ev);
+        Some(Applied { mapping: &mapping.name })
+    }
+
+    /// The action of a tool name by its first verb word, and whether it writes.
+    pub fn verb_of(&self, tool: &str) -> Option<(&str, bool)> {
+        words(tool).iter().find_map(|w| self.verbs.get(w.as_str())).map(|v| (v.action.as_str(), v.writes))
+    }
+
+    fn connector_of(&self, candidates: &[Option<&str>]) -> Option<&str> {
+        for text in candidates.iter().flatten() {
+            if let Some((name, _)) = self.connectors.iter().find(|(_, re)| re.is_match(text)) {
+                return Some(name);
+            }
+        }
+        None
+    }
+}
+
+impl Mapping {
+    fn fill(&self, set: &MappingSet, view: &mut RecordView, ev: &mut Event) {
+        let mut expanded = HashSet::new();
+        for key in &self.expand_json {
+            if view.expand_json(key) {
+                expanded.insert(key.clone());
+            }
+        }
+        for (name, sources) in &self.derive {
+            if let Some((v, _)) = sources.iter().find_map(|s| s.extract(view)) {
+                view.insert(format!("@{name}"), Val::Str(v), Origin::Derived);
+            }
+        }
+        ev.source = self.source;
+        let mut taken: HashSet<String> = HashSet::new();
+        let mut fill_column = |col: Column, sources: &[ValueSource], ev: &mut Event, view: &RecordView| {
+            if let Some((value, key)) = sources.iter().find_map(|s| s.extract(view)) {
+                if let Some(k) = key {
+                    taken.insert(k.to_string());
+                }
+                col.set(ev, value);
+            }
+        };
+        for (col, sources) in &self.columns {
+            fill_column(*col, sources, ev, view);
+        }
+        let case = self.kinds.iter().find(|c| c.when.eval(view));
+        let mut interactive = self.interactive.as_ref().is_some_and(|p| p.eval(view));
+        if let Some(case) = case {
+            for (col, sources) in &case.set {
+                fill_column(*col, sources, ev, view);
+            }
+            if let Some(a) = &case.action {
+                ev.action = Some(a.clone());
+            }
+            interactive |= case.interactive;
+            ev.kind = match case.kind {
+                KindChoice::Fixed(k) => k,
+                KindChoice::FromVerb => {
+                    let verb = ev.tool.as_deref().and_then(|t| set.verb_of(t));
+                    if ev.action.is_none() {
+                        ev.action = verb.map(|(a, _)| a.to_string());
+                    }
+                    if verb.is_some_and(|(_, writes)| writes) {
+                        EventKind::ConnectorAction
+                    } else {
+                        EventKind::ToolCall
+                    }
+                }
+            };
+        }
+        ev.interactive = interactive;
+        if let Some((_, o)) = self.outcome.iter().find(|(p, _)| p.eval(view)) {
+            ev.outcome = *o;
+        }
+
+        // Generic completion that every source family wants.
+        if ev.domain.is_none() {
+            ev.domain = ev.target.as_deref().and_then(host_of);
+        }
+        if let Some(d) = &mut ev.domain {
+            *d = d.trim_end_matches('.').to_ascii_lowercase();
+        }
+        if ev.connector.is_none() && matches!(ev.kind, EventKind::ConnectorAction | EventKind::ToolCall | EventKind::McpConnect) {
+            if ev.mcp_server.is_some() || ev.kind == EventKind::ConnectorAction {
+                ev.connector = set
+                    .connector_of(&[ev.domain.as_deref(), ev.mcp_server.as_deref(), ev.tool.as_deref()])
+                    .map(str::to_string);
+            }
+        }
+        if ev.product.is_none() {
+            if let Some(Val::Str(s)) = view.get("resource.service.name") {
+                ev.product = Some(s.clone());
+            }
+        }
+
+        for (key, val, origin) in view.iter() {
+            if taken.contains(key) || expanded.contains(key) {
+                continue;
+            }
+            match origin {
+                Origin::Derived => {}
+                Origin::Attribute | Origin::Resource | Origin::Record => {
+                    ev.attrs.insert(key.to_string(), val.as_text());
+                }
+            }
+        }
+    }
+}
+
+/// Splits a tool name into lower-case words: `chat.postMessage` -> chat, post, message.
+pub fn words(name: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut prev_lower = false;
+    for ch in name.chars() {
+        if !ch.is_alphanumeric() {
+            if !cur.is_empty() {
+                out.push(std::mem::take(&mut cur));
+            }
+            prev_lower = false;
+            continue;
+        }
+        if ch.is_uppercase() && prev_lower && !cur.is_empty() {
+            out.push(std::mem::take(&mut cur));
+        }
+        prev_lower = ch.is_lowercase() || ch.is_ascii_digit();
+        cur.extend(ch.to_lowercase());
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Host of a URL (`https://files.example.net:8443/x` -> `files.example.net`), or of `host:port`.
+pub fn host_of(target: &str) -> Option<String> {
+    let t = target.trim();
+    let rest = match t.find("://") {
+        Some(i) => &t[i + 3..],
+        None => t,
+    };
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host_port = authority.rsplit('@').next()?;
+    let host = if let Some(stripped) = host_port.strip_prefix('[') {
+        stripped.split(']').next()?
+    } else {
+        host_port.split(':').next()?
+    };
+    (!host.is_empty() && !host.contains(char::is_whitespace)).then(|| host.to_ascii_lowercase())
+}
+
+fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, MappingError> {
+    let io = |e| MappingError::Io { file: path.display().to_string(), source: e };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if meta.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(io)? {
+        let p = entry.map_err(io)?.path();
+        if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+            out.push(p);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn compile_mapping(file: &str, m: MappingSpec) -> Result<Mapping, MappingError> {
+    let invalid = |message: String| MappingError::Invalid { file: file.to_string(), mapping: m.name.clone(), message };
+    let when = match &m.when {
+        Some(p) => compile_pred(p).map_err(&invalid)?,
+        None => Pred::True,
+    };
+    let sources = |list: &[SourceSpec]| -> Result<Vec<ValueSource>, String> { list.iter().map(compile_source).collect() };
+    let mut derive = Vec::new();
+    for (name, list) in &m.derive {
+        derive.push((name.clone(), sources(list).map_err(&invalid)?));
+    }
+    let columns_of = |map: &BTreeMap<String, Vec<SourceSpec>>| -> Result<Vec<(Column, Vec<ValueSource>)>, String> {
+        map.iter()
+            .map(|(name, list)| {
+                let col = Column::parse(name).ok_or_else(|| format!("unknown column `{name}`"))?;
+                Ok((col, sources(list)?))
+            })
+            .collect()
+    };
+    let columns = columns_of(&m.columns).map_err(&invalid)?;
+    let mut kinds = Vec::new();
+    for c in &m.kinds {
+        let kind = if c.kind == "from_verb" {
+            KindChoice::FromVerb
+        } else {
+            KindChoice::Fixed(EventKind::parse(&c.kind).ok_or_else(|| invalid(format!("unknown kind `{}`", c.kind)))?)
+        };
+        kinds.push(CompiledCase {
+            when: c.when.as_ref().map(compile_pred).transpose().map_err(&invalid)?.unwrap_or(Pred::True),
+            kind,
+            action: c.action.clone(),
+            interactive: c.interactive,
+            set: columns_of(&c.set).map_err(&invalid)?,
+        });
+    }
+    let mut outcome = Vec::new();
+    for o in &m.outcome {
+        outcome.push((o.when.as_ref().map(compile_pred).transpose().map_err(&invalid)?.unwrap_or(Pred::True), o.value));
+    }
+    let interactive = m.interactive.as_ref().map(compile_pred).transpose().map_err(&invalid)?;
+    if m.signals.is_empty() {
+        return Err(invalid("`signals` is empty".into()));
+    }
+    Ok(Mapping {
+        name: m.name.clone(),
+        file: file.to_string(),
+        source: m.source,
+        signals: m.signals.clone(),
+        priority: m.priority,
+        when,
+        expand_json: m.expand_json.clone(),
+        derive,
+        columns,
+        kinds,
+        outcome,
+        interactive,
+    })
+}
+
+fn compile_source(s: &SourceSpec) -> Result<ValueSource, String> {
+    Ok(match s {
+        SourceSpec::Key(k) => ValueSource { field: Some(k.clone()), literal: None, regex: None, lower: false },
+        SourceSpec::Full(f) => {
+            if f.field.is_some() == f.value.is_some() {
+                return Err("a source needs exactly one of `field` or `value`".into());
+            }
+            ValueSource {
+                field: f.field.clone(),
+                literal: f.value.clone(),
+                regex: f.regex.as_deref().map(Regex::new).transpose().map_err(|e| e.to_string())?,
+                lower: f.lower,
+            }
+        }
+    })
+}
+
+fn compile_pred(p: &PredSpec) -> Result<Pred, String> {
+    let mut parts = Vec::new();
+    if let Some(all) = &p.all {
+        parts.push(Pred::All(all.iter().map(compile_pred).collect::<Result<_, _>>()?));
+    }
+    if let Some(any) = &p.any {
+        parts.push(Pred::Any(any.iter().map(compile_pred).collect::<Result<_, _>>()?));
+    }
+    if let Some(not) = &p.not {
+        parts.push(Pred::Not(Box::new(compile_pred(not)?)));
+    }
+    let mut tests = Vec::new();
+    if let Some(v) = p.exists {
+        tests.push(Test::Exists(v));
+    }
+    if let Some(v) = &p.eq {
+        tests.push(Test::Eq(v.clone()));
+    }
+    if let Some(v) = &p.in_ {
+        tests.push(Test::In(v.clone()));
+    }
+    if let Some(v) = &p.prefix {
+        tests.push(Test::Prefix(v.clone()));
+    }
+    if let Some(v) = &p.suffix {
+        tests.push(Test::Suffix(v.clone()));
+    }
+    if let Some(v) = &p.contains {
+        tests.push(Test::Contains(v.clone()));
+    }
+    if let Some(v) = &p.regex {
+        let re = if p.nocase { format!("(?i){v}") } else { v.clone() };
+        tests.push(Test::Regex(Regex::new(&re).map_err(|e| e.to_string())?));
+    }
+    match (&p.field, tests.is_empty()) {
+        (Some(field), false) => {
+            for test in tests {
+                parts.push(Pred::Field { key: field.clone(), test, nocase: p.nocase });
+            }
+        }
+        (Some(field), true) => return Err(format!("condition on `{field}` has no test (eq, in, prefix, suffix, contains, regex, exists)")),
+        (None, false) => return Err("a test (eq, in, ...) needs a `field`".into()),
+        (None, true) => {}
+    }
+    Ok(match parts.len() {
+        0 => return Err("empty condition".into()),
+        1 => parts.pop().expect("one element"),
+        _ => Pred::All(parts),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_split_snake_camel_and_dots() {
+        assert_eq!(words("chat.postMessage"), ["chat", "post", "message"]);
+        assert_eq!(words("slack_post_message"), ["slack", "post", "message"]);
+        assert_eq!(words("mcp__gmail__send-email"), ["mcp", "gmail", "send", "email"]);
+        assert_eq!(words("HTTPGet"), ["httpget"]);
+    }
+
+    #[test]
+    fn hosts_come_out_of_urls_and_addresses() {
+        assert_eq!(host_of("https://files.Anon-Share.net/upload?x=1").as_deref(), Some("files.anon-share.net"));
+        assert_eq!(host_of("http://user:pw@h.example.com:8080/").as_deref(), Some("h.example.com"));
+        assert_eq!(host_of("mcp.slack.com").as_deref(), Some("mcp.slack.com"));
+        assert_eq!(host_of("http://[::1]:4318/v1").as_deref(), Some("::1"));
+        assert_eq!(host_of("not a url"), None);
+    }
+
+    #[test]
+    fn default_pack_compiles() {
+        let set = MappingSet::from_texts(&DEFAULT_PACK.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect::<Vec<_>>())
+            .expect("default pack compiles");
+        assert!(set.mappings().count() >= 5);
+        assert_eq!(set.verb_of("slack_post_message"), Some(("post", true)));
+        assert_eq!(set.verb_of("delete_email"), Some(("delete", true)));
+        assert_eq!(set.verb_of("slack_get_channel_history"), Some(("read", false)));
+        assert_eq!(set.verb_of("chat.postMessage"), Some(("post", true)));
+        assert_eq!(set.verb_of("gmail_trash_message"), Some(("delete", true)));
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let err = MappingSet::from_texts(&[("m.yaml".into(), "mappings:\n  - name: x\n    source: agent\n    signals: [log]\n    colums: {}\n".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("m.yaml:5:"), "{err}");
+        assert!(err.contains("colums"), "{err}");
+        let err = MappingSet::from_texts(&[(
+            "m.yaml".into(),
+            "mappings:\n  - name: x\n    source: agent\n    signals: [log]\n    columns: {usr: [user.email]}\n".into(),
+        )])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown column `usr`"), "{err}");
+    }
+}

@@ -1,0 +1,56 @@
+//! Counters the receivers keep, registered into the process's Prometheus registry.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SignalSource {
+    pub signal: String,
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SignalLabel {
+    pub signal: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub transport: String,
+    pub signal: String,
+    pub status: String,
+}
+
+/// What the receivers count. Cloning shares the counters.
+#[derive(Clone, Debug, Default)]
+pub struct IngestMetrics {
+    pub records_received: Family<SignalSource, Counter>,
+    pub records_rejected: Family<SignalLabel, Counter>,
+    pub requests: Family<RequestLabels, Counter>,
+    pub batches_submitted: Counter,
+}
+
+impl IngestMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "vigil_records_received",
+            "OTLP records normalized into events, by signal and source",
+            self.records_received.clone(),
+        );
+        registry.register(
+            "vigil_records_rejected",
+            "OTLP records refused through partial success, by signal",
+            self.records_rejected.clone(),
+        );
+        registry.register("vigil_requests", "OTLP export requests answered, by transport, signal and status", self.requests.clone());
+        registry.register("vigil_batches_submitted", "batches handed to the pipeline", self.batches_submitted.clone());
+    }
+
+    pub fn request(&self, transport: &str, signal: &str, status: &str) {
+        self.requests
+            .get_or_create(&RequestLabels { transport: transport.into(), signal: signal.into(), status: status.into() })
+            .inc();
+    }
+}

@@ -1,0 +1,287 @@
+//! Turns decoded OTLP export requests into normalized events.
+//!
+//! Every log record, span and metric data point becomes exactly one event; the
+//! mapping set decides its columns. A record is rejected (and reported back to
+//! the sender through OTLP partial success) only when it cannot be represented:
+//! a timestamp beyond what nanoseconds in an i64 can hold (after year 2262).
+
+use std::sync::Arc;
+
+use event::Event;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point, Metric};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{span, status};
+
+use crate::mapping::{MappingSet, Signal};
+use crate::record::{Origin, RecordView, Val};
+
+/// Result of normalizing one export request.
+#[derive(Debug, Default)]
+pub struct Normalized {
+    pub events: Vec<Event>,
+    /// Records that could not be represented; reported as partial success.
+    pub rejected: u64,
+    /// A message about the first rejected record, for the partial-success reply.
+    pub error: Option<String>,
+}
+
+impl Normalized {
+    fn reject(&mut self, message: String) {
+        self.rejected += 1;
+        if self.error.is_none() {
+            self.error = Some(message);
+        }
+    }
+}
+
+/// Applies the mapping set to OTLP requests. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Normalizer {
+    mappings: Arc<MappingSet>,
+}
+
+impl Normalizer {
+    pub fn new(mappings: Arc<MappingSet>) -> Self {
+        Normalizer { mappings }
+    }
+
+    pub fn mappings(&self) -> &MappingSet {
+        &self.mappings
+    }
+
+    pub fn logs(&self, req: &ExportLogsServiceRequest, tenant: &str, observed_ns: i64) -> Normalized {
+        let mut out = Normalized::default();
+        for rl in &req.resource_logs {
+            let base = base_view(rl.resource.as_ref());
+            for sl in &rl.scope_logs {
+                let scoped = with_scope(&base, sl.scope.as_ref());
+                for rec in &sl.log_records {
+                    let time = match pick_time(&[rec.time_unix_nano, rec.observed_time_unix_nano], observed_ns) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            out.reject(e);
+                            continue;
+                        }
+                    };
+                    let mut view = scoped.clone();
+                    view.insert("@signal".into(), Val::Str("log".into()), Origin::Derived);
+                    view.add_any("body".into(), rec.body.as_ref(), Origin::Record, 0);
+                    if !rec.event_name.is_empty() {
+                        view.insert("event_name".into(), Val::Str(rec.event_name.clone()), Origin::Record);
+                    }
+                    if !rec.severity_text.is_empty() {
+                        view.insert("severity_text".into(), Val::Str(rec.severity_text.clone()), Origin::Record);
+                    }
+                    if rec.severity_number != 0 {
+                        view.insert("severity_number".into(), Val::Int(rec.severity_number as i64), Origin::Record);
+                    }
+                    add_ids(&mut view, &rec.trace_id, &rec.span_id);
+                    view.add_attributes("", &rec.attributes, Origin::Attribute);
+                    out.events.push(self.finish(Signal::Log, view, tenant, time, observed_ns));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn traces(&self, req: &ExportTraceServiceRequest, tenant: &str, observed_ns: i64) -> Normalized {
+        let mut out = Normalized::default();
+        for rs in &req.resource_spans {
+            let base = base_view(rs.resource.as_ref());
+            for ss in &rs.scope_spans {
+                let scoped = with_scope(&base, ss.scope.as_ref());
+                for sp in &ss.spans {
+                    let time = match pick_time(&[sp.start_time_unix_nano, sp.end_time_unix_nano], observed_ns) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            out.reject(e);
+                            continue;
+                        }
+                    };
+                    let mut view = scoped.clone();
+                    view.insert("@signal".into(), Val::Str("span".into()), Origin::Derived);
+                    view.insert("span.name".into(), Val::Str(sp.name.clone()), Origin::Record);
+                    let kind = match span::SpanKind::try_from(sp.kind) {
+                        Ok(span::SpanKind::Internal) => "internal",
+                        Ok(span::SpanKind::Server) => "server",
+                        Ok(span::SpanKind::Client) => "client",
+                        Ok(span::SpanKind::Producer) => "producer",
+                        Ok(span::SpanKind::Consumer) => "consumer",
+                        _ => "unspecified",
+                    };
+                    view.insert("span.kind".into(), Val::Str(kind.into()), Origin::Record);
+                    let (code, message) = match &sp.status {
+                        Some(s) => (s.code, s.message.as_str()),
+                        None => (0, ""),
+                    };
+                    let status = match status::StatusCode::try_from(code) {
+                        Ok(status::StatusCode::Ok) => "ok",
+                        Ok(status::StatusCode::Error) => "error",
+                        _ => "unset",
+                    };
+                    view.insert("span.status".into(), Val::Str(status.into()), Origin::Record);
+                    if !message.is_empty() {
+                        view.insert("span.status_message".into(), Val::Str(message.into()), Origin::Record);
+                    }
+                    if sp.end_time_unix_nano >= sp.start_time_unix_nano && sp.start_time_unix_nano > 0 {
+                        let ms = (sp.end_time_unix_nano - sp.start_time_unix_nano) as f64 / 1e6;
+                        view.insert("span.duration_ms".into(), Val::Double(ms), Origin::Record);
+                    }
+                    add_ids(&mut view, &sp.trace_id, &sp.span_id);
+                    if !sp.parent_span_id.is_empty() {
+                        view.insert("parent_span_id".into(), Val::Str(hex::encode(&sp.parent_span_id)), Origin::Record);
+                    }
+                    view.add_attributes("", &sp.attributes, Origin::Attribute);
+                    out.events.push(self.finish(Signal::Span, view, tenant, time, observed_ns));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn metrics(&self, req: &ExportMetricsServiceRequest, tenant: &str, observed_ns: i64) -> Normalized {
+        let mut out = Normalized::default();
+        for rm in &req.resource_metrics {
+            let base = base_view(rm.resource.as_ref());
+            for sm in &rm.scope_metrics {
+                let scoped = with_scope(&base, sm.scope.as_ref());
+                for m in &sm.metrics {
+                    for point in data_points(m) {
+                        let time = match pick_time(&[point.time], observed_ns) {
+                            Ok(t) => t,
+                            Err(e) => {
+                                out.reject(e);
+                                continue;
+                            }
+                        };
+                        let mut view = scoped.clone();
+                        view.insert("@signal".into(), Val::Str("metric".into()), Origin::Derived);
+                        view.insert("metric.name".into(), Val::Str(m.name.clone()), Origin::Record);
+                        if !m.unit.is_empty() {
+                            view.insert("metric.unit".into(), Val::Str(m.unit.clone()), Origin::Record);
+                        }
+                        view.insert("metric.type".into(), Val::Str(point.kind.into()), Origin::Record);
+                        for (k, v) in point.values {
+                            view.insert(k.into(), v, Origin::Record);
+                        }
+                        view.add_attributes("", point.attributes, Origin::Attribute);
+                        out.events.push(self.finish(Signal::Metric, view, tenant, time, observed_ns));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn finish(&self, signal: Signal, mut view: RecordView, tenant: &str, time: i64, observed_ns: i64) -> Event {
+        let mut ev = Event { time, observed_time: observed_ns, tenant: tenant.to_string(), ..Default::default() };
+        // The generic mapping has no condition, so one always applies.
+        let _ = self.mappings.apply(signal, &mut view, &mut ev);
+        ev.event_id = ev.compute_id();
+        ev
+    }
+}
+
+fn base_view(resource: Option<&Resource>) -> RecordView {
+    let mut view = RecordView::default();
+    if let Some(r) = resource {
+        view.add_attributes("resource.", &r.attributes, Origin::Resource);
+    }
+    view
+}
+
+fn with_scope(base: &RecordView, scope: Option<&InstrumentationScope>) -> RecordView {
+    let mut view = base.clone();
+    if let Some(s) = scope {
+        if !s.name.is_empty() {
+            view.insert("scope.name".into(), Val::Str(s.name.clone()), Origin::Record);
+        }
+        if !s.version.is_empty() {
+            view.insert("scope.version".into(), Val::Str(s.version.clone()), Origin::Record);
+        }
+    }
+    view
+}
+
+fn add_ids(view: &mut RecordView, trace_id: &[u8], span_id: &[u8]) {
+    if !trace_id.is_empty() && trace_id.iter().any(|b| *b != 0) {
+        view.insert("trace_id".into(), Val::Str(hex::encode(trace_id)), Origin::Record);
+    }
+    if !span_id.is_empty() && span_id.iter().any(|b| *b != 0) {
+        view.insert("span_id".into(), Val::Str(hex::encode(span_id)), Origin::Record);
+    }
+}
+
+/// The first non-zero candidate, else vigil's receive time; an error past i64 nanoseconds.
+fn pick_time(candidates: &[u64], observed_ns: i64) -> Result<i64, String> {
+    match candidates.iter().find(|t| **t != 0) {
+        None => Ok(observed_ns),
+        Some(t) => i64::try_from(*t)
+            .map_err(|_| format!("timestamp {t} ns is beyond 2262-04-11, the latest time vigil can represent")),
+    }
+}
+
+struct Point<'a> {
+    time: u64,
+    kind: &'static str,
+    values: Vec<(&'static str, Val)>,
+    attributes: &'a [KeyValue],
+}
+
+fn number(v: &Option<number_data_point::Value>) -> Val {
+    match v {
+        Some(number_data_point::Value::AsInt(i)) => Val::Int(*i),
+        Some(number_data_point::Value::AsDouble(d)) => Val::Double(*d),
+        None => Val::Str(String::new()),
+    }
+}
+
+fn data_points(m: &Metric) -> Vec<Point<'_>> {
+    match &m.data {
+        Some(metric::Data::Gauge(g)) => g
+            .data_points
+            .iter()
+            .map(|p| Point { time: p.time_unix_nano, kind: "gauge", values: vec![("metric.value", number(&p.value))], attributes: &p.attributes })
+            .collect(),
+        Some(metric::Data::Sum(s)) => s
+            .data_points
+            .iter()
+            .map(|p| Point { time: p.time_unix_nano, kind: "sum", values: vec![("metric.value", number(&p.value))], attributes: &p.attributes })
+            .collect(),
+        Some(metric::Data::Histogram(h)) => h
+            .data_points
+            .iter()
+            .map(|p| Point {
+                time: p.time_unix_nano,
+                kind: "histogram",
+                values: vec![("metric.count", Val::Int(p.count as i64)), ("metric.sum", Val::Double(p.sum.unwrap_or(0.0)))],
+                attributes: &p.attributes,
+            })
+            .collect(),
+        Some(metric::Data::ExponentialHistogram(h)) => h
+            .data_points
+            .iter()
+            .map(|p| Point {
+                time: p.time_unix_nano,
+                kind: "exponential_histogram",
+                values: vec![("metric.count", Val::Int(p.count as i64)), ("metric.sum", Val::Double(p.sum.unwrap_or(0.0)))],
+                attributes: &p.attributes,
+            })
+            .collect(),
+        Some(metric::Data::Summary(s)) => s
+            .data_points
+            .iter()
+            .map(|p| Point {
+                time: p.time_unix_nano,
+                kind: "summary",
+                values: vec![("metric.count", Val::Int(p.count as i64)), ("metric.sum", Val::Double(p.sum))],
+                attributes: &p.attributes,
+            })
+            .collect(),
+        None => Vec::new(),
+    }
+}

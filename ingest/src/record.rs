@@ -1,0 +1,335 @@
+//! A flat view of one OTLP record (log record, span or metric data point)
+//! with its resource and scope, that mapping files address by key.
+//!
+//! Keys: attribute names as sent (nested maps flattened with `.`), resource
+//! attributes as `resource.<name>`, and the record's own fields under fixed
+//! names (`body`, `body.<key>` for a map body, `event_name`, `severity_text`,
+//! `span.name`, `span.kind`, `span.status`, `metric.name`, `metric.value`, ...).
+//! Derived values that mappings compute start with `@` and never reach `attrs`.
+
+use std::collections::HashMap;
+
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+
+/// Deepest nesting of maps and arrays that is flattened; deeper content is
+/// kept as a marker so hostile input cannot make normalization recurse without end.
+pub const MAX_DEPTH: usize = 16;
+
+/// One scalar value of the view. Arrays and over-deep values are rendered as JSON text.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Val {
+    Str(String),
+    Int(i64),
+    Double(f64),
+    Bool(bool),
+}
+
+impl Val {
+    pub fn as_text(&self) -> String {
+        match self {
+            Val::Str(s) => s.clone(),
+            Val::Int(i) => i.to_string(),
+            Val::Double(d) => {
+                if d.is_finite() {
+                    d.to_string()
+                } else {
+                    // JSON has no NaN or infinity; keep what was sent, readably.
+                    format!("{d}")
+                }
+            }
+            Val::Bool(b) => b.to_string(),
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Val::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Integer value; strings holding integers (a common exporter quirk) count.
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            Val::Int(i) => Some(*i),
+            Val::Double(d) if d.is_finite() && d.fract() == 0.0 => Some(*d as i64),
+            Val::Str(s) => s.trim().parse().ok(),
+            _ => None,
+        }
+    }
+
+    /// Boolean value; `"true"`/`"false"` strings (Claude Code's `success`) count.
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            Val::Bool(b) => Some(*b),
+            Val::Str(s) if s.eq_ignore_ascii_case("true") => Some(true),
+            Val::Str(s) if s.eq_ignore_ascii_case("false") => Some(false),
+            Val::Int(i) => Some(*i != 0),
+            _ => None,
+        }
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        match self {
+            Val::Str(s) => serde_json::Value::String(s.clone()),
+            Val::Int(i) => (*i).into(),
+            Val::Double(d) => serde_json::Number::from_f64(*d)
+                .map(serde_json::Value::Number)
+                .unwrap_or_else(|| serde_json::Value::String(d.to_string())),
+            Val::Bool(b) => (*b).into(),
+        }
+    }
+}
+
+/// Where a key of the view came from; decides how it is named in `attrs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A record attribute (or a value parsed out of one): kept under its own name.
+    Attribute,
+    /// A resource attribute: kept as `resource.<name>`.
+    Resource,
+    /// A field of the record itself (body, span name, ids): kept under its view name.
+    Record,
+    /// Computed by a mapping (`@name`): never kept.
+    Derived,
+}
+
+/// The flat view of one record. Insertion order is kept so `attrs` come out stable.
+#[derive(Debug, Default, Clone)]
+pub struct RecordView {
+    values: HashMap<String, (Val, Origin)>,
+    order: Vec<String>,
+}
+
+impl RecordView {
+    pub fn get(&self, key: &str) -> Option<&Val> {
+        self.values.get(key).map(|(v, _)| v)
+    }
+
+    pub fn insert(&mut self, key: String, val: Val, origin: Origin) {
+        if let Some(slot) = self.values.get_mut(&key) {
+            // Duplicate attribute keys: the last one wins, as in the OTel SDKs.
+            *slot = (val, origin);
+        } else {
+            self.order.push(key.clone());
+            self.values.insert(key, (val, origin));
+        }
+    }
+
+    /// Keys and values in insertion order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Val, Origin)> {
+        self.order.iter().filter_map(|k| self.values.get(k).map(|(v, o)| (k.as_str(), v, *o)))
+    }
+
+    pub fn origin(&self, key: &str) -> Option<Origin> {
+        self.values.get(key).map(|(_, o)| *o)
+    }
+
+    /// Adds OTLP attributes under `prefix` (empty for record attributes).
+    pub fn add_attributes(&mut self, prefix: &str, attrs: &[KeyValue], origin: Origin) {
+        for kv in attrs {
+            let key = if prefix.is_empty() { kv.key.clone() } else { format!("{prefix}{}", kv.key) };
+            self.add_any(key, kv.value.as_ref(), origin, 0);
+        }
+    }
+
+    /// Adds an AnyValue, flattening maps with `.` and `[name, value]` pair lists
+    /// (the Windows event log receiver's `event_data`) into `key.<name>`.
+    pub fn add_any(&mut self, key: String, value: Option<&AnyValue>, origin: Origin, depth: usize) {
+        let Some(value) = value.and_then(|v| v.value.as_ref()) else {
+            return;
+        };
+        if depth >= MAX_DEPTH {
+            self.insert(key, Val::Str("<nested too deep>".into()), origin);
+            return;
+        }
+        match value {
+            any_value::Value::StringValue(s) => self.insert(key, Val::Str(s.clone()), origin),
+            any_value::Value::BoolValue(b) => self.insert(key, Val::Bool(*b), origin),
+            any_value::Value::IntValue(i) => self.insert(key, Val::Int(*i), origin),
+            any_value::Value::DoubleValue(d) => self.insert(key, Val::Double(*d), origin),
+            any_value::Value::BytesValue(b) => self.insert(key, Val::Str(hex::encode(b)), origin),
+            // Only profiles use string-table indexes; there is no table to resolve them against here.
+            any_value::Value::StringValueStrindex(i) => self.insert(key, Val::Int(*i as i64), origin),
+            any_value::Value::KvlistValue(list) => {
+                for kv in &list.values {
+                    self.add_any(format!("{key}.{}", kv.key), kv.value.as_ref(), origin, depth + 1);
+                }
+            }
+            any_value::Value::ArrayValue(arr) => {
+                if let Some(pairs) = name_value_pairs(&arr.values) {
+                    for (name, v) in pairs {
+                        self.add_any(format!("{key}.{name}"), Some(v), origin, depth + 1);
+                    }
+                } else {
+                    let json = serde_json::Value::Array(arr.values.iter().map(|v| any_to_json(v, depth + 1)).collect());
+                    self.insert(key, Val::Str(json.to_string()), origin);
+                }
+            }
+        }
+    }
+
+    /// Parses a JSON-string value (Claude Code's `tool_parameters`) and adds its
+    /// members as `key.<member>`. Returns false when the value is not a JSON object.
+    pub fn expand_json(&mut self, key: &str) -> bool {
+        let Some(Val::Str(text)) = self.get(key) else {
+            return false;
+        };
+        let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(text) else {
+            return false;
+        };
+        let origin = self.origin(key).unwrap_or(Origin::Attribute);
+        for (k, v) in map {
+            self.add_json(format!("{key}.{k}"), &v, origin, 0);
+        }
+        true
+    }
+
+    fn add_json(&mut self, key: String, v: &serde_json::Value, origin: Origin, depth: usize) {
+        use serde_json::Value as J;
+        if depth >= MAX_DEPTH {
+            self.insert(key, Val::Str("<nested too deep>".into()), origin);
+            return;
+        }
+        match v {
+            J::Null => {}
+            J::Bool(b) => self.insert(key, Val::Bool(*b), origin),
+            J::Number(n) => {
+                let val = n.as_i64().map(Val::Int).unwrap_or_else(|| Val::Double(n.as_f64().unwrap_or(f64::NAN)));
+                self.insert(key, val, origin)
+            }
+            J::String(s) => self.insert(key, Val::Str(s.clone()), origin),
+            J::Array(_) => self.insert(key, Val::Str(v.to_string()), origin),
+            J::Object(map) => {
+                for (k, inner) in map {
+                    self.add_json(format!("{key}.{k}"), inner, origin, depth + 1);
+                }
+            }
+        }
+    }
+}
+
+/// `[{name: A, value: 1}, {name: B, value: 2}]` as pairs, when every element has that shape.
+fn name_value_pairs(values: &[AnyValue]) -> Option<Vec<(String, &AnyValue)>> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(values.len());
+    for v in values {
+        let Some(any_value::Value::KvlistValue(list)) = &v.value else {
+            return None;
+        };
+        let mut name = None;
+        let mut value = None;
+        for kv in &list.values {
+            match kv.key.as_str() {
+                "name" | "Name" => match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                    Some(any_value::Value::StringValue(s)) => name = Some(s.clone()),
+                    _ => return None,
+                },
+                "value" | "Value" => value = kv.value.as_ref(),
+                _ => return None,
+            }
+        }
+        out.push((name?, value?));
+    }
+    Some(out)
+}
+
+fn any_to_json(v: &AnyValue, depth: usize) -> serde_json::Value {
+    use serde_json::Value as J;
+    if depth >= MAX_DEPTH {
+        return J::String("<nested too deep>".into());
+    }
+    match &v.value {
+        None => J::Null,
+        Some(any_value::Value::StringValue(s)) => J::String(s.clone()),
+        Some(any_value::Value::BoolValue(b)) => J::Bool(*b),
+        Some(any_value::Value::IntValue(i)) => (*i).into(),
+        Some(any_value::Value::DoubleValue(d)) => Val::Double(*d).to_json(),
+        Some(any_value::Value::BytesValue(b)) => J::String(hex::encode(b)),
+        Some(any_value::Value::StringValueStrindex(i)) => (*i).into(),
+        Some(any_value::Value::ArrayValue(a)) => J::Array(a.values.iter().map(|x| any_to_json(x, depth + 1)).collect()),
+        Some(any_value::Value::KvlistValue(l)) => J::Object(
+            l.values
+                .iter()
+                .map(|kv| (kv.key.clone(), kv.value.as_ref().map(|x| any_to_json(x, depth + 1)).unwrap_or(J::Null)))
+                .collect(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::common::v1::{ArrayValue, KeyValueList};
+
+    fn s(v: &str) -> AnyValue {
+        AnyValue { value: Some(any_value::Value::StringValue(v.into())) }
+    }
+    fn kv(k: &str, v: AnyValue) -> KeyValue {
+        KeyValue { key: k.into(), value: Some(v), ..Default::default() }
+    }
+    fn map(kvs: Vec<KeyValue>) -> AnyValue {
+        AnyValue { value: Some(any_value::Value::KvlistValue(KeyValueList { values: kvs })) }
+    }
+
+    #[test]
+    fn flattens_maps_and_name_value_lists() {
+        let mut view = RecordView::default();
+        let event_data = AnyValue {
+            value: Some(any_value::Value::ArrayValue(ArrayValue {
+                values: vec![
+                    map(vec![kv("name", s("TaskName")), kv("value", s("\\Evil"))]),
+                    map(vec![kv("name", s("SubjectUserName")), kv("value", s("bob"))]),
+                ],
+            })),
+        };
+        let body = map(vec![kv("channel", s("Security")), kv("event_data", event_data)]);
+        view.add_any("body".into(), Some(&body), Origin::Record, 0);
+        assert_eq!(view.get("body.channel"), Some(&Val::Str("Security".into())));
+        assert_eq!(view.get("body.event_data.TaskName"), Some(&Val::Str("\\Evil".into())));
+        assert_eq!(view.get("body.event_data.SubjectUserName"), Some(&Val::Str("bob".into())));
+    }
+
+    #[test]
+    fn deep_nesting_stops_at_the_limit() {
+        let mut v = s("leaf");
+        // Deeper than prost decodes from the wire (100), shallow enough to drop on a test stack.
+        for _ in 0..200 {
+            v = map(vec![kv("k", v)]);
+        }
+        let mut view = RecordView::default();
+        view.add_any("a".into(), Some(&v), Origin::Attribute, 0);
+        assert_eq!(view.iter().count(), 1);
+        let (key, val, _) = view.iter().next().unwrap();
+        assert_eq!(key.matches(".k").count(), MAX_DEPTH);
+        assert_eq!(val, &Val::Str("<nested too deep>".into()));
+    }
+
+    #[test]
+    fn json_strings_expand_and_quirky_types_convert() {
+        let mut view = RecordView::default();
+        view.insert(
+            "tool_parameters".into(),
+            Val::Str(r#"{"file_path": "/x/.env", "timeout": 30, "dangerouslyDisableSandbox": true}"#.into()),
+            Origin::Attribute,
+        );
+        assert!(view.expand_json("tool_parameters"));
+        assert_eq!(view.get("tool_parameters.file_path").and_then(Val::as_str), Some("/x/.env"));
+        assert_eq!(view.get("tool_parameters.timeout").and_then(Val::as_i64), Some(30));
+        assert_eq!(view.get("tool_parameters.dangerouslyDisableSandbox").and_then(Val::as_bool), Some(true));
+        assert_eq!(Val::Str("false".into()).as_bool(), Some(false));
+        assert_eq!(Val::Str(" 1200".into()).as_i64(), Some(1200));
+        view.insert("broken".into(), Val::Str("{not json".into()), Origin::Attribute);
+        assert!(!view.expand_json("broken"));
+    }
+
+    #[test]
+    fn duplicate_keys_keep_the_last_value_once() {
+        let mut view = RecordView::default();
+        view.add_attributes("", &[kv("a", s("1")), kv("a", s("2"))], Origin::Attribute);
+        assert_eq!(view.iter().count(), 1);
+        assert_eq!(view.get("a"), Some(&Val::Str("2".into())));
+    }
+}
