@@ -18,15 +18,19 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, BooleanBuilder, Int32Array, Int64Array, Int64Builder, ListArray, MapArray,
-    RecordBatch, StringArray, StringBuilder, StringDictionaryBuilder, StructArray, TimestampNanosecondBuilder,
+    Array, ArrayRef, BooleanArray, BooleanBuilder, Int32Array, Int64Array, Int64Builder, ListArray,
+    MapArray, RecordBatch, StringArray, StringBuilder, StringDictionaryBuilder, StructArray,
+    TimestampNanosecondBuilder,
 };
 use arrow::buffer::{NullBuffer, OffsetBuffer};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Fields, Int32Type, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 
-use crate::{Alert, Event, EventKind, Evidence, Outcome, Severity, Source, ALERT_SCHEMA_VERSION, EVENT_SCHEMA_VERSION};
+use crate::{
+    Alert, Event, EventKind, Evidence, Outcome, Severity, Source, ALERT_SCHEMA_VERSION,
+    EVENT_SCHEMA_VERSION,
+};
 
 /// Metadata key holding the record's schema version ([`EVENT_SCHEMA_VERSION`] or [`ALERT_SCHEMA_VERSION`]).
 pub const SCHEMA_VERSION_KEY: &str = "vigil.schema_version";
@@ -39,7 +43,11 @@ pub enum SchemaError {
     #[error("arrow: {0}")]
     Arrow(#[from] ArrowError),
     #[error("column {column:?} has type {found}, which cannot be read as {expected}")]
-    ColumnType { column: String, found: DataType, expected: &'static str },
+    ColumnType {
+        column: String,
+        found: DataType,
+        expected: &'static str,
+    },
     #[error("column {column:?} is required but missing")]
     MissingColumn { column: &'static str },
 }
@@ -88,11 +96,19 @@ fn evidence_fields() -> Fields {
 }
 
 fn evidence_item_field() -> Arc<Field> {
-    Arc::new(Field::new("element", DataType::Struct(evidence_fields()), true))
+    Arc::new(Field::new(
+        "element",
+        DataType::Struct(evidence_fields()),
+        true,
+    ))
 }
 
 fn metadata(record: &str, version: u32) -> std::collections::HashMap<String, String> {
-    [(SCHEMA_VERSION_KEY.to_string(), version.to_string()), (RECORD_KEY.to_string(), record.to_string())].into()
+    [
+        (SCHEMA_VERSION_KEY.to_string(), version.to_string()),
+        (RECORD_KEY.to_string(), record.to_string()),
+    ]
+    .into()
 }
 
 static EVENT_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
@@ -125,7 +141,10 @@ static EVENT_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("attrs", map_type(), false),
     ];
     debug_assert_eq!(fields.len(), crate::EVENT_FIELDS.len());
-    Arc::new(Schema::new_with_metadata(fields, metadata("events", EVENT_SCHEMA_VERSION)))
+    Arc::new(Schema::new_with_metadata(
+        fields,
+        metadata("events", EVENT_SCHEMA_VERSION),
+    ))
 });
 
 static ALERT_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
@@ -153,7 +172,10 @@ static ALERT_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         s("summary", false),
         Field::new("replayed", DataType::Boolean, false),
     ];
-    Arc::new(Schema::new_with_metadata(fields, metadata("alerts", ALERT_SCHEMA_VERSION)))
+    Arc::new(Schema::new_with_metadata(
+        fields,
+        metadata("alerts", ALERT_SCHEMA_VERSION),
+    ))
 });
 
 /// The Arrow schema of archived events (built once).
@@ -169,7 +191,10 @@ pub fn alert_schema() -> SchemaRef {
 // ---------------------------------------------------------------- writing
 
 /// Builds a `map<string,string>` column from per-row maps.
-fn map_column<'a, I: Iterator<Item = &'a BTreeMap<String, String>>>(rows: I, len: usize) -> Result<ArrayRef> {
+fn map_column<'a, I: Iterator<Item = &'a BTreeMap<String, String>>>(
+    rows: I,
+    len: usize,
+) -> Result<ArrayRef> {
     let mut offsets = Vec::with_capacity(len + 1);
     offsets.push(0i32);
     let mut keys = StringBuilder::with_capacity(len * 8, len * 8 * 16);
@@ -188,7 +213,11 @@ fn map_column<'a, I: Iterator<Item = &'a BTreeMap<String, String>>>(rows: I, len
     let DataType::Struct(fields) = map_entries_field().data_type().clone() else {
         unreachable!("map entries are a struct by construction")
     };
-    let entries = StructArray::try_new(fields, vec![Arc::new(keys.finish()), Arc::new(values.finish())], None)?;
+    let entries = StructArray::try_new(
+        fields,
+        vec![Arc::new(keys.finish()), Arc::new(values.finish())],
+        None,
+    )?;
     Ok(Arc::new(MapArray::try_new(
         map_entries_field(),
         OffsetBuffer::new(offsets.into()),
@@ -199,14 +228,18 @@ fn map_column<'a, I: Iterator<Item = &'a BTreeMap<String, String>>>(rows: I, len
 }
 
 fn overflow() -> SchemaError {
-    SchemaError::Arrow(ArrowError::ComputeError("batch too large for 32-bit offsets".into()))
+    SchemaError::Arrow(ArrowError::ComputeError(
+        "batch too large for 32-bit offsets".into(),
+    ))
 }
 
 fn offsets_of(lens: impl Iterator<Item = usize>) -> Result<OffsetBuffer<i32>> {
     let mut offsets = vec![0i32];
     let mut n = 0i32;
     for l in lens {
-        n = n.checked_add(i32::try_from(l).map_err(|_| overflow())?).ok_or_else(overflow)?;
+        n = n
+            .checked_add(i32::try_from(l).map_err(|_| overflow())?)
+            .ok_or_else(overflow)?;
         offsets.push(n);
     }
     Ok(OffsetBuffer::new(offsets.into()))
@@ -214,8 +247,15 @@ fn offsets_of(lens: impl Iterator<Item = usize>) -> Result<OffsetBuffer<i32>> {
 
 fn string_list_column<'a>(rows: impl Iterator<Item = &'a Vec<String>> + Clone) -> Result<ArrayRef> {
     let offsets = offsets_of(rows.clone().map(|v| v.len()))?;
-    let values: StringArray = rows.flat_map(|v| v.iter().map(|s| Some(s.as_str()))).collect();
-    Ok(Arc::new(ListArray::try_new(list_item_field(), offsets, Arc::new(values), None)?))
+    let values: StringArray = rows
+        .flat_map(|v| v.iter().map(|s| Some(s.as_str())))
+        .collect();
+    Ok(Arc::new(ListArray::try_new(
+        list_item_field(),
+        offsets,
+        Arc::new(values),
+        None,
+    )?))
 }
 
 struct DictCol(StringDictionaryBuilder<Int32Type>);
@@ -253,7 +293,8 @@ where
     let mut event_id = StringBuilder::with_capacity(n, n * 32);
     let [mut tenant, mut source, mut product, mut kind, mut action, mut outcome, mut user, mut session, mut host, mut tool, mut mcp_server, mut connector, mut domain, mut model] =
         std::array::from_fn(|_| DictCol::new(n));
-    let [mut target, mut path, mut command] = std::array::from_fn(|_| StringBuilder::with_capacity(n, n * 16));
+    let [mut target, mut path, mut command] =
+        std::array::from_fn(|_| StringBuilder::with_capacity(n, n * 16));
     let mut tokens_in = Int64Builder::with_capacity(n);
     let mut tokens_out = Int64Builder::with_capacity(n);
     let mut interactive = BooleanBuilder::with_capacity(n);
@@ -334,12 +375,19 @@ pub fn alert_refs_to_batch(alerts: &[&Alert]) -> Result<RecordBatch> {
         Arc::new(alerts.iter().map(|a| Some(f(a))).collect::<StringArray>())
     };
     let int = |f: fn(&Alert) -> u64| -> ArrayRef {
-        Arc::new(alerts.iter().map(|a| Some(i64::try_from(f(a)).unwrap_or(i64::MAX))).collect::<Int64Array>())
+        Arc::new(
+            alerts
+                .iter()
+                .map(|a| Some(i64::try_from(f(a)).unwrap_or(i64::MAX)))
+                .collect::<Int64Array>(),
+        )
     };
 
     // Evidence: one struct row per piece of evidence, grouped per alert by list offsets.
     let ev: Vec<&Evidence> = alerts.iter().flat_map(|a| a.evidence.iter()).collect();
-    let ev_str = |f: fn(&Evidence) -> Option<&str>| -> ArrayRef { Arc::new(ev.iter().map(|e| f(e)).collect::<StringArray>()) };
+    let ev_str = |f: fn(&Evidence) -> Option<&str>| -> ArrayRef {
+        Arc::new(ev.iter().map(|e| f(e)).collect::<StringArray>())
+    };
     let mut ev_time = TimestampNanosecondBuilder::with_capacity(ev.len()).with_timezone("UTC");
     ev.iter().for_each(|e| ev_time.append_value(e.time));
     let evidence_struct = StructArray::try_new(
@@ -368,7 +416,12 @@ pub fn alert_refs_to_batch(alerts: &[&Alert]) -> Result<RecordBatch> {
         ts(|a| a.first_seen),
         ts(|a| a.last_seen),
         string(|a| &a.id),
-        Arc::new(alerts.iter().map(|a| Some(i32::try_from(a.schema_version).unwrap_or(i32::MAX))).collect::<Int32Array>()),
+        Arc::new(
+            alerts
+                .iter()
+                .map(|a| Some(i32::try_from(a.schema_version).unwrap_or(i32::MAX)))
+                .collect::<Int32Array>(),
+        ),
         dict(|a| Some(&a.rule_id)),
         dict(|a| Some(&a.title)),
         dict(|a| Some(a.severity.as_str())),
@@ -383,7 +436,12 @@ pub fn alert_refs_to_batch(alerts: &[&Alert]) -> Result<RecordBatch> {
         string_list_column(alerts.iter().map(|a| &a.event_ids))?,
         Arc::new(evidence),
         string(|a| &a.summary),
-        Arc::new(alerts.iter().map(|a| Some(a.replayed)).collect::<BooleanArray>()),
+        Arc::new(
+            alerts
+                .iter()
+                .map(|a| Some(a.replayed))
+                .collect::<BooleanArray>(),
+        ),
     ];
     Ok(RecordBatch::try_new(alert_schema(), columns)?)
 }
@@ -398,19 +456,35 @@ struct Columns<'a> {
 
 impl<'a> Columns<'a> {
     fn of_batch(batch: &'a RecordBatch) -> Self {
-        Columns { fields: batch.schema_ref().fields(), arrays: batch.columns() }
+        Columns {
+            fields: batch.schema_ref().fields(),
+            arrays: batch.columns(),
+        }
     }
 
     fn of_struct(s: &'a StructArray) -> Self {
-        Columns { fields: s.fields(), arrays: s.columns() }
+        Columns {
+            fields: s.fields(),
+            arrays: s.columns(),
+        }
     }
 
     fn get(&self, name: &str) -> Option<&'a ArrayRef> {
-        self.fields.iter().position(|f| f.name() == name).map(|i| &self.arrays[i])
+        self.fields
+            .iter()
+            .position(|f| f.name() == name)
+            .map(|i| &self.arrays[i])
     }
 
-    fn cast_to(&self, name: &str, to: &DataType, expected: &'static str) -> Result<Option<ArrayRef>> {
-        let Some(a) = self.get(name) else { return Ok(None) };
+    fn cast_to(
+        &self,
+        name: &str,
+        to: &DataType,
+        expected: &'static str,
+    ) -> Result<Option<ArrayRef>> {
+        let Some(a) = self.get(name) else {
+            return Ok(None);
+        };
         if a.data_type() == to {
             return Ok(Some(a.clone()));
         }
@@ -423,14 +497,19 @@ impl<'a> Columns<'a> {
 
     /// Any string-like column (Utf8, LargeUtf8, Utf8View, dictionary of those) as Utf8.
     fn strings(&self, name: &str) -> Result<Option<StringArray>> {
-        Ok(self
-            .cast_to(name, &DataType::Utf8, "string")?
-            .map(|a| a.as_any().downcast_ref::<StringArray>().expect("cast to Utf8 gives a StringArray").clone()))
+        Ok(self.cast_to(name, &DataType::Utf8, "string")?.map(|a| {
+            a.as_any()
+                .downcast_ref::<StringArray>()
+                .expect("cast to Utf8 gives a StringArray")
+                .clone()
+        }))
     }
 
     /// Any timestamp (any unit, any zone) or integer column as i64 nanoseconds.
     fn nanos(&self, name: &str) -> Result<Option<Int64Array>> {
-        let Some(a) = self.get(name) else { return Ok(None) };
+        let Some(a) = self.get(name) else {
+            return Ok(None);
+        };
         let a = match a.data_type() {
             DataType::Timestamp(TimeUnit::Nanosecond, _) => a.clone(),
             DataType::Timestamp(_, _) => cast(a, &DataType::Timestamp(TimeUnit::Nanosecond, None))?,
@@ -442,44 +521,82 @@ impl<'a> Columns<'a> {
             found,
             expected: "timestamp",
         })?;
-        Ok(Some(ints.as_any().downcast_ref::<Int64Array>().expect("cast to Int64").clone()))
+        Ok(Some(
+            ints.as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("cast to Int64")
+                .clone(),
+        ))
     }
 
     fn ints(&self, name: &str) -> Result<Option<Int64Array>> {
-        Ok(self
-            .cast_to(name, &DataType::Int64, "integer")?
-            .map(|a| a.as_any().downcast_ref::<Int64Array>().expect("cast to Int64").clone()))
+        Ok(self.cast_to(name, &DataType::Int64, "integer")?.map(|a| {
+            a.as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("cast to Int64")
+                .clone()
+        }))
     }
 
     fn bools(&self, name: &str) -> Result<Option<BooleanArray>> {
-        Ok(self
-            .cast_to(name, &DataType::Boolean, "boolean")?
-            .map(|a| a.as_any().downcast_ref::<BooleanArray>().expect("cast to Boolean").clone()))
+        Ok(self.cast_to(name, &DataType::Boolean, "boolean")?.map(|a| {
+            a.as_any()
+                .downcast_ref::<BooleanArray>()
+                .expect("cast to Boolean")
+                .clone()
+        }))
     }
 
     fn maps(&self, name: &str) -> Result<Option<MapColumn>> {
-        let Some(a) = self.get(name) else { return Ok(None) };
-        let bad = || SchemaError::ColumnType { column: name.to_string(), found: a.data_type().clone(), expected: "map<string,string>" };
+        let Some(a) = self.get(name) else {
+            return Ok(None);
+        };
+        let bad = || SchemaError::ColumnType {
+            column: name.to_string(),
+            found: a.data_type().clone(),
+            expected: "map<string,string>",
+        };
         let m = a.as_any().downcast_ref::<MapArray>().ok_or_else(bad)?;
         let keys = cast(m.keys(), &DataType::Utf8).map_err(|_| bad())?;
         let values = cast(m.values(), &DataType::Utf8).map_err(|_| bad())?;
         Ok(Some(MapColumn {
             offsets: m.offsets().clone(),
             nulls: m.nulls().cloned(),
-            keys: keys.as_any().downcast_ref::<StringArray>().expect("Utf8").clone(),
-            values: values.as_any().downcast_ref::<StringArray>().expect("Utf8").clone(),
+            keys: keys
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .expect("Utf8")
+                .clone(),
+            values: values
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .expect("Utf8")
+                .clone(),
         }))
     }
 
     fn lists(&self, name: &str) -> Result<Option<(ListArray, ArrayRef)>> {
-        let Some(a) = self.get(name) else { return Ok(None) };
-        let bad = || SchemaError::ColumnType { column: name.to_string(), found: a.data_type().clone(), expected: "list" };
+        let Some(a) = self.get(name) else {
+            return Ok(None);
+        };
+        let bad = || SchemaError::ColumnType {
+            column: name.to_string(),
+            found: a.data_type().clone(),
+            expected: "list",
+        };
         let l = match a.data_type() {
-            DataType::List(_) => a.as_any().downcast_ref::<ListArray>().ok_or_else(bad)?.clone(),
+            DataType::List(_) => a
+                .as_any()
+                .downcast_ref::<ListArray>()
+                .ok_or_else(bad)?
+                .clone(),
             DataType::LargeList(item) => {
                 let to = DataType::List(item.clone());
                 let c = cast(a, &to).map_err(|_| bad())?;
-                c.as_any().downcast_ref::<ListArray>().ok_or_else(bad)?.clone()
+                c.as_any()
+                    .downcast_ref::<ListArray>()
+                    .ok_or_else(bad)?
+                    .clone()
             }
             _ => return Err(bad()),
         };
@@ -488,7 +605,9 @@ impl<'a> Columns<'a> {
     }
 
     fn string_lists(&self, name: &str) -> Result<Option<StringLists>> {
-        let Some((l, values)) = self.lists(name)? else { return Ok(None) };
+        let Some((l, values)) = self.lists(name)? else {
+            return Ok(None);
+        };
         let values = cast(&values, &DataType::Utf8).map_err(|_| SchemaError::ColumnType {
             column: name.to_string(),
             found: values.data_type().clone(),
@@ -496,7 +615,11 @@ impl<'a> Columns<'a> {
         })?;
         Ok(Some(StringLists {
             list: l,
-            values: values.as_any().downcast_ref::<StringArray>().expect("Utf8").clone(),
+            values: values
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .expect("Utf8")
+                .clone(),
         }))
     }
 }
@@ -516,7 +639,12 @@ impl MapColumn {
         let (start, end) = (self.offsets[i] as usize, self.offsets[i + 1] as usize);
         (start..end)
             .filter(|&j| self.keys.is_valid(j))
-            .map(|j| (self.keys.value(j).to_string(), opt_str(&self.values, j).unwrap_or_default()))
+            .map(|j| {
+                (
+                    self.keys.value(j).to_string(),
+                    opt_str(&self.values, j).unwrap_or_default(),
+                )
+            })
             .collect()
     }
 }
@@ -532,7 +660,9 @@ impl StringLists {
             return Vec::new();
         }
         let offsets = self.list.value_offsets();
-        (offsets[i] as usize..offsets[i + 1] as usize).filter_map(|j| opt_str(&self.values, j)).collect()
+        (offsets[i] as usize..offsets[i + 1] as usize)
+            .filter_map(|j| opt_str(&self.values, j))
+            .collect()
     }
 }
 
@@ -559,22 +689,50 @@ fn opt_bool(a: &Option<BooleanArray>, i: usize) -> bool {
 /// Parses an enum column's text; a value this version does not know (an
 /// archive written by a newer vigil) reads as the enum's default rather than
 /// failing the whole replay.
-fn enum_or_default<T: Default>(a: &Option<StringArray>, i: usize, parse: fn(&str) -> Option<T>) -> T {
-    a.as_ref().filter(|a| a.is_valid(i)).and_then(|a| parse(a.value(i))).unwrap_or_default()
+fn enum_or_default<T: Default>(
+    a: &Option<StringArray>,
+    i: usize,
+    parse: fn(&str) -> Option<T>,
+) -> T {
+    a.as_ref()
+        .filter(|a| a.is_valid(i))
+        .and_then(|a| parse(a.value(i)))
+        .unwrap_or_default()
 }
 
 /// Reads events back from a RecordBatch of any version of [`event_schema`].
 /// Only `time` is required; missing columns read as `None` / defaults.
 pub fn batch_to_events(batch: &RecordBatch) -> Result<Vec<Event>> {
     let c = Columns::of_batch(batch);
-    let time = c.nanos("time")?.ok_or(SchemaError::MissingColumn { column: "time" })?;
+    let time = c
+        .nanos("time")?
+        .ok_or(SchemaError::MissingColumn { column: "time" })?;
     let observed = c.nanos("observed_time")?;
     let s = |name| c.strings(name);
-    let (event_id, tenant, source, product, kind, action, outcome) =
-        (s("event_id")?, s("tenant")?, s("source")?, s("product")?, s("kind")?, s("action")?, s("outcome")?);
-    let (user, session, host, tool, mcp_server, connector) =
-        (s("user")?, s("session")?, s("host")?, s("tool")?, s("mcp_server")?, s("connector")?);
-    let (target, domain, path, command, model) = (s("target")?, s("domain")?, s("path")?, s("command")?, s("model")?);
+    let (event_id, tenant, source, product, kind, action, outcome) = (
+        s("event_id")?,
+        s("tenant")?,
+        s("source")?,
+        s("product")?,
+        s("kind")?,
+        s("action")?,
+        s("outcome")?,
+    );
+    let (user, session, host, tool, mcp_server, connector) = (
+        s("user")?,
+        s("session")?,
+        s("host")?,
+        s("tool")?,
+        s("mcp_server")?,
+        s("connector")?,
+    );
+    let (target, domain, path, command, model) = (
+        s("target")?,
+        s("domain")?,
+        s("path")?,
+        s("command")?,
+        s("model")?,
+    );
     let (tokens_in, tokens_out) = (c.ints("tokens_in")?, c.ints("tokens_out")?);
     let interactive = c.bools("interactive")?;
     let attrs = c.maps("attrs")?;
@@ -614,32 +772,53 @@ pub fn batch_to_events(batch: &RecordBatch) -> Result<Vec<Event>> {
 /// Only `time` is required; missing columns read as empty / defaults.
 pub fn batch_to_alerts(batch: &RecordBatch) -> Result<Vec<Alert>> {
     let c = Columns::of_batch(batch);
-    let time = c.nanos("time")?.ok_or(SchemaError::MissingColumn { column: "time" })?;
+    let time = c
+        .nanos("time")?
+        .ok_or(SchemaError::MissingColumn { column: "time" })?;
     let (first_seen, last_seen) = (c.nanos("first_seen")?, c.nanos("last_seen")?);
     let s = |name| c.strings(name);
-    let (id, rule_id, title, severity, tenant) = (s("id")?, s("rule_id")?, s("title")?, s("severity")?, s("tenant")?);
+    let (id, rule_id, title, severity, tenant) = (
+        s("id")?,
+        s("rule_id")?,
+        s("title")?,
+        s("severity")?,
+        s("tenant")?,
+    );
     let (user, session, host, summary) = (s("user")?, s("session")?, s("host")?, s("summary")?);
-    let (version, count, suppressed) = (c.ints("schema_version")?, c.ints("count")?, c.ints("suppressed")?);
+    let (version, count, suppressed) = (
+        c.ints("schema_version")?,
+        c.ints("count")?,
+        c.ints("suppressed")?,
+    );
     let (tags, event_ids) = (c.string_lists("tags")?, c.string_lists("event_ids")?);
     let key = c.maps("key")?;
     let replayed = c.bools("replayed")?;
     let evidence = match c.lists("evidence")? {
         None => None,
         Some((list, values)) => {
-            let st = values.as_any().downcast_ref::<StructArray>().ok_or_else(|| SchemaError::ColumnType {
-                column: "evidence".into(),
-                found: values.data_type().clone(),
-                expected: "list<struct>",
-            })?;
+            let st = values
+                .as_any()
+                .downcast_ref::<StructArray>()
+                .ok_or_else(|| SchemaError::ColumnType {
+                    column: "evidence".into(),
+                    found: values.data_type().clone(),
+                    expected: "list<struct>",
+                })?;
             Some((list, read_evidence(&Columns::of_struct(st), st.len())?))
         }
     };
     let mut out = Vec::with_capacity(batch.num_rows());
     for i in 0..batch.num_rows() {
         let t = time.value(i);
-        let u = |a: &Option<Int64Array>| opt_int(a, i).map(|v| u64::try_from(v).unwrap_or(0)).unwrap_or(0);
+        let u = |a: &Option<Int64Array>| {
+            opt_int(a, i)
+                .map(|v| u64::try_from(v).unwrap_or(0))
+                .unwrap_or(0)
+        };
         out.push(Alert {
-            schema_version: opt_int(&version, i).and_then(|v| u32::try_from(v).ok()).unwrap_or(ALERT_SCHEMA_VERSION),
+            schema_version: opt_int(&version, i)
+                .and_then(|v| u32::try_from(v).ok())
+                .unwrap_or(ALERT_SCHEMA_VERSION),
             id: str_or_default(&id, i),
             rule_id: str_or_default(&rule_id, i),
             title: str_or_default(&title, i),
@@ -673,8 +852,15 @@ pub fn batch_to_alerts(batch: &RecordBatch) -> Result<Vec<Alert>> {
 fn read_evidence(c: &Columns<'_>, len: usize) -> Result<Vec<Evidence>> {
     let time = c.nanos("time")?;
     let s = |name| c.strings(name);
-    let (event_id, kind, action, tool, path, domain, command) =
-        (s("event_id")?, s("kind")?, s("action")?, s("tool")?, s("path")?, s("domain")?, s("command")?);
+    let (event_id, kind, action, tool, path, domain, command) = (
+        s("event_id")?,
+        s("kind")?,
+        s("action")?,
+        s("tool")?,
+        s("path")?,
+        s("domain")?,
+        s("command")?,
+    );
     Ok((0..len)
         .map(|i| Evidence {
             event_id: str_or_default(&event_id, i),
@@ -700,7 +886,11 @@ mod tests {
             tenant: "acme".into(),
             source: Source::Agent,
             product: Some("claude-code".into()),
-            kind: if i % 2 == 0 { EventKind::FileRead } else { EventKind::ToolCall },
+            kind: if i % 2 == 0 {
+                EventKind::FileRead
+            } else {
+                EventKind::ToolCall
+            },
             action: (i % 3 == 0).then(|| "read".into()),
             outcome: Outcome::Success,
             user: Some(format!("user{}@example.com", i % 4)),
@@ -709,7 +899,11 @@ mod tests {
             path: Some(format!("/home/u/file{i}.rs")),
             tokens_in: (i % 2 == 1).then_some(i * 10),
             interactive: i % 5 == 0,
-            attrs: [("event.name".to_string(), "tool_result".to_string()), ("n".to_string(), i.to_string())].into(),
+            attrs: [
+                ("event.name".to_string(), "tool_result".to_string()),
+                ("n".to_string(), i.to_string()),
+            ]
+            .into(),
             ..Default::default()
         };
         e.event_id = e.compute_id();
@@ -734,8 +928,20 @@ mod tests {
             suppressed: 3,
             event_ids: vec!["e1".into(), "e2".into()],
             evidence: vec![
-                Evidence { event_id: "e1".into(), time: 1, kind: EventKind::FileRead, path: Some("/x".into()), ..Default::default() },
-                Evidence { event_id: "e2".into(), time: 5, kind: EventKind::ToolCall, command: Some("ls".into()), ..Default::default() },
+                Evidence {
+                    event_id: "e1".into(),
+                    time: 1,
+                    kind: EventKind::FileRead,
+                    path: Some("/x".into()),
+                    ..Default::default()
+                },
+                Evidence {
+                    event_id: "e2".into(),
+                    time: 5,
+                    kind: EventKind::ToolCall,
+                    command: Some("ls".into()),
+                    ..Default::default()
+                },
             ],
             summary: "gina's agent read ~/.ssh/id_ed25519".into(),
             ..Default::default()
@@ -764,7 +970,10 @@ mod tests {
     #[test]
     fn schemas_carry_version_and_record_metadata() {
         let s = event_schema();
-        assert_eq!(s.metadata()[SCHEMA_VERSION_KEY], EVENT_SCHEMA_VERSION.to_string());
+        assert_eq!(
+            s.metadata()[SCHEMA_VERSION_KEY],
+            EVENT_SCHEMA_VERSION.to_string()
+        );
         assert_eq!(s.metadata()[RECORD_KEY], "events");
         assert_eq!(alert_schema().metadata()[RECORD_KEY], "alerts");
         let names: Vec<&str> = s.fields().iter().map(|f| f.name().as_str()).collect();
@@ -776,12 +985,20 @@ mod tests {
         // An "older archive": plain strings instead of dictionaries, microsecond
         // times without a zone, columns in another order, most columns absent.
         let batch = RecordBatch::try_from_iter(vec![
-            ("kind", Arc::new(StringArray::from(vec!["file_read", "brand_new_kind"])) as ArrayRef),
+            (
+                "kind",
+                Arc::new(StringArray::from(vec!["file_read", "brand_new_kind"])) as ArrayRef,
+            ),
             (
                 "time",
-                Arc::new(arrow::array::TimestampMicrosecondArray::from(vec![1_000_000, 2_000_000])) as ArrayRef,
+                Arc::new(arrow::array::TimestampMicrosecondArray::from(vec![
+                    1_000_000, 2_000_000,
+                ])) as ArrayRef,
             ),
-            ("user", Arc::new(StringArray::from(vec![Some("dana"), None])) as ArrayRef),
+            (
+                "user",
+                Arc::new(StringArray::from(vec![Some("dana"), None])) as ArrayRef,
+            ),
         ])
         .unwrap();
         let events = batch_to_events(&batch).unwrap();
@@ -795,8 +1012,11 @@ mod tests {
 
     #[test]
     fn reading_without_time_is_a_clear_error() {
-        let batch =
-            RecordBatch::try_from_iter(vec![("kind", Arc::new(StringArray::from(vec!["file_read"])) as ArrayRef)]).unwrap();
+        let batch = RecordBatch::try_from_iter(vec![(
+            "kind",
+            Arc::new(StringArray::from(vec!["file_read"])) as ArrayRef,
+        )])
+        .unwrap();
         let err = batch_to_events(&batch).unwrap_err().to_string();
         assert!(err.contains("\"time\""), "{err}");
     }

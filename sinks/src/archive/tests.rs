@@ -1,0 +1,492 @@
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use event::{Alert, Event, EventKind, Evidence, Severity, Source};
+
+use super::*;
+
+/// 2026-03-10T23:59:59Z in nanoseconds.
+const BEFORE_MIDNIGHT: i64 = 1_773_187_199_000_000_000;
+const SEC: i64 = 1_000_000_000;
+
+fn event(time: i64, n: u32) -> Event {
+    let mut e = Event {
+        time,
+        observed_time: time + SEC,
+        tenant: "acme".into(),
+        source: Source::Agent,
+        product: Some("claude-code".into()),
+        kind: EventKind::FileRead,
+        user: Some("gina@example.com".into()),
+        session: Some("s-1".into()),
+        tool: Some("Read".into()),
+        path: Some(format!("/repo/src/file{n}.rs")),
+        attrs: [
+            ("event.name".to_string(), "tool_result".to_string()),
+            ("seq".to_string(), n.to_string()),
+        ]
+        .into(),
+        ..Default::default()
+    };
+    e.event_id = e.compute_id();
+    e
+}
+
+fn config(dir: &Path) -> ArchiveConfig {
+    ArchiveConfig {
+        wal_fsync: false,
+        ..ArchiveConfig::new(dir)
+    }
+}
+
+/// Every file under `dir` (recursively), relative to it.
+fn files(dir: &Path) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(base, &p, out);
+            } else {
+                out.push(p.strip_prefix(base).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+fn parquet_files(dir: &Path) -> Vec<String> {
+    files(dir)
+        .into_iter()
+        .filter(|f| f.ends_with(".parquet"))
+        .collect()
+}
+
+/// Opens every `.parquet` file fully, as a reader globbing `**/*.parquet` would.
+fn assert_all_parquet_files_open(dir: &Path) -> usize {
+    let mut rows = 0;
+    for f in parquet_files(dir) {
+        let file = fs::File::open(dir.join(&f)).unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap_or_else(|e| panic!("{f} does not open: {e}"))
+            .build()
+            .unwrap();
+        for b in reader {
+            rows += b.unwrap().num_rows();
+        }
+    }
+    rows
+}
+
+fn read_all(root: &Path) -> Vec<Event> {
+    let mut out: Vec<Event> = read_events(root, None, None)
+        .unwrap()
+        .flat_map(|b| b.unwrap())
+        .collect();
+    out.sort_by(|a, b| (a.time, &a.event_id).cmp(&(b.time, &b.event_id)));
+    out
+}
+
+#[test]
+fn partitions_follow_event_time_across_midnight_and_late_events_go_to_their_own_hour() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = EventArchive::open(config(dir.path())).unwrap();
+    w.write(&[
+        event(BEFORE_MIDNIGHT, 1),
+        event(BEFORE_MIDNIGHT + 2 * SEC, 2),
+    ])
+    .unwrap();
+    // A late event, ten hours behind, arrives after the next day began.
+    w.write(&[event(BEFORE_MIDNIGHT - 10 * 3600 * SEC, 3)])
+        .unwrap();
+    assert_eq!(w.stats().open_files, 3);
+    w.close().unwrap();
+    let names: Vec<String> = parquet_files(&dir.path().join("events"))
+        .iter()
+        .map(|f| f.rsplit_once('/').unwrap().0.to_string())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "date=2026-03-10/hour=13",
+            "date=2026-03-10/hour=23",
+            "date=2026-03-11/hour=00"
+        ]
+    );
+    assert_eq!(read_all(dir.path()).len(), 3);
+}
+
+#[test]
+fn partition_dir_names_hours_before_1970_too() {
+    assert_eq!(
+        partition_dir(hour_of(BEFORE_MIDNIGHT)),
+        "date=2026-03-10/hour=23"
+    );
+    assert_eq!(
+        partition_dir(hour_of(BEFORE_MIDNIGHT + SEC)),
+        "date=2026-03-11/hour=00"
+    );
+    assert_eq!(partition_dir(hour_of(-1)), "date=1969-12-31/hour=23");
+}
+
+#[test]
+fn files_are_written_under_a_temporary_name_and_renamed_when_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let events_dir = dir.path().join("events");
+    let mut w = EventArchive::open(config(dir.path())).unwrap();
+    let t0 = SystemTime::now();
+    for i in 0..5 {
+        w.write(&[event(BEFORE_MIDNIGHT, i)]).unwrap();
+        assert!(
+            parquet_files(&events_dir).is_empty(),
+            "no .parquet file while writing"
+        );
+        let tmp: Vec<String> = files(&events_dir)
+            .into_iter()
+            .filter(|f| f.contains("/.part-"))
+            .collect();
+        assert_eq!(tmp.len(), 1);
+        assert!(tmp[0].ends_with(".parquet.tmp"));
+    }
+    w.tick(t0 + Duration::from_secs(10)).unwrap();
+    assert!(parquet_files(&events_dir).is_empty(), "still young");
+    w.tick(t0 + Duration::from_secs(61)).unwrap();
+    assert_eq!(parquet_files(&events_dir).len(), 1);
+    assert!(files(&events_dir).iter().all(|f| !f.ends_with(".tmp")));
+    assert_eq!(assert_all_parquet_files_open(&events_dir), 5);
+    let s = w.stats();
+    assert_eq!(
+        (s.rows_committed, s.files_committed, s.open_files),
+        (5, 1, 0)
+    );
+}
+
+#[test]
+fn files_roll_by_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ArchiveConfig {
+        max_file_bytes: 1,
+        row_group_rows: 2,
+        ..config(dir.path())
+    };
+    let mut w = EventArchive::open(cfg).unwrap();
+    for i in 0..3 {
+        w.write(&[
+            event(BEFORE_MIDNIGHT, 2 * i),
+            event(BEFORE_MIDNIGHT, 2 * i + 1),
+        ])
+        .unwrap();
+    }
+    assert_eq!(w.stats().files_committed, 3);
+    assert_eq!(parquet_files(&dir.path().join("events")).len(), 3);
+    w.close().unwrap();
+    assert_eq!(read_all(dir.path()).len(), 6);
+}
+
+#[test]
+fn too_many_open_partitions_close_the_oldest() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ArchiveConfig {
+        max_open_files: 2,
+        ..config(dir.path())
+    };
+    let mut w = EventArchive::open(cfg).unwrap();
+    for h in 0..4 {
+        w.write(&[event(BEFORE_MIDNIGHT - h * 3600 * SEC, h as u32)])
+            .unwrap();
+    }
+    assert_eq!(w.stats().open_files, 2);
+    assert_eq!(w.stats().files_committed, 2);
+    w.close().unwrap();
+    assert_eq!(read_all(dir.path()).len(), 4);
+}
+
+#[test]
+fn events_round_trip_through_parquet_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = EventArchive::open(ArchiveConfig {
+        row_group_rows: 100,
+        ..config(dir.path())
+    })
+    .unwrap();
+    let mut events: Vec<Event> = (0..1000)
+        .map(|i| event(BEFORE_MIDNIGHT - 7200 * SEC + i as i64 * 10 * SEC, i))
+        .collect();
+    events[3].tokens_in = Some(12);
+    events[4].interactive = true;
+    events[5].user = None;
+    w.write(&events[..600]).unwrap();
+    w.write(&events[600..]).unwrap();
+    let stats = w.close().unwrap();
+    assert_eq!(stats.rows_committed, 1000);
+    assert_eq!(read_all(dir.path()), events);
+    // The time range prunes partitions and filters rows: [from, to).
+    let from = events[100].time;
+    let to = events[200].time;
+    let got: usize = read_events(dir.path(), Some(from), Some(to))
+        .unwrap()
+        .map(|b| b.unwrap().len())
+        .sum();
+    assert_eq!(got, 100);
+}
+
+#[test]
+fn alerts_round_trip_through_parquet_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let alert = Alert {
+        schema_version: event::ALERT_SCHEMA_VERSION,
+        id: "a1".into(),
+        rule_id: "ssh_key_read".into(),
+        title: "SSH key read".into(),
+        severity: Severity::High,
+        tags: vec!["attack.t1552.004".into()],
+        tenant: "acme".into(),
+        key: [("user".to_string(), "gina".to_string())].into(),
+        time: BEFORE_MIDNIGHT,
+        first_seen: BEFORE_MIDNIGHT - SEC,
+        last_seen: BEFORE_MIDNIGHT,
+        count: 1,
+        event_ids: vec!["e1".into()],
+        evidence: vec![Evidence {
+            event_id: "e1".into(),
+            time: BEFORE_MIDNIGHT,
+            kind: EventKind::FileRead,
+            ..Default::default()
+        }],
+        summary: "read".into(),
+        ..Default::default()
+    };
+    let mut w = AlertArchive::open(config(dir.path())).unwrap();
+    w.write(std::slice::from_ref(&alert)).unwrap();
+    w.close().unwrap();
+    assert_eq!(parquet_files(&dir.path().join("alerts")).len(), 1);
+    let back: Vec<Alert> = read_alerts(dir.path(), None, None)
+        .unwrap()
+        .flat_map(|b| b.unwrap())
+        .collect();
+    assert_eq!(back, vec![alert]);
+}
+
+#[test]
+fn files_carry_the_schema_version_and_read_back_as_plain_strings() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = EventArchive::open(config(dir.path())).unwrap();
+    w.write(&[event(BEFORE_MIDNIGHT, 1)]).unwrap();
+    w.close().unwrap();
+    let f = parquet_files(&dir.path().join("events")).remove(0);
+    let file = fs::File::open(dir.path().join("events").join(f)).unwrap();
+    let b = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+    let kv = b.metadata().file_metadata().key_value_metadata().unwrap();
+    let get = |k: &str| kv.iter().find(|e| e.key == k).and_then(|e| e.value.clone());
+    assert_eq!(
+        get("vigil.schema_version"),
+        Some(event::EVENT_SCHEMA_VERSION.to_string())
+    );
+    assert_eq!(get("vigil.record").as_deref(), Some("events"));
+    let schema = b.schema();
+    let ty = |n: &str| schema.field_with_name(n).unwrap().data_type().clone();
+    use arrow::datatypes::{DataType, TimeUnit};
+    assert_eq!(
+        ty("tenant"),
+        DataType::Utf8,
+        "no embedded Arrow schema: dictionaries read as strings"
+    );
+    assert!(matches!(
+        ty("time"),
+        DataType::Timestamp(TimeUnit::Nanosecond, Some(_))
+    ));
+    assert!(matches!(ty("attrs"), DataType::Map(_, _)));
+}
+
+#[test]
+fn unwritable_folder_is_a_clear_error_and_earlier_rows_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    // The archive root sits under a regular file: it cannot be created.
+    fs::write(dir.path().join("file"), b"x").unwrap();
+    let err = EventArchive::open(config(&dir.path().join("file/archive")))
+        .err()
+        .unwrap();
+    assert!(matches!(err, ArchiveError::Io { .. }), "{err:?}");
+    assert!(err.to_string().contains("file/archive"), "{err}");
+
+    let root = dir.path().join("archive");
+    let mut w = EventArchive::open(config(&root)).unwrap();
+    w.write(&[event(BEFORE_MIDNIGHT, 1)]).unwrap();
+    // The next day's partition cannot be created: a file blocks the folder name.
+    let blocked = root.join("events/date=2026-03-11");
+    fs::write(&blocked, b"x").unwrap();
+    let err = w.write(&[event(BEFORE_MIDNIGHT + 2 * SEC, 2)]).unwrap_err();
+    assert!(err.to_string().contains("date=2026-03-11"), "{err}");
+    assert!(!w.is_healthy());
+    assert_eq!(w.stats().errors, 1);
+    assert_eq!(
+        w.stats().rows_accepted,
+        1,
+        "the failed batch was not accepted"
+    );
+    // The space comes back; the caller retries.
+    fs::remove_file(&blocked).unwrap();
+    w.write(&[event(BEFORE_MIDNIGHT + 2 * SEC, 2)]).unwrap();
+    assert!(w.is_healthy());
+    w.close().unwrap();
+    assert_eq!(read_all(&root).len(), 2);
+}
+
+#[test]
+fn a_file_that_fails_to_close_is_rebuilt_from_the_write_ahead_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let events_dir = dir.path().join("events");
+    let mut w = EventArchive::open(config(dir.path())).unwrap();
+    let t0 = SystemTime::now();
+    w.write(&[event(BEFORE_MIDNIGHT, 1), event(BEFORE_MIDNIGHT, 2)])
+        .unwrap();
+    // Something removes the temporary file: the rename at close fails.
+    for f in files(&events_dir) {
+        fs::remove_file(events_dir.join(f)).unwrap();
+    }
+    let err = w.tick(t0 + Duration::from_secs(61)).unwrap_err();
+    assert!(err.to_string().contains("rename"), "{err}");
+    assert!(!w.is_healthy());
+    // The same tick already rebuilt the file from the log; the next one reports healthy.
+    assert_eq!(w.stats().pending_recovery, 0);
+    assert_eq!(w.stats().rows_recovered, 2);
+    w.tick(t0 + Duration::from_secs(62)).unwrap();
+    assert!(w.is_healthy());
+    assert_eq!(read_all(dir.path()).len(), 2);
+    w.close().unwrap();
+}
+
+#[test]
+fn after_a_crash_temp_files_are_removed_and_accepted_rows_come_back_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let events_dir = dir.path().join("events");
+    let mut w = EventArchive::open(config(dir.path())).unwrap();
+    let t0 = SystemTime::now();
+    w.write(&[event(BEFORE_MIDNIGHT, 1)]).unwrap();
+    w.tick(t0 + Duration::from_secs(61)).unwrap(); // first file finished
+    w.write(&[
+        event(BEFORE_MIDNIGHT, 2),
+        event(BEFORE_MIDNIGHT + 2 * SEC, 3),
+    ])
+    .unwrap();
+    w.write(
+        &(10..2000)
+            .map(|i| event(BEFORE_MIDNIGHT, i))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    // kill -9: no destructor, no footer, temporary files stay behind.
+    std::mem::forget(w);
+    assert!(files(&events_dir).iter().any(|f| f.ends_with(".tmp")));
+    assert_eq!(assert_all_parquet_files_open(&events_dir), 1);
+
+    let w = EventArchive::open(config(dir.path())).unwrap();
+    let s = w.stats();
+    assert_eq!(s.temp_files_removed, 2);
+    assert_eq!(s.rows_recovered, 2 + 1990);
+    assert!(files(&events_dir).iter().all(|f| !f.ends_with(".tmp")));
+    let all = read_all(dir.path());
+    assert_eq!(all.len(), 1 + 2 + 1990, "each accepted row exactly once");
+    // The log was emptied once everything was rebuilt.
+    assert!(files(&dir.path().join(".wal")).is_empty());
+    w.close().unwrap();
+}
+
+#[test]
+fn a_torn_write_ahead_log_tail_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = EventArchive::open(config(dir.path())).unwrap();
+    w.write(&[event(BEFORE_MIDNIGHT, 1)]).unwrap();
+    std::mem::forget(w);
+    let wal_dir = dir.path().join(".wal/events");
+    let seg: PathBuf = fs::read_dir(&wal_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = fs::read(&seg).unwrap();
+    bytes.extend_from_slice(&[200, 1, 0, 0, 9, 9, 9]); // a half-written next entry
+    fs::write(&seg, bytes).unwrap();
+    let w = EventArchive::open(config(dir.path())).unwrap();
+    assert_eq!(w.stats().rows_recovered, 1);
+    w.close().unwrap();
+    assert_eq!(read_all(dir.path()).len(), 1);
+}
+
+#[test]
+fn wal_segments_are_deleted_once_their_files_are_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal_dir = dir.path().join(".wal/events");
+    let mut w = EventArchive::open(config(dir.path())).unwrap();
+    let t0 = SystemTime::now();
+    w.write(&[event(BEFORE_MIDNIGHT, 1)]).unwrap();
+    assert_eq!(files(&wal_dir).len(), 1);
+    w.tick(t0 + Duration::from_secs(61)).unwrap(); // file finished, segment rotated
+    w.write(&[event(BEFORE_MIDNIGHT, 2)]).unwrap();
+    assert_eq!(
+        files(&wal_dir).len(),
+        1,
+        "the first segment is gone: {:?}",
+        files(&wal_dir)
+    );
+    w.close().unwrap();
+    assert!(files(&wal_dir).is_empty());
+}
+
+#[test]
+fn retention_deletes_whole_old_date_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let events_dir = dir.path().join("events");
+    let today = chrono::Utc::now().date_naive();
+    let mkday = |days_ago: u64| {
+        let d = today.checked_sub_days(chrono::Days::new(days_ago)).unwrap();
+        let p = events_dir.join(format!("date={}/hour=05", d.format("%Y-%m-%d")));
+        fs::create_dir_all(&p).unwrap();
+        fs::write(p.join("part-x.parquet"), b"old").unwrap();
+        format!("date={}", d.format("%Y-%m-%d"))
+    };
+    let (old, edge, recent) = (mkday(40), mkday(7), mkday(1));
+    let cfg = ArchiveConfig {
+        retention_days: Some(7),
+        ..config(dir.path())
+    };
+    let mut w = EventArchive::open(cfg).unwrap();
+    assert_eq!(w.stats().partitions_deleted, 1);
+    let left: Vec<String> = fs::read_dir(&events_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(!left.contains(&old));
+    assert!(left.contains(&edge) && left.contains(&recent));
+    // An hour later, tick applies it again as days pass.
+    w.tick(SystemTime::now() + Duration::from_secs(2 * 86400 + 3600))
+        .unwrap();
+    assert_eq!(w.stats().partitions_deleted, 2);
+    w.close().unwrap();
+}
+
+#[test]
+fn invalid_config_names_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = EventArchive::open(ArchiveConfig {
+        zstd_level: 0,
+        ..config(dir.path())
+    })
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("archive.zstd_level"), "{err}");
+    let parsed: Result<ArchiveConfig, _> =
+        serde_json::from_str(r#"{"dir": "x", "max_file_age": 3}"#);
+    assert!(parsed.is_err(), "unknown fields are refused");
+}
+
+#[test]
+fn the_writer_can_move_to_its_own_thread() {
+    fn is_send<T: Send>() {}
+    is_send::<EventArchive>();
+    is_send::<AlertArchive>();
+}
