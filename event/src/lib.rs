@@ -24,7 +24,9 @@ pub const EVENT_SCHEMA_VERSION: u32 = 1;
 pub const DEFAULT_TENANT: &str = "default";
 
 /// Which family of sender produced a record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     Agent,
@@ -36,7 +38,9 @@ pub enum Source {
 }
 
 /// What happened, in vigil's vocabulary. Rules select on this first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     UserPrompt,
@@ -58,7 +62,9 @@ pub enum EventKind {
 }
 
 /// Result of the action the event describes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Success,
@@ -302,7 +308,10 @@ impl Event {
         ] {
             put(v.as_deref().unwrap_or("\u{0}"));
         }
-        put(&format!("{:?}/{:?}/{}", self.tokens_in, self.tokens_out, self.interactive));
+        put(&format!(
+            "{:?}/{:?}/{}",
+            self.tokens_in, self.tokens_out, self.interactive
+        ));
         for (k, v) in &self.attrs {
             put(k);
             put(v);
@@ -312,7 +321,9 @@ impl Event {
 }
 
 /// How bad an alert is; ordered from least to most severe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     Informational,
@@ -423,7 +434,11 @@ pub struct Alert {
 
 impl Alert {
     /// The id of an alert: stable over rule, key and triggering event ids.
-    pub fn compute_id(rule_id: &str, key: &BTreeMap<String, String>, trigger_event_ids: &[String]) -> String {
+    pub fn compute_id(
+        rule_id: &str,
+        key: &BTreeMap<String, String>,
+        trigger_event_ids: &[String],
+    ) -> String {
         let mut h = xxhash_rust::xxh3::Xxh3::new();
         let mut put = |s: &str| {
             h.update(&(s.len() as u64).to_le_bytes());
@@ -443,12 +458,16 @@ impl Alert {
 
 /// Formats nanoseconds since the epoch as RFC 3339 with nanosecond precision, UTC.
 pub fn format_ns(ns: i64) -> String {
-    Utc.timestamp_nanos(ns).to_rfc3339_opts(SecondsFormat::AutoSi, true)
+    Utc.timestamp_nanos(ns)
+        .to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
 /// Parses RFC 3339 into nanoseconds since the epoch.
 pub fn parse_rfc3339_ns(text: &str) -> Option<i64> {
-    DateTime::parse_from_rfc3339(text).ok()?.with_timezone(&Utc).timestamp_nanos_opt()
+    DateTime::parse_from_rfc3339(text)
+        .ok()?
+        .with_timezone(&Utc)
+        .timestamp_nanos_opt()
 }
 
 /// Serde helper: `i64` nanoseconds as an RFC 3339 string (accepts integers on input too).
@@ -467,7 +486,8 @@ pub mod ns_rfc3339 {
                 f.write_str("an RFC 3339 time or integer nanoseconds")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<i64, E> {
-                super::parse_rfc3339_ns(v).ok_or_else(|| E::custom(format!("invalid RFC 3339 time {v:?}")))
+                super::parse_rfc3339_ns(v)
+                    .ok_or_else(|| E::custom(format!("invalid RFC 3339 time {v:?}")))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<i64, E> {
                 Ok(v)
@@ -512,7 +532,10 @@ mod tests {
         let e = sample();
         assert_eq!(e.field("kind"), Some(FieldValue::Str("file_read")));
         assert_eq!(e.field("user"), Some(FieldValue::Str("gina@example.com")));
-        assert_eq!(e.field("attrs.terminal.type"), Some(FieldValue::Str("iTerm.app")));
+        assert_eq!(
+            e.field("attrs.terminal.type"),
+            Some(FieldValue::Str("iTerm.app"))
+        );
         assert_eq!(e.field("session"), None);
         assert_eq!(e.field("attrs.missing"), None);
         assert!(Event::is_known_field("domain"));

@@ -40,7 +40,10 @@ pub struct PipelineHandle {
 
 impl PipelineHandle {
     /// A queue of `capacity` batches; a submit waits up to `submit_timeout` for room.
-    pub fn channel(capacity: usize, submit_timeout: Duration) -> (PipelineHandle, mpsc::Receiver<IngestBatch>) {
+    pub fn channel(
+        capacity: usize,
+        submit_timeout: Duration,
+    ) -> (PipelineHandle, mpsc::Receiver<IngestBatch>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         (PipelineHandle { tx, submit_timeout }, rx)
     }
@@ -82,7 +85,10 @@ mod tests {
         let first = tokio::spawn(async move { h.submit(vec![Event::default()]).await });
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(handle.depth(), 1);
-        assert_eq!(handle.submit(vec![Event::default()]).await, Err(SubmitError::Busy));
+        assert_eq!(
+            handle.submit(vec![Event::default()]).await,
+            Err(SubmitError::Busy)
+        );
         // Draining and acknowledging lets the first one succeed.
         let batch = rx.recv().await.expect("batch");
         batch.ack.send(Ok(())).expect("ack");
@@ -96,8 +102,14 @@ mod tests {
         let t = tokio::spawn(async move { h.submit(vec![Event::default()]).await });
         let batch = rx.recv().await.expect("batch");
         batch.ack.send(Err("disk full".into())).expect("ack");
-        assert_eq!(t.await.expect("join"), Err(SubmitError::Unavailable("disk full".into())));
+        assert_eq!(
+            t.await.expect("join"),
+            Err(SubmitError::Unavailable("disk full".into()))
+        );
         drop(rx);
-        assert_eq!(handle.submit(vec![Event::default()]).await, Err(SubmitError::Closed));
+        assert_eq!(
+            handle.submit(vec![Event::default()]).await,
+            Err(SubmitError::Closed)
+        );
     }
 }

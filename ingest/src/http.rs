@@ -16,7 +16,9 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
@@ -56,9 +58,18 @@ impl Format {
 pub fn router(ingest: Ingest) -> Router {
     let limit = ingest.max_body_bytes;
     Router::new()
-        .route("/v1/logs", post(|s: State<Ingest>, h: HeaderMap, b: Bytes| export(s, h, b, Signal::Log)))
-        .route("/v1/traces", post(|s: State<Ingest>, h: HeaderMap, b: Bytes| export(s, h, b, Signal::Span)))
-        .route("/v1/metrics", post(|s: State<Ingest>, h: HeaderMap, b: Bytes| export(s, h, b, Signal::Metric)))
+        .route(
+            "/v1/logs",
+            post(|s: State<Ingest>, h: HeaderMap, b: Bytes| export(s, h, b, Signal::Log)),
+        )
+        .route(
+            "/v1/traces",
+            post(|s: State<Ingest>, h: HeaderMap, b: Bytes| export(s, h, b, Signal::Span)),
+        )
+        .route(
+            "/v1/metrics",
+            post(|s: State<Ingest>, h: HeaderMap, b: Bytes| export(s, h, b, Signal::Metric)),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -73,29 +84,57 @@ pub async fn serve(
     ingest: Ingest,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(ingest)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(ingest))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 async fn readyz(State(ingest): State<Ingest>) -> Response {
     match (ingest.readiness)() {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response(),
     }
 }
 
 async fn metrics(State(ingest): State<Ingest>) -> Response {
     let text = (ingest.render_metrics)();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
-async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Bytes, signal: Signal) -> Response {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+async fn export(
+    State(ingest): State<Ingest>,
+    headers: HeaderMap,
+    body: Bytes,
+    signal: Signal,
+) -> Response {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     let format = match mime.as_str() {
         "application/x-protobuf" | "application/protobuf" => Format::Protobuf,
         "application/json" => Format::Json,
         _ => {
-            ingest.metrics.request("http", signal.as_str(), "unsupported_media_type");
+            ingest
+                .metrics
+                .request("http", signal.as_str(), "unsupported_media_type");
             return error(
                 Format::Json,
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -103,7 +142,12 @@ async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Bytes, s
             );
         }
     };
-    let encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("identity").trim().to_ascii_lowercase();
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("identity")
+        .trim()
+        .to_ascii_lowercase();
     let body = match encoding.as_str() {
         "" | "identity" => body,
         "gzip" | "x-gzip" => match gunzip_limited(&body, ingest.max_body_bytes) {
@@ -113,16 +157,27 @@ async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Bytes, s
                 return error(
                     format,
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("body exceeds {} bytes after decompression", ingest.max_body_bytes),
+                    format!(
+                        "body exceeds {} bytes after decompression",
+                        ingest.max_body_bytes
+                    ),
                 );
             }
             Err(GunzipError::Corrupt(e)) => {
-                ingest.metrics.request("http", signal.as_str(), "bad_request");
-                return error(format, StatusCode::BAD_REQUEST, format!("gzip body could not be decompressed: {e}"));
+                ingest
+                    .metrics
+                    .request("http", signal.as_str(), "bad_request");
+                return error(
+                    format,
+                    StatusCode::BAD_REQUEST,
+                    format!("gzip body could not be decompressed: {e}"),
+                );
             }
         },
         other => {
-            ingest.metrics.request("http", signal.as_str(), "unsupported_media_type");
+            ingest
+                .metrics
+                .request("http", signal.as_str(), "unsupported_media_type");
             return error(
                 format,
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -133,20 +188,28 @@ async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Bytes, s
     let payload = match decode(signal, format, &body) {
         Ok(p) => p,
         Err(msg) => {
-            ingest.metrics.request("http", signal.as_str(), "bad_request");
+            ingest
+                .metrics
+                .request("http", signal.as_str(), "bad_request");
             return error(format, StatusCode::BAD_REQUEST, msg);
         }
     };
     match ingest.export(payload, "http").await {
         Ok(outcome) => success(format, signal, &outcome),
         Err(SubmitError::Busy) => {
-            let mut r = error(format, StatusCode::TOO_MANY_REQUESTS, SubmitError::Busy.to_string());
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            let mut r = error(
+                format,
+                StatusCode::TOO_MANY_REQUESTS,
+                SubmitError::Busy.to_string(),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             r
         }
         Err(e) => {
             let mut r = error(format, StatusCode::SERVICE_UNAVAILABLE, e.to_string());
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             r
         }
     }
@@ -158,13 +221,26 @@ fn decode(signal: Signal, format: Format, body: &[u8]) -> Result<Payload, String
         Signal::Span => "ExportTraceServiceRequest",
         Signal::Metric => "ExportMetricsServiceRequest",
     };
-    let bad = |e: String| format!("body is not a valid {} {what}: {e}", if format == Format::Json { "JSON" } else { "protobuf" });
+    let bad = |e: String| {
+        format!(
+            "body is not a valid {} {what}: {e}",
+            if format == Format::Json {
+                "JSON"
+            } else {
+                "protobuf"
+            }
+        )
+    };
     Ok(match (signal, format) {
-        (Signal::Log, Format::Protobuf) => Payload::Logs(ExportLogsServiceRequest::decode(body).map_err(|e| bad(e.to_string()))?),
-        (Signal::Span, Format::Protobuf) => Payload::Traces(ExportTraceServiceRequest::decode(body).map_err(|e| bad(e.to_string()))?),
-        (Signal::Metric, Format::Protobuf) => {
-            Payload::Metrics(ExportMetricsServiceRequest::decode(body).map_err(|e| bad(e.to_string()))?)
+        (Signal::Log, Format::Protobuf) => {
+            Payload::Logs(ExportLogsServiceRequest::decode(body).map_err(|e| bad(e.to_string()))?)
         }
+        (Signal::Span, Format::Protobuf) => Payload::Traces(
+            ExportTraceServiceRequest::decode(body).map_err(|e| bad(e.to_string()))?,
+        ),
+        (Signal::Metric, Format::Protobuf) => Payload::Metrics(
+            ExportMetricsServiceRequest::decode(body).map_err(|e| bad(e.to_string()))?,
+        ),
         (Signal::Log, Format::Json) => Payload::Logs(from_json(body).map_err(bad)?),
         (Signal::Span, Format::Json) => Payload::Traces(from_json(body).map_err(bad)?),
         (Signal::Metric, Format::Json) => Payload::Metrics(from_json(body).map_err(bad)?),
@@ -186,26 +262,38 @@ fn success(format: Format, signal: Signal, outcome: &ExportOutcome) -> Response 
     let body: Vec<u8> = match signal {
         Signal::Log => {
             let r = ExportLogsServiceResponse {
-                partial_success: (rejected > 0)
-                    .then(|| ExportLogsPartialSuccess { rejected_log_records: rejected, error_message: message }),
+                partial_success: (rejected > 0).then(|| ExportLogsPartialSuccess {
+                    rejected_log_records: rejected,
+                    error_message: message,
+                }),
             };
             encode(format, &r)
         }
         Signal::Span => {
             let r = ExportTraceServiceResponse {
-                partial_success: (rejected > 0).then(|| ExportTracePartialSuccess { rejected_spans: rejected, error_message: message }),
+                partial_success: (rejected > 0).then(|| ExportTracePartialSuccess {
+                    rejected_spans: rejected,
+                    error_message: message,
+                }),
             };
             encode(format, &r)
         }
         Signal::Metric => {
             let r = ExportMetricsServiceResponse {
-                partial_success: (rejected > 0)
-                    .then(|| ExportMetricsPartialSuccess { rejected_data_points: rejected, error_message: message }),
+                partial_success: (rejected > 0).then(|| ExportMetricsPartialSuccess {
+                    rejected_data_points: rejected,
+                    error_message: message,
+                }),
             };
             encode(format, &r)
         }
     };
-    (StatusCode::OK, [(header::CONTENT_TYPE, format.content_type())], body).into_response()
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, format.content_type())],
+        body,
+    )
+        .into_response()
 }
 
 fn encode<T: Message + Serialize>(format: Format, msg: &T) -> Vec<u8> {
@@ -225,7 +313,12 @@ fn error(format: Format, status: StatusCode, message: String) -> Response {
         _ => 2,
     };
     let body = encode(format, &RpcStatus { code, message });
-    (status, [(header::CONTENT_TYPE, format.content_type())], body).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, format.content_type())],
+        body,
+    )
+        .into_response()
 }
 
 #[derive(Debug)]
@@ -238,7 +331,10 @@ enum GunzipError {
 fn gunzip_limited(body: &[u8], limit: usize) -> Result<Vec<u8>, GunzipError> {
     let decoder = flate2::read::MultiGzDecoder::new(body);
     let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
-    decoder.take(limit as u64 + 1).read_to_end(&mut out).map_err(GunzipError::Corrupt)?;
+    decoder
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(GunzipError::Corrupt)?;
     if out.len() > limit {
         return Err(GunzipError::TooLarge);
     }
@@ -256,9 +352,15 @@ mod tests {
         enc.write_all(&vec![0u8; 10 << 20]).unwrap();
         let bomb = enc.finish().unwrap();
         assert!(bomb.len() < 64 << 10);
-        assert!(matches!(gunzip_limited(&bomb, 1 << 20), Err(GunzipError::TooLarge)));
+        assert!(matches!(
+            gunzip_limited(&bomb, 1 << 20),
+            Err(GunzipError::TooLarge)
+        ));
         assert_eq!(gunzip_limited(&bomb, 11 << 20).unwrap().len(), 10 << 20);
-        assert!(matches!(gunzip_limited(b"not gzip at all", 1 << 20), Err(GunzipError::Corrupt(_))));
+        assert!(matches!(
+            gunzip_limited(b"not gzip at all", 1 << 20),
+            Err(GunzipError::Corrupt(_))
+        ));
     }
 
     #[test]
@@ -267,7 +369,9 @@ mod tests {
             "scopeLogs":[{"scope":{"name":"x"},"logRecords":[{"timeUnixNano":"1773154800000000000","severityNumber":9,
             "body":{"stringValue":"claude_code.user_prompt"},"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174",
             "attributes":[{"key":"prompt_length","value":{"intValue":"42"}},{"key":"n","value":{"intValue":7}}],"someFutureField":1}]}]}]}"#;
-        let Payload::Logs(req) = decode(Signal::Log, Format::Json, body).expect("decodes") else { panic!("logs") };
+        let Payload::Logs(req) = decode(Signal::Log, Format::Json, body).expect("decodes") else {
+            panic!("logs")
+        };
         let rec = &req.resource_logs[0].scope_logs[0].log_records[0];
         assert_eq!(rec.time_unix_nano, 1_773_154_800_000_000_000);
         assert_eq!(rec.trace_id.len(), 16);

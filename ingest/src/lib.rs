@@ -74,7 +74,11 @@ pub struct Ingest {
 impl Ingest {
     /// Normalizes a request (off the async runtime: it is CPU work) and hands the
     /// events to the pipeline, returning once they are kept.
-    pub async fn export(&self, payload: Payload, transport: &str) -> Result<ExportOutcome, SubmitError> {
+    pub async fn export(
+        &self,
+        payload: Payload,
+        transport: &str,
+    ) -> Result<ExportOutcome, SubmitError> {
         let signal = payload.signal();
         let normalizer = self.normalizer.clone();
         let tenant = self.tenant.clone();
@@ -89,7 +93,11 @@ impl Ingest {
         .await
         .map_err(|e| SubmitError::Unavailable(format!("normalization failed: {e}")))?;
 
-        let Normalized { events, rejected, error } = normalized;
+        let Normalized {
+            events,
+            rejected,
+            error,
+        } = normalized;
         let accepted = events.len();
         let mut by_source: std::collections::BTreeMap<&'static str, u64> = Default::default();
         for e in &events {
@@ -108,17 +116,32 @@ impl Ingest {
         for (source, n) in by_source {
             self.metrics
                 .records_received
-                .get_or_create(&metrics::SignalSource { signal: signal.as_str().into(), source: source.into() })
+                .get_or_create(&metrics::SignalSource {
+                    signal: signal.as_str().into(),
+                    source: source.into(),
+                })
                 .inc_by(n);
         }
         if rejected > 0 {
-            self.metrics.records_rejected.get_or_create(&metrics::SignalLabel { signal: signal.as_str().into() }).inc_by(rejected);
+            self.metrics
+                .records_rejected
+                .get_or_create(&metrics::SignalLabel {
+                    signal: signal.as_str().into(),
+                })
+                .inc_by(rejected);
         }
-        Ok(ExportOutcome { accepted, rejected, error })
+        Ok(ExportOutcome {
+            accepted,
+            rejected,
+            error,
+        })
     }
 }
 
 /// Nanoseconds since the Unix epoch, now.
 pub fn now_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
 }

@@ -19,9 +19,18 @@ use crate::record::{Origin, RecordView, Val};
 
 /// The default mapping pack, embedded at build time.
 pub const DEFAULT_PACK: &[(&str, &str)] = &[
-    ("claude_code.yaml", include_str!("../mappings/claude_code.yaml")),
-    ("genai_gateway.yaml", include_str!("../mappings/genai_gateway.yaml")),
-    ("mcp_gateway.yaml", include_str!("../mappings/mcp_gateway.yaml")),
+    (
+        "claude_code.yaml",
+        include_str!("../mappings/claude_code.yaml"),
+    ),
+    (
+        "genai_gateway.yaml",
+        include_str!("../mappings/genai_gateway.yaml"),
+    ),
+    (
+        "mcp_gateway.yaml",
+        include_str!("../mappings/mcp_gateway.yaml"),
+    ),
     ("endpoint.yaml", include_str!("../mappings/endpoint.yaml")),
     ("generic.yaml", include_str!("../mappings/generic.yaml")),
     ("verbs.yaml", include_str!("../mappings/verbs.yaml")),
@@ -33,11 +42,23 @@ const MAX_FILE_BYTES: usize = 1 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum MappingError {
     #[error("{file}: cannot read: {source}")]
-    Io { file: String, source: std::io::Error },
+    Io {
+        file: String,
+        source: std::io::Error,
+    },
     #[error("{file}:{line}:{column}: {message}")]
-    Parse { file: String, line: usize, column: usize, message: String },
+    Parse {
+        file: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
     #[error("{file}: mapping `{mapping}`: {message}")]
-    Invalid { file: String, mapping: String, message: String },
+    Invalid {
+        file: String,
+        mapping: String,
+        message: String,
+    },
 }
 
 /// Which OTLP signal a record came from.
@@ -217,7 +238,11 @@ enum Pred {
     All(Vec<Pred>),
     Any(Vec<Pred>),
     Not(Box<Pred>),
-    Field { key: String, test: Test, nocase: bool },
+    Field {
+        key: String,
+        test: Test,
+        nocase: bool,
+    },
     True,
 }
 
@@ -246,7 +271,11 @@ impl Pred {
                 }
                 let Some(val) = val else { return false };
                 let text = val.as_text();
-                let (text, fold) = if *nocase { (text.to_lowercase(), true) } else { (text, false) };
+                let (text, fold) = if *nocase {
+                    (text.to_lowercase(), true)
+                } else {
+                    (text, false)
+                };
                 let norm = |s: &String| if fold { s.to_lowercase() } else { s.clone() };
                 match test {
                     Test::Exists(_) => unreachable!("handled above"),
@@ -283,7 +312,11 @@ impl ValueSource {
         let mut whole = true;
         if let Some(re) = &self.regex {
             let caps = re.captures(&text)?;
-            text = caps.name("value").or_else(|| caps.get(0))?.as_str().to_string();
+            text = caps
+                .name("value")
+                .or_else(|| caps.get(0))?
+                .as_str()
+                .to_string();
             whole = false;
         }
         if self.lower {
@@ -292,7 +325,9 @@ impl ValueSource {
         if text.is_empty() {
             return None;
         }
-        let taken = whole.then(|| view.iter().find(|(k, _, _)| *k == key).map(|(k, _, _)| k)).flatten();
+        let taken = whole
+            .then(|| view.iter().find(|(k, _, _)| *k == key).map(|(k, _, _)| k))
+            .flatten();
         Some((text, taken))
     }
 }
@@ -371,14 +406,21 @@ impl Column {
             Column::TokensIn | Column::TokensOut => {
                 // Numbers sometimes arrive as strings or doubles; keep the raw
                 // text in attrs when it is not a number.
-                if let Some(n) = Val::Str(value.clone()).as_i64().or_else(|| value.parse::<f64>().ok().map(|f| f as i64)) {
+                if let Some(n) = Val::Str(value.clone())
+                    .as_i64()
+                    .or_else(|| value.parse::<f64>().ok().map(|f| f as i64))
+                {
                     if self == Column::TokensIn {
                         ev.tokens_in = Some(n);
                     } else {
                         ev.tokens_out = Some(n);
                     }
                 } else {
-                    let name = if self == Column::TokensIn { "tokens_in" } else { "tokens_out" };
+                    let name = if self == Column::TokensIn {
+                        "tokens_in"
+                    } else {
+                        "tokens_out"
+                    };
                     ev.attrs.insert(name.to_string(), value);
                 }
                 return;
@@ -427,12 +469,17 @@ pub struct Applied<'m> {
 impl MappingSet {
     /// The embedded default pack plus every `*.yaml`/`*.yml` file in `extra` (files or directories).
     pub fn load(extra: &[PathBuf]) -> Result<MappingSet, MappingError> {
-        let mut files: Vec<(String, String)> =
-            DEFAULT_PACK.iter().map(|(n, t)| (format!("<default>/{n}"), t.to_string())).collect();
+        let mut files: Vec<(String, String)> = DEFAULT_PACK
+            .iter()
+            .map(|(n, t)| (format!("<default>/{n}"), t.to_string()))
+            .collect();
         for path in extra {
             for file in yaml_files(path)? {
                 let name = file.display().to_string();
-                let meta = std::fs::metadata(&file).map_err(|e| MappingError::Io { file: name.clone(), source: e })?;
+                let meta = std::fs::metadata(&file).map_err(|e| MappingError::Io {
+                    file: name.clone(),
+                    source: e,
+                })?;
                 if meta.len() as usize > MAX_FILE_BYTES {
                     return Err(MappingError::Invalid {
                         file: name,
@@ -440,7 +487,10 @@ impl MappingSet {
                         message: format!("file is {} bytes, more than the {MAX_FILE_BYTES} a mapping file may have", meta.len()),
                     });
                 }
-                let text = std::fs::read_to_string(&file).map_err(|e| MappingError::Io { file: name.clone(), source: e })?;
+                let text = std::fs::read_to_string(&file).map_err(|e| MappingError::Io {
+                    file: name.clone(),
+                    source: e,
+                })?;
                 files.push((name, text));
             }
         }
@@ -468,23 +518,38 @@ impl MappingSet {
             }
             for v in spec.verbs {
                 for w in v.words {
-                    verbs.insert(w.to_lowercase(), Verb { action: v.action.clone(), writes: v.writes });
+                    verbs.insert(
+                        w.to_lowercase(),
+                        Verb {
+                            action: v.action.clone(),
+                            writes: v.writes,
+                        },
+                    );
                 }
             }
             for c in spec.connectors {
                 for p in c.patterns {
-                    let re = Regex::new(&format!("(?i){p}")).map_err(|e| MappingError::Invalid {
-                        file: file.clone(),
-                        mapping: format!("connector {}", c.name),
-                        message: e.to_string(),
-                    })?;
+                    let re =
+                        Regex::new(&format!("(?i){p}")).map_err(|e| MappingError::Invalid {
+                            file: file.clone(),
+                            mapping: format!("connector {}", c.name),
+                            message: e.to_string(),
+                        })?;
                     connectors.push((c.name.clone(), re));
                 }
             }
         }
         let mut mappings: Vec<Mapping> = by_name.into_values().collect();
-        mappings.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.name.cmp(&b.name)));
-        Ok(MappingSet { mappings, verbs, connectors })
+        mappings.sort_by(|a, b| {
+            b.priority
+                .cmp(&a.priority)
+                .then_with(|| a.name.cmp(&b.name))
+        });
+        Ok(MappingSet {
+            mappings,
+            verbs,
+            connectors,
+        })
     }
 
     pub fn mappings(&self) -> impl Iterator<Item = &Mapping> {
@@ -492,15 +557,28 @@ impl MappingSet {
     }
 
     /// Fills `ev` from the view with the first mapping that applies. Returns the mapping's name.
-    pub fn apply<'m>(&'m self, signal: Signal, view: &mut RecordView, ev: &mut Event) -> Option<Applied<'m>> {
-        let mapping = self.mappings.iter().find(|m| m.signals.contains(&signal) && m.when.eval(view))?;
+    pub fn apply<'m>(
+        &'m self,
+        signal: Signal,
+        view: &mut RecordView,
+        ev: &mut Event,
+    ) -> Option<Applied<'m>> {
+        let mapping = self
+            .mappings
+            .iter()
+            .find(|m| m.signals.contains(&signal) && m.when.eval(view))?;
         mapping.fill(self, view, ev);
-        Some(Applied { mapping: &mapping.name })
+        Some(Applied {
+            mapping: &mapping.name,
+        })
     }
 
     /// The action of a tool name by its first verb word, and whether it writes.
     pub fn verb_of(&self, tool: &str) -> Option<(&str, bool)> {
-        words(tool).iter().find_map(|w| self.verbs.get(w.as_str())).map(|v| (v.action.as_str(), v.writes))
+        words(tool)
+            .iter()
+            .find_map(|w| self.verbs.get(w.as_str()))
+            .map(|v| (v.action.as_str(), v.writes))
     }
 
     fn connector_of(&self, candidates: &[Option<&str>]) -> Option<&str> {
@@ -528,14 +606,15 @@ impl Mapping {
         }
         ev.source = self.source;
         let mut taken: HashSet<String> = HashSet::new();
-        let mut fill_column = |col: Column, sources: &[ValueSource], ev: &mut Event, view: &RecordView| {
-            if let Some((value, key)) = sources.iter().find_map(|s| s.extract(view)) {
-                if let Some(k) = key {
-                    taken.insert(k.to_string());
+        let mut fill_column =
+            |col: Column, sources: &[ValueSource], ev: &mut Event, view: &RecordView| {
+                if let Some((value, key)) = sources.iter().find_map(|s| s.extract(view)) {
+                    if let Some(k) = key {
+                        taken.insert(k.to_string());
+                    }
+                    col.set(ev, value);
                 }
-                col.set(ev, value);
-            }
-        };
+            };
         for (col, sources) in &self.columns {
             fill_column(*col, sources, ev, view);
         }
@@ -576,10 +655,19 @@ impl Mapping {
         if let Some(d) = &mut ev.domain {
             *d = d.trim_end_matches('.').to_ascii_lowercase();
         }
-        if ev.connector.is_none() && matches!(ev.kind, EventKind::ConnectorAction | EventKind::ToolCall | EventKind::McpConnect) {
+        if ev.connector.is_none()
+            && matches!(
+                ev.kind,
+                EventKind::ConnectorAction | EventKind::ToolCall | EventKind::McpConnect
+            )
+        {
             if ev.mcp_server.is_some() || ev.kind == EventKind::ConnectorAction {
                 ev.connector = set
-                    .connector_of(&[ev.domain.as_deref(), ev.mcp_server.as_deref(), ev.tool.as_deref()])
+                    .connector_of(&[
+                        ev.domain.as_deref(),
+                        ev.mcp_server.as_deref(),
+                        ev.tool.as_deref(),
+                    ])
                     .map(str::to_string);
             }
         }
@@ -646,7 +734,10 @@ pub fn host_of(target: &str) -> Option<String> {
 }
 
 fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, MappingError> {
-    let io = |e| MappingError::Io { file: path.display().to_string(), source: e };
+    let io = |e| MappingError::Io {
+        file: path.display().to_string(),
+        source: e,
+    };
     let meta = std::fs::metadata(path).map_err(io)?;
     if meta.is_file() {
         return Ok(vec![path.to_path_buf()]);
@@ -663,12 +754,18 @@ fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, MappingError> {
 }
 
 fn compile_mapping(file: &str, m: MappingSpec) -> Result<Mapping, MappingError> {
-    let invalid = |message: String| MappingError::Invalid { file: file.to_string(), mapping: m.name.clone(), message };
+    let invalid = |message: String| MappingError::Invalid {
+        file: file.to_string(),
+        mapping: m.name.clone(),
+        message,
+    };
     let when = match &m.when {
         Some(p) => compile_pred(p).map_err(&invalid)?,
         None => Pred::True,
     };
-    let sources = |list: &[SourceSpec]| -> Result<Vec<ValueSource>, String> { list.iter().map(compile_source).collect() };
+    let sources = |list: &[SourceSpec]| -> Result<Vec<ValueSource>, String> {
+        list.iter().map(compile_source).collect()
+    };
     let mut derive = Vec::new();
     for (name, list) in &m.derive {
         derive.push((name.clone(), sources(list).map_err(&invalid)?));
@@ -687,10 +784,19 @@ fn compile_mapping(file: &str, m: MappingSpec) -> Result<Mapping, MappingError> 
         let kind = if c.kind == "from_verb" {
             KindChoice::FromVerb
         } else {
-            KindChoice::Fixed(EventKind::parse(&c.kind).ok_or_else(|| invalid(format!("unknown kind `{}`", c.kind)))?)
+            KindChoice::Fixed(
+                EventKind::parse(&c.kind)
+                    .ok_or_else(|| invalid(format!("unknown kind `{}`", c.kind)))?,
+            )
         };
         kinds.push(CompiledCase {
-            when: c.when.as_ref().map(compile_pred).transpose().map_err(&invalid)?.unwrap_or(Pred::True),
+            when: c
+                .when
+                .as_ref()
+                .map(compile_pred)
+                .transpose()
+                .map_err(&invalid)?
+                .unwrap_or(Pred::True),
             kind,
             action: c.action.clone(),
             interactive: c.interactive,
@@ -699,9 +805,22 @@ fn compile_mapping(file: &str, m: MappingSpec) -> Result<Mapping, MappingError> 
     }
     let mut outcome = Vec::new();
     for o in &m.outcome {
-        outcome.push((o.when.as_ref().map(compile_pred).transpose().map_err(&invalid)?.unwrap_or(Pred::True), o.value));
+        outcome.push((
+            o.when
+                .as_ref()
+                .map(compile_pred)
+                .transpose()
+                .map_err(&invalid)?
+                .unwrap_or(Pred::True),
+            o.value,
+        ));
     }
-    let interactive = m.interactive.as_ref().map(compile_pred).transpose().map_err(&invalid)?;
+    let interactive = m
+        .interactive
+        .as_ref()
+        .map(compile_pred)
+        .transpose()
+        .map_err(&invalid)?;
     if m.signals.is_empty() {
         return Err(invalid("`signals` is empty".into()));
     }
@@ -723,7 +842,12 @@ fn compile_mapping(file: &str, m: MappingSpec) -> Result<Mapping, MappingError> 
 
 fn compile_source(s: &SourceSpec) -> Result<ValueSource, String> {
     Ok(match s {
-        SourceSpec::Key(k) => ValueSource { field: Some(k.clone()), literal: None, regex: None, lower: false },
+        SourceSpec::Key(k) => ValueSource {
+            field: Some(k.clone()),
+            literal: None,
+            regex: None,
+            lower: false,
+        },
         SourceSpec::Full(f) => {
             if f.field.is_some() == f.value.is_some() {
                 return Err("a source needs exactly one of `field` or `value`".into());
@@ -731,7 +855,12 @@ fn compile_source(s: &SourceSpec) -> Result<ValueSource, String> {
             ValueSource {
                 field: f.field.clone(),
                 literal: f.value.clone(),
-                regex: f.regex.as_deref().map(Regex::new).transpose().map_err(|e| e.to_string())?,
+                regex: f
+                    .regex
+                    .as_deref()
+                    .map(Regex::new)
+                    .transpose()
+                    .map_err(|e| e.to_string())?,
                 lower: f.lower,
             }
         }
@@ -741,10 +870,14 @@ fn compile_source(s: &SourceSpec) -> Result<ValueSource, String> {
 fn compile_pred(p: &PredSpec) -> Result<Pred, String> {
     let mut parts = Vec::new();
     if let Some(all) = &p.all {
-        parts.push(Pred::All(all.iter().map(compile_pred).collect::<Result<_, _>>()?));
+        parts.push(Pred::All(
+            all.iter().map(compile_pred).collect::<Result<_, _>>()?,
+        ));
     }
     if let Some(any) = &p.any {
-        parts.push(Pred::Any(any.iter().map(compile_pred).collect::<Result<_, _>>()?));
+        parts.push(Pred::Any(
+            any.iter().map(compile_pred).collect::<Result<_, _>>()?,
+        ));
     }
     if let Some(not) = &p.not {
         parts.push(Pred::Not(Box::new(compile_pred(not)?)));
@@ -769,16 +902,26 @@ fn compile_pred(p: &PredSpec) -> Result<Pred, String> {
         tests.push(Test::Contains(v.clone()));
     }
     if let Some(v) = &p.regex {
-        let re = if p.nocase { format!("(?i){v}") } else { v.clone() };
+        let re = if p.nocase {
+            format!("(?i){v}")
+        } else {
+            v.clone()
+        };
         tests.push(Test::Regex(Regex::new(&re).map_err(|e| e.to_string())?));
     }
     match (&p.field, tests.is_empty()) {
         (Some(field), false) => {
             for test in tests {
-                parts.push(Pred::Field { key: field.clone(), test, nocase: p.nocase });
+                parts.push(Pred::Field {
+                    key: field.clone(),
+                    test,
+                    nocase: p.nocase,
+                });
             }
         }
-        (Some(field), true) => return Err(format!("condition on `{field}` has no test (eq, in, prefix, suffix, contains, regex, exists)")),
+        (Some(field), true) => return Err(format!(
+            "condition on `{field}` has no test (eq, in, prefix, suffix, contains, regex, exists)"
+        )),
         (None, false) => return Err("a test (eq, in, ...) needs a `field`".into()),
         (None, true) => {}
     }
@@ -797,14 +940,23 @@ mod tests {
     fn words_split_snake_camel_and_dots() {
         assert_eq!(words("chat.postMessage"), ["chat", "post", "message"]);
         assert_eq!(words("slack_post_message"), ["slack", "post", "message"]);
-        assert_eq!(words("mcp__gmail__send-email"), ["mcp", "gmail", "send", "email"]);
+        assert_eq!(
+            words("mcp__gmail__send-email"),
+            ["mcp", "gmail", "send", "email"]
+        );
         assert_eq!(words("HTTPGet"), ["httpget"]);
     }
 
     #[test]
     fn hosts_come_out_of_urls_and_addresses() {
-        assert_eq!(host_of("https://files.Anon-Share.net/upload?x=1").as_deref(), Some("files.anon-share.net"));
-        assert_eq!(host_of("http://user:pw@h.example.com:8080/").as_deref(), Some("h.example.com"));
+        assert_eq!(
+            host_of("https://files.Anon-Share.net/upload?x=1").as_deref(),
+            Some("files.anon-share.net")
+        );
+        assert_eq!(
+            host_of("http://user:pw@h.example.com:8080/").as_deref(),
+            Some("h.example.com")
+        );
         assert_eq!(host_of("mcp.slack.com").as_deref(), Some("mcp.slack.com"));
         assert_eq!(host_of("http://[::1]:4318/v1").as_deref(), Some("::1"));
         assert_eq!(host_of("not a url"), None);
@@ -812,21 +964,33 @@ mod tests {
 
     #[test]
     fn default_pack_compiles() {
-        let set = MappingSet::from_texts(&DEFAULT_PACK.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect::<Vec<_>>())
-            .expect("default pack compiles");
+        let set = MappingSet::from_texts(
+            &DEFAULT_PACK
+                .iter()
+                .map(|(n, t)| (n.to_string(), t.to_string()))
+                .collect::<Vec<_>>(),
+        )
+        .expect("default pack compiles");
         assert!(set.mappings().count() >= 5);
         assert_eq!(set.verb_of("slack_post_message"), Some(("post", true)));
         assert_eq!(set.verb_of("delete_email"), Some(("delete", true)));
-        assert_eq!(set.verb_of("slack_get_channel_history"), Some(("read", false)));
+        assert_eq!(
+            set.verb_of("slack_get_channel_history"),
+            Some(("read", false))
+        );
         assert_eq!(set.verb_of("chat.postMessage"), Some(("post", true)));
         assert_eq!(set.verb_of("gmail_trash_message"), Some(("delete", true)));
     }
 
     #[test]
     fn errors_name_file_line_and_field() {
-        let err = MappingSet::from_texts(&[("m.yaml".into(), "mappings:\n  - name: x\n    source: agent\n    signals: [log]\n    colums: {}\n".into())])
-            .unwrap_err()
-            .to_string();
+        let err = MappingSet::from_texts(&[(
+            "m.yaml".into(),
+            "mappings:\n  - name: x\n    source: agent\n    signals: [log]\n    colums: {}\n"
+                .into(),
+        )])
+        .unwrap_err()
+        .to_string();
         assert!(err.starts_with("m.yaml:5:"), "{err}");
         assert!(err.contains("colums"), "{err}");
         let err = MappingSet::from_texts(&[(

@@ -44,13 +44,25 @@ impl IngestMetrics {
             "OTLP records refused through partial success, by signal",
             self.records_rejected.clone(),
         );
-        registry.register("vigil_requests", "OTLP export requests answered, by transport, signal and status", self.requests.clone());
-        registry.register("vigil_batches_submitted", "batches handed to the pipeline", self.batches_submitted.clone());
+        registry.register(
+            "vigil_requests",
+            "OTLP export requests answered, by transport, signal and status",
+            self.requests.clone(),
+        );
+        registry.register(
+            "vigil_batches_submitted",
+            "batches handed to the pipeline",
+            self.batches_submitted.clone(),
+        );
     }
 
     pub fn request(&self, transport: &str, signal: &str, status: &str) {
         self.requests
-            .get_or_create(&RequestLabels { transport: transport.into(), signal: signal.into(), status: status.into() })
+            .get_or_create(&RequestLabels {
+                transport: transport.into(),
+                signal: signal.into(),
+                status: status.into(),
+            })
             .inc();
     }
 }

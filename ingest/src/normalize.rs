@@ -53,14 +53,22 @@ impl Normalizer {
         &self.mappings
     }
 
-    pub fn logs(&self, req: &ExportLogsServiceRequest, tenant: &str, observed_ns: i64) -> Normalized {
+    pub fn logs(
+        &self,
+        req: &ExportLogsServiceRequest,
+        tenant: &str,
+        observed_ns: i64,
+    ) -> Normalized {
         let mut out = Normalized::default();
         for rl in &req.resource_logs {
             let base = base_view(rl.resource.as_ref());
             for sl in &rl.scope_logs {
                 let scoped = with_scope(&base, sl.scope.as_ref());
                 for rec in &sl.log_records {
-                    let time = match pick_time(&[rec.time_unix_nano, rec.observed_time_unix_nano], observed_ns) {
+                    let time = match pick_time(
+                        &[rec.time_unix_nano, rec.observed_time_unix_nano],
+                        observed_ns,
+                    ) {
                         Ok(t) => t,
                         Err(e) => {
                             out.reject(e);
@@ -71,31 +79,52 @@ impl Normalizer {
                     view.insert("@signal".into(), Val::Str("log".into()), Origin::Derived);
                     view.add_any("body".into(), rec.body.as_ref(), Origin::Record, 0);
                     if !rec.event_name.is_empty() {
-                        view.insert("event_name".into(), Val::Str(rec.event_name.clone()), Origin::Record);
+                        view.insert(
+                            "event_name".into(),
+                            Val::Str(rec.event_name.clone()),
+                            Origin::Record,
+                        );
                     }
                     if !rec.severity_text.is_empty() {
-                        view.insert("severity_text".into(), Val::Str(rec.severity_text.clone()), Origin::Record);
+                        view.insert(
+                            "severity_text".into(),
+                            Val::Str(rec.severity_text.clone()),
+                            Origin::Record,
+                        );
                     }
                     if rec.severity_number != 0 {
-                        view.insert("severity_number".into(), Val::Int(rec.severity_number as i64), Origin::Record);
+                        view.insert(
+                            "severity_number".into(),
+                            Val::Int(rec.severity_number as i64),
+                            Origin::Record,
+                        );
                     }
                     add_ids(&mut view, &rec.trace_id, &rec.span_id);
                     view.add_attributes("", &rec.attributes, Origin::Attribute);
-                    out.events.push(self.finish(Signal::Log, view, tenant, time, observed_ns));
+                    out.events
+                        .push(self.finish(Signal::Log, view, tenant, time, observed_ns));
                 }
             }
         }
         out
     }
 
-    pub fn traces(&self, req: &ExportTraceServiceRequest, tenant: &str, observed_ns: i64) -> Normalized {
+    pub fn traces(
+        &self,
+        req: &ExportTraceServiceRequest,
+        tenant: &str,
+        observed_ns: i64,
+    ) -> Normalized {
         let mut out = Normalized::default();
         for rs in &req.resource_spans {
             let base = base_view(rs.resource.as_ref());
             for ss in &rs.scope_spans {
                 let scoped = with_scope(&base, ss.scope.as_ref());
                 for sp in &ss.spans {
-                    let time = match pick_time(&[sp.start_time_unix_nano, sp.end_time_unix_nano], observed_ns) {
+                    let time = match pick_time(
+                        &[sp.start_time_unix_nano, sp.end_time_unix_nano],
+                        observed_ns,
+                    ) {
                         Ok(t) => t,
                         Err(e) => {
                             out.reject(e);
@@ -104,7 +133,11 @@ impl Normalizer {
                     };
                     let mut view = scoped.clone();
                     view.insert("@signal".into(), Val::Str("span".into()), Origin::Derived);
-                    view.insert("span.name".into(), Val::Str(sp.name.clone()), Origin::Record);
+                    view.insert(
+                        "span.name".into(),
+                        Val::Str(sp.name.clone()),
+                        Origin::Record,
+                    );
                     let kind = match span::SpanKind::try_from(sp.kind) {
                         Ok(span::SpanKind::Internal) => "internal",
                         Ok(span::SpanKind::Server) => "server",
@@ -123,27 +156,47 @@ impl Normalizer {
                         Ok(status::StatusCode::Error) => "error",
                         _ => "unset",
                     };
-                    view.insert("span.status".into(), Val::Str(status.into()), Origin::Record);
+                    view.insert(
+                        "span.status".into(),
+                        Val::Str(status.into()),
+                        Origin::Record,
+                    );
                     if !message.is_empty() {
-                        view.insert("span.status_message".into(), Val::Str(message.into()), Origin::Record);
+                        view.insert(
+                            "span.status_message".into(),
+                            Val::Str(message.into()),
+                            Origin::Record,
+                        );
                     }
-                    if sp.end_time_unix_nano >= sp.start_time_unix_nano && sp.start_time_unix_nano > 0 {
+                    if sp.end_time_unix_nano >= sp.start_time_unix_nano
+                        && sp.start_time_unix_nano > 0
+                    {
                         let ms = (sp.end_time_unix_nano - sp.start_time_unix_nano) as f64 / 1e6;
                         view.insert("span.duration_ms".into(), Val::Double(ms), Origin::Record);
                     }
                     add_ids(&mut view, &sp.trace_id, &sp.span_id);
                     if !sp.parent_span_id.is_empty() {
-                        view.insert("parent_span_id".into(), Val::Str(hex::encode(&sp.parent_span_id)), Origin::Record);
+                        view.insert(
+                            "parent_span_id".into(),
+                            Val::Str(hex::encode(&sp.parent_span_id)),
+                            Origin::Record,
+                        );
                     }
                     view.add_attributes("", &sp.attributes, Origin::Attribute);
-                    out.events.push(self.finish(Signal::Span, view, tenant, time, observed_ns));
+                    out.events
+                        .push(self.finish(Signal::Span, view, tenant, time, observed_ns));
                 }
             }
         }
         out
     }
 
-    pub fn metrics(&self, req: &ExportMetricsServiceRequest, tenant: &str, observed_ns: i64) -> Normalized {
+    pub fn metrics(
+        &self,
+        req: &ExportMetricsServiceRequest,
+        tenant: &str,
+        observed_ns: i64,
+    ) -> Normalized {
         let mut out = Normalized::default();
         for rm in &req.resource_metrics {
             let base = base_view(rm.resource.as_ref());
@@ -160,16 +213,34 @@ impl Normalizer {
                         };
                         let mut view = scoped.clone();
                         view.insert("@signal".into(), Val::Str("metric".into()), Origin::Derived);
-                        view.insert("metric.name".into(), Val::Str(m.name.clone()), Origin::Record);
+                        view.insert(
+                            "metric.name".into(),
+                            Val::Str(m.name.clone()),
+                            Origin::Record,
+                        );
                         if !m.unit.is_empty() {
-                            view.insert("metric.unit".into(), Val::Str(m.unit.clone()), Origin::Record);
+                            view.insert(
+                                "metric.unit".into(),
+                                Val::Str(m.unit.clone()),
+                                Origin::Record,
+                            );
                         }
-                        view.insert("metric.type".into(), Val::Str(point.kind.into()), Origin::Record);
+                        view.insert(
+                            "metric.type".into(),
+                            Val::Str(point.kind.into()),
+                            Origin::Record,
+                        );
                         for (k, v) in point.values {
                             view.insert(k.into(), v, Origin::Record);
                         }
                         view.add_attributes("", point.attributes, Origin::Attribute);
-                        out.events.push(self.finish(Signal::Metric, view, tenant, time, observed_ns));
+                        out.events.push(self.finish(
+                            Signal::Metric,
+                            view,
+                            tenant,
+                            time,
+                            observed_ns,
+                        ));
                     }
                 }
             }
@@ -177,8 +248,20 @@ impl Normalizer {
         out
     }
 
-    fn finish(&self, signal: Signal, mut view: RecordView, tenant: &str, time: i64, observed_ns: i64) -> Event {
-        let mut ev = Event { time, observed_time: observed_ns, tenant: tenant.to_string(), ..Default::default() };
+    fn finish(
+        &self,
+        signal: Signal,
+        mut view: RecordView,
+        tenant: &str,
+        time: i64,
+        observed_ns: i64,
+    ) -> Event {
+        let mut ev = Event {
+            time,
+            observed_time: observed_ns,
+            tenant: tenant.to_string(),
+            ..Default::default()
+        };
         // The generic mapping has no condition, so one always applies.
         let _ = self.mappings.apply(signal, &mut view, &mut ev);
         ev.event_id = ev.compute_id();
@@ -198,10 +281,18 @@ fn with_scope(base: &RecordView, scope: Option<&InstrumentationScope>) -> Record
     let mut view = base.clone();
     if let Some(s) = scope {
         if !s.name.is_empty() {
-            view.insert("scope.name".into(), Val::Str(s.name.clone()), Origin::Record);
+            view.insert(
+                "scope.name".into(),
+                Val::Str(s.name.clone()),
+                Origin::Record,
+            );
         }
         if !s.version.is_empty() {
-            view.insert("scope.version".into(), Val::Str(s.version.clone()), Origin::Record);
+            view.insert(
+                "scope.version".into(),
+                Val::Str(s.version.clone()),
+                Origin::Record,
+            );
         }
     }
     view
@@ -209,10 +300,18 @@ fn with_scope(base: &RecordView, scope: Option<&InstrumentationScope>) -> Record
 
 fn add_ids(view: &mut RecordView, trace_id: &[u8], span_id: &[u8]) {
     if !trace_id.is_empty() && trace_id.iter().any(|b| *b != 0) {
-        view.insert("trace_id".into(), Val::Str(hex::encode(trace_id)), Origin::Record);
+        view.insert(
+            "trace_id".into(),
+            Val::Str(hex::encode(trace_id)),
+            Origin::Record,
+        );
     }
     if !span_id.is_empty() && span_id.iter().any(|b| *b != 0) {
-        view.insert("span_id".into(), Val::Str(hex::encode(span_id)), Origin::Record);
+        view.insert(
+            "span_id".into(),
+            Val::Str(hex::encode(span_id)),
+            Origin::Record,
+        );
     }
 }
 
@@ -220,8 +319,9 @@ fn add_ids(view: &mut RecordView, trace_id: &[u8], span_id: &[u8]) {
 fn pick_time(candidates: &[u64], observed_ns: i64) -> Result<i64, String> {
     match candidates.iter().find(|t| **t != 0) {
         None => Ok(observed_ns),
-        Some(t) => i64::try_from(*t)
-            .map_err(|_| format!("timestamp {t} ns is beyond 2262-04-11, the latest time vigil can represent")),
+        Some(t) => i64::try_from(*t).map_err(|_| {
+            format!("timestamp {t} ns is beyond 2262-04-11, the latest time vigil can represent")
+        }),
     }
 }
 
@@ -245,12 +345,22 @@ fn data_points(m: &Metric) -> Vec<Point<'_>> {
         Some(metric::Data::Gauge(g)) => g
             .data_points
             .iter()
-            .map(|p| Point { time: p.time_unix_nano, kind: "gauge", values: vec![("metric.value", number(&p.value))], attributes: &p.attributes })
+            .map(|p| Point {
+                time: p.time_unix_nano,
+                kind: "gauge",
+                values: vec![("metric.value", number(&p.value))],
+                attributes: &p.attributes,
+            })
             .collect(),
         Some(metric::Data::Sum(s)) => s
             .data_points
             .iter()
-            .map(|p| Point { time: p.time_unix_nano, kind: "sum", values: vec![("metric.value", number(&p.value))], attributes: &p.attributes })
+            .map(|p| Point {
+                time: p.time_unix_nano,
+                kind: "sum",
+                values: vec![("metric.value", number(&p.value))],
+                attributes: &p.attributes,
+            })
             .collect(),
         Some(metric::Data::Histogram(h)) => h
             .data_points
@@ -258,7 +368,10 @@ fn data_points(m: &Metric) -> Vec<Point<'_>> {
             .map(|p| Point {
                 time: p.time_unix_nano,
                 kind: "histogram",
-                values: vec![("metric.count", Val::Int(p.count as i64)), ("metric.sum", Val::Double(p.sum.unwrap_or(0.0)))],
+                values: vec![
+                    ("metric.count", Val::Int(p.count as i64)),
+                    ("metric.sum", Val::Double(p.sum.unwrap_or(0.0))),
+                ],
                 attributes: &p.attributes,
             })
             .collect(),
@@ -268,7 +381,10 @@ fn data_points(m: &Metric) -> Vec<Point<'_>> {
             .map(|p| Point {
                 time: p.time_unix_nano,
                 kind: "exponential_histogram",
-                values: vec![("metric.count", Val::Int(p.count as i64)), ("metric.sum", Val::Double(p.sum.unwrap_or(0.0)))],
+                values: vec![
+                    ("metric.count", Val::Int(p.count as i64)),
+                    ("metric.sum", Val::Double(p.sum.unwrap_or(0.0))),
+                ],
                 attributes: &p.attributes,
             })
             .collect(),
@@ -278,7 +394,10 @@ fn data_points(m: &Metric) -> Vec<Point<'_>> {
             .map(|p| Point {
                 time: p.time_unix_nano,
                 kind: "summary",
-                values: vec![("metric.count", Val::Int(p.count as i64)), ("metric.sum", Val::Double(p.sum))],
+                values: vec![
+                    ("metric.count", Val::Int(p.count as i64)),
+                    ("metric.sum", Val::Double(p.sum)),
+                ],
                 attributes: &p.attributes,
             })
             .collect(),

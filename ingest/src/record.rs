@@ -118,7 +118,9 @@ impl RecordView {
 
     /// Keys and values in insertion order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Val, Origin)> {
-        self.order.iter().filter_map(|k| self.values.get(k).map(|(v, o)| (k.as_str(), v, *o)))
+        self.order
+            .iter()
+            .filter_map(|k| self.values.get(k).map(|(v, o)| (k.as_str(), v, *o)))
     }
 
     pub fn origin(&self, key: &str) -> Option<Origin> {
@@ -128,7 +130,11 @@ impl RecordView {
     /// Adds OTLP attributes under `prefix` (empty for record attributes).
     pub fn add_attributes(&mut self, prefix: &str, attrs: &[KeyValue], origin: Origin) {
         for kv in attrs {
-            let key = if prefix.is_empty() { kv.key.clone() } else { format!("{prefix}{}", kv.key) };
+            let key = if prefix.is_empty() {
+                kv.key.clone()
+            } else {
+                format!("{prefix}{}", kv.key)
+            };
             self.add_any(key, kv.value.as_ref(), origin, 0);
         }
     }
@@ -150,10 +156,17 @@ impl RecordView {
             any_value::Value::DoubleValue(d) => self.insert(key, Val::Double(*d), origin),
             any_value::Value::BytesValue(b) => self.insert(key, Val::Str(hex::encode(b)), origin),
             // Only profiles use string-table indexes; there is no table to resolve them against here.
-            any_value::Value::StringValueStrindex(i) => self.insert(key, Val::Int(*i as i64), origin),
+            any_value::Value::StringValueStrindex(i) => {
+                self.insert(key, Val::Int(*i as i64), origin)
+            }
             any_value::Value::KvlistValue(list) => {
                 for kv in &list.values {
-                    self.add_any(format!("{key}.{}", kv.key), kv.value.as_ref(), origin, depth + 1);
+                    self.add_any(
+                        format!("{key}.{}", kv.key),
+                        kv.value.as_ref(),
+                        origin,
+                        depth + 1,
+                    );
                 }
             }
             any_value::Value::ArrayValue(arr) => {
@@ -162,7 +175,12 @@ impl RecordView {
                         self.add_any(format!("{key}.{name}"), Some(v), origin, depth + 1);
                     }
                 } else {
-                    let json = serde_json::Value::Array(arr.values.iter().map(|v| any_to_json(v, depth + 1)).collect());
+                    let json = serde_json::Value::Array(
+                        arr.values
+                            .iter()
+                            .map(|v| any_to_json(v, depth + 1))
+                            .collect(),
+                    );
                     self.insert(key, Val::Str(json.to_string()), origin);
                 }
             }
@@ -175,7 +193,8 @@ impl RecordView {
         let Some(Val::Str(text)) = self.get(key) else {
             return false;
         };
-        let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(text) else {
+        let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(text)
+        else {
             return false;
         };
         let origin = self.origin(key).unwrap_or(Origin::Attribute);
@@ -195,7 +214,10 @@ impl RecordView {
             J::Null => {}
             J::Bool(b) => self.insert(key, Val::Bool(*b), origin),
             J::Number(n) => {
-                let val = n.as_i64().map(Val::Int).unwrap_or_else(|| Val::Double(n.as_f64().unwrap_or(f64::NAN)));
+                let val = n
+                    .as_i64()
+                    .map(Val::Int)
+                    .unwrap_or_else(|| Val::Double(n.as_f64().unwrap_or(f64::NAN)));
                 self.insert(key, val, origin)
             }
             J::String(s) => self.insert(key, Val::Str(s.clone()), origin),
@@ -249,11 +271,21 @@ fn any_to_json(v: &AnyValue, depth: usize) -> serde_json::Value {
         Some(any_value::Value::DoubleValue(d)) => Val::Double(*d).to_json(),
         Some(any_value::Value::BytesValue(b)) => J::String(hex::encode(b)),
         Some(any_value::Value::StringValueStrindex(i)) => (*i).into(),
-        Some(any_value::Value::ArrayValue(a)) => J::Array(a.values.iter().map(|x| any_to_json(x, depth + 1)).collect()),
+        Some(any_value::Value::ArrayValue(a)) => {
+            J::Array(a.values.iter().map(|x| any_to_json(x, depth + 1)).collect())
+        }
         Some(any_value::Value::KvlistValue(l)) => J::Object(
             l.values
                 .iter()
-                .map(|kv| (kv.key.clone(), kv.value.as_ref().map(|x| any_to_json(x, depth + 1)).unwrap_or(J::Null)))
+                .map(|kv| {
+                    (
+                        kv.key.clone(),
+                        kv.value
+                            .as_ref()
+                            .map(|x| any_to_json(x, depth + 1))
+                            .unwrap_or(J::Null),
+                    )
+                })
                 .collect(),
         ),
     }
@@ -265,13 +297,21 @@ mod tests {
     use opentelemetry_proto::tonic::common::v1::{ArrayValue, KeyValueList};
 
     fn s(v: &str) -> AnyValue {
-        AnyValue { value: Some(any_value::Value::StringValue(v.into())) }
+        AnyValue {
+            value: Some(any_value::Value::StringValue(v.into())),
+        }
     }
     fn kv(k: &str, v: AnyValue) -> KeyValue {
-        KeyValue { key: k.into(), value: Some(v), ..Default::default() }
+        KeyValue {
+            key: k.into(),
+            value: Some(v),
+            ..Default::default()
+        }
     }
     fn map(kvs: Vec<KeyValue>) -> AnyValue {
-        AnyValue { value: Some(any_value::Value::KvlistValue(KeyValueList { values: kvs })) }
+        AnyValue {
+            value: Some(any_value::Value::KvlistValue(KeyValueList { values: kvs })),
+        }
     }
 
     #[test]
@@ -281,15 +321,27 @@ mod tests {
             value: Some(any_value::Value::ArrayValue(ArrayValue {
                 values: vec![
                     map(vec![kv("name", s("TaskName")), kv("value", s("\\Evil"))]),
-                    map(vec![kv("name", s("SubjectUserName")), kv("value", s("bob"))]),
+                    map(vec![
+                        kv("name", s("SubjectUserName")),
+                        kv("value", s("bob")),
+                    ]),
                 ],
             })),
         };
-        let body = map(vec![kv("channel", s("Security")), kv("event_data", event_data)]);
+        let body = map(vec![
+            kv("channel", s("Security")),
+            kv("event_data", event_data),
+        ]);
         view.add_any("body".into(), Some(&body), Origin::Record, 0);
         assert_eq!(view.get("body.channel"), Some(&Val::Str("Security".into())));
-        assert_eq!(view.get("body.event_data.TaskName"), Some(&Val::Str("\\Evil".into())));
-        assert_eq!(view.get("body.event_data.SubjectUserName"), Some(&Val::Str("bob".into())));
+        assert_eq!(
+            view.get("body.event_data.TaskName"),
+            Some(&Val::Str("\\Evil".into()))
+        );
+        assert_eq!(
+            view.get("body.event_data.SubjectUserName"),
+            Some(&Val::Str("bob".into()))
+        );
     }
 
     #[test]
@@ -312,16 +364,33 @@ mod tests {
         let mut view = RecordView::default();
         view.insert(
             "tool_parameters".into(),
-            Val::Str(r#"{"file_path": "/x/.env", "timeout": 30, "dangerouslyDisableSandbox": true}"#.into()),
+            Val::Str(
+                r#"{"file_path": "/x/.env", "timeout": 30, "dangerouslyDisableSandbox": true}"#
+                    .into(),
+            ),
             Origin::Attribute,
         );
         assert!(view.expand_json("tool_parameters"));
-        assert_eq!(view.get("tool_parameters.file_path").and_then(Val::as_str), Some("/x/.env"));
-        assert_eq!(view.get("tool_parameters.timeout").and_then(Val::as_i64), Some(30));
-        assert_eq!(view.get("tool_parameters.dangerouslyDisableSandbox").and_then(Val::as_bool), Some(true));
+        assert_eq!(
+            view.get("tool_parameters.file_path").and_then(Val::as_str),
+            Some("/x/.env")
+        );
+        assert_eq!(
+            view.get("tool_parameters.timeout").and_then(Val::as_i64),
+            Some(30)
+        );
+        assert_eq!(
+            view.get("tool_parameters.dangerouslyDisableSandbox")
+                .and_then(Val::as_bool),
+            Some(true)
+        );
         assert_eq!(Val::Str("false".into()).as_bool(), Some(false));
         assert_eq!(Val::Str(" 1200".into()).as_i64(), Some(1200));
-        view.insert("broken".into(), Val::Str("{not json".into()), Origin::Attribute);
+        view.insert(
+            "broken".into(),
+            Val::Str("{not json".into()),
+            Origin::Attribute,
+        );
         assert!(!view.expand_json("broken"));
     }
 

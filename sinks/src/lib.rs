@@ -11,3 +11,4 @@
 
 pub mod archive;
 pub mod jsonl;
+pub mod kafka;

@@ -1,0 +1,238 @@
+//! Engine throughput on a generated, realistic mixed stream (many sessions,
+//! the default pack), plus the live heap bytes of one idle session's state.
+//!
+//! `cargo bench -p vigil-rules --bench engine`
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::Instant;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use event::{Event, EventKind, Source};
+use vigil_rules::{Engine, EngineConfig, Lists, RuleSet, RulesContext};
+
+/// Counts live heap bytes, to measure the engine's state.
+struct Counting;
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        LIVE.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const S: i64 = 1_000_000_000;
+const T0: i64 = 1_773_154_800 * S;
+
+fn ctx() -> RulesContext {
+    let mut lists = Lists::default();
+    lists.0.insert(
+        "approved_mcp_domains".into(),
+        vec!["*.slack.com".into(), "mcp.atlassian.com".into()],
+    );
+    lists.0.insert(
+        "internal_domains".into(),
+        vec!["*.example.com".into(), "github.com".into()],
+    );
+    RulesContext {
+        lists,
+        ..Default::default()
+    }
+}
+
+/// `n` events over `sessions` sessions (10 per user), 1 ms apart in event time.
+fn stream(n: usize, sessions: usize) -> Vec<Event> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    (0..n)
+        .map(|i| {
+            let s = (rnd() % sessions as u64) as usize;
+            let user = format!("user{}@example.com", s / 10);
+            let mut e = Event {
+                time: T0 + i as i64 * 1_000_000,
+                observed_time: T0 + i as i64 * 1_000_000,
+                tenant: "default".into(),
+                source: Source::Agent,
+                product: Some("claude-code".into()),
+                user: Some(user),
+                session: Some(format!("sess-{s}")),
+                ..Default::default()
+            };
+            match rnd() % 20 {
+                0 => {
+                    e.kind = EventKind::UserPrompt;
+                    e.interactive = true;
+                }
+                1..=3 => {
+                    e.kind = EventKind::ModelCall;
+                    e.model = Some("claude-sonnet-4-5".into());
+                    e.tokens_in = Some(1200);
+                    e.tokens_out = Some(350);
+                }
+                4..=10 => {
+                    e.kind = EventKind::FileRead;
+                    e.tool = Some("Read".into());
+                    e.path = Some(format!("/Users/u{}/src/app/mod{}.rs", s, rnd() % 50));
+                }
+                11..=12 => {
+                    e.kind = EventKind::FileWrite;
+                    e.tool = Some("Edit".into());
+                    e.path = Some(format!("/Users/u{}/src/app/mod{}.rs", s, rnd() % 50));
+                }
+                13..=16 => {
+                    e.kind = EventKind::ToolCall;
+                    e.tool = Some("Bash".into());
+                    e.command = Some(
+                        [
+                            "cargo test",
+                            "git status",
+                            "ls -la src",
+                            "curl -s https://docs.rs/serde",
+                        ][(rnd() % 4) as usize]
+                            .into(),
+                    );
+                }
+                17 => {
+                    e.kind = EventKind::ToolDecision;
+                    e.tool = Some("Bash".into());
+                    e.attrs.insert("decision".into(), "accept".into());
+                }
+                18 => {
+                    e.source = Source::McpGateway;
+                    e.kind = EventKind::ConnectorAction;
+                    e.action = Some("post".into());
+                    e.tool = Some("slack_post_message".into());
+                    e.mcp_server = Some("mcp.slack.com".into());
+                    e.domain = Some("mcp.slack.com".into());
+                    e.connector = Some("slack".into());
+                }
+                _ => {
+                    e.source = Source::McpGateway;
+                    e.kind = EventKind::ToolCall;
+                    e.action = Some("search".into());
+                    e.tool = Some("jira_search".into());
+                    e.mcp_server = Some("mcp.atlassian.com".into());
+                    e.domain = Some("mcp.atlassian.com".into());
+                }
+            }
+            e.event_id = format!("{:032x}", rnd() as u128 * 31 + i as u128);
+            e
+        })
+        .collect()
+}
+
+fn batches(events: &[Event]) -> Vec<Vec<Event>> {
+    events.chunks(1000).map(|c| c.to_vec()).collect()
+}
+
+fn run(set: &RuleSet, input: Vec<Vec<Event>>) -> usize {
+    let mut eng = Engine::new(set.clone(), EngineConfig::default());
+    let mut alerts = 0;
+    for b in input {
+        alerts += eng.push(b).len();
+    }
+    alerts + eng.finish().len()
+}
+
+/// Live heap bytes per idle session key: sessions with one prompt and one
+/// read, after every window has expired (only the unattended-session state stays).
+fn bytes_per_idle_session(set: &RuleSet) -> f64 {
+    let n = 100_000;
+    let mut eng = Engine::new(set.clone(), EngineConfig::default());
+    let mut evs: Vec<Event> = Vec::with_capacity(2 * n);
+    for s in 0..n {
+        let mk = |kind, dt: i64| {
+            let mut e = Event {
+                time: T0 + dt,
+                tenant: "default".into(),
+                kind,
+                user: Some(format!("user{}@example.com", s / 10)),
+                session: Some(format!("sess-{s}")),
+                interactive: kind == EventKind::UserPrompt,
+                ..Default::default()
+            };
+            e.event_id = e.compute_id();
+            e
+        };
+        evs.push(mk(EventKind::UserPrompt, s as i64 * 1000));
+        evs.push(mk(EventKind::FileRead, s as i64 * 1000 + 1));
+    }
+    // Start counting with the engine built and the input allocated.
+    let before = LIVE.load(Ordering::Relaxed);
+    let input_bytes: isize = evs.iter().map(|_| 0).sum();
+    eng.push(evs);
+    eng.push(vec![{
+        let mut e = Event {
+            time: T0 + 3600 * S,
+            tenant: "default".into(),
+            kind: EventKind::Other,
+            ..Default::default()
+        };
+        e.event_id = e.compute_id();
+        e
+    }]);
+    eng.on_idle();
+    let after = LIVE.load(Ordering::Relaxed);
+    let stats = eng.stats();
+    let keys: usize = stats.rules.iter().map(|r| r.state_keys).sum();
+    // The input vector was moved into the engine and freed, so `after -
+    // before` is negative by the input's size; measure the engine alone by
+    // dropping it and comparing instead.
+    let with_engine = after;
+    drop(eng);
+    let without = LIVE.load(Ordering::Relaxed);
+    let _ = (before, input_bytes);
+    let per_key = (with_engine - without) as f64 / keys.max(1) as f64;
+    eprintln!("idle sessions: {n}, state keys: {keys}, engine live heap: {} bytes, {per_key:.0} bytes per idle session key", with_engine - without);
+    per_key
+}
+
+fn engine_throughput(c: &mut Criterion) {
+    let set = RuleSet::load(true, &[], &ctx()).expect("default pack");
+    let events = stream(500_000, 100_000);
+    // One plain timing outside criterion, printed as events/s.
+    let input = batches(&events);
+    let t = Instant::now();
+    let alerts = run(&set, input);
+    let secs = t.elapsed().as_secs_f64();
+    eprintln!(
+        "single run: {} events in {secs:.3}s = {:.0} events/s, {alerts} alerts",
+        events.len(),
+        events.len() as f64 / secs
+    );
+    bytes_per_idle_session(&set);
+
+    let mut g = c.benchmark_group("engine");
+    g.sample_size(10);
+    g.measurement_time(std::time::Duration::from_secs(15));
+    g.throughput(Throughput::Elements(events.len() as u64));
+    g.bench_function("default_pack_mixed_100k_sessions", |b| {
+        b.iter_batched(
+            || batches(&events),
+            |input| black_box(run(&set, input)),
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, engine_throughput);
+criterion_main!(benches);

@@ -1,0 +1,185 @@
+//! baseline: per key, the amount (event count, or the sum of a numeric field
+//! such as `tokens_out`) in the current fixed window against an exponentially
+//! weighted mean of that key's earlier windows. Fires when the current window
+//! exceeds `max(floor, factor * mean)`, once the key is older than `warmup`.
+
+use std::sync::Arc;
+
+use event::Event;
+
+use super::{EvidenceItem, Touched, Trigger};
+use crate::field::FieldRef;
+use crate::predicate::CondError;
+use crate::rule::{BaselineDoc, Dur};
+
+const NS_PER_SEC: i64 = 1_000_000_000;
+
+#[derive(Debug)]
+pub(crate) struct BaselineSpec {
+    pub(crate) window: i64,
+    pub(crate) history: i64,
+    /// Weight of the newest window in the mean: `window / history`.
+    alpha: f64,
+    pub(crate) factor: f64,
+    pub(crate) floor: f64,
+    pub(crate) warmup: i64,
+    pub(crate) sum: Option<FieldRef>,
+}
+
+impl BaselineSpec {
+    /// `window` comes from the enclosing threshold when nested in one.
+    pub(crate) fn compile(
+        d: &BaselineDoc,
+        window: Option<i64>,
+        path: &str,
+    ) -> Result<BaselineSpec, CondError> {
+        let bad = |field: &str, msg: &str| CondError {
+            path: format!("{path}.{field}"),
+            message: msg.to_string(),
+            needle: Some(format!("{field}:")),
+        };
+        let window = match (window, d.window) {
+            (Some(w), None) => w,
+            (None, Some(w)) => w.ns(),
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "window",
+                    "a baseline inside a threshold uses the threshold's window",
+                ))
+            }
+            (None, None) => return Err(bad("window", "a baseline needs a `window`")),
+        };
+        if window <= 0 {
+            return Err(bad("window", "window must be positive"));
+        }
+        let history = d.history.map(Dur::ns).unwrap_or(7 * 86_400 * NS_PER_SEC);
+        if history < window {
+            return Err(bad("history", "history must be at least one window"));
+        }
+        let factor = d.factor.unwrap_or(3.0);
+        if factor.is_nan() || factor <= 1.0 {
+            return Err(bad("factor", "factor must be greater than 1"));
+        }
+        let sum = match &d.sum {
+            Some(s) => Some(
+                FieldRef::parse(s).ok_or_else(|| bad("sum", &format!("unknown field `{s}`")))?,
+            ),
+            None => None,
+        };
+        Ok(BaselineSpec {
+            window,
+            history,
+            alpha: window as f64 / history as f64,
+            factor,
+            floor: d.floor.unwrap_or(10.0),
+            warmup: d.warmup.map(Dur::ns).unwrap_or(86_400 * NS_PER_SEC),
+            sum,
+        })
+    }
+
+    pub(crate) fn retention(&self) -> i64 {
+        self.history
+    }
+
+    /// The amount the current window must reach to be unusual, once warm.
+    pub(crate) fn required(&self, r: &Rate, now: i64) -> Option<f64> {
+        if now - r.first < self.warmup {
+            return None;
+        }
+        Some(self.floor.max(self.factor * r.mean))
+    }
+}
+
+/// A key's windowed rate: current window and the mean of earlier ones.
+#[derive(Debug, Clone)]
+pub(crate) struct Rate {
+    first: i64,
+    bucket: i64,
+    pub(crate) current: f64,
+    pub(crate) mean: f64,
+    windows: u32,
+}
+
+impl Rate {
+    pub(crate) fn new(t: i64) -> Rate {
+        Rate {
+            first: t,
+            bucket: i64::MIN,
+            current: 0.0,
+            mean: 0.0,
+            windows: 0,
+        }
+    }
+
+    fn close(&mut self, alpha: f64, amount: f64) {
+        self.windows = self.windows.saturating_add(1);
+        let a = alpha.max(1.0 / f64::from(self.windows));
+        self.mean = self.mean * (1.0 - a) + amount * a;
+    }
+
+    pub(crate) fn add(&mut self, spec: &BaselineSpec, t: i64, amount: f64) {
+        let b = t - t.rem_euclid(spec.window);
+        if self.bucket == i64::MIN {
+            self.bucket = b;
+        } else if b > self.bucket {
+            let gap = (b - self.bucket) / spec.window;
+            // Close the finished window, then the empty ones in between. The
+            // weight is never below 1/n, so early on the mean is the plain
+            // average of the windows seen instead of starting from zero.
+            self.close(spec.alpha, self.current);
+            let empties = gap - 1;
+            let stepped = empties.min(4096);
+            for _ in 0..stepped {
+                self.close(spec.alpha, 0.0);
+            }
+            if empties > stepped {
+                self.mean *=
+                    (1.0 - spec.alpha).powi((empties - stepped).min(i64::from(i32::MAX)) as i32);
+            }
+            self.bucket = b;
+            self.current = 0.0;
+        }
+        self.current += amount;
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct BaselineState {
+    rate: Rate,
+    fired_bucket: i64,
+    last: i64,
+}
+
+impl Touched for BaselineState {
+    fn last(&self) -> i64 {
+        self.last
+    }
+}
+
+impl BaselineState {
+    pub(crate) fn new(t: i64) -> Self {
+        BaselineState {
+            rate: Rate::new(t),
+            fired_bucket: i64::MIN,
+            last: t,
+        }
+    }
+
+    pub(crate) fn on_event(&mut self, spec: &BaselineSpec, e: &Arc<Event>) -> Option<Trigger> {
+        let amount = match &spec.sum {
+            Some(f) => f.get(e).and_then(|v| v.to_f64()).unwrap_or(0.0),
+            None => 1.0,
+        };
+        self.last = e.time;
+        self.rate.add(spec, e.time, amount);
+        let required = spec.required(&self.rate, e.time)?;
+        if self.rate.current > required && self.fired_bucket != self.rate.bucket {
+            self.fired_bucket = self.rate.bucket;
+            return Some(Trigger {
+                evidence: vec![EvidenceItem::Full(e.clone())],
+                count: self.rate.current as u64,
+            });
+        }
+        None
+    }
+}

@@ -1,0 +1,86 @@
+//! inactivity: per key, an `activity` event more than `after` since the last
+//! `reset` event fires, once per reset epoch. It fires on the activity itself
+//! (the session is still running), not when the session ends. A key that has
+//! never seen a reset does not fire: nobody is known to have been there.
+
+use std::sync::Arc;
+
+use event::Event;
+
+use super::{EvidenceItem, Touched, Trigger};
+use crate::predicate::{EvalEnv, Pred};
+
+#[derive(Debug)]
+pub(crate) struct InactivitySpec {
+    pub(crate) after: i64,
+    pub(crate) reset: Pred,
+    pub(crate) activity: Pred,
+    pub(crate) until: Option<Pred>,
+    /// How long a key is kept after its last event.
+    pub(crate) ttl: i64,
+}
+
+/// Kept small on purpose: one per live session.
+#[derive(Debug)]
+pub(crate) struct InactivityState {
+    reset: EvidenceItem,
+    activity: u32,
+    fired: bool,
+    last: i64,
+}
+
+impl Touched for InactivityState {
+    fn last(&self) -> i64 {
+        self.last
+    }
+}
+
+/// What an event means to an inactivity rule.
+pub(crate) enum Role {
+    None,
+    Until,
+    Reset,
+    Activity,
+}
+
+impl InactivitySpec {
+    pub(crate) fn role(&self, e: &Event, env: &EvalEnv) -> Role {
+        if self.until.as_ref().is_some_and(|u| u.eval(e, env)) {
+            Role::Until
+        } else if self.reset.eval(e, env) {
+            Role::Reset
+        } else if self.activity.eval(e, env) {
+            Role::Activity
+        } else {
+            Role::None
+        }
+    }
+}
+
+impl InactivityState {
+    pub(crate) fn new_reset(e: &Event) -> Self {
+        InactivityState {
+            reset: EvidenceItem::compact(e),
+            activity: 0,
+            fired: false,
+            last: e.time,
+        }
+    }
+
+    pub(crate) fn reset(&mut self, e: &Event) {
+        *self = InactivityState::new_reset(e);
+    }
+
+    pub(crate) fn on_activity(&mut self, spec: &InactivitySpec, e: &Arc<Event>) -> Option<Trigger> {
+        self.last = e.time;
+        self.activity = self.activity.saturating_add(1);
+        if self.fired || e.time - self.reset.time() <= spec.after {
+            return None;
+        }
+        self.fired = true;
+        Some(Trigger {
+            evidence: vec![self.reset.clone(), EvidenceItem::Full(e.clone())],
+            count: u64::from(self.activity),
+        })
+    }
+}

@@ -1,0 +1,109 @@
+//! threshold: count, or distinct count of a field, per key over a sliding
+//! event-time window `(t - window, t]`; optionally also fires when the count
+//! is well above the key's own baseline.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use event::Event;
+
+use super::baseline::{BaselineSpec, Rate};
+use super::{EvidenceItem, Touched, Trigger};
+use crate::field::FieldRef;
+
+#[derive(Debug)]
+pub(crate) struct ThresholdSpec {
+    pub(crate) count: usize,
+    pub(crate) window: i64,
+    pub(crate) distinct: Option<FieldRef>,
+    pub(crate) baseline: Option<BaselineSpec>,
+}
+
+impl ThresholdSpec {
+    /// How long an untouched key is worth keeping.
+    pub(crate) fn retention(&self) -> i64 {
+        self.baseline
+            .as_ref()
+            .map_or(self.window, |b| b.retention().max(self.window))
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct ThresholdState {
+    /// Newest last; at most `count` entries (only the newest `count` decide).
+    recent: VecDeque<Arc<Event>>,
+    /// For distinct counts: (value hash, newest event with it).
+    distinct: Vec<(u64, Arc<Event>)>,
+    rate: Option<Rate>,
+    last: i64,
+}
+
+impl Touched for ThresholdState {
+    fn last(&self) -> i64 {
+        self.last
+    }
+}
+
+impl ThresholdState {
+    pub(crate) fn on_event(&mut self, spec: &ThresholdSpec, e: &Arc<Event>) -> Option<Trigger> {
+        let t = e.time;
+        self.last = t;
+        let horizon = t.saturating_sub(spec.window);
+        let required = match &spec.baseline {
+            Some(b) => {
+                let rate = self.rate.get_or_insert_with(|| Rate::new(t));
+                rate.add(b, t, 1.0);
+                // Fire at the fixed count, or earlier when the key's own
+                // baseline says this is unusual for it.
+                b.required(rate, t)
+                    .map_or(spec.count, |r| (r.ceil() as usize).clamp(1, spec.count))
+            }
+            None => spec.count,
+        };
+        let (n, evidence): (usize, Vec<EvidenceItem>) = match &spec.distinct {
+            None => {
+                self.recent.push_back(e.clone());
+                while self.recent.front().is_some_and(|f| f.time <= horizon)
+                    || self.recent.len() > spec.count
+                {
+                    self.recent.pop_front();
+                }
+                let n = self.recent.len();
+                if n < required {
+                    return None;
+                }
+                (
+                    n,
+                    self.recent
+                        .iter()
+                        .map(|x| EvidenceItem::Full(x.clone()))
+                        .collect(),
+                )
+            }
+            Some(f) => {
+                let v = f.get(e)?;
+                let h = xxhash_rust::xxh3::xxh3_64(v.to_text().as_bytes());
+                self.distinct.retain(|(vh, x)| *vh != h && x.time > horizon);
+                self.distinct.push((h, e.clone()));
+                if self.distinct.len() > spec.count {
+                    self.distinct.remove(0);
+                }
+                let n = self.distinct.len();
+                if n < required {
+                    return None;
+                }
+                (
+                    n,
+                    self.distinct
+                        .iter()
+                        .map(|(_, x)| EvidenceItem::Full(x.clone()))
+                        .collect(),
+                )
+            }
+        };
+        Some(Trigger {
+            evidence,
+            count: n as u64,
+        })
+    }
+}

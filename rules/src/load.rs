@@ -1,0 +1,622 @@
+//! Loading: rule files (the embedded default pack and user files or
+//! directories) are split into `---` documents, each parsed with serde_yaml
+//! (strict: unknown fields are errors, with their line), then compiled
+//! against the named lists and business hours. Every problem comes back as a
+//! [`Diagnostic`] naming the file, the line and the field.
+//!
+//! YAML bombs: files over [`MAX_FILE_BYTES`] are refused before parsing, and
+//! serde_yaml 0.9 itself refuses nesting deeper than 128 levels and alias
+//! expansion past a fixed repetition limit ("repetition limit exceeded").
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+use crate::config::{Lists, RulesContext};
+use crate::list::ListMatcher;
+use crate::predicate::CondError;
+use crate::rule::{compile_rule, CompiledRule, RuleDoc, RuleInfo};
+use crate::schedule::Schedule;
+use crate::{Diagnostic, RulesError};
+
+/// Largest rule or list file accepted.
+pub const MAX_FILE_BYTES: usize = 1 << 20;
+
+/// The embedded default pack: (file name, YAML).
+const DEFAULT_PACK: &[(&str, &str)] = &[
+    (
+        "<default>/lists.yaml",
+        include_str!("../default/lists.yaml"),
+    ),
+    (
+        "<default>/scheduled-task-created.yaml",
+        include_str!("../default/scheduled-task-created.yaml"),
+    ),
+    (
+        "<default>/mcp-unapproved-server.yaml",
+        include_str!("../default/mcp-unapproved-server.yaml"),
+    ),
+    (
+        "<default>/connector-write-off-hours.yaml",
+        include_str!("../default/connector-write-off-hours.yaml"),
+    ),
+    (
+        "<default>/connector-write-burst.yaml",
+        include_str!("../default/connector-write-burst.yaml"),
+    ),
+    (
+        "<default>/sensitive-file-read.yaml",
+        include_str!("../default/sensitive-file-read.yaml"),
+    ),
+    (
+        "<default>/unattended-session.yaml",
+        include_str!("../default/unattended-session.yaml"),
+    ),
+    (
+        "<default>/bypass-permissions-enabled.yaml",
+        include_str!("../default/bypass-permissions-enabled.yaml"),
+    ),
+    (
+        "<default>/exfiltration-chain.yaml",
+        include_str!("../default/exfiltration-chain.yaml"),
+    ),
+    (
+        "<default>/model-token-spike.yaml",
+        include_str!("../default/model-token-spike.yaml"),
+    ),
+    (
+        "<default>/denied-tool-retried.yaml",
+        include_str!("../default/denied-tool-retried.yaml"),
+    ),
+];
+
+/// Names and contents of the embedded default pack files.
+pub fn default_pack_files() -> &'static [(&'static str, &'static str)] {
+    DEFAULT_PACK
+}
+
+/// A rule document and where it came from.
+#[derive(Debug)]
+pub(crate) struct ParsedRule {
+    pub(crate) doc: RuleDoc,
+    pub(crate) file: String,
+    pub(crate) line: usize,
+    pub(crate) chunk: String,
+}
+
+/// A list document entry.
+#[derive(Debug)]
+pub(crate) struct ParsedList {
+    pub(crate) name: String,
+    pub(crate) entries: Vec<String>,
+    pub(crate) file: String,
+    pub(crate) line: usize,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Parsed {
+    pub(crate) rules: Vec<ParsedRule>,
+    pub(crate) lists: Vec<ParsedList>,
+    /// Parse problems, located.
+    pub(crate) diagnostics: Vec<Diagnostic>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListsDoc {
+    lists: Lists,
+}
+
+fn yaml_line(e: &serde_yaml::Error, start: usize) -> usize {
+    e.location().map_or(start, |l| start + l.line() - 1)
+}
+
+/// Splits a file into documents at `---` lines: (first line number, text).
+fn split_documents(text: &str) -> Vec<(usize, String)> {
+    let mut docs = Vec::new();
+    let mut cur = String::new();
+    let mut start = 1;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim_end();
+        if t == "---" || t.starts_with("--- ") || t == "..." {
+            docs.push((start, std::mem::take(&mut cur)));
+            start = i + 2;
+            if let Some(rest) = t.strip_prefix("--- ") {
+                cur.push_str(rest);
+                cur.push('\n');
+                start = i + 1;
+            }
+            continue;
+        }
+        cur.push_str(line);
+        cur.push('\n');
+    }
+    docs.push((start, cur));
+    docs
+}
+
+/// Parses one file's text into rule and list documents.
+pub(crate) fn parse_text(file: &str, text: &str, out: &mut Parsed) {
+    if text.len() > MAX_FILE_BYTES {
+        out.diagnostics.push(Diagnostic {
+            file: file.into(),
+            line: 0,
+            message: format!("file is larger than {MAX_FILE_BYTES} bytes"),
+        });
+        return;
+    }
+    for (start, chunk) in split_documents(text) {
+        let value: Value = match serde_yaml::from_str(&chunk) {
+            Ok(v) => v,
+            Err(e) => {
+                out.diagnostics.push(Diagnostic {
+                    file: file.into(),
+                    line: yaml_line(&e, start),
+                    message: e.to_string(),
+                });
+                continue;
+            }
+        };
+        let map = match value {
+            Value::Null => continue,
+            Value::Mapping(m) => m,
+            _ => {
+                out.diagnostics.push(Diagnostic {
+                    file: file.into(),
+                    line: start,
+                    message: "a document must be a rule (a mapping with `id`) or `lists:`".into(),
+                });
+                continue;
+            }
+        };
+        if map.contains_key("lists") && !map.contains_key("id") {
+            match serde_yaml::from_str::<ListsDoc>(&chunk) {
+                Ok(d) => {
+                    for (name, entries) in d.lists.0 {
+                        let line = locate(&chunk, start, &format!("{name}:")).unwrap_or(start);
+                        out.lists.push(ParsedList {
+                            name,
+                            entries,
+                            file: file.into(),
+                            line,
+                        });
+                    }
+                }
+                Err(e) => out.diagnostics.push(Diagnostic {
+                    file: file.into(),
+                    line: yaml_line(&e, start),
+                    message: e.to_string(),
+                }),
+            }
+            continue;
+        }
+        match serde_yaml::from_str::<RuleDoc>(&chunk) {
+            Ok(doc) => {
+                let line = locate(&chunk, start, "id:").unwrap_or(start);
+                out.rules.push(ParsedRule {
+                    doc,
+                    file: file.into(),
+                    line,
+                    chunk,
+                });
+            }
+            Err(e) => {
+                let id = map
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .map(|s| format!("rule `{s}`: "))
+                    .unwrap_or_default();
+                out.diagnostics.push(Diagnostic {
+                    file: file.into(),
+                    line: yaml_line(&e, start),
+                    message: format!("{id}{e}"),
+                });
+            }
+        }
+    }
+}
+
+/// First line at or after the document start that contains `needle`.
+fn locate(chunk: &str, start: usize, needle: &str) -> Option<usize> {
+    chunk
+        .lines()
+        .position(|l| l.contains(needle))
+        .map(|i| start + i)
+}
+
+fn read_path(path: &Path, out: &mut Vec<(String, String)>) -> Result<(), RulesError> {
+    let io = |source| RulesError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if meta.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(io)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir() || p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+            .collect();
+        entries.sort();
+        for p in entries {
+            read_path(&p, out)?;
+        }
+        return Ok(());
+    }
+    if meta.len() > MAX_FILE_BYTES as u64 {
+        out.push((path.display().to_string(), String::new()));
+        return Err(RulesError::Invalid(vec![Diagnostic {
+            file: path.display().to_string(),
+            line: 0,
+            message: format!("file is larger than {MAX_FILE_BYTES} bytes"),
+        }]));
+    }
+    let text = std::fs::read_to_string(path).map_err(io)?;
+    out.push((path.display().to_string(), text));
+    Ok(())
+}
+
+/// Reads and parses the default pack (rules only when `default_pack`; its
+/// lists always, so user rules may name them) and every extra file or
+/// directory (`*.yaml`, `*.yml`, recursively, in name order).
+pub(crate) fn parse_all(default_pack: bool, extra_paths: &[PathBuf]) -> Result<Parsed, RulesError> {
+    let mut parsed = Parsed::default();
+    for (name, text) in DEFAULT_PACK {
+        if default_pack || name.ends_with("/lists.yaml") {
+            parse_text(name, text, &mut parsed);
+        }
+    }
+    let mut files = Vec::new();
+    for p in extra_paths {
+        read_path(p, &mut files)?;
+    }
+    for (name, text) in &files {
+        parse_text(name, text, &mut parsed);
+    }
+    Ok(parsed)
+}
+
+fn diag(rule: &ParsedRule, e: CondError) -> Diagnostic {
+    let line = e
+        .needle
+        .as_deref()
+        .and_then(|n| locate(&rule.chunk, rule.line_start(), n))
+        .unwrap_or(rule.line);
+    Diagnostic {
+        file: rule.file.clone(),
+        line,
+        message: format!("rule `{}`: {}: {}", rule.doc.id, e.path, e.message),
+    }
+}
+
+impl ParsedRule {
+    /// First line of the document (the `id:` line is `self.line`).
+    fn line_start(&self) -> usize {
+        let offset = self
+            .chunk
+            .lines()
+            .position(|l| l.contains("id:"))
+            .unwrap_or(0);
+        self.line - offset
+    }
+}
+
+/// Named lists: pack and file lists (later files replace earlier ones), then
+/// the user's config lists, each replacing the list of the same name.
+pub(crate) fn build_lists(
+    parsed: &Parsed,
+    user: &Lists,
+    diags: &mut Vec<Diagnostic>,
+) -> HashMap<String, Arc<ListMatcher>> {
+    let mut merged: BTreeMap<&str, (&[String], String, usize)> = BTreeMap::new();
+    for l in &parsed.lists {
+        merged.insert(&l.name, (&l.entries, l.file.clone(), l.line));
+    }
+    for (name, entries) in &user.0 {
+        merged.insert(name, (entries, "vigil.yaml lists".into(), 0));
+    }
+    let mut out = HashMap::new();
+    for (name, (entries, file, line)) in merged {
+        match ListMatcher::compile(name, entries) {
+            Ok(m) => {
+                out.insert(name.to_string(), Arc::new(m));
+            }
+            Err(message) => diags.push(Diagnostic {
+                file,
+                line,
+                message,
+            }),
+        }
+    }
+    out
+}
+
+/// Compiles parsed documents into a rule set; `only` keeps a single rule id.
+pub(crate) fn compile_parsed(
+    parsed: &Parsed,
+    ctx: &RulesContext,
+    only: Option<&str>,
+) -> Result<RuleSet, Vec<Diagnostic>> {
+    let mut diags = parsed.diagnostics.clone();
+    let lists = build_lists(parsed, &ctx.lists, &mut diags);
+    let mut rules = Vec::new();
+    let mut seen: HashMap<&str, (&str, usize)> = HashMap::new();
+    for r in &parsed.rules {
+        if only.is_some_and(|id| id != r.doc.id) {
+            continue;
+        }
+        if let Some((file, line)) = seen.insert(&r.doc.id, (&r.file, r.line)) {
+            diags.push(Diagnostic {
+                file: r.file.clone(),
+                line: r.line,
+                message: format!(
+                    "duplicate rule id `{}` (first defined at {file}:{line})",
+                    r.doc.id
+                ),
+            });
+            continue;
+        }
+        match compile_rule(&r.doc, &r.file, r.line, &lists) {
+            Ok(c) => rules.push(c),
+            Err(e) => diags.push(diag(r, e)),
+        }
+    }
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    Ok(RuleSet {
+        rules: rules.into(),
+        schedule: Arc::new(Schedule::new(&ctx.business_hours)),
+    })
+}
+
+/// A compiled, immutable set of rules; cheap to clone.
+#[derive(Clone)]
+pub struct RuleSet {
+    pub(crate) rules: Arc<[CompiledRule]>,
+    pub(crate) schedule: Arc<Schedule>,
+}
+
+impl std::fmt::Debug for RuleSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.rules.iter().map(|r| &r.info.id))
+            .finish()
+    }
+}
+
+impl RuleSet {
+    /// Loads the default pack (when `default_pack`) and the rule files or
+    /// directories in `extra_paths`, compiled against `ctx`.
+    pub fn load(
+        default_pack: bool,
+        extra_paths: &[PathBuf],
+        ctx: &RulesContext,
+    ) -> Result<RuleSet, RulesError> {
+        let parsed = parse_all(default_pack, extra_paths)?;
+        compile_parsed(&parsed, ctx, None).map_err(RulesError::Invalid)
+    }
+
+    /// Every loaded rule, in load order (disabled and inactive ones included).
+    pub fn rules(&self) -> Vec<RuleInfo> {
+        self.rules.iter().map(|r| r.info.clone()).collect()
+    }
+
+    /// Number of rules loaded.
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// True when no rule is loaded.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+}
+
+/// Same as [`RuleSet::load`].
+pub fn load(
+    default_pack: bool,
+    extra_paths: &[PathBuf],
+    ctx: &RulesContext,
+) -> Result<RuleSet, RulesError> {
+    RuleSet::load(default_pack, extra_paths, ctx)
+}
+
+/// Validates rule files without running them: every parse and compile
+/// problem, and every malformed test, as located diagnostics. An empty
+/// vector means the files are good.
+pub fn check(
+    default_pack: bool,
+    extra_paths: &[PathBuf],
+    ctx: &RulesContext,
+) -> Result<Vec<RuleInfo>, RulesError> {
+    let parsed = parse_all(default_pack, extra_paths)?;
+    let mut diags = Vec::new();
+    let set = match compile_parsed(&parsed, ctx, None) {
+        Ok(s) => Some(s),
+        Err(d) => {
+            diags.extend(d);
+            None
+        }
+    };
+    let mut seen = HashSet::new();
+    for r in &parsed.rules {
+        if !seen.insert((&r.file, r.line)) {
+            continue;
+        }
+        for t in &r.doc.tests {
+            if let Err(message) = crate::testing::validate_test(t) {
+                let line = locate(&r.chunk, r.line_start(), &t.name).unwrap_or(r.line);
+                diags.push(Diagnostic {
+                    file: r.file.clone(),
+                    line,
+                    message: format!("rule `{}`: test `{}`: {message}", r.doc.id, t.name),
+                });
+            }
+        }
+    }
+    match (set, diags.is_empty()) {
+        (Some(s), true) => Ok(s.rules()),
+        _ => Err(RulesError::Invalid(diags)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str) -> Result<RuleSet, Vec<Diagnostic>> {
+        let mut p = Parsed::default();
+        parse_text(
+            "<default>/lists.yaml",
+            include_str!("../default/lists.yaml"),
+            &mut p,
+        );
+        parse_text("my.yaml", text, &mut p);
+        compile_parsed(&p, &RulesContext::default(), None)
+    }
+
+    fn first_error(text: &str) -> Diagnostic {
+        load_text(text)
+            .unwrap_err()
+            .into_iter()
+            .next()
+            .expect("an error")
+    }
+
+    const GOOD: &str = "id: a\ntitle: A\nseverity: low\ncondition: {kind: file_read}\n";
+
+    #[test]
+    fn default_pack_loads_and_has_the_required_ids() {
+        let set = RuleSet::load(true, &[], &RulesContext::default()).unwrap();
+        let ids: Vec<String> = set.rules().into_iter().map(|r| r.id).collect();
+        for id in [
+            "scheduled-task-created",
+            "mcp-unapproved-server",
+            "connector-write-off-hours",
+            "connector-write-burst",
+            "sensitive-file-read",
+            "unattended-session",
+            "bypass-permissions-enabled",
+            "exfiltration-chain",
+        ] {
+            assert!(ids.iter().any(|i| i == id), "{id} missing from {ids:?}");
+        }
+        let mcp = set
+            .rules()
+            .into_iter()
+            .find(|r| r.id == "mcp-unapproved-server")
+            .unwrap();
+        assert!(
+            !mcp.is_active(),
+            "inactive until approved_mcp_domains is configured"
+        );
+    }
+
+    #[test]
+    fn several_documents_per_file_with_lines() {
+        let text = format!(
+            "{GOOD}---\nid: b\ntitle: B\nseverity: high\ncondition: {{kind: [file_write]}}\n"
+        );
+        let set = load_text(&text).unwrap();
+        let infos = set.rules();
+        assert_eq!(infos.len(), 2);
+        assert_eq!((infos[0].line, infos[1].line), (1, 6));
+    }
+
+    #[test]
+    fn unknown_rule_field_is_reported_with_its_line() {
+        let d = first_error("id: a\ntitle: A\nseverity: low\nconditon: {kind: file_read}\n");
+        assert_eq!((d.file.as_str(), d.line), ("my.yaml", 4), "{d}");
+        assert!(d.message.contains("conditon"), "{d}");
+        let d = first_error(&format!(
+            "{GOOD}---\nid: b\ntitle: B\nseverity: urgent\ncondition: {{kind: file_read}}\n"
+        ));
+        assert_eq!(d.line, 8, "{d}");
+        assert!(d.to_string().starts_with("my.yaml:8: rule `b`"), "{d}");
+    }
+
+    #[test]
+    fn compile_errors_name_file_line_rule_and_field() {
+        let d = first_error("id: a\ntitle: A\nseverity: low\ncondition:\n  all:\n    - kind: tool_call\n    - command: {regex: 'a(b'}\n");
+        assert_eq!(d.line, 7, "{d}");
+        assert!(
+            d.message
+                .contains("rule `a`: condition.all[1].command.regex: bad regex"),
+            "{d}"
+        );
+        let d = first_error(
+            "id: a\ntitle: A\nseverity: low\ncondition:\n  domain: {in_list: nosuch}\n",
+        );
+        assert_eq!(d.line, 5, "{d}");
+        assert!(d.message.contains("unknown list `nosuch`"));
+        let d = first_error(
+            "id: a\ntitle: A\nseverity: low\nkey: [usr]\ncondition: {kind: file_read}\n",
+        );
+        assert!(d.message.contains("unknown field `usr`"), "{d}");
+        let d = first_error(&format!("{GOOD}---\n{GOOD}"));
+        assert!(d.message.contains("duplicate rule id `a`"), "{d}");
+        assert_eq!(d.line, 6);
+        let d = first_error(
+            "id: a\ntitle: A\nseverity: low\nkind: threshold\ncondition: {kind: file_read}\n",
+        );
+        assert!(d.message.contains("needs a `threshold:` block"), "{d}");
+        let d = first_error(
+            "id: a\ntitle: A\nseverity: low\nsummary: 'x {nope}'\ncondition: {kind: file_read}\n",
+        );
+        assert!(d.message.contains("unknown field `nope`"), "{d}");
+    }
+
+    #[test]
+    fn yaml_bombs_and_huge_files_are_refused() {
+        let bomb = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\ng: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]\nh: [*g, *g, *g, *g, *g, *g, *g, *g, *g]\n";
+        let d = first_error(bomb);
+        assert!(
+            d.message.contains("repetition limit") || d.message.contains("recursion"),
+            "{d}"
+        );
+        let deep = format!("id: {}{}\n", "[".repeat(200), "]".repeat(200));
+        assert!(load_text(&deep).is_err());
+        let mut p = Parsed::default();
+        parse_text("big.yaml", &" ".repeat(MAX_FILE_BYTES + 1), &mut p);
+        assert!(p.diagnostics[0].message.contains("larger than"));
+    }
+
+    #[test]
+    fn user_files_and_directories_load_in_name_order() {
+        let dir = std::env::temp_dir().join(format!("vigil-rules-load-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("b.yaml"), GOOD.replace("id: a", "id: b")).unwrap();
+        std::fs::write(dir.join("sub/a.yml"), GOOD).unwrap();
+        std::fs::write(dir.join("notes.txt"), "ignored").unwrap();
+        let set =
+            RuleSet::load(false, std::slice::from_ref(&dir), &RulesContext::default()).unwrap();
+        let ids: Vec<String> = set.rules().into_iter().map(|r| r.id).collect();
+        assert_eq!(ids, vec!["b", "a"]);
+        let err = RuleSet::load(false, &[dir.join("missing.yaml")], &RulesContext::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("missing.yaml"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn config_lists_replace_pack_lists() {
+        let mut p = Parsed::default();
+        parse_text(
+            "<default>/lists.yaml",
+            include_str!("../default/lists.yaml"),
+            &mut p,
+        );
+        let mut user = Lists::default();
+        user.0
+            .insert("sensitive_paths".into(), vec!["*/secret.txt".into()]);
+        let mut diags = vec![];
+        let lists = build_lists(&p, &user, &mut diags);
+        assert!(diags.is_empty());
+        assert!(lists["sensitive_paths"].matches("/x/secret.txt"));
+        assert!(!lists["sensitive_paths"].matches("/x/.ssh/id_rsa"));
+        assert!(lists["approved_mcp_domains"].is_empty());
+    }
+}

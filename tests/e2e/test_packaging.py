@@ -1,0 +1,27 @@
+"""The files a user meets first are well formed: docker-compose.yml parses and
+publishes the OTLP ports; the README starts with the two set-up commands and
+.ci/run calls the README's test command."""
+import re
+
+import yaml
+
+from conftest import ROOT
+
+
+def test_compose_file_is_valid_yaml_with_vigil_and_its_ports():
+    doc = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    vigil = doc["services"]["vigil"]
+    assert vigil["build"] == "."
+    assert {"4317:4317", "4318:4318"} <= set(vigil["ports"])
+    assert "vigil-data" in doc["volumes"]
+    docker = (ROOT / "Dockerfile").read_text()
+    assert "USER vigil" in docker and "EXPOSE 4317 4318" in docker
+
+
+def test_readme_two_commands_and_ci_agree():
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"```sh\n(.*?)```", readme, re.S).group(1).strip().splitlines()
+    cmds = [line.split("#")[0].strip() for line in block]
+    assert cmds == ["./scripts/serve", "./scripts/test"]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "exec ./scripts/test" in ci
