@@ -4,9 +4,11 @@ import json
 
 import pytest
 
-from conftest import scenario_dir, send_scenario
+from conftest import ROOT, scenario_dir, send_scenario
 
-SCENARIOS = sorted(p for p in scenario_dir().glob("*.json"))
+# The shared acceptance scenarios, plus our own of the same format that vary
+# users, products, paths, domains, time zones and arrival order.
+SCENARIOS = sorted(scenario_dir().glob("*.json")) + sorted((ROOT / "tests" / "scenarios-extra").glob("*.json"))
 
 
 def subject_matches(alert, want):
