@@ -2,6 +2,7 @@
 //! out); `rules` lets detection engineers list, check and test rules.
 
 mod config;
+mod replay;
 mod serve;
 
 use std::path::PathBuf;
@@ -27,6 +28,8 @@ struct Cli {
 enum Command {
     /// Receive OTLP, detect, and write alerts and archives (the embedded default needs no broker).
     Serve(ServeArgs),
+    /// Run the rules over the Parquet event archive (history), giving the alerts a live run gives.
+    Replay(ReplayArgs),
     /// List, check and test detection rules.
     Rules {
         #[command(subcommand)]
@@ -63,6 +66,31 @@ struct ServeArgs {
     /// Kafka topic for alerts [default: vigil.alerts].
     #[arg(long)]
     kafka_topic: Option<String>,
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// Archive root (the folder holding events/) [default: DATA_DIR/archive of --config, else ./vigil-data/archive].
+    #[arg(long)]
+    archive: Option<PathBuf>,
+    /// Configuration: lists, business hours, engine settings and rules, as for `serve`.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Start of the range (RFC 3339 time or YYYY-MM-DD, UTC), inclusive.
+    #[arg(long)]
+    from: Option<String>,
+    /// End of the range (RFC 3339 time or YYYY-MM-DD, UTC), exclusive.
+    #[arg(long)]
+    to: Option<String>,
+    /// Extra rule files or folders (repeatable).
+    #[arg(long = "rules")]
+    rules: Vec<PathBuf>,
+    /// Leave the embedded default pack out.
+    #[arg(long)]
+    no_default: bool,
+    /// Write the alerts here as JSON lines [default: standard output].
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -113,6 +141,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Rules { command } => rules_command(command),
+        Command::Replay(args) => replay::run(args),
     }
 }
 

@@ -1,10 +1,11 @@
 """Every scenario, sent through the real OpenTelemetry SDK to a real `vigil serve`,
 raises exactly its expected alerts, once per subject, and nothing else."""
 import json
+import subprocess
 
 import pytest
 
-from conftest import ROOT, scenario_dir, send_scenario
+from conftest import ROOT, VIGIL_BIN, scenario_dir, send_scenario
 
 # The shared acceptance scenarios, plus our own of the same format that vary
 # users, products, paths, domains, time zones and arrival order.
@@ -54,3 +55,23 @@ def test_scenario_raises_exactly_its_expected_alerts(vigil_factory, path, protoc
         assert a["schema_version"] == 1
         assert a["id"] and a["title"] and a["summary"] and a["event_ids"]
         assert a["severity"] in {"informational", "low", "medium", "high", "critical"}
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
+def test_replaying_the_archive_gives_the_live_alerts(vigil_factory, path):
+    scenario = json.loads(path.read_text())
+    v = vigil_factory(config=scenario.get("config") or {})
+    send_scenario([path], v.http)
+    v.wait_alerts(until=lambda a: len(a) >= len(scenario.get("expect", [])))
+    assert v.stop() == 0, v.log()
+    live = v.alerts()
+    out = v.data_dir / "replayed.jsonl"
+    run = subprocess.run([VIGIL_BIN, "replay", "--archive", str(v.archive), "--config", str(v.data_dir / "vigil.yaml"),
+                          "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    replayed = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(a["id"] for a in replayed) == sorted(a["id"] for a in live)
+    assert all(a["replayed"] for a in replayed) and not any(a["replayed"] for a in live)
+    strip = lambda a: {k: v for k, v in a.items() if k != "replayed"}
+    assert sorted(map(json.dumps, map(strip, replayed))) == sorted(map(json.dumps, map(strip, live)))
+    assert "events" in run.stderr and "alerts" in run.stderr

@@ -1,0 +1,120 @@
+//! `vigil replay`: the rules engine over the archive, with progress on a
+//! terminal (a bar) or in the log (a line every few seconds), and a summary.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use chrono::{NaiveDate, TimeZone, Utc};
+use indicatif::{ProgressBar, ProgressStyle};
+use tracing::info;
+
+use crate::config::Config;
+use crate::ReplayArgs;
+
+fn parse_time(text: &str) -> Result<i64> {
+    if let Some(ns) = event::parse_rfc3339_ns(text) {
+        return Ok(ns);
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        let t = Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).expect("midnight exists"));
+        return t.timestamp_nanos_opt().context("date out of range");
+    }
+    bail!("{text:?} is not an RFC 3339 time (2026-03-10T15:00:00Z) or a date (2026-03-10)")
+}
+
+pub fn run(args: ReplayArgs) -> Result<std::process::ExitCode> {
+    let mut config = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    config.rules.extend(args.rules.iter().cloned());
+    if args.no_default {
+        config.default_rules = false;
+    }
+    let archive = args
+        .archive
+        .clone()
+        .or_else(|| config.archive.dir.clone())
+        .unwrap_or_else(|| config.data_dir.join("archive"));
+    if !archive.join("events").is_dir() {
+        bail!(
+            "{} holds no events/ folder: is it a vigil archive?",
+            archive.display()
+        );
+    }
+    let from = args.from.as_deref().map(parse_time).transpose()?;
+    let to = args.to.as_deref().map(parse_time).transpose()?;
+    let set = crate::load_rules(&config)?;
+    let mut engine = rules::Engine::new(set, config.engine.engine_config());
+
+    let mut out: Box<dyn Write> = match &args.out {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = ProgressBar::new_spinner();
+        b.set_style(
+            ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+                .expect("valid template"),
+        );
+        b.enable_steady_tick(Duration::from_millis(200));
+        b
+    });
+    let mut last_log = Instant::now();
+    let summary = replay::replay_archive(
+        &archive,
+        from,
+        to,
+        &mut engine,
+        |alerts| {
+            for a in alerts {
+                serde_json::to_writer(&mut out, a).map_err(|e| e.to_string())?;
+                out.write_all(b"\n").map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        },
+        |p| {
+            let rate = p.events as f64 / p.elapsed.as_secs_f64().max(1e-3);
+            let pos = p
+                .position
+                .map(event::format_ns)
+                .unwrap_or_else(|| "-".into());
+            let msg = format!(
+                "{} events ({rate:.0}/s), {} alerts, at {pos}",
+                p.events, p.alerts
+            );
+            match &bar {
+                Some(b) => b.set_message(msg),
+                None if last_log.elapsed() >= Duration::from_secs(5) => {
+                    last_log = Instant::now();
+                    info!("replay: {msg}");
+                }
+                None => {}
+            }
+        },
+    )?;
+    out.flush().context("writing alerts")?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let mut err = std::io::stderr().lock();
+    let range = match (summary.first_event, summary.last_event) {
+        (Some(a), Some(b)) => format!("{} .. {}", event::format_ns(a), event::format_ns(b)),
+        _ => "no events".into(),
+    };
+    writeln!(
+        err,
+        "replayed {} events ({range}) in {:.2}s ({:.0} events/s): {} alerts",
+        summary.events,
+        summary.elapsed.as_secs_f64(),
+        summary.events as f64 / summary.elapsed.as_secs_f64().max(1e-9),
+        summary.alerts()
+    )?;
+    for (rule, n) in &summary.alerts_by_rule {
+        writeln!(err, "  {rule:<30} {n}")?;
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
