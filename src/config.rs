@@ -125,7 +125,7 @@ impl Default for IngestSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ArchiveSection {
     /// Archive root; default `DATA_DIR/archive`.
@@ -143,20 +143,6 @@ pub struct ArchiveSection {
     pub wal: Option<bool>,
     /// fsync the write-ahead log for every batch.
     pub wal_fsync: Option<bool>,
-}
-
-impl Default for ArchiveSection {
-    fn default() -> Self {
-        ArchiveSection {
-            dir: None,
-            row_group_rows: None,
-            max_file_bytes: None,
-            max_file_age: None,
-            retention_days: None,
-            wal: None,
-            wal_fsync: None,
-        }
-    }
 }
 
 impl ArchiveSection {

@@ -250,7 +250,7 @@ fn decode(signal: Signal, format: Format, body: &[u8]) -> Result<Payload, String
 fn from_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, String> {
     // An empty JSON object is a valid, empty request.
     let trimmed = body.iter().filter(|b| !b.is_ascii_whitespace()).count();
-    if trimmed == 2 && body.iter().any(|b| *b == b'{') {
+    if trimmed == 2 && body.contains(&b'{') {
         return Ok(T::default());
     }
     serde_json::from_slice(body).map_err(|e| e.to_string())
@@ -262,7 +262,7 @@ fn success(format: Format, signal: Signal, outcome: &ExportOutcome) -> Response 
     let body: Vec<u8> = match signal {
         Signal::Log => {
             let r = ExportLogsServiceResponse {
-                partial_success: (rejected > 0).then(|| ExportLogsPartialSuccess {
+                partial_success: (rejected > 0).then_some(ExportLogsPartialSuccess {
                     rejected_log_records: rejected,
                     error_message: message,
                 }),
@@ -271,7 +271,7 @@ fn success(format: Format, signal: Signal, outcome: &ExportOutcome) -> Response 
         }
         Signal::Span => {
             let r = ExportTraceServiceResponse {
-                partial_success: (rejected > 0).then(|| ExportTracePartialSuccess {
+                partial_success: (rejected > 0).then_some(ExportTracePartialSuccess {
                     rejected_spans: rejected,
                     error_message: message,
                 }),
@@ -280,7 +280,7 @@ fn success(format: Format, signal: Signal, outcome: &ExportOutcome) -> Response 
         }
         Signal::Metric => {
             let r = ExportMetricsServiceResponse {
-                partial_success: (rejected > 0).then(|| ExportMetricsPartialSuccess {
+                partial_success: (rejected > 0).then_some(ExportMetricsPartialSuccess {
                     rejected_data_points: rejected,
                     error_message: message,
                 }),

@@ -8,7 +8,9 @@
 //! mapping with the name of a default one replaces it. docs/mappings.md is the
 //! reference.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashSet as HashSet;
 use std::path::{Path, PathBuf};
 
 use event::{Event, EventKind, Outcome, Source};
@@ -270,21 +272,22 @@ impl Pred {
                     return val.is_some() == *want;
                 }
                 let Some(val) = val else { return false };
-                let text = val.as_text();
-                let (text, fold) = if *nocase {
-                    (text.to_lowercase(), true)
+                // Patterns of `nocase` tests are lower-cased at compile time.
+                let text = val.text();
+                let text: std::borrow::Cow<'_, str> = if *nocase {
+                    std::borrow::Cow::Owned(text.to_lowercase())
                 } else {
-                    (text, false)
+                    text
                 };
-                let norm = |s: &String| if fold { s.to_lowercase() } else { s.clone() };
+                let text = text.as_ref();
                 match test {
                     Test::Exists(_) => unreachable!("handled above"),
-                    Test::Eq(s) => text == norm(s),
-                    Test::In(list) => list.iter().any(|s| text == norm(s)),
-                    Test::Prefix(s) => text.starts_with(&norm(s)),
-                    Test::Suffix(s) => text.ends_with(&norm(s)),
-                    Test::Contains(s) => text.contains(&norm(s)),
-                    Test::Regex(re) => re.is_match(&text),
+                    Test::Eq(s) => text == s,
+                    Test::In(list) => list.iter().any(|s| text == s),
+                    Test::Prefix(s) => text.starts_with(s.as_str()),
+                    Test::Suffix(s) => text.ends_with(s.as_str()),
+                    Test::Contains(s) => text.contains(s.as_str()),
+                    Test::Regex(re) => re.is_match(text),
                 }
             }
         }
@@ -325,9 +328,7 @@ impl ValueSource {
         if text.is_empty() {
             return None;
         }
-        let taken = whole
-            .then(|| view.iter().find(|(k, _, _)| *k == key).map(|(k, _, _)| k))
-            .flatten();
+        let taken = if whole { view.key_of(key) } else { None };
         Some((text, taken))
     }
 }
@@ -593,7 +594,7 @@ impl MappingSet {
 
 impl Mapping {
     fn fill(&self, set: &MappingSet, view: &mut RecordView, ev: &mut Event) {
-        let mut expanded = HashSet::new();
+        let mut expanded = HashSet::default();
         for key in &self.expand_json {
             if view.expand_json(key) {
                 expanded.insert(key.clone());
@@ -605,7 +606,7 @@ impl Mapping {
             }
         }
         ev.source = self.source;
-        let mut taken: HashSet<String> = HashSet::new();
+        let mut taken: HashSet<String> = HashSet::default();
         let mut fill_column =
             |col: Column, sources: &[ValueSource], ev: &mut Event, view: &RecordView| {
                 if let Some((value, key)) = sources.iter().find_map(|s| s.extract(view)) {
@@ -655,21 +656,17 @@ impl Mapping {
         if let Some(d) = &mut ev.domain {
             *d = d.trim_end_matches('.').to_ascii_lowercase();
         }
-        if ev.connector.is_none()
-            && matches!(
-                ev.kind,
-                EventKind::ConnectorAction | EventKind::ToolCall | EventKind::McpConnect
-            )
-        {
-            if ev.mcp_server.is_some() || ev.kind == EventKind::ConnectorAction {
-                ev.connector = set
-                    .connector_of(&[
-                        ev.domain.as_deref(),
-                        ev.mcp_server.as_deref(),
-                        ev.tool.as_deref(),
-                    ])
-                    .map(str::to_string);
-            }
+        let names_a_connector = ev.kind == EventKind::ConnectorAction
+            || (ev.mcp_server.is_some()
+                && matches!(ev.kind, EventKind::ToolCall | EventKind::McpConnect));
+        if ev.connector.is_none() && names_a_connector {
+            ev.connector = set
+                .connector_of(&[
+                    ev.domain.as_deref(),
+                    ev.mcp_server.as_deref(),
+                    ev.tool.as_deref(),
+                ])
+                .map(str::to_string);
         }
         if ev.product.is_none() {
             if let Some(Val::Str(s)) = view.get("resource.service.name") {
@@ -883,23 +880,30 @@ fn compile_pred(p: &PredSpec) -> Result<Pred, String> {
         parts.push(Pred::Not(Box::new(compile_pred(not)?)));
     }
     let mut tests = Vec::new();
+    let fold = |v: &String| {
+        if p.nocase {
+            v.to_lowercase()
+        } else {
+            v.clone()
+        }
+    };
     if let Some(v) = p.exists {
         tests.push(Test::Exists(v));
     }
     if let Some(v) = &p.eq {
-        tests.push(Test::Eq(v.clone()));
+        tests.push(Test::Eq(fold(v)));
     }
     if let Some(v) = &p.in_ {
-        tests.push(Test::In(v.clone()));
+        tests.push(Test::In(v.iter().map(fold).collect()));
     }
     if let Some(v) = &p.prefix {
-        tests.push(Test::Prefix(v.clone()));
+        tests.push(Test::Prefix(fold(v)));
     }
     if let Some(v) = &p.suffix {
-        tests.push(Test::Suffix(v.clone()));
+        tests.push(Test::Suffix(fold(v)));
     }
     if let Some(v) = &p.contains {
-        tests.push(Test::Contains(v.clone()));
+        tests.push(Test::Contains(fold(v)));
     }
     if let Some(v) = &p.regex {
         let re = if p.nocase {
@@ -919,9 +923,11 @@ fn compile_pred(p: &PredSpec) -> Result<Pred, String> {
                 });
             }
         }
-        (Some(field), true) => return Err(format!(
+        (Some(field), true) => {
+            return Err(format!(
             "condition on `{field}` has no test (eq, in, prefix, suffix, contains, regex, exists)"
-        )),
+        ))
+        }
         (None, false) => return Err("a test (eq, in, ...) needs a `field`".into()),
         (None, true) => {}
     }

@@ -75,7 +75,7 @@ impl Normalizer {
                             continue;
                         }
                     };
-                    let mut view = scoped.clone();
+                    let mut view = RecordView::on(scoped.clone());
                     view.insert("@signal".into(), Val::Str("log".into()), Origin::Derived);
                     view.add_any("body".into(), rec.body.as_ref(), Origin::Record, 0);
                     if !rec.event_name.is_empty() {
@@ -131,7 +131,7 @@ impl Normalizer {
                             continue;
                         }
                     };
-                    let mut view = scoped.clone();
+                    let mut view = RecordView::on(scoped.clone());
                     view.insert("@signal".into(), Val::Str("span".into()), Origin::Derived);
                     view.insert(
                         "span.name".into(),
@@ -211,7 +211,7 @@ impl Normalizer {
                                 continue;
                             }
                         };
-                        let mut view = scoped.clone();
+                        let mut view = RecordView::on(scoped.clone());
                         view.insert("@signal".into(), Val::Str("metric".into()), Origin::Derived);
                         view.insert(
                             "metric.name".into(),
@@ -269,16 +269,16 @@ impl Normalizer {
     }
 }
 
-fn base_view(resource: Option<&Resource>) -> RecordView {
+fn base_view(resource: Option<&Resource>) -> Arc<RecordView> {
     let mut view = RecordView::default();
     if let Some(r) = resource {
         view.add_attributes("resource.", &r.attributes, Origin::Resource);
     }
-    view
+    Arc::new(view)
 }
 
-fn with_scope(base: &RecordView, scope: Option<&InstrumentationScope>) -> RecordView {
-    let mut view = base.clone();
+fn with_scope(base: &Arc<RecordView>, scope: Option<&InstrumentationScope>) -> Arc<RecordView> {
+    let mut view = RecordView::on(base.clone());
     if let Some(s) = scope {
         if !s.name.is_empty() {
             view.insert(
@@ -295,7 +295,7 @@ fn with_scope(base: &RecordView, scope: Option<&InstrumentationScope>) -> Record
             );
         }
     }
-    view
+    Arc::new(view)
 }
 
 fn add_ids(view: &mut RecordView, trace_id: &[u8], span_id: &[u8]) {

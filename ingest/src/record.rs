@@ -7,7 +7,8 @@
 //! `span.name`, `span.kind`, `span.status`, `metric.name`, `metric.value`, ...).
 //! Derived values that mappings compute start with `@` and never reach `attrs`.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
+use std::sync::Arc;
 
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 
@@ -38,6 +39,14 @@ impl Val {
                 }
             }
             Val::Bool(b) => b.to_string(),
+        }
+    }
+
+    /// The value as text, borrowed when it is a string.
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Val::Str(s) => std::borrow::Cow::Borrowed(s),
+            other => std::borrow::Cow::Owned(other.as_text()),
         }
     }
 
@@ -95,15 +104,39 @@ pub enum Origin {
 }
 
 /// The flat view of one record. Insertion order is kept so `attrs` come out stable.
+///
+/// A view may sit on a shared parent (the resource and scope of a batch of
+/// records), so what every record of a request has in common is built once.
 #[derive(Debug, Default, Clone)]
 pub struct RecordView {
+    parent: Option<Arc<RecordView>>,
     values: HashMap<String, (Val, Origin)>,
     order: Vec<String>,
 }
 
 impl RecordView {
+    /// An empty view on top of `parent`.
+    pub fn on(parent: Arc<RecordView>) -> Self {
+        RecordView {
+            parent: Some(parent),
+            values: HashMap::default(),
+            order: Vec::new(),
+        }
+    }
+
     pub fn get(&self, key: &str) -> Option<&Val> {
-        self.values.get(key).map(|(v, _)| v)
+        match self.values.get(key) {
+            Some((v, _)) => Some(v),
+            None => self.parent.as_ref()?.get(key),
+        }
+    }
+
+    /// The stored key equal to `key`, when present.
+    pub fn key_of(&self, key: &str) -> Option<&str> {
+        match self.values.get_key_value(key) {
+            Some((k, _)) => Some(k.as_str()),
+            None => self.parent.as_ref()?.key_of(key),
+        }
     }
 
     pub fn insert(&mut self, key: String, val: Val, origin: Origin) {
@@ -116,15 +149,28 @@ impl RecordView {
         }
     }
 
-    /// Keys and values in insertion order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &Val, Origin)> {
-        self.order
+    /// Keys and values in insertion order, the parent's first; a key set here
+    /// hides the parent's.
+    pub fn iter(&self) -> Box<dyn Iterator<Item = (&str, &Val, Origin)> + '_> {
+        let own = self
+            .order
             .iter()
-            .filter_map(|k| self.values.get(k).map(|(v, o)| (k.as_str(), v, *o)))
+            .filter_map(|k| self.values.get(k).map(|(v, o)| (k.as_str(), v, *o)));
+        match &self.parent {
+            None => Box::new(own),
+            Some(p) => Box::new(
+                p.iter()
+                    .filter(|(k, _, _)| !self.values.contains_key(*k))
+                    .chain(own),
+            ),
+        }
     }
 
     pub fn origin(&self, key: &str) -> Option<Origin> {
-        self.values.get(key).map(|(_, o)| *o)
+        match self.values.get(key) {
+            Some((_, o)) => Some(*o),
+            None => self.parent.as_ref()?.origin(key),
+        }
     }
 
     /// Adds OTLP attributes under `prefix` (empty for record attributes).

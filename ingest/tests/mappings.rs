@@ -547,7 +547,7 @@ fn user_mappings_override_defaults_by_name() {
         "mappings:\n  - name: acme-agent\n    source: agent\n    signals: [log]\n    priority: 200\n    when: {field: resource.service.name, eq: acme-agent}\n    columns:\n      user: [actor]\n    kinds:\n      - {when: {field: op, eq: read}, kind: file_read}\n",
     )
     .unwrap();
-    let set = MappingSet::load(&[dir.clone()]).expect("loads");
+    let set = MappingSet::load(std::slice::from_ref(&dir)).expect("loads");
     let req = ExportLogsServiceRequest {
         resource_logs: vec![ResourceLogs {
             resource: Some(Resource {
@@ -575,7 +575,7 @@ fn user_mappings_override_defaults_by_name() {
         "mappings:\n  - name: x\n    source: robot\n",
     )
     .unwrap();
-    let err = MappingSet::load(&[dir.clone()]).unwrap_err().to_string();
+    let err = MappingSet::load(std::slice::from_ref(&dir)).unwrap_err().to_string();
     assert!(err.contains("broken.yaml:3"), "{err}");
     std::fs::remove_dir_all(dir).ok();
 }

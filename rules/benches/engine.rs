@@ -139,6 +139,19 @@ fn stream(n: usize, sessions: usize) -> Vec<Event> {
         .collect()
 }
 
+/// User + system CPU time of this thread, from /proc (Linux; 0 elsewhere).
+fn thread_cpu_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/thread-self/stat") else {
+        return 0.0;
+    };
+    // Fields after the `(comm)`: utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
 fn batches(events: &[Event]) -> Vec<Vec<Event>> {
     events.chunks(1000).map(|c| c.to_vec()).collect()
 }
@@ -208,16 +221,54 @@ fn bytes_per_idle_session(set: &RuleSet) -> f64 {
 fn engine_throughput(c: &mut Criterion) {
     let set = RuleSet::load(true, &[], &ctx()).expect("default pack");
     let events = stream(500_000, 100_000);
-    // One plain timing outside criterion, printed as events/s.
+    // Plain timings outside criterion, as events/s of wall time and of this
+    // thread's CPU time (the machine is shared: CPU time is the fairer one).
+    for _ in 0..3 {
+        let input = batches(&events);
+        let (t, cpu) = (Instant::now(), thread_cpu_secs());
+        let alerts = run(&set, input);
+        let (secs, cpu) = (t.elapsed().as_secs_f64(), thread_cpu_secs() - cpu);
+        let n = events.len() as f64;
+        eprintln!(
+            "single run: {} events, {alerts} alerts: wall {secs:.3}s = {:.0} events/s; cpu {cpu:.2}s = {:.0} events/cpu-s",
+            events.len(),
+            n / secs,
+            n / cpu.max(0.01)
+        );
+    }
+    // The floor: buffering, ordering and freeing the events with no rule at all.
+    let empty = RuleSet::load(false, &[], &ctx()).expect("no rules");
     let input = batches(&events);
-    let t = Instant::now();
-    let alerts = run(&set, input);
-    let secs = t.elapsed().as_secs_f64();
+    let cpu = thread_cpu_secs();
+    run(&empty, input);
+    let cpu = thread_cpu_secs() - cpu;
     eprintln!(
-        "single run: {} events in {secs:.3}s = {:.0} events/s, {alerts} alerts",
-        events.len(),
-        events.len() as f64 / secs
+        "no rules: cpu {cpu:.2}s = {:.0} events/cpu-s",
+        events.len() as f64 / cpu.max(0.01)
     );
+    if std::env::var_os("VIGIL_BENCH_PER_RULE").is_some() {
+        // Cost of each default rule alone, to see where the time goes.
+        let dir = std::env::temp_dir().join("vigil-bench-rules");
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        for (name, text) in vigil_rules::default_pack_files()
+            .iter()
+            .filter(|(n, _)| !n.ends_with("/lists.yaml"))
+        {
+            let file = dir.join(name.trim_start_matches("<default>/"));
+            std::fs::write(&file, text).expect("write rule");
+            let one =
+                RuleSet::load(false, std::slice::from_ref(&file), &ctx()).expect("rule loads");
+            let input = batches(&events);
+            let cpu = thread_cpu_secs();
+            run(&one, input);
+            let cpu = thread_cpu_secs() - cpu;
+            eprintln!(
+                "{name}: cpu {cpu:.2}s = {:.0} events/cpu-s",
+                events.len() as f64 / cpu.max(0.01)
+            );
+            std::fs::remove_file(&file).expect("remove rule");
+        }
+    }
     bytes_per_idle_session(&set);
 
     let mut g = c.benchmark_group("engine");

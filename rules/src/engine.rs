@@ -555,6 +555,13 @@ mod tests {
     const MATCH: &str = "id: m\ntitle: M\nseverity: low\nkey: [user]\nsuppress: 10m\nsummary: '{user} read {path} ({count})'\ncondition: {kind: file_read}\n";
 
     #[test]
+    fn engine_and_rule_sets_move_across_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Engine>();
+        send_sync::<RuleSet>();
+    }
+
+    #[test]
     fn events_wait_for_the_watermark_and_idle_releases_them() {
         let mut eng = engine(MATCH);
         assert!(eng.push(vec![ev(T0, EventKind::FileRead, "a")]).is_empty());

@@ -24,7 +24,7 @@ use std::path::PathBuf;
 
 pub use config::{BusinessHours, ClockTime, Day, EngineConfig, HoursOverride, Lists, RulesContext};
 pub use engine::{Engine, EngineStats, RuleStats};
-pub use load::{check, default_pack_files, load, RuleSet};
+pub use load::{check, default_pack_files, load, RuleSet, MAX_FILE_BYTES};
 pub use rule::{RuleInfo, RuleKind};
 
 /// One problem in a rule or list file, located for a human.

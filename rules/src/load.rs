@@ -425,8 +425,8 @@ pub fn load(
 }
 
 /// Validates rule files without running them: every parse and compile
-/// problem, and every malformed test, as located diagnostics. An empty
-/// vector means the files are good.
+/// problem, and every malformed test, as located diagnostics
+/// ([`RulesError::Invalid`]); on success, the rules that would load.
 pub fn check(
     default_pack: bool,
     extra_paths: &[PathBuf],

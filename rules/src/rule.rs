@@ -60,7 +60,8 @@ pub enum RuleKind {
 
 impl fmt::Display for RuleKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        // `pad` so `{:<10}` aligns columns in `vigil rules list`.
+        f.pad(match self {
             RuleKind::Match => "match",
             RuleKind::Threshold => "threshold",
             RuleKind::Sequence => "sequence",

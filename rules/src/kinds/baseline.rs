@@ -117,6 +117,25 @@ impl Rate {
         self.mean = self.mean * (1.0 - a) + amount * a;
     }
 
+    /// Closes `k` empty windows in O(1): while the weight is `1/n` the mean
+    /// scales by `n0 / (n0 + k)`; once it is `alpha` it decays geometrically.
+    fn close_empty(&mut self, alpha: f64, k: i64) {
+        if k <= 0 {
+            return;
+        }
+        let n0 = i64::from(self.windows);
+        let switch = (1.0 / alpha).floor() as i64;
+        let k1 = k.min((switch - n0).max(0));
+        if k1 > 0 {
+            self.mean *= n0 as f64 / (n0 + k1) as f64;
+        }
+        let k2 = k - k1;
+        if k2 > 0 {
+            self.mean *= (1.0 - alpha).powi(k2.min(i64::from(i32::MAX)) as i32);
+        }
+        self.windows = u32::try_from(n0 + k).unwrap_or(u32::MAX);
+    }
+
     pub(crate) fn add(&mut self, spec: &BaselineSpec, t: i64, amount: f64) {
         let b = t - t.rem_euclid(spec.window);
         if self.bucket == i64::MIN {
@@ -127,15 +146,7 @@ impl Rate {
             // weight is never below 1/n, so early on the mean is the plain
             // average of the windows seen instead of starting from zero.
             self.close(spec.alpha, self.current);
-            let empties = gap - 1;
-            let stepped = empties.min(4096);
-            for _ in 0..stepped {
-                self.close(spec.alpha, 0.0);
-            }
-            if empties > stepped {
-                self.mean *=
-                    (1.0 - spec.alpha).powi((empties - stepped).min(i64::from(i32::MAX)) as i32);
-            }
+            self.close_empty(spec.alpha, gap - 1);
             self.bucket = b;
             self.current = 0.0;
         }

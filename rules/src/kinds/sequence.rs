@@ -62,7 +62,8 @@ impl SequenceSpec {
 
 #[derive(Debug)]
 pub(crate) struct SequenceState {
-    per_step: Vec<VecDeque<Arc<Event>>>,
+    /// Per step, the matching events with their time inline (no pointer chase to expire).
+    per_step: Vec<VecDeque<(i64, Arc<Event>)>>,
     last: i64,
 }
 
@@ -96,14 +97,14 @@ impl SequenceState {
         let last_step = spec.steps.len() - 1;
         for i in 0..spec.steps.len() {
             let q = &mut self.per_step[i];
-            while q.front().is_some_and(|x| x.time < horizon) {
+            while q.front().is_some_and(|x| x.0 < horizon) {
                 q.pop_front();
             }
             if steps & (1 << i) != 0 {
                 if q.capacity() == 0 {
                     q.reserve_exact(spec.cap(i) + 1);
                 }
-                q.push_back(e.clone());
+                q.push_back((e.time, e.clone()));
                 if q.len() > spec.cap(i) {
                     q.pop_front();
                 }
@@ -119,7 +120,7 @@ impl SequenceState {
         if q.len() < need {
             return None;
         }
-        chosen.extend(q.iter().rev().take(need).cloned());
+        chosen.extend(q.iter().rev().take(need).map(|x| x.1.clone()));
         let mut bound = {
             let first = chosen.last().expect("need >= 1");
             (first.time, first.event_id.clone())
@@ -129,9 +130,9 @@ impl SequenceState {
             let picked: Vec<Arc<Event>> = self.per_step[i]
                 .iter()
                 .rev()
-                .filter(|x| before(x, (bound.0, &bound.1)))
+                .filter(|x| before(&x.1, (bound.0, &bound.1)))
                 .take(need)
-                .cloned()
+                .map(|x| x.1.clone())
                 .collect();
             if picked.len() < need {
                 return None;
