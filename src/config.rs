@@ -194,21 +194,47 @@ impl Default for AlertsSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaSection {
-    /// Bootstrap servers, `host:port[,host:port]`; empty keeps vigil broker-free.
+    /// Bootstrap servers, `host:port[,host:port]`; unset keeps vigil broker-free.
     pub brokers: Option<String>,
     /// Topic alerts are published to.
     pub topic: String,
-    /// Any librdkafka property, passed through (SASL, TLS, ...).
+    /// Any librdkafka producer property, passed through (SASL, TLS, ...).
     pub properties: BTreeMap<String, String>,
+    /// Spool folder for alerts the broker has not acknowledged; default `DATA_DIR/spool/kafka`.
+    pub spool_dir: Option<PathBuf>,
+    /// Most bytes the spool holds before alerts wait in memory (and /readyz says so).
+    pub spool_max_bytes: u64,
 }
 
 impl Default for KafkaSection {
     fn default() -> Self {
+        let d = sinks::kafka::KafkaConfig::default();
         KafkaSection {
             brokers: None,
-            topic: "vigil.alerts".into(),
+            topic: d.topic,
             properties: BTreeMap::new(),
+            spool_dir: None,
+            spool_max_bytes: d.spool_max_bytes,
         }
+    }
+}
+
+impl KafkaSection {
+    /// The publisher's settings, when a broker is configured.
+    pub fn kafka_config(&self, data_dir: &Path) -> Option<sinks::kafka::KafkaConfig> {
+        let brokers = self.brokers.as_ref().filter(|b| !b.trim().is_empty())?;
+        Some(sinks::kafka::KafkaConfig {
+            brokers: brokers.clone(),
+            topic: self.topic.clone(),
+            properties: self.properties.clone(),
+            spool_dir: Some(
+                self.spool_dir
+                    .clone()
+                    .unwrap_or_else(|| data_dir.join("spool").join("kafka")),
+            ),
+            spool_max_bytes: self.spool_max_bytes,
+            ..Default::default()
+        })
     }
 }
 

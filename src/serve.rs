@@ -8,7 +8,7 @@
 //! JSONL file and the alert archive. Stages are joined by bounded channels, so
 //! a slow stage slows the one before it and, in the end, the senders (429).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -47,6 +47,13 @@ struct PipelineMetrics {
     state_keys: Family<RuleLabel, Gauge>,
     suppressed: Family<RuleLabel, Gauge>,
     watermark_seconds: Gauge,
+    kafka_produced: Counter,
+    kafka_acknowledged: Counter,
+    kafka_failed: Counter,
+    kafka_spool_full: Counter,
+    kafka_spool_alerts: Gauge,
+    kafka_spool_bytes: Gauge,
+    kafka_connected: Gauge,
 }
 
 impl PipelineMetrics {
@@ -106,6 +113,58 @@ impl PipelineMetrics {
             "event-time watermark, seconds since the epoch",
             self.watermark_seconds.clone(),
         );
+        r.register(
+            "vigil_kafka_alerts_produced",
+            "alerts handed to the Kafka producer",
+            self.kafka_produced.clone(),
+        );
+        r.register(
+            "vigil_kafka_alerts_acknowledged",
+            "alerts the broker acknowledged (acks=all)",
+            self.kafka_acknowledged.clone(),
+        );
+        r.register(
+            "vigil_kafka_alerts_failed",
+            "failed delivery attempts (the alert stays in the spool)",
+            self.kafka_failed.clone(),
+        );
+        r.register(
+            "vigil_kafka_spool_full",
+            "times the spool refused alerts because it was full",
+            self.kafka_spool_full.clone(),
+        );
+        r.register(
+            "vigil_kafka_spool_alerts",
+            "alerts in the spool, not yet acknowledged",
+            self.kafka_spool_alerts.clone(),
+        );
+        r.register(
+            "vigil_kafka_spool_bytes",
+            "bytes in the spool",
+            self.kafka_spool_bytes.clone(),
+        );
+        r.register(
+            "vigil_kafka_broker_connected",
+            "1 while the producer reaches a broker",
+            self.kafka_connected.clone(),
+        );
+    }
+
+    /// Brings the Kafka metrics up to the publisher's own counters.
+    fn observe_kafka(&self, s: &sinks::kafka::KafkaStats) {
+        let catch_up = |c: &Counter, total: u64| {
+            let have = c.get();
+            if total > have {
+                c.inc_by(total - have);
+            }
+        };
+        catch_up(&self.kafka_produced, s.produced);
+        catch_up(&self.kafka_acknowledged, s.acknowledged);
+        catch_up(&self.kafka_failed, s.failed);
+        catch_up(&self.kafka_spool_full, s.spool_full);
+        self.kafka_spool_alerts.set(s.spooled as i64);
+        self.kafka_spool_bytes.set(s.spool_bytes as i64);
+        self.kafka_connected.set(s.connected as i64);
     }
 }
 
@@ -114,6 +173,7 @@ impl PipelineMetrics {
 struct Health {
     archive: Mutex<Option<String>>,
     alerts: Mutex<Option<String>>,
+    kafka: Mutex<Option<String>>,
     detection_alive: AtomicBool,
 }
 
@@ -128,7 +188,7 @@ impl Health {
         if !self.detection_alive.load(Ordering::Relaxed) {
             return Err("the detection stage is not running".into());
         }
-        for slot in [&self.archive, &self.alerts] {
+        for slot in [&self.archive, &self.alerts, &self.kafka] {
             if let Ok(g) = slot.lock() {
                 if let Some(why) = g.as_ref() {
                     return Err(why.clone());
@@ -173,6 +233,16 @@ pub fn run(config: Config) -> Result<()> {
     let alert_log = AlertLog::open(&alerts_path, config.alerts.fsync)
         .with_context(|| format!("cannot open the alert file {}", alerts_path.display()))?;
 
+    let publisher = match config.kafka.kafka_config(&config.data_dir) {
+        Some(k) => {
+            let p = sinks::kafka::AlertPublisher::start(&k)
+                .with_context(|| format!("cannot start the Kafka alert output to {}", k.brokers))?;
+            info!(brokers = %k.brokers, topic = %k.topic, "publishing alerts to Kafka");
+            Some(p)
+        }
+        None => None,
+    };
+
     let mut registry = Registry::default();
     let ingest_metrics = IngestMetrics::default();
     ingest_metrics.register(&mut registry);
@@ -180,6 +250,13 @@ pub fn run(config: Config) -> Result<()> {
     pm.register(&mut registry);
     let registry = Arc::new(registry);
     let health = Arc::new(Health::default());
+    if let Some(brokers) = &config.kafka.brokers {
+        // Not ready until the producer has reached a broker.
+        Health::set(
+            &health.kafka,
+            Some(format!("kafka: connecting to {brokers}")),
+        );
+    }
     health.detection_alive.store(true, Ordering::Relaxed);
 
     let (pipeline, batches) =
@@ -206,16 +283,13 @@ pub fn run(config: Config) -> Result<()> {
         std::thread::Builder::new()
             .name("vigil-detect".into())
             .spawn(move || {
-                detect_stage(
-                    engine,
-                    engine_rx,
-                    idle,
-                    alert_log,
-                    alert_writer,
+                let outputs = AlertOutputs {
+                    log: alert_log,
+                    archive: alert_writer,
+                    kafka: publisher,
                     stdout,
-                    &health,
-                    &pm,
-                )
+                };
+                detect_stage(engine, engine_rx, idle, outputs, &health, &pm)
             })?
     };
 
@@ -377,28 +451,104 @@ fn archive_stage(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Where alerts go: the JSONL file and the alert archive always, Kafka when configured.
+struct AlertOutputs {
+    log: AlertLog,
+    archive: ArchiveWriter<Alert>,
+    kafka: Option<sinks::kafka::AlertPublisher>,
+    stdout: bool,
+}
+
+/// Alerts waiting for an output that refused them; retried every turn.
+#[derive(Default)]
+struct PendingAlerts {
+    local: Vec<Alert>,
+    kafka: Vec<Alert>,
+}
+
+impl AlertOutputs {
+    /// Writes what is pending; what an output refuses stays pending and /readyz says why.
+    fn deliver(&mut self, pending: &mut PendingAlerts, health: &Health, pm: &PipelineMetrics) {
+        if !pending.local.is_empty() {
+            let local = self
+                .log
+                .append(&pending.local)
+                .map_err(|e| e.to_string())
+                .and_then(|()| {
+                    self.archive
+                        .write(&pending.local)
+                        .map_err(|e| e.to_string())
+                });
+            match local {
+                Ok(()) => {
+                    if self.kafka.is_some() {
+                        pending.kafka.append(&mut pending.local);
+                    }
+                    pending.local.clear();
+                    Health::set(&health.alerts, None);
+                }
+                Err(e) => {
+                    pm.alert_sink_errors.inc();
+                    error!(error = %e, waiting = pending.local.len(), "alerts could not be written; retrying");
+                    Health::set(&health.alerts, Some(format!("alert output: {e}")));
+                }
+            }
+        }
+        if let Some(kafka) = self.kafka.as_mut() {
+            if !pending.kafka.is_empty() {
+                match kafka.publish(&pending.kafka) {
+                    Ok(()) => pending.kafka.clear(),
+                    Err(e) => {
+                        warn!(error = %e, waiting = pending.kafka.len(), "alerts wait for the Kafka spool")
+                    }
+                }
+            }
+            let stats = kafka.stats();
+            pm.observe_kafka(&stats);
+            let problem = if !pending.kafka.is_empty() {
+                Some(format!(
+                    "kafka: the spool is full ({} alerts wait in memory)",
+                    pending.kafka.len()
+                ))
+            } else if !stats.connected {
+                Some(format!(
+                    "kafka: no broker reachable ({} alerts spooled){}",
+                    stats.spooled,
+                    stats
+                        .last_error
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                ))
+            } else {
+                None
+            };
+            Health::set(&health.kafka, problem);
+        }
+    }
+}
+
 fn detect_stage(
     mut engine: rules::Engine,
     events: Receiver<Vec<Event>>,
     idle: Duration,
-    mut log: AlertLog,
-    mut archive: ArchiveWriter<Alert>,
-    stdout: bool,
+    mut outputs: AlertOutputs,
     health: &Health,
     pm: &PipelineMetrics,
 ) -> Result<()> {
-    let mut pending: Vec<Alert> = Vec::new();
+    let mut pending = PendingAlerts::default();
     let mut idle_released = true;
     let mut last_tick = Instant::now();
-    let emitted = AtomicU64::new(0);
+    let mut last_batch = Instant::now();
+    let mut emitted = 0u64;
     loop {
-        let (alerts, done) = match events.recv_timeout(idle) {
+        let (alerts, done) = match events.recv_timeout(idle.min(Duration::from_secs(1))) {
             Ok(batch) => {
                 idle_released = false;
+                last_batch = Instant::now();
                 (engine.push(batch), false)
             }
-            Err(RecvTimeoutError::Timeout) if !idle_released => {
+            // A quiet stream: release what waits for the watermark so timers fire.
+            Err(RecvTimeoutError::Timeout) if !idle_released && last_batch.elapsed() >= idle => {
                 idle_released = true;
                 (engine.on_idle(), false)
             }
@@ -412,35 +562,18 @@ fn detect_stage(
                 })
                 .inc();
             info!(rule = %a.rule_id, severity = %a.severity, user = a.user.as_deref().unwrap_or(""), session = a.session.as_deref().unwrap_or(""), "{}", a.summary);
-            if stdout {
+            if outputs.stdout {
                 if let Ok(line) = serde_json::to_string(a) {
                     println!("{line}");
                 }
             }
         }
-        pending.extend(alerts);
-        if !pending.is_empty() {
-            match log
-                .append(&pending)
-                .map_err(|e| e.to_string())
-                .and_then(|()| archive.write(&pending).map_err(|e| e.to_string()))
-            {
-                Ok(()) => {
-                    emitted.fetch_add(pending.len() as u64, Ordering::Relaxed);
-                    pending.clear();
-                    Health::set(&health.alerts, None);
-                }
-                Err(e) => {
-                    // Kept in memory and retried on the next turn; readiness says why.
-                    pm.alert_sink_errors.inc();
-                    error!(error = %e, waiting = pending.len(), "alerts could not be written; retrying");
-                    Health::set(&health.alerts, Some(format!("alert output: {e}")));
-                }
-            }
-        }
+        emitted += alerts.len() as u64;
+        pending.local.extend(alerts);
+        outputs.deliver(&mut pending, health, pm);
         if last_tick.elapsed() >= Duration::from_millis(500) || done {
             last_tick = Instant::now();
-            if let Err(e) = archive.tick(SystemTime::now()) {
+            if let Err(e) = outputs.archive.tick(SystemTime::now()) {
                 error!(error = %e, "alert archive maintenance failed");
             }
             let s = engine.stats();
@@ -461,12 +594,30 @@ fn detect_stage(
         }
     }
     health.detection_alive.store(false, Ordering::Relaxed);
-    if !pending.is_empty() {
-        anyhow::bail!("{} alerts could not be written at shutdown", pending.len());
+    if !pending.local.is_empty() {
+        anyhow::bail!(
+            "{} alerts could not be written at shutdown",
+            pending.local.len()
+        );
     }
-    let stats = archive.close().context("closing the alert archive")?;
+    let stats = outputs
+        .archive
+        .close()
+        .context("closing the alert archive")?;
+    if let Some(kafka) = outputs.kafka.take() {
+        if !pending.kafka.is_empty() {
+            error!(alerts = pending.kafka.len(), "the Kafka spool is full at shutdown; these alerts are in alerts.jsonl and the archive only");
+        }
+        let k = kafka.close(Duration::from_secs(5));
+        pm.observe_kafka(&k);
+        info!(
+            acknowledged = k.acknowledged,
+            spooled = k.spooled,
+            "Kafka output closed; spooled alerts go out at the next start"
+        );
+    }
     info!(
-        alerts = emitted.load(Ordering::Relaxed),
+        alerts = emitted,
         files = stats.files_committed,
         "detection stopped; alerts flushed"
     );

@@ -575,7 +575,9 @@ fn user_mappings_override_defaults_by_name() {
         "mappings:\n  - name: x\n    source: robot\n",
     )
     .unwrap();
-    let err = MappingSet::load(std::slice::from_ref(&dir)).unwrap_err().to_string();
+    let err = MappingSet::load(std::slice::from_ref(&dir))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("broken.yaml:3"), "{err}");
     std::fs::remove_dir_all(dir).ok();
 }
