@@ -43,6 +43,23 @@ pub struct Config {
     pub alerts: AlertsSection,
     /// Kafka output for alerts (off unless `brokers` is set).
     pub kafka: KafkaSection,
+    /// Capture of every accepted OTLP request, for exact replay (off unless `dir` is set).
+    pub capture: CaptureSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureSection {
+    /// Folder for capture files; unset: no capture.
+    pub dir: Option<PathBuf>,
+    /// A capture file is closed and a new one started past this size.
+    pub max_file_bytes: u64,
+}
+
+impl Default for CaptureSection {
+    fn default() -> Self {
+        CaptureSection { dir: None, max_file_bytes: 256 << 20 }
+    }
 }
 
 impl Default for Config {
@@ -62,6 +79,7 @@ impl Default for Config {
             archive: ArchiveSection::default(),
             alerts: AlertsSection::default(),
             kafka: KafkaSection::default(),
+            capture: CaptureSection::default(),
         }
     }
 }

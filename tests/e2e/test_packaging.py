@@ -8,12 +8,25 @@ import yaml
 from conftest import ROOT
 
 
-def test_compose_file_is_valid_yaml_with_vigil_and_its_ports():
+def test_compose_file_is_valid_yaml_with_kafka_topic_init_and_vigil():
     doc = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    vigil = doc["services"]["vigil"]
+    services = doc["services"]
+    vigil = services["vigil"]
     assert vigil["build"] == "."
     assert {"4317:4317", "4318:4318"} <= set(vigil["ports"])
     assert "vigil-data" in doc["volumes"]
+    assert any(v.startswith("vigil-data:") for v in vigil["volumes"])
+    # Kafka in KRaft mode from the official image, a one-shot topic creation, vigil publishing to it.
+    kafka = services["kafka"]
+    assert kafka["image"].startswith("apache/kafka:")
+    assert "controller" in kafka["environment"]["KAFKA_PROCESS_ROLES"]
+    init = services["kafka-init"]
+    assert "vigil.alerts" in init["entrypoint"] and "--create" in init["entrypoint"]
+    assert vigil["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
+    cmd = vigil["command"]
+    assert cmd[cmd.index("--kafka-brokers") + 1] == "kafka:29092"
+    listeners = kafka["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    assert "kafka:29092" in listeners
     docker = (ROOT / "Dockerfile").read_text()
     assert "USER vigil" in docker and "EXPOSE 4317 4318" in docker
 

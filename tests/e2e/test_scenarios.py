@@ -58,9 +58,10 @@ def test_scenario_raises_exactly_its_expected_alerts(vigil_factory, path, protoc
 
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
-def test_replaying_the_archive_gives_the_live_alerts(vigil_factory, path):
+def test_replaying_the_archive_or_the_capture_gives_the_live_alerts(vigil_factory, path, tmp_path):
     scenario = json.loads(path.read_text())
-    v = vigil_factory(config=scenario.get("config") or {})
+    capture = tmp_path / "capture"
+    v = vigil_factory(config=scenario.get("config") or {}, args=["--capture", str(capture)])
     send_scenario([path], v.http)
     v.wait_alerts(until=lambda a: len(a) >= len(scenario.get("expect", [])))
     assert v.stop() == 0, v.log()
@@ -75,3 +76,11 @@ def test_replaying_the_archive_gives_the_live_alerts(vigil_factory, path):
     strip = lambda a: {k: v for k, v in a.items() if k != "replayed"}
     assert sorted(map(json.dumps, map(strip, replayed))) == sorted(map(json.dumps, map(strip, live)))
     assert "events" in run.stderr and "alerts" in run.stderr
+
+    # The captured OTLP requests, normalized and detected again, give the same alerts.
+    out = v.data_dir / "replayed-otlp.jsonl"
+    run = subprocess.run([VIGIL_BIN, "replay", "--otlp", str(capture), "--config", str(v.data_dir / "vigil.yaml"),
+                          "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    from_capture = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(map(json.dumps, map(strip, from_capture))) == sorted(map(json.dumps, map(strip, live)))
