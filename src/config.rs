@@ -45,6 +45,17 @@ pub struct Config {
     pub kafka: KafkaSection,
     /// Capture of every accepted OTLP request, for exact replay (off unless `dir` is set).
     pub capture: CaptureSection,
+    /// Authentication of OTLP senders.
+    pub auth: AuthSection,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// YAML file mapping each tenant to `sha256:<hex>` hashes of its bearer tokens; re-read on SIGHUP.
+    pub tokens_file: Option<PathBuf>,
+    /// Accept unauthenticated senders on a non-loopback address (vigil warns at start and in /metrics).
+    pub insecure_no_auth: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -58,7 +69,10 @@ pub struct CaptureSection {
 
 impl Default for CaptureSection {
     fn default() -> Self {
-        CaptureSection { dir: None, max_file_bytes: 256 << 20 }
+        CaptureSection {
+            dir: None,
+            max_file_bytes: 256 << 20,
+        }
     }
 }
 
@@ -80,6 +94,7 @@ impl Default for Config {
             alerts: AlertsSection::default(),
             kafka: KafkaSection::default(),
             capture: CaptureSection::default(),
+            auth: AuthSection::default(),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod config;
 mod demo;
+mod loadgen;
 mod replay;
 mod serve;
 
@@ -37,6 +38,13 @@ enum Command {
     },
     /// Run the rules over the Parquet event archive (history), giving the alerts a live run gives.
     Replay(ReplayArgs),
+    /// Send realistic mixed OTLP to a running vigil at a target rate and report throughput and latency.
+    Loadgen(loadgen::LoadgenArgs),
+    /// Make and hash bearer tokens for `--auth-tokens`.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// List, check and test detection rules.
     Rules {
         #[command(subcommand)]
@@ -73,13 +81,25 @@ struct ServeArgs {
     /// Kafka topic for alerts [default: vigil.alerts].
     #[arg(long)]
     kafka_topic: Option<String>,
+    /// Capture every accepted OTLP request in this folder, for `vigil replay --otlp`.
+    #[arg(long)]
+    capture: Option<PathBuf>,
+    /// Bearer tokens per tenant (YAML of `tenant: [sha256:<hex>, ...]`); every sender must present one.
+    #[arg(long, env = "VIGIL_AUTH_TOKENS")]
+    auth_tokens: Option<PathBuf>,
+    /// Listen on a non-loopback address without authentication (not for production).
+    #[arg(long)]
+    insecure_no_auth: bool,
 }
 
 #[derive(Args)]
 struct ReplayArgs {
     /// Archive root (the folder holding events/) [default: DATA_DIR/archive of --config, else ./vigil-data/archive].
-    #[arg(long)]
+    #[arg(long, conflicts_with = "otlp")]
     archive: Option<PathBuf>,
+    /// Captured OTLP (`vigil serve --capture DIR`): capture files or folders, replayed through normalization.
+    #[arg(long, num_args = 1..)]
+    otlp: Vec<PathBuf>,
     /// Configuration: lists, business hours, engine settings and rules, as for `serve`.
     #[arg(long, short)]
     config: Option<PathBuf>,
@@ -98,6 +118,14 @@ struct ReplayArgs {
     /// Write the alerts here as JSON lines [default: standard output].
     #[arg(long)]
     out: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a fresh random token and the `sha256:` line to put in the tokens file.
+    New,
+    /// Read a token on standard input and print its `sha256:` hash.
+    Hash,
 }
 
 #[derive(Subcommand)]
@@ -148,8 +176,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Rules { command } => rules_command(command),
+        Command::Token { command } => token_command(command),
         Command::Replay(args) => replay::run(args),
         Command::Demo { data_dir } => demo::run(data_dir),
+        Command::Loadgen(args) => loadgen::run(args),
     }
 }
 
@@ -178,6 +208,13 @@ fn serve_config(args: ServeArgs) -> Result<Config> {
     if let Some(v) = args.kafka_topic {
         c.kafka.topic = v;
     }
+    if let Some(v) = args.capture {
+        c.capture.dir = Some(v);
+    }
+    if let Some(v) = args.auth_tokens {
+        c.auth.tokens_file = Some(v);
+    }
+    c.auth.insecure_no_auth |= args.insecure_no_auth;
     Ok(c)
 }
 
@@ -268,4 +305,33 @@ fn print_rule_list(
         }
     }
     Ok(())
+}
+
+fn token_command(cmd: TokenCommand) -> Result<ExitCode> {
+    match cmd {
+        TokenCommand::New => {
+            let mut bytes = [0u8; 32];
+            getrandom::fill(&mut bytes)
+                .map_err(|e| anyhow::anyhow!("no randomness from the OS: {e}"))?;
+            let token = format!("vgl_{}", ingest_hex(&bytes));
+            println!("token: {token}");
+            println!("hash:  {}", ingest::auth::hash_token(&token));
+            eprintln!("give the token to the sender (Authorization: Bearer ...); put only the hash in the tokens file");
+        }
+        TokenCommand::Hash => {
+            let mut token = String::new();
+            std::io::stdin()
+                .read_line(&mut token)
+                .context("reading the token from standard input")?;
+            if token.trim().is_empty() {
+                anyhow::bail!("no token on standard input");
+            }
+            println!("{}", ingest::auth::hash_token(&token));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ingest_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

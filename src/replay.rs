@@ -38,7 +38,10 @@ pub fn run(args: ReplayArgs) -> Result<std::process::ExitCode> {
         .or_else(|| config.archive.dir.clone())
         .unwrap_or_else(|| config.data_dir.join("archive"));
     if args.otlp.is_empty() && !archive.join("events").is_dir() {
-        bail!("{} holds no events/ folder: is it a vigil archive?", archive.display());
+        bail!(
+            "{} holds no events/ folder: is it a vigil archive?",
+            archive.display()
+        );
     }
     let from = args.from.as_deref().map(parse_time).transpose()?;
     let to = args.to.as_deref().map(parse_time).transpose()?;
@@ -70,8 +73,14 @@ pub fn run(args: ReplayArgs) -> Result<std::process::ExitCode> {
     };
     let mut progress = |p: replay::Progress| {
         let rate = p.events as f64 / p.elapsed.as_secs_f64().max(1e-3);
-        let pos = p.position.map(event::format_ns).unwrap_or_else(|| "-".into());
-        let msg = format!("{} events ({rate:.0}/s), {} alerts, at {pos}", p.events, p.alerts);
+        let pos = p
+            .position
+            .map(event::format_ns)
+            .unwrap_or_else(|| "-".into());
+        let msg = format!(
+            "{} events ({rate:.0}/s), {} alerts, at {pos}",
+            p.events, p.alerts
+        );
         match &bar {
             Some(b) => b.set_message(msg),
             None if last_log.elapsed() >= Duration::from_secs(5) => {
@@ -82,7 +91,14 @@ pub fn run(args: ReplayArgs) -> Result<std::process::ExitCode> {
         }
     };
     let summary = if args.otlp.is_empty() {
-        replay::replay_archive(&archive, from, to, &mut engine, &mut write_alerts, &mut progress)?
+        replay::replay_archive(
+            &archive,
+            from,
+            to,
+            &mut engine,
+            &mut write_alerts,
+            &mut progress,
+        )?
     } else {
         if from.is_some() || to.is_some() {
             bail!("--from and --to apply to --archive; captured OTLP is replayed whole");
@@ -93,7 +109,13 @@ pub fn run(args: ReplayArgs) -> Result<std::process::ExitCode> {
         }
         let mappings = ingest::MappingSet::load(&config.mappings).context("loading mappings")?;
         let normalizer = ingest::Normalizer::new(std::sync::Arc::new(mappings));
-        replay::replay_otlp(&files, &normalizer, &mut engine, &mut write_alerts, &mut progress)?
+        replay::replay_otlp(
+            &files,
+            &normalizer,
+            &mut engine,
+            &mut write_alerts,
+            &mut progress,
+        )?
     };
     drop(write_alerts);
     out.flush().context("writing alerts")?;

@@ -199,7 +199,45 @@ impl Health {
     }
 }
 
+/// Refuses to expose unauthenticated receivers beyond this machine unless asked to.
+fn check_exposure(config: &Config) -> Result<bool> {
+    if config.auth.tokens_file.is_some() {
+        return Ok(false);
+    }
+    let mut exposed = Vec::new();
+    for addr in [&config.grpc_listen, &config.http_listen] {
+        let resolved: Vec<std::net::SocketAddr> =
+            std::net::ToSocketAddrs::to_socket_addrs(addr.as_str())
+                .with_context(|| format!("cannot resolve the listen address {addr}"))?
+                .collect();
+        if resolved.iter().any(|a| !a.ip().is_loopback()) {
+            exposed.push(addr.clone());
+        }
+    }
+    if exposed.is_empty() {
+        return Ok(false);
+    }
+    if !config.auth.insecure_no_auth {
+        anyhow::bail!(
+            "refusing to listen on {} without authentication: anyone who reaches it could inject or forge telemetry. \
+             Give --auth-tokens FILE (see `vigil token new`), listen on 127.0.0.1, or pass --insecure-no-auth",
+            exposed.join(" and ")
+        );
+    }
+    warn!(listen = %exposed.join(", "), "listening beyond loopback WITHOUT authentication (--insecure-no-auth)");
+    Ok(true)
+}
+
 pub fn run(config: Config) -> Result<()> {
+    let insecure = check_exposure(&config)?;
+    let auth = match &config.auth.tokens_file {
+        Some(path) => {
+            let a = ingest::auth::Authenticator::open(path).context("loading the auth tokens")?;
+            info!(tokens = a.tokens(), file = %path.display(), "senders must present a bearer token");
+            Some(Arc::new(a))
+        }
+        None => None,
+    };
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {}",
@@ -248,7 +286,6 @@ pub fn run(config: Config) -> Result<()> {
     ingest_metrics.register(&mut registry);
     let pm = PipelineMetrics::default();
     pm.register(&mut registry);
-    let registry = Arc::new(registry);
     let health = Arc::new(Health::default());
     if let Some(brokers) = &config.kafka.brokers {
         // Not ready until the producer has reached a broker.
@@ -279,7 +316,15 @@ pub fn run(config: Config) -> Result<()> {
         std::thread::Builder::new()
             .name("vigil-archive".into())
             .spawn(move || {
-                archive_stage(handle, batches, event_writer, engine_tx, &stopping, &health, &pm)
+                archive_stage(
+                    handle,
+                    batches,
+                    event_writer,
+                    engine_tx,
+                    &stopping,
+                    &health,
+                    &pm,
+                )
             })?
     };
     let detect_thread = {
@@ -309,7 +354,16 @@ pub fn run(config: Config) -> Result<()> {
         }
         None => None,
     };
+    let insecure_gauge = Gauge::<i64>::default();
+    insecure_gauge.set(insecure as i64);
+    registry.register(
+        "vigil_insecure_no_auth",
+        "1 when vigil listens beyond loopback without authentication",
+        insecure_gauge,
+    );
+    let registry = Arc::new(registry);
     let ingest = ingest::Ingest {
+        auth: auth.clone(),
         capture: capture.clone(),
         normalizer: Normalizer::new(Arc::new(mappings)),
         pipeline: pipeline.clone(),
@@ -367,6 +421,22 @@ async fn serve_receivers(config: &Config, ingest: ingest::Ingest) -> Result<()> 
         .with_context(|| format!("cannot listen for OTLP/HTTP on {}", config.http_listen))?;
     info!(grpc = %grpc_listener.local_addr()?, http = %http_listener.local_addr()?, data_dir = %config.data_dir.display(), "vigil is receiving OTLP");
 
+    #[cfg(unix)]
+    if let Some(auth) = ingest.auth.clone() {
+        // SIGHUP re-reads the tokens file; a broken file keeps the tokens in force.
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot listen for SIGHUP")?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match auth.reload() {
+                    Ok(n) => info!(tokens = n, "auth tokens reloaded"),
+                    Err(e) => {
+                        error!(error = %e, "auth tokens NOT reloaded; the previous tokens stay in force")
+                    }
+                }
+            }
+        });
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -387,18 +457,26 @@ async fn serve_receivers(config: &Config, ingest: ingest::Ingest) -> Result<()> 
     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
     let mut grpc = grpc;
     match tokio::time::timeout_at(deadline, &mut grpc).await {
-        Ok(done) => done.context("gRPC receiver task")?.context("gRPC receiver")?,
+        Ok(done) => done
+            .context("gRPC receiver task")?
+            .context("gRPC receiver")?,
         Err(_) => {
-            warn!("gRPC clients still connected after {SHUTDOWN_GRACE:?}; closing their connections");
+            warn!(
+                "gRPC clients still connected after {SHUTDOWN_GRACE:?}; closing their connections"
+            );
             grpc.abort();
             let _ = grpc.await;
         }
     }
     let mut http = http;
     match tokio::time::timeout_at(deadline, &mut http).await {
-        Ok(done) => done.context("HTTP receiver task")?.context("HTTP receiver")?,
+        Ok(done) => done
+            .context("HTTP receiver task")?
+            .context("HTTP receiver")?,
         Err(_) => {
-            warn!("HTTP clients still connected after {SHUTDOWN_GRACE:?}; closing their connections");
+            warn!(
+                "HTTP clients still connected after {SHUTDOWN_GRACE:?}; closing their connections"
+            );
             http.abort();
             let _ = http.await;
         }

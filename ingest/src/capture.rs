@@ -31,11 +31,18 @@ pub enum CaptureError {
     #[error("capture {path}: not a vigil capture file")]
     NotCapture { path: PathBuf },
     #[error("capture {path}: record {index} is corrupt: {message}")]
-    Corrupt { path: PathBuf, index: u64, message: String },
+    Corrupt {
+        path: PathBuf,
+        index: u64,
+        message: String,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CaptureError + '_ {
-    move |source| CaptureError::Io { path: path.to_path_buf(), source }
+    move |source| CaptureError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// One captured export request.
@@ -66,17 +73,31 @@ impl CaptureWriter {
                 fs::rename(&path, dir.join(done)).map_err(io_err(&path))?;
             }
         }
-        Ok(CaptureWriter { dir: dir.to_path_buf(), max_file_bytes: max_file_bytes.max(1), current: None, seq: 0 })
+        Ok(CaptureWriter {
+            dir: dir.to_path_buf(),
+            max_file_bytes: max_file_bytes.max(1),
+            current: None,
+            seq: 0,
+        })
     }
 
     /// Appends one request; flushed to the OS before returning.
-    pub fn append(&mut self, tenant: &str, received_ns: i64, payload: &Payload) -> Result<(), CaptureError> {
+    pub fn append(
+        &mut self,
+        tenant: &str,
+        received_ns: i64,
+        payload: &Payload,
+    ) -> Result<(), CaptureError> {
         let (signal, body) = match payload {
             Payload::Logs(r) => (1u8, r.encode_to_vec()),
             Payload::Traces(r) => (2u8, r.encode_to_vec()),
             Payload::Metrics(r) => (3u8, r.encode_to_vec()),
         };
-        if self.current.as_ref().is_some_and(|c| c.3 >= self.max_file_bytes) {
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|c| c.3 >= self.max_file_bytes)
+        {
             self.roll()?;
         }
         if self.current.is_none() {
@@ -97,7 +118,10 @@ impl CaptureWriter {
         head.extend_from_slice(tenant);
         head.extend_from_slice(&received_ns.to_le_bytes());
         head.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        w.write_all(&head).and_then(|()| w.write_all(&body)).and_then(|()| w.flush()).map_err(io_err(tmp))?;
+        w.write_all(&head)
+            .and_then(|()| w.write_all(&body))
+            .and_then(|()| w.flush())
+            .map_err(io_err(tmp))?;
         *size += (head.len() + body.len()) as u64;
         Ok(())
     }
@@ -154,13 +178,23 @@ impl CaptureReader {
         let mut r = BufReader::new(file);
         let mut magic = [0u8; 10];
         if r.read_exact(&mut magic).is_err() || &magic != MAGIC {
-            return Err(CaptureError::NotCapture { path: path.to_path_buf() });
+            return Err(CaptureError::NotCapture {
+                path: path.to_path_buf(),
+            });
         }
-        Ok(CaptureReader { path: path.to_path_buf(), r, index: 0 })
+        Ok(CaptureReader {
+            path: path.to_path_buf(),
+            r,
+            index: 0,
+        })
     }
 
     fn corrupt(&self, message: impl Into<String>) -> CaptureError {
-        CaptureError::Corrupt { path: self.path.clone(), index: self.index, message: message.into() }
+        CaptureError::Corrupt {
+            path: self.path.clone(),
+            index: self.index,
+            message: message.into(),
+        }
     }
 }
 
@@ -194,9 +228,11 @@ impl Iterator for CaptureReader {
             other => return Some(Err(self.corrupt(format!("unknown signal {other}")))),
         };
         let item = match payload {
-            Ok(payload) => {
-                Ok(Captured { tenant: String::from_utf8_lossy(&tenant).into_owned(), received_ns, payload })
-            }
+            Ok(payload) => Ok(Captured {
+                tenant: String::from_utf8_lossy(&tenant).into_owned(),
+                received_ns,
+                payload,
+            }),
             Err(e) => Err(self.corrupt(e.to_string())),
         };
         self.index += 1;
@@ -213,7 +249,12 @@ mod tests {
         Payload::Logs(ExportLogsServiceRequest {
             resource_logs: vec![ResourceLogs {
                 scope_logs: vec![ScopeLogs {
-                    log_records: (0..n).map(|i| LogRecord { time_unix_nano: i + 1, ..Default::default() }).collect(),
+                    log_records: (0..n)
+                        .map(|i| LogRecord {
+                            time_unix_nano: i + 1,
+                            ..Default::default()
+                        })
+                        .collect(),
                     ..Default::default()
                 }],
                 ..Default::default()
@@ -233,11 +274,17 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut w = CaptureWriter::open(dir.path(), 1).expect("open");
         for i in 0..5 {
-            w.append("acme", 100 + i, &logs(i as u64 + 1)).expect("append");
+            w.append("acme", 100 + i, &logs(i as u64 + 1))
+                .expect("append");
         }
         // Not closed: the file in progress is hidden until a reopen puts it in place.
         drop(w);
-        assert_eq!(capture_files(&[dir.path().to_path_buf()]).expect("list").len(), 4);
+        assert_eq!(
+            capture_files(&[dir.path().to_path_buf()])
+                .expect("list")
+                .len(),
+            4
+        );
         let w = CaptureWriter::open(dir.path(), 1).expect("reopen");
         w.close().expect("close");
         let files = capture_files(&[dir.path().to_path_buf()]).expect("list");
@@ -255,10 +302,16 @@ mod tests {
         let last = files.last().expect("a file");
         let bytes = fs::read(last).expect("read");
         fs::write(last, &bytes[..bytes.len() - 3]).expect("truncate");
-        let n = CaptureReader::open(last).expect("open").filter(|r| r.is_ok()).count();
+        let n = CaptureReader::open(last)
+            .expect("open")
+            .filter(|r| r.is_ok())
+            .count();
         assert_eq!(n, 0, "the only record of the last file is torn");
         let other = dir.path().join("capture-x.otlp");
         fs::write(&other, b"garbage").expect("write");
-        assert!(matches!(CaptureReader::open(&other), Err(CaptureError::NotCapture { .. })));
+        assert!(matches!(
+            CaptureReader::open(&other),
+            Err(CaptureError::NotCapture { .. })
+        ));
     }
 }

@@ -34,11 +34,32 @@ use crate::{ExportOutcome, Ingest, Payload, SubmitError};
 struct Otlp(Ingest);
 
 impl Otlp {
-    async fn run(&self, payload: Payload) -> Result<ExportOutcome, Status> {
-        self.0.export(payload, "grpc").await.map_err(|e| match e {
-            SubmitError::Busy => Status::resource_exhausted(e.to_string()),
-            SubmitError::Unavailable(_) | SubmitError::Closed => Status::unavailable(e.to_string()),
+    /// The tenant of a request, from its `authorization` metadata when authentication is on.
+    fn tenant<T>(&self, request: &Request<T>, signal: &str) -> Result<std::sync::Arc<str>, Status> {
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        self.0.authenticate(authorization).map_err(|refusal| {
+            self.0.metrics.request("grpc", signal, "unauthenticated");
+            Status::unauthenticated(refusal.message())
         })
+    }
+
+    async fn run(
+        &self,
+        payload: Payload,
+        tenant: std::sync::Arc<str>,
+    ) -> Result<ExportOutcome, Status> {
+        self.0
+            .export(payload, "grpc", tenant)
+            .await
+            .map_err(|e| match e {
+                SubmitError::Busy => Status::resource_exhausted(e.to_string()),
+                SubmitError::Unavailable(_) | SubmitError::Closed => {
+                    Status::unavailable(e.to_string())
+                }
+            })
     }
 }
 
@@ -48,7 +69,10 @@ impl LogsService for Otlp {
         &self,
         request: Request<ExportLogsServiceRequest>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        let o = self.run(Payload::Logs(request.into_inner())).await?;
+        let tenant = self.tenant(&request, "log")?;
+        let o = self
+            .run(Payload::Logs(request.into_inner()), tenant)
+            .await?;
         Ok(Response::new(ExportLogsServiceResponse {
             partial_success: (o.rejected > 0).then(|| ExportLogsPartialSuccess {
                 rejected_log_records: o.rejected as i64,
@@ -64,7 +88,10 @@ impl TraceService for Otlp {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let o = self.run(Payload::Traces(request.into_inner())).await?;
+        let tenant = self.tenant(&request, "span")?;
+        let o = self
+            .run(Payload::Traces(request.into_inner()), tenant)
+            .await?;
         Ok(Response::new(ExportTraceServiceResponse {
             partial_success: (o.rejected > 0).then(|| ExportTracePartialSuccess {
                 rejected_spans: o.rejected as i64,
@@ -80,7 +107,10 @@ impl MetricsService for Otlp {
         &self,
         request: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        let o = self.run(Payload::Metrics(request.into_inner())).await?;
+        let tenant = self.tenant(&request, "metric")?;
+        let o = self
+            .run(Payload::Metrics(request.into_inner()), tenant)
+            .await?;
         Ok(Response::new(ExportMetricsServiceResponse {
             partial_success: (o.rejected > 0).then(|| ExportMetricsPartialSuccess {
                 rejected_data_points: o.rejected as i64,

@@ -118,6 +118,25 @@ async fn export(
     body: Bytes,
     signal: Signal,
 ) -> Response {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let tenant = match ingest.authenticate(authorization) {
+        Ok(t) => t,
+        Err(refusal) => {
+            ingest
+                .metrics
+                .request("http", signal.as_str(), "unauthenticated");
+            let mut r = error(
+                Format::Json,
+                StatusCode::UNAUTHORIZED,
+                refusal.message().to_string(),
+            );
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+    };
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -194,7 +213,7 @@ async fn export(
             return error(format, StatusCode::BAD_REQUEST, msg);
         }
     };
-    match ingest.export(payload, "http").await {
+    match ingest.export(payload, "http", tenant).await {
         Ok(outcome) => success(format, signal, &outcome),
         Err(SubmitError::Busy) => {
             let mut r = error(
@@ -310,6 +329,7 @@ fn error(format: Format, status: StatusCode, message: String) -> Response {
         StatusCode::TOO_MANY_REQUESTS | StatusCode::PAYLOAD_TOO_LARGE => 8,
         StatusCode::UNSUPPORTED_MEDIA_TYPE => 3,
         StatusCode::SERVICE_UNAVAILABLE => 14,
+        StatusCode::UNAUTHORIZED => 16,
         _ => 2,
     };
     let body = encode(format, &RpcStatus { code, message });

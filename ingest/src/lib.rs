@@ -9,6 +9,7 @@
 //! memory; when the pipeline is full or cannot keep data, the receivers say so
 //! with the status codes OTLP exporters retry.
 
+pub mod auth;
 pub mod capture;
 pub mod grpc;
 pub mod handoff;
@@ -70,6 +71,9 @@ pub struct Ingest {
     pub render_metrics: Arc<dyn Fn() -> String + Send + Sync>,
     /// Whether the pipeline and its sinks are up, for `GET /readyz`; `Err` says what is not.
     pub readiness: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
+    /// Bearer-token authentication; when set, every request needs a valid
+    /// token and its events get the token's tenant.
+    pub auth: Option<Arc<auth::Authenticator>>,
     /// Where accepted requests are captured for exact replay, when on.
     pub capture: Option<Arc<std::sync::Mutex<capture::CaptureWriter>>>,
 }
@@ -81,10 +85,11 @@ impl Ingest {
         &self,
         payload: Payload,
         transport: &str,
+        tenant: Arc<str>,
     ) -> Result<ExportOutcome, SubmitError> {
         let signal = payload.signal();
         let normalizer = self.normalizer.clone();
-        let tenant = self.tenant.clone();
+        let capture_tenant = tenant.clone();
         let (normalized, payload, received_ns) = tokio::task::spawn_blocking(move || {
             let now = now_ns();
             let n = match &payload {
@@ -119,12 +124,16 @@ impl Ingest {
         if let Some(capture) = &self.capture {
             // Kept for exact replay; the events are already archived, so a
             // capture failure is logged and counted, not sent back.
-            let (capture, tenant) = (capture.clone(), self.tenant.clone());
+            let (capture, tenant) = (capture.clone(), capture_tenant);
             let metrics = self.metrics.clone();
             let _ = tokio::task::spawn_blocking(move || {
-                let written = capture.lock().map_err(|_| "capture writer poisoned".to_string()).and_then(|mut w| {
-                    w.append(&tenant, received_ns, &payload).map_err(|e| e.to_string())
-                });
+                let written = capture
+                    .lock()
+                    .map_err(|_| "capture writer poisoned".to_string())
+                    .and_then(|mut w| {
+                        w.append(&tenant, received_ns, &payload)
+                            .map_err(|e| e.to_string())
+                    });
                 if let Err(e) = written {
                     metrics.capture_errors.inc();
                     tracing::error!(error = %e, "capture write failed");
@@ -155,6 +164,16 @@ impl Ingest {
             rejected,
             error,
         })
+    }
+}
+
+impl Ingest {
+    /// The tenant of a request: the token's when authentication is on, else the configured one.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Arc<str>, auth::Refusal> {
+        match &self.auth {
+            Some(a) => a.check(authorization),
+            None => Ok(self.tenant.clone()),
+        }
     }
 }
 
