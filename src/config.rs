@@ -56,6 +56,8 @@ pub struct AuthSection {
     pub tokens_file: Option<PathBuf>,
     /// Accept unauthenticated senders on a non-loopback address (vigil warns at start and in /metrics).
     pub insecure_no_auth: bool,
+    /// Records per second per tenant: `{default: {records_per_second, burst}, tenants: {name: {...}}}`.
+    pub rate_limits: ingest::limits::RateLimits,
 }
 
 #[derive(Debug, Clone, Deserialize)]

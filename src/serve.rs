@@ -362,7 +362,10 @@ pub fn run(config: Config) -> Result<()> {
         insecure_gauge,
     );
     let registry = Arc::new(registry);
+    let limits = ingest::limits::TenantLimiter::new(config.auth.rate_limits.clone())
+        .map_err(anyhow::Error::msg)?;
     let ingest = ingest::Ingest {
+        limits: (!limits.is_empty()).then(|| Arc::new(limits)),
         auth: auth.clone(),
         capture: capture.clone(),
         normalizer: Normalizer::new(Arc::new(mappings)),

@@ -55,7 +55,9 @@ impl Otlp {
             .export(payload, "grpc", tenant)
             .await
             .map_err(|e| match e {
-                SubmitError::Busy => Status::resource_exhausted(e.to_string()),
+                SubmitError::Busy | SubmitError::RateLimited { .. } => {
+                    Status::resource_exhausted(e.to_string())
+                }
                 SubmitError::Unavailable(_) | SubmitError::Closed => {
                     Status::unavailable(e.to_string())
                 }

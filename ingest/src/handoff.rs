@@ -29,6 +29,11 @@ pub enum SubmitError {
     Unavailable(String),
     #[error("vigil is shutting down")]
     Closed,
+    #[error("{message}")]
+    RateLimited {
+        retry_after_secs: u64,
+        message: String,
+    },
 }
 
 /// Sending side of the pipeline queue, shared by all receivers.

@@ -215,6 +215,16 @@ async fn export(
     };
     match ingest.export(payload, "http", tenant).await {
         Ok(outcome) => success(format, signal, &outcome),
+        Err(SubmitError::RateLimited {
+            retry_after_secs,
+            message,
+        }) => {
+            let mut r = error(format, StatusCode::TOO_MANY_REQUESTS, message);
+            if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            r
+        }
         Err(SubmitError::Busy) => {
             let mut r = error(
                 format,

@@ -14,6 +14,7 @@ pub mod capture;
 pub mod grpc;
 pub mod handoff;
 pub mod http;
+pub mod limits;
 pub mod mapping;
 pub mod metrics;
 pub mod normalize;
@@ -74,6 +75,8 @@ pub struct Ingest {
     /// Bearer-token authentication; when set, every request needs a valid
     /// token and its events get the token's tenant.
     pub auth: Option<Arc<auth::Authenticator>>,
+    /// Per-tenant rate limits, when configured.
+    pub limits: Option<Arc<limits::TenantLimiter>>,
     /// Where accepted requests are captured for exact replay, when on.
     pub capture: Option<Arc<std::sync::Mutex<capture::CaptureWriter>>>,
 }
@@ -88,6 +91,16 @@ impl Ingest {
         tenant: Arc<str>,
     ) -> Result<ExportOutcome, SubmitError> {
         let signal = payload.signal();
+        if let Some(limits) = &self.limits {
+            if let Err(over) = limits.check(&tenant, limits::records_in(&payload)) {
+                self.metrics
+                    .request(transport, signal.as_str(), "rate_limited");
+                return Err(SubmitError::RateLimited {
+                    retry_after_secs: over.retry_after.as_secs().max(1),
+                    message: over.message,
+                });
+            }
+        }
         let normalizer = self.normalizer.clone();
         let capture_tenant = tenant.clone();
         let (normalized, payload, received_ns) = tokio::task::spawn_blocking(move || {
@@ -118,6 +131,7 @@ impl Ingest {
             Err(SubmitError::Busy) => "busy",
             Err(SubmitError::Unavailable(_)) => "unavailable",
             Err(SubmitError::Closed) => "closed",
+            Err(SubmitError::RateLimited { .. }) => "rate_limited",
         };
         self.metrics.request(transport, signal.as_str(), status);
         result?;

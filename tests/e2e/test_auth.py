@@ -115,3 +115,20 @@ def test_unauthenticated_vigil_refuses_to_listen_beyond_loopback(tmp_path):
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0
     assert "WITHOUT authentication" in err
+
+
+def test_a_tenant_over_its_rate_limit_gets_429_and_the_others_do_not(vigil_factory, tmp_path):
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text(f"acme: [{sha('acme-token')}]\nglobex: [{sha('globex-token')}]\n")
+    v = vigil_factory(args=["--auth-tokens", str(tokens)],
+                      config={"auth": {"rate_limits": {"tenants": {"acme": {"records_per_second": 10, "burst": 200}}}}})
+    url = v.http + "/v1/logs"
+    assert post_auth(url, json_logs(150, "a@acme.example"), "acme-token")[0] == 200
+    status, body, headers = post_auth(url, json_logs(150, "a2@acme.example"), "acme-token")
+    assert status == 429 and int(headers["retry-after"]) >= 1 and "rate limit" in json.loads(body)["message"]
+    for _ in range(3):
+        assert post_auth(url, json_logs(150, "g@globex.example"), "globex-token")[0] == 200
+    assert 'status="rate_limited"' in v.metrics()
+    assert v.stop() == 0
+    rows = dict(duck(f"select tenant, count(*) from read_parquet('{events_glob(v)}') group by 1"))
+    assert rows == {"acme": 150, "globex": 450}

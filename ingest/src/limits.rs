@@ -1,0 +1,197 @@
+//! Per-tenant rate limits: one tenant sending too much gets 429 /
+//! RESOURCE_EXHAUSTED while the others are unaffected.
+//!
+//! Limits count records (log records, spans, metric data points) per second
+//! with a burst allowance, using governor's GCRA limiter, one per tenant.
+
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use serde::Deserialize;
+
+/// A rate: records per second, and how many may come at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    /// Sustained records per second.
+    pub records_per_second: u32,
+    /// Records accepted at once above the sustained rate; at least one request's worth.
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+/// `auth.rate_limits` in vigil.yaml: a default for every tenant and per-tenant overrides.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimits {
+    /// Applies to every tenant without its own entry; none means unlimited.
+    pub default: Option<Rate>,
+    /// Per-tenant rates.
+    pub tenants: BTreeMap<String, Rate>,
+}
+
+type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
+
+/// Why a request was refused by its tenant's limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverLimit {
+    pub retry_after: Duration,
+    pub message: String,
+}
+
+/// The limiters, created on first use per tenant.
+pub struct TenantLimiter {
+    limits: RateLimits,
+    limiters: Mutex<HashMap<Arc<str>, Option<Arc<Limiter>>>>,
+    clock: DefaultClock,
+}
+
+impl TenantLimiter {
+    pub fn new(limits: RateLimits) -> Result<Self, String> {
+        for (name, rate) in limits
+            .default
+            .iter()
+            .map(|r| ("default", r))
+            .chain(limits.tenants.iter().map(|(t, r)| (t.as_str(), r)))
+        {
+            if rate.records_per_second == 0 {
+                return Err(format!(
+                    "auth.rate_limits {name}: records_per_second must be at least 1"
+                ));
+            }
+        }
+        Ok(TenantLimiter {
+            limits,
+            limiters: Mutex::new(HashMap::new()),
+            clock: DefaultClock::default(),
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.limits.default.is_none() && self.limits.tenants.is_empty()
+    }
+
+    fn limiter(&self, tenant: &Arc<str>) -> Option<Arc<Limiter>> {
+        let mut map = self.limiters.lock().ok()?;
+        map.entry(tenant.clone())
+            .or_insert_with(|| {
+                let rate = self
+                    .limits
+                    .tenants
+                    .get(tenant.as_ref())
+                    .or(self.limits.default.as_ref())?;
+                let per_second = NonZeroU32::new(rate.records_per_second)?;
+                let burst = NonZeroU32::new(rate.burst.unwrap_or(rate.records_per_second).max(1))?;
+                Some(Arc::new(RateLimiter::direct(
+                    Quota::per_second(per_second).allow_burst(burst),
+                )))
+            })
+            .clone()
+    }
+
+    /// Takes `records` from the tenant's allowance, or says when to retry.
+    pub fn check(&self, tenant: &Arc<str>, records: usize) -> Result<(), OverLimit> {
+        let Some(limiter) = self.limiter(tenant) else {
+            return Ok(());
+        };
+        let n = NonZeroU32::new(u32::try_from(records).unwrap_or(u32::MAX).max(1))
+            .expect("at least one");
+        match limiter.check_n(n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => Err(OverLimit {
+                retry_after: not_until.wait_time_from(self.clock.now()).max(Duration::from_secs(1)),
+                message: format!("tenant {tenant} is over its rate limit; retry later"),
+            }),
+            // More records in one request than the burst allows at all.
+            Err(_) => Err(OverLimit {
+                retry_after: Duration::from_secs(1),
+                message: format!(
+                    "a request of {records} records is larger than tenant {tenant}'s burst allowance; send smaller batches"
+                ),
+            }),
+        }
+    }
+}
+
+/// Records in a request, counted without decoding further.
+pub fn records_in(payload: &crate::Payload) -> usize {
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    match payload {
+        crate::Payload::Logs(r) => r
+            .resource_logs
+            .iter()
+            .flat_map(|x| &x.scope_logs)
+            .map(|s| s.log_records.len())
+            .sum(),
+        crate::Payload::Traces(r) => r
+            .resource_spans
+            .iter()
+            .flat_map(|x| &x.scope_spans)
+            .map(|s| s.spans.len())
+            .sum(),
+        crate::Payload::Metrics(r) => r
+            .resource_metrics
+            .iter()
+            .flat_map(|x| &x.scope_metrics)
+            .flat_map(|s| &s.metrics)
+            .map(|m| match &m.data {
+                Some(Data::Gauge(g)) => g.data_points.len(),
+                Some(Data::Sum(g)) => g.data_points.len(),
+                Some(Data::Histogram(g)) => g.data_points.len(),
+                Some(Data::ExponentialHistogram(g)) => g.data_points.len(),
+                Some(Data::Summary(g)) => g.data_points.len(),
+                None => 0,
+            })
+            .sum(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_tenant_over_its_limit_leaves_the_others_alone() {
+        let limits = RateLimits {
+            default: Some(Rate {
+                records_per_second: 1_000_000,
+                burst: None,
+            }),
+            tenants: [(
+                "noisy".to_string(),
+                Rate {
+                    records_per_second: 100,
+                    burst: Some(200),
+                },
+            )]
+            .into(),
+        };
+        let l = TenantLimiter::new(limits).expect("valid");
+        let (noisy, quiet): (Arc<str>, Arc<str>) = ("noisy".into(), "quiet".into());
+        assert!(l.check(&noisy, 150).is_ok());
+        let over = l.check(&noisy, 150).expect_err("over the burst left");
+        assert!(over.retry_after >= Duration::from_secs(1));
+        assert!(l.check(&quiet, 10_000).is_ok());
+        let too_big = l.check(&noisy, 500).expect_err("never fits");
+        assert!(
+            too_big.message.contains("smaller batches"),
+            "{}",
+            too_big.message
+        );
+        assert!(TenantLimiter::new(RateLimits {
+            default: Some(Rate {
+                records_per_second: 0,
+                burst: None
+            }),
+            ..Default::default()
+        })
+        .is_err());
+        let none = TenantLimiter::new(RateLimits::default()).expect("valid");
+        assert!(none.is_empty() && none.check(&noisy, usize::MAX).is_ok());
+    }
+}
