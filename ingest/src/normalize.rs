@@ -341,66 +341,64 @@ fn number(v: &Option<number_data_point::Value>) -> Val {
 }
 
 fn data_points(m: &Metric) -> Vec<Point<'_>> {
+    /// One point per data point of a typed list: time, the values it carries, attributes.
+    fn points<'a, P>(
+        list: &'a [P],
+        kind: &'static str,
+        parts: impl Fn(&'a P) -> (u64, Vec<(&'static str, Val)>, &'a [KeyValue]),
+    ) -> Vec<Point<'a>> {
+        list.iter()
+            .map(|p| {
+                let (time, values, attributes) = parts(p);
+                Point {
+                    time,
+                    kind,
+                    values,
+                    attributes,
+                }
+            })
+            .collect()
+    }
+    let totals = |count: u64, sum: f64| {
+        vec![
+            ("metric.count", Val::Int(count as i64)),
+            ("metric.sum", Val::Double(sum)),
+        ]
+    };
     match &m.data {
-        Some(metric::Data::Gauge(g)) => g
-            .data_points
-            .iter()
-            .map(|p| Point {
-                time: p.time_unix_nano,
-                kind: "gauge",
-                values: vec![("metric.value", number(&p.value))],
-                attributes: &p.attributes,
+        Some(metric::Data::Gauge(g)) => points(&g.data_points, "gauge", |p| {
+            (
+                p.time_unix_nano,
+                vec![("metric.value", number(&p.value))],
+                &p.attributes,
+            )
+        }),
+        Some(metric::Data::Sum(s)) => points(&s.data_points, "sum", |p| {
+            (
+                p.time_unix_nano,
+                vec![("metric.value", number(&p.value))],
+                &p.attributes,
+            )
+        }),
+        Some(metric::Data::Histogram(h)) => points(&h.data_points, "histogram", |p| {
+            (
+                p.time_unix_nano,
+                totals(p.count, p.sum.unwrap_or(0.0)),
+                &p.attributes,
+            )
+        }),
+        Some(metric::Data::ExponentialHistogram(h)) => {
+            points(&h.data_points, "exponential_histogram", |p| {
+                (
+                    p.time_unix_nano,
+                    totals(p.count, p.sum.unwrap_or(0.0)),
+                    &p.attributes,
+                )
             })
-            .collect(),
-        Some(metric::Data::Sum(s)) => s
-            .data_points
-            .iter()
-            .map(|p| Point {
-                time: p.time_unix_nano,
-                kind: "sum",
-                values: vec![("metric.value", number(&p.value))],
-                attributes: &p.attributes,
-            })
-            .collect(),
-        Some(metric::Data::Histogram(h)) => h
-            .data_points
-            .iter()
-            .map(|p| Point {
-                time: p.time_unix_nano,
-                kind: "histogram",
-                values: vec![
-                    ("metric.count", Val::Int(p.count as i64)),
-                    ("metric.sum", Val::Double(p.sum.unwrap_or(0.0))),
-                ],
-                attributes: &p.attributes,
-            })
-            .collect(),
-        Some(metric::Data::ExponentialHistogram(h)) => h
-            .data_points
-            .iter()
-            .map(|p| Point {
-                time: p.time_unix_nano,
-                kind: "exponential_histogram",
-                values: vec![
-                    ("metric.count", Val::Int(p.count as i64)),
-                    ("metric.sum", Val::Double(p.sum.unwrap_or(0.0))),
-                ],
-                attributes: &p.attributes,
-            })
-            .collect(),
-        Some(metric::Data::Summary(s)) => s
-            .data_points
-            .iter()
-            .map(|p| Point {
-                time: p.time_unix_nano,
-                kind: "summary",
-                values: vec![
-                    ("metric.count", Val::Int(p.count as i64)),
-                    ("metric.sum", Val::Double(p.sum)),
-                ],
-                attributes: &p.attributes,
-            })
-            .collect(),
+        }
+        Some(metric::Data::Summary(s)) => points(&s.data_points, "summary", |p| {
+            (p.time_unix_nano, totals(p.count, p.sum), &p.attributes)
+        }),
         None => Vec::new(),
     }
 }

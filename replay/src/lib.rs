@@ -61,6 +61,22 @@ impl Summary {
     }
 }
 
+/// Marks alerts as replayed, counts them per rule and hands them on.
+fn emit_replayed(
+    mut alerts: Vec<Alert>,
+    summary: &mut Summary,
+    on_alerts: &mut impl FnMut(&[Alert]) -> Result<(), String>,
+) -> Result<(), ReplayError> {
+    if alerts.is_empty() {
+        return Ok(());
+    }
+    for a in &mut alerts {
+        a.replayed = true;
+        *summary.alerts_by_rule.entry(a.rule_id.clone()).or_default() += 1;
+    }
+    on_alerts(&alerts).map_err(ReplayError::Output)
+}
+
 /// Replays `archive` (the folder holding `events/`) over `[from, to)` through
 /// `engine`, calling `on_alerts` with each group of alerts as they fire and
 /// `on_progress` after every engine batch.
@@ -74,16 +90,8 @@ pub fn replay_archive(
 ) -> Result<Summary, ReplayError> {
     let started = Instant::now();
     let mut summary = Summary::default();
-    let mut emit = |mut alerts: Vec<Alert>, summary: &mut Summary| -> Result<(), ReplayError> {
-        if alerts.is_empty() {
-            return Ok(());
-        }
-        for a in &mut alerts {
-            a.replayed = true;
-            *summary.alerts_by_rule.entry(a.rule_id.clone()).or_default() += 1;
-        }
-        on_alerts(&alerts).map_err(ReplayError::Output)
-    };
+    let mut emit =
+        |alerts: Vec<Alert>, summary: &mut Summary| emit_replayed(alerts, summary, &mut on_alerts);
     let mut buffer: Vec<Event> = Vec::new();
     let mut buffer_hour: Option<i64> = None;
     let flush = |buffer: &mut Vec<Event>,
@@ -145,16 +153,8 @@ pub fn replay_otlp(
 ) -> Result<Summary, ReplayError> {
     let started = Instant::now();
     let mut summary = Summary::default();
-    let mut emit = |mut alerts: Vec<Alert>, summary: &mut Summary| -> Result<(), ReplayError> {
-        for a in &mut alerts {
-            a.replayed = true;
-            *summary.alerts_by_rule.entry(a.rule_id.clone()).or_default() += 1;
-        }
-        if alerts.is_empty() {
-            return Ok(());
-        }
-        on_alerts(&alerts).map_err(ReplayError::Output)
-    };
+    let mut emit =
+        |alerts: Vec<Alert>, summary: &mut Summary| emit_replayed(alerts, summary, &mut on_alerts);
     for file in files {
         for captured in ingest::capture::CaptureReader::open(file)? {
             let c = captured?;
