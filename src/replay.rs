@@ -64,60 +64,63 @@ pub fn run(args: ReplayArgs) -> Result<std::process::ExitCode> {
         b
     });
     let mut last_log = Instant::now();
-    let mut write_alerts = |alerts: &[event::Alert]| -> std::result::Result<(), String> {
-        for a in alerts {
-            serde_json::to_writer(&mut out, a).map_err(|e| e.to_string())?;
-            out.write_all(b"\n").map_err(|e| e.to_string())?;
-        }
-        Ok(())
-    };
-    let mut progress = |p: replay::Progress| {
-        let rate = p.events as f64 / p.elapsed.as_secs_f64().max(1e-3);
-        let pos = p
-            .position
-            .map(event::format_ns)
-            .unwrap_or_else(|| "-".into());
-        let msg = format!(
-            "{} events ({rate:.0}/s), {} alerts, at {pos}",
-            p.events, p.alerts
-        );
-        match &bar {
-            Some(b) => b.set_message(msg),
-            None if last_log.elapsed() >= Duration::from_secs(5) => {
-                last_log = Instant::now();
-                info!("replay: {msg}");
+    // The writer borrows `out` until the replay is done.
+    let summary = {
+        let mut write_alerts = |alerts: &[event::Alert]| -> std::result::Result<(), String> {
+            for a in alerts {
+                serde_json::to_writer(&mut out, a).map_err(|e| e.to_string())?;
+                out.write_all(b"\n").map_err(|e| e.to_string())?;
             }
-            None => {}
+            Ok(())
+        };
+        let mut progress = |p: replay::Progress| {
+            let rate = p.events as f64 / p.elapsed.as_secs_f64().max(1e-3);
+            let pos = p
+                .position
+                .map(event::format_ns)
+                .unwrap_or_else(|| "-".into());
+            let msg = format!(
+                "{} events ({rate:.0}/s), {} alerts, at {pos}",
+                p.events, p.alerts
+            );
+            match &bar {
+                Some(b) => b.set_message(msg),
+                None if last_log.elapsed() >= Duration::from_secs(5) => {
+                    last_log = Instant::now();
+                    info!("replay: {msg}");
+                }
+                None => {}
+            }
+        };
+        if args.otlp.is_empty() {
+            replay::replay_archive(
+                &archive,
+                from,
+                to,
+                &mut engine,
+                &mut write_alerts,
+                &mut progress,
+            )?
+        } else {
+            if from.is_some() || to.is_some() {
+                bail!("--from and --to apply to --archive; captured OTLP is replayed whole");
+            }
+            let files = ingest::capture::capture_files(&args.otlp)?;
+            if files.is_empty() {
+                bail!("no capture files (capture-*.otlp) in {:?}", args.otlp);
+            }
+            let mappings =
+                ingest::MappingSet::load(&config.mappings).context("loading mappings")?;
+            let normalizer = ingest::Normalizer::new(std::sync::Arc::new(mappings));
+            replay::replay_otlp(
+                &files,
+                &normalizer,
+                &mut engine,
+                &mut write_alerts,
+                &mut progress,
+            )?
         }
     };
-    let summary = if args.otlp.is_empty() {
-        replay::replay_archive(
-            &archive,
-            from,
-            to,
-            &mut engine,
-            &mut write_alerts,
-            &mut progress,
-        )?
-    } else {
-        if from.is_some() || to.is_some() {
-            bail!("--from and --to apply to --archive; captured OTLP is replayed whole");
-        }
-        let files = ingest::capture::capture_files(&args.otlp)?;
-        if files.is_empty() {
-            bail!("no capture files (capture-*.otlp) in {:?}", args.otlp);
-        }
-        let mappings = ingest::MappingSet::load(&config.mappings).context("loading mappings")?;
-        let normalizer = ingest::Normalizer::new(std::sync::Arc::new(mappings));
-        replay::replay_otlp(
-            &files,
-            &normalizer,
-            &mut engine,
-            &mut write_alerts,
-            &mut progress,
-        )?
-    };
-    drop(write_alerts);
     out.flush().context("writing alerts")?;
     if let Some(b) = bar {
         b.finish_and_clear();

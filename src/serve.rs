@@ -403,9 +403,10 @@ pub fn run(config: Config) -> Result<()> {
         .map_err(|_| anyhow::anyhow!("the detection stage panicked"))?;
     runtime.shutdown_timeout(Duration::from_secs(5));
     if let Some(c) = capture {
-        match Arc::try_unwrap(c).map(|m| m.into_inner()) {
-            Ok(Ok(w)) => w.close().context("closing the capture file")?,
-            _ => warn!("the capture file is still in use at shutdown; it is put in place at the next start"),
+        let writer = Arc::try_unwrap(c).ok().and_then(|m| m.into_inner().ok());
+        match writer {
+            Some(w) => w.close().context("closing the capture file")?,
+            None => warn!("the capture file is still in use at shutdown; it is put in place at the next start"),
         }
     }
     result?;

@@ -6,12 +6,12 @@
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
 
 use event::{Alert, Event, EventKind, ALERT_SCHEMA_VERSION};
 use serde::Serialize;
 
 use crate::config::EngineConfig;
+use crate::field::FieldRef;
 use crate::kinds::baseline::BaselineState;
 use crate::kinds::inactivity::{InactivityState, Role};
 use crate::kinds::new_value::NewValueState;
@@ -27,18 +27,62 @@ const SWEEP_EVERY_NS: i64 = 60 * 1_000_000_000;
 const FOLDED_GRACE_NS: i64 = 86_400 * 1_000_000_000;
 const MAX_EVENT_IDS: usize = 100;
 
-/// An event waiting for the watermark; the time is kept inline so ordering
-/// rarely has to follow the pointer.
-struct Pending {
-    time: i64,
-    event: Arc<Event>,
+/// Order of an event waiting for the watermark against `(time, id)`.
+fn cmp_key(p: &Event, time: i64, id: &str) -> Ordering {
+    p.time.cmp(&time).then_with(|| p.event_id.as_str().cmp(id))
 }
 
-impl Pending {
-    fn cmp_key(&self, time: i64, id: &str) -> Ordering {
-        self.time
-            .cmp(&time)
-            .then_with(|| self.event.event_id.as_str().cmp(id))
+/// Key hashes of the event being processed, computed at most once per
+/// distinct `key:` list (most rules key on `session`, `user` or both), and
+/// shared by the rule states and the suppression maps.
+struct EventKeys {
+    /// Distinct key lists of the rules; a rule refers to one by index.
+    lists: Vec<Vec<FieldRef>>,
+    /// Per list, for the current event: `None` not yet computed, then the
+    /// hash, or `Some(None)` when a key field is missing.
+    hashes: Vec<Option<Option<u128>>>,
+    buf: Vec<u8>,
+}
+
+impl EventKeys {
+    fn new(rules: &[CompiledRule]) -> (EventKeys, Vec<usize>) {
+        let mut lists: Vec<Vec<FieldRef>> = Vec::new();
+        let slots = rules
+            .iter()
+            .map(|r| match lists.iter().position(|l| *l == r.key) {
+                Some(i) => i,
+                None => {
+                    lists.push(r.key.clone());
+                    lists.len() - 1
+                }
+            })
+            .collect();
+        let keys = EventKeys {
+            hashes: vec![None; lists.len()],
+            lists,
+            buf: Vec::with_capacity(256),
+        };
+        (keys, slots)
+    }
+
+    fn next_event(&mut self) {
+        self.hashes.fill(None);
+    }
+
+    /// The key of list `slot`, `None` when the event lacks a key field.
+    fn required(&mut self, slot: usize, e: &Event) -> Option<u128> {
+        *self.hashes[slot]
+            .get_or_insert_with(|| key_hash(&mut self.buf, &self.lists[slot], e, true))
+    }
+
+    /// The key of list `slot` with missing fields as an "absent" value.
+    fn any(&mut self, slot: usize, e: &Event) -> u128 {
+        match self.required(slot, e) {
+            // With every field present both encodings are the same bytes.
+            Some(k) => k,
+            None => key_hash(&mut self.buf, &self.lists[slot], e, false)
+                .expect("a key without required fields always exists"),
+        }
     }
 }
 
@@ -136,10 +180,13 @@ pub struct Engine {
     /// Rule indexes per `EventKind`, the cheap prefilter.
     by_kind: Vec<Vec<usize>>,
     /// Sorted by `(time, event_id)`. Streams are nearly in order, so an
-    /// insert is almost always an append at the back.
-    pending: VecDeque<Pending>,
-    /// Reused buffer for key hashing.
-    key_buf: Vec<u8>,
+    /// insert is almost always an append at the back. Held by value: most
+    /// events are dropped right after they are run, and kinds keep only the
+    /// fields they need (see `kinds::Kept`).
+    pending: VecDeque<Event>,
+    /// Per rule, its key list in `keys`.
+    key_slot: Vec<usize>,
+    keys: EventKeys,
     max_seen: Option<i64>,
     watermark: i64,
     next_sweep: i64,
@@ -182,6 +229,7 @@ impl Engine {
             })
             .collect();
         let lateness = i64::try_from(config.allowed_lateness.as_nanos()).unwrap_or(i64::MAX / 4);
+        let (keys, key_slot) = EventKeys::new(&ruleset.rules);
         Engine {
             set: ruleset,
             config,
@@ -189,7 +237,8 @@ impl Engine {
             runtimes,
             by_kind,
             pending: VecDeque::new(),
-            key_buf: Vec::with_capacity(256),
+            key_slot,
+            keys,
             max_seen: None,
             watermark: i64::MIN,
             next_sweep: i64::MIN,
@@ -211,19 +260,15 @@ impl Engine {
                 continue;
             }
             self.max_seen = Some(self.max_seen.map_or(e.time, |m| m.max(e.time)));
-            let at = match self.pending.back() {
-                Some(last) if last.cmp_key(e.time, &e.event_id) == Ordering::Greater => self
-                    .pending
-                    .partition_point(|p| p.cmp_key(e.time, &e.event_id) != Ordering::Greater),
-                _ => self.pending.len(),
-            };
-            self.pending.insert(
-                at,
-                Pending {
-                    time: e.time,
-                    event: Arc::new(e),
-                },
-            );
+            match self.pending.back() {
+                Some(last) if cmp_key(last, e.time, &e.event_id) == Ordering::Greater => {
+                    let at = self
+                        .pending
+                        .partition_point(|p| cmp_key(p, e.time, &e.event_id) != Ordering::Greater);
+                    self.pending.insert(at, e);
+                }
+                _ => self.pending.push_back(e),
+            }
         }
         let Some(max) = self.max_seen else {
             return Vec::new();
@@ -285,8 +330,14 @@ impl Engine {
         }
         self.watermark = watermark;
         while self.pending.front().is_some_and(|p| p.time < watermark) {
-            let p = self.pending.pop_front().expect("checked non-empty");
-            self.process(&p.event, &mut out);
+            let e = self.pending.pop_front().expect("checked non-empty");
+            self.process(&e, &mut out);
+        }
+        // A burst (or a replay) can leave a large, empty buffer behind; give
+        // it back once it is mostly unused. Halving keeps this amortized.
+        let cap = self.pending.capacity();
+        if cap > 4096 && self.pending.len() < cap / 4 {
+            self.pending.shrink_to(self.pending.len() * 2);
         }
         if self.watermark >= self.next_sweep {
             self.sweep();
@@ -325,8 +376,9 @@ impl Engine {
         }
     }
 
-    fn process(&mut self, e: &Arc<Event>, out: &mut Vec<Alert>) {
+    fn process(&mut self, e: &Event, out: &mut Vec<Alert>) {
         self.processed += 1;
+        self.keys.next_event();
         let env = EvalEnv {
             schedule: &self.set.schedule,
         };
@@ -340,21 +392,21 @@ impl Engine {
             }
             let rt = &mut self.runtimes[ri];
             let trigger = match (&rule.spec, &mut rt.state) {
-                (Spec::Match, _) => Some(Trigger::single(e)),
+                (Spec::Match, _) => Some(Trigger::single()),
                 (Spec::Threshold(sp), State::Threshold(m)) => {
-                    let Some(k) = key_hash(&mut self.key_buf, rule, e, true) else {
+                    let Some(k) = self.keys.required(self.key_slot[ri], e) else {
                         continue;
                     };
                     m.entry(k, ThresholdState::default).on_event(sp, e)
                 }
                 (Spec::Baseline(sp), State::Baseline(m)) => {
-                    let Some(k) = key_hash(&mut self.key_buf, rule, e, true) else {
+                    let Some(k) = self.keys.required(self.key_slot[ri], e) else {
                         continue;
                     };
                     m.entry(k, || BaselineState::new(e.time)).on_event(sp, e)
                 }
                 (Spec::NewValue(sp), State::NewValue(m)) => {
-                    let Some(k) = key_hash(&mut self.key_buf, rule, e, true) else {
+                    let Some(k) = self.keys.required(self.key_slot[ri], e) else {
                         continue;
                     };
                     m.entry(k, || NewValueState::new(e.time)).on_event(sp, e)
@@ -364,7 +416,7 @@ impl Engine {
                     if !hit.until && hit.steps == 0 {
                         continue;
                     }
-                    let Some(k) = key_hash(&mut self.key_buf, rule, e, true) else {
+                    let Some(k) = self.keys.required(self.key_slot[ri], e) else {
                         continue;
                     };
                     if hit.until {
@@ -379,7 +431,7 @@ impl Engine {
                     if matches!(role, Role::None) {
                         continue;
                     }
-                    let Some(k) = key_hash(&mut self.key_buf, rule, e, true) else {
+                    let Some(k) = self.keys.required(self.key_slot[ri], e) else {
                         continue;
                     };
                     match role {
@@ -399,9 +451,7 @@ impl Engine {
                 _ => unreachable!("runtime state is built from the rule's spec"),
             };
             let Some(trigger) = trigger else { continue };
-            let Some(k) = key_hash(&mut self.key_buf, rule, e, false) else {
-                continue;
-            };
+            let k = self.keys.any(self.key_slot[ri], e);
             let folded = {
                 let s = rt.suppression.entry(k, || Suppression {
                     until: i64::MIN,
@@ -431,11 +481,11 @@ impl Engine {
 /// Hash of tenant and the rule's key values. With `required`, an event
 /// lacking a key field has no key (stateful kinds skip it); otherwise a
 /// missing field is a distinct "absent" value.
-fn key_hash(buf: &mut Vec<u8>, rule: &CompiledRule, e: &Event, required: bool) -> Option<u128> {
+fn key_hash(buf: &mut Vec<u8>, key: &[FieldRef], e: &Event, required: bool) -> Option<u128> {
     buf.clear();
     buf.extend_from_slice(&(e.tenant.len() as u64).to_le_bytes());
     buf.extend_from_slice(e.tenant.as_bytes());
-    for f in &rule.key {
+    for f in key {
         match f.get(e) {
             Some(v) => {
                 let t = v.to_text();
@@ -467,10 +517,10 @@ fn build_alert(
         .evidence
         .iter()
         .take(MAX_EVENT_IDS)
-        .map(|x| x.id().to_string())
+        .map(|x| x.id(e).to_string())
         .collect();
-    let first_seen = t.evidence.iter().map(|x| x.time()).min().unwrap_or(e.time);
-    let last_seen = t.evidence.iter().map(|x| x.time()).max().unwrap_or(e.time);
+    let first_seen = t.evidence.iter().map(|x| x.time(e)).min().unwrap_or(e.time);
+    let last_seen = t.evidence.iter().map(|x| x.time(e)).max().unwrap_or(e.time);
     Alert {
         schema_version: ALERT_SCHEMA_VERSION,
         id: Alert::compute_id(&rule.info.id, &key, &event_ids),
@@ -493,7 +543,7 @@ fn build_alert(
             .evidence
             .iter()
             .take(max_evidence)
-            .map(|x| x.to_evidence())
+            .map(|x| x.to_evidence(e))
             .collect(),
         summary: rule.render_summary(e, t.count),
         replayed: false,

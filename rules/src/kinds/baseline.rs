@@ -3,8 +3,6 @@
 //! weighted mean of that key's earlier windows. Fires when the current window
 //! exceeds `max(floor, factor * mean)`, once the key is older than `warmup`.
 
-use std::sync::Arc;
-
 use event::Event;
 
 use super::{EvidenceItem, Touched, Trigger};
@@ -176,7 +174,7 @@ impl BaselineState {
         }
     }
 
-    pub(crate) fn on_event(&mut self, spec: &BaselineSpec, e: &Arc<Event>) -> Option<Trigger> {
+    pub(crate) fn on_event(&mut self, spec: &BaselineSpec, e: &Event) -> Option<Trigger> {
         let amount = match &spec.sum {
             Some(f) => f.get(e).and_then(|v| v.to_f64()).unwrap_or(0.0),
             None => 1.0,
@@ -187,7 +185,7 @@ impl BaselineState {
         if self.rate.current > required && self.fired_bucket != self.rate.bucket {
             self.fired_bucket = self.rate.bucket;
             return Some(Trigger {
-                evidence: vec![EvidenceItem::Full(e.clone())],
+                evidence: vec![EvidenceItem::Current],
                 count: self.rate.current as u64,
             });
         }

@@ -3,11 +3,11 @@
 //! (the session is still running), not when the session ends. A key that has
 //! never seen a reset does not fire: nobody is known to have been there.
 
-use std::sync::Arc;
-
 use event::Event;
 
-use super::{EvidenceItem, Touched, Trigger};
+use event::EventKind;
+
+use super::{CompactId, EvidenceItem, Touched, Trigger};
 use crate::predicate::{EvalEnv, Pred};
 
 #[derive(Debug)]
@@ -23,10 +23,13 @@ pub(crate) struct InactivitySpec {
 /// Kept small on purpose: one per live session.
 #[derive(Debug)]
 pub(crate) struct InactivityState {
-    reset: EvidenceItem,
+    /// The reset event, kept as id, time and kind only.
+    reset_id: CompactId,
+    reset_time: i64,
+    last: i64,
     activity: u32,
     fired: bool,
-    last: i64,
+    reset_kind: EventKind,
 }
 
 impl Touched for InactivityState {
@@ -60,10 +63,12 @@ impl InactivitySpec {
 impl InactivityState {
     pub(crate) fn new_reset(e: &Event) -> Self {
         InactivityState {
-            reset: EvidenceItem::compact(e),
+            reset_id: CompactId::new(&e.event_id),
+            reset_time: e.time,
+            last: e.time,
             activity: 0,
             fired: false,
-            last: e.time,
+            reset_kind: e.kind,
         }
     }
 
@@ -71,15 +76,22 @@ impl InactivityState {
         *self = InactivityState::new_reset(e);
     }
 
-    pub(crate) fn on_activity(&mut self, spec: &InactivitySpec, e: &Arc<Event>) -> Option<Trigger> {
+    pub(crate) fn on_activity(&mut self, spec: &InactivitySpec, e: &Event) -> Option<Trigger> {
         self.last = e.time;
         self.activity = self.activity.saturating_add(1);
-        if self.fired || e.time - self.reset.time() <= spec.after {
+        if self.fired || e.time - self.reset_time <= spec.after {
             return None;
         }
         self.fired = true;
         Some(Trigger {
-            evidence: vec![self.reset.clone(), EvidenceItem::Full(e.clone())],
+            evidence: vec![
+                EvidenceItem::Compact {
+                    id: self.reset_id.to_string().into(),
+                    time: self.reset_time,
+                    kind: self.reset_kind,
+                },
+                EvidenceItem::Current,
+            ],
             count: u64::from(self.activity),
         })
     }

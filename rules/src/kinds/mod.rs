@@ -14,11 +14,121 @@ use std::sync::Arc;
 
 use event::{Event, EventKind, Evidence};
 
-/// An evidence event: the whole event while it is in a window, or only its
-/// id, time and kind when a kind keeps it for long (to keep idle keys small).
+/// The evidence fields of an event a kind keeps in its state (a sequence
+/// step, a threshold window), packed into one shared allocation: the
+/// event itself is freed as soon as the engine has run it, instead of
+/// being held whole (~0.5 KB and a dozen strings) for as long as the window.
+/// Clones are a reference count, so triggers that get suppressed stay cheap.
+#[derive(Debug, Clone)]
+pub(crate) struct Kept {
+    time: i64,
+    /// `event_id`, then `action`, `tool`, `path`, `domain`, `command` back to back.
+    text: Arc<str>,
+    /// End offset in `text` of each of the six parts.
+    ends: [u32; 6],
+    /// Bit `i` set when optional part `i` (1..=5) was present.
+    present: u8,
+    kind: EventKind,
+}
+
+impl Kept {
+    pub(crate) fn new(e: &Event) -> Kept {
+        let opts = [&e.action, &e.tool, &e.path, &e.domain, &e.command];
+        let len = e.event_id.len()
+            + opts
+                .iter()
+                .map(|o| o.as_ref().map_or(0, String::len))
+                .sum::<usize>();
+        let mut text = String::with_capacity(len);
+        let mut ends = [0u32; 6];
+        let mut present = 0u8;
+        text.push_str(&e.event_id);
+        // Offsets fit in u32: an event is far below 4 GiB (ingest caps records).
+        ends[0] = text.len() as u32;
+        for (i, o) in opts.iter().enumerate() {
+            if let Some(v) = o {
+                text.push_str(v);
+                present |= 1 << (i + 1);
+            }
+            ends[i + 1] = text.len() as u32;
+        }
+        Kept {
+            time: e.time,
+            text: Arc::from(text),
+            ends,
+            present,
+            kind: e.kind,
+        }
+    }
+
+    pub(crate) fn time(&self) -> i64 {
+        self.time
+    }
+
+    pub(crate) fn id(&self) -> &str {
+        &self.text[..self.ends[0] as usize]
+    }
+
+    fn part(&self, i: usize) -> Option<String> {
+        (self.present & (1 << i) != 0)
+            .then(|| self.text[self.ends[i - 1] as usize..self.ends[i] as usize].to_string())
+    }
+
+    /// Same as `Evidence::from_event` on the event it was made from.
+    pub(crate) fn to_evidence(&self) -> Evidence {
+        Evidence {
+            event_id: self.id().to_string(),
+            time: self.time,
+            kind: self.kind,
+            action: self.part(1),
+            tool: self.part(2),
+            path: self.part(3),
+            domain: self.part(4),
+            command: self.part(5),
+        }
+    }
+}
+
+/// An event id kept for long in small state. Ids vigil computes are 32
+/// lowercase hex digits: those are held as their 16 bytes (no allocation),
+/// anything else as text. `to_string` gives back the exact id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CompactId {
+    Hex([u64; 2]),
+    Text(Box<str>),
+}
+
+impl CompactId {
+    pub(crate) fn new(id: &str) -> CompactId {
+        let b = id.as_bytes();
+        if b.len() == 32 && b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
+            let hi = u64::from_str_radix(&id[..16], 16);
+            let lo = u64::from_str_radix(&id[16..], 16);
+            if let (Ok(hi), Ok(lo)) = (hi, lo) {
+                return CompactId::Hex([hi, lo]);
+            }
+        }
+        CompactId::Text(id.into())
+    }
+}
+
+impl std::fmt::Display for CompactId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CompactId::Hex([hi, lo]) => write!(f, "{hi:016x}{lo:016x}"),
+            CompactId::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+/// An evidence event: the event being processed, the evidence fields of an
+/// earlier one, or only the id, time and kind when a kind keeps it for long
+/// (to keep idle keys small).
 #[derive(Debug, Clone)]
 pub(crate) enum EvidenceItem {
-    Full(Arc<Event>),
+    /// The event the engine is running the rule on.
+    Current,
+    Kept(Kept),
     Compact {
         id: Box<str>,
         time: i64,
@@ -27,31 +137,27 @@ pub(crate) enum EvidenceItem {
 }
 
 impl EvidenceItem {
-    pub(crate) fn compact(e: &Event) -> EvidenceItem {
-        EvidenceItem::Compact {
-            id: e.event_id.as_str().into(),
-            time: e.time,
-            kind: e.kind,
-        }
-    }
-
-    pub(crate) fn time(&self) -> i64 {
+    /// `current` is the event being processed.
+    pub(crate) fn time(&self, current: &Event) -> i64 {
         match self {
-            EvidenceItem::Full(e) => e.time,
+            EvidenceItem::Current => current.time,
+            EvidenceItem::Kept(k) => k.time,
             EvidenceItem::Compact { time, .. } => *time,
         }
     }
 
-    pub(crate) fn id(&self) -> &str {
+    pub(crate) fn id<'a>(&'a self, current: &'a Event) -> &'a str {
         match self {
-            EvidenceItem::Full(e) => &e.event_id,
+            EvidenceItem::Current => &current.event_id,
+            EvidenceItem::Kept(k) => k.id(),
             EvidenceItem::Compact { id, .. } => id,
         }
     }
 
-    pub(crate) fn to_evidence(&self) -> Evidence {
+    pub(crate) fn to_evidence(&self, current: &Event) -> Evidence {
         match self {
-            EvidenceItem::Full(e) => Evidence::from_event(e),
+            EvidenceItem::Current => Evidence::from_event(current),
+            EvidenceItem::Kept(k) => k.to_evidence(),
             EvidenceItem::Compact { id, time, kind } => Evidence {
                 event_id: id.to_string(),
                 time: *time,
@@ -70,9 +176,10 @@ pub(crate) struct Trigger {
 }
 
 impl Trigger {
-    pub(crate) fn single(e: &Arc<Event>) -> Trigger {
+    /// The event being processed is the whole evidence.
+    pub(crate) fn single() -> Trigger {
         Trigger {
-            evidence: vec![EvidenceItem::Full(e.clone())],
+            evidence: vec![EvidenceItem::Current],
             count: 1,
         }
     }
@@ -121,7 +228,9 @@ impl<S: Touched> KeyMap<S> {
     /// The state of `key`, created with `make` (evicting the least recently
     /// touched tenth of the keys first when the map is full).
     pub(crate) fn entry(&mut self, key: u128, make: impl FnOnce() -> S) -> &mut S {
-        if !self.map.contains_key(&key) && self.map.len() >= self.max_keys {
+        // The bound is rarely reached: test it first so the usual call
+        // probes the table once.
+        if self.map.len() >= self.max_keys && !self.map.contains_key(&key) {
             self.evict_oldest();
         }
         self.map.entry(key).or_insert_with(make)
@@ -143,6 +252,11 @@ impl<S: Touched> KeyMap<S> {
         let before = self.map.len();
         self.map.retain(|_, s| !expired(s));
         self.evicted += (before - self.map.len()) as u64;
+        // Keys come and go in waves (sessions): give back most of a table
+        // that is mostly empty, so idle state stays small.
+        if self.map.capacity() > 64 && self.map.len() < self.map.capacity() / 4 {
+            self.map.shrink_to(self.map.len() * 2);
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -175,5 +289,45 @@ mod tests {
         assert_eq!(m.evicted, 1);
         m.sweep(|s| s.0 < 5);
         assert!(m.map.values().all(|s| s.0 >= 5));
+    }
+
+    #[test]
+    fn compact_ids_give_back_the_exact_id() {
+        for id in [
+            "0123456789abcdef0123456789abcdef",
+            "00000000000000000000000000000000",
+            "0123456789ABCDEF0123456789abcdef",
+            "0123456789abcdef0123456789abcde",
+            "+123456789abcdef0123456789abcdef",
+            "",
+            "id-7",
+        ] {
+            assert_eq!(CompactId::new(id).to_string(), id);
+        }
+        assert!(matches!(
+            CompactId::new("ffffffffffffffff0000000000000001"),
+            CompactId::Hex(_)
+        ));
+    }
+
+    #[test]
+    fn kept_evidence_is_the_events_evidence() {
+        let mut e = Event {
+            time: 42,
+            event_id: "abc".into(),
+            kind: EventKind::FileRead,
+            tool: Some("Read".into()),
+            path: Some(String::new()),
+            command: Some("cat é".into()),
+            user: Some("u".into()),
+            ..Default::default()
+        };
+        let k = Kept::new(&e);
+        assert_eq!(k.to_evidence(), Evidence::from_event(&e));
+        assert_eq!((k.time(), k.id()), (42, "abc"));
+        e.action = Some("read".into());
+        e.domain = Some("x.io".into());
+        e.path = None;
+        assert_eq!(Kept::new(&e).to_evidence(), Evidence::from_event(&e));
     }
 }

@@ -3,7 +3,6 @@
 //! remembered silently). Each key remembers at most `max_values` values.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use event::Event;
 
@@ -40,7 +39,7 @@ impl NewValueState {
         }
     }
 
-    pub(crate) fn on_event(&mut self, spec: &NewValueSpec, e: &Arc<Event>) -> Option<Trigger> {
+    pub(crate) fn on_event(&mut self, spec: &NewValueSpec, e: &Event) -> Option<Trigger> {
         let v = spec.field.get(e)?;
         self.last = e.time;
         let text = v.to_text();
@@ -49,6 +48,6 @@ impl NewValueState {
             return None;
         }
         self.seen.insert(h);
-        (e.time - self.first >= spec.learning).then(|| Trigger::single(e))
+        (e.time - self.first >= spec.learning).then(Trigger::single)
     }
 }

@@ -5,11 +5,10 @@
 //! event clears the key. A completed sequence clears the key too.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 use event::Event;
 
-use super::{EvidenceItem, Touched, Trigger};
+use super::{EvidenceItem, Kept, Touched, Trigger};
 use crate::predicate::{EvalEnv, Pred};
 
 #[derive(Debug)]
@@ -62,8 +61,12 @@ impl SequenceSpec {
 
 #[derive(Debug)]
 pub(crate) struct SequenceState {
-    /// Per step, the matching events with their time inline (no pointer chase to expire).
-    per_step: Vec<VecDeque<(i64, Arc<Event>)>>,
+    /// Per step, the evidence of the matching events (time inline, no
+    /// pointer chase to expire; the events themselves are not kept). The
+    /// first two steps live inline (most sequences have two): one cache
+    /// miss fewer per event on a table of many sessions.
+    first: [VecDeque<Kept>; 2],
+    rest: Vec<VecDeque<Kept>>,
     last: i64,
 }
 
@@ -73,15 +76,31 @@ impl Touched for SequenceState {
     }
 }
 
-fn before(a: &Event, b: (i64, &str)) -> bool {
-    (a.time, a.event_id.as_str()) < b
+/// `(time, event_id)` order, the engine's processing order.
+fn before(a: &Kept, b: &Kept) -> bool {
+    (a.time(), a.id()) < (b.time(), b.id())
 }
 
 impl SequenceState {
     pub(crate) fn new(spec: &SequenceSpec) -> Self {
         SequenceState {
-            per_step: (0..spec.steps.len()).map(|_| VecDeque::new()).collect(),
+            first: [VecDeque::new(), VecDeque::new()],
+            rest: (2..spec.steps.len()).map(|_| VecDeque::new()).collect(),
             last: i64::MIN,
+        }
+    }
+
+    fn step(&self, i: usize) -> &VecDeque<Kept> {
+        match i {
+            0 | 1 => &self.first[i],
+            _ => &self.rest[i - 2],
+        }
+    }
+
+    fn step_mut(&mut self, i: usize) -> &mut VecDeque<Kept> {
+        match i {
+            0 | 1 => &mut self.first[i],
+            _ => &mut self.rest[i - 2],
         }
     }
 
@@ -89,22 +108,23 @@ impl SequenceState {
     pub(crate) fn on_event(
         &mut self,
         spec: &SequenceSpec,
-        e: &Arc<Event>,
+        e: &Event,
         steps: u64,
     ) -> Option<Trigger> {
         self.last = e.time;
         let horizon = e.time.saturating_sub(spec.within);
         let last_step = spec.steps.len() - 1;
+        let mut kept: Option<Kept> = None;
         for i in 0..spec.steps.len() {
-            let q = &mut self.per_step[i];
-            while q.front().is_some_and(|x| x.0 < horizon) {
+            let q = self.step_mut(i);
+            while q.front().is_some_and(|x| x.time() < horizon) {
                 q.pop_front();
             }
             if steps & (1 << i) != 0 {
                 if q.capacity() == 0 {
                     q.reserve_exact(spec.cap(i) + 1);
                 }
-                q.push_back((e.time, e.clone()));
+                q.push_back(kept.get_or_insert_with(|| Kept::new(e)).clone());
                 if q.len() > spec.cap(i) {
                     q.pop_front();
                 }
@@ -114,40 +134,36 @@ impl SequenceState {
             return None;
         }
         // The last step: its newest `count` events end with this one.
-        let mut chosen: Vec<Arc<Event>> = Vec::new();
-        let q = &self.per_step[last_step];
+        let q = self.step(last_step);
         let need = spec.steps[last_step].count;
         if q.len() < need {
             return None;
         }
-        chosen.extend(q.iter().rev().take(need).map(|x| x.1.clone()));
-        let mut bound = {
-            let first = chosen.last().expect("need >= 1");
-            (first.time, first.event_id.clone())
-        };
+        let mut chosen: Vec<Kept> = q.iter().rev().take(need).cloned().collect();
+        let mut bound = chosen.last().expect("need >= 1").clone();
         for i in (0..last_step).rev() {
             let need = spec.steps[i].count;
-            let picked: Vec<Arc<Event>> = self.per_step[i]
-                .iter()
-                .rev()
-                .filter(|x| before(&x.1, (bound.0, &bound.1)))
-                .take(need)
-                .map(|x| x.1.clone())
-                .collect();
-            if picked.len() < need {
+            let from = chosen.len();
+            chosen.extend(
+                self.step(i)
+                    .iter()
+                    .rev()
+                    .filter(|x| before(x, &bound))
+                    .take(need)
+                    .cloned(),
+            );
+            if chosen.len() - from < need {
                 return None;
             }
-            let first = picked.last().expect("need >= 1");
-            bound = (first.time, first.event_id.clone());
-            chosen.extend(picked);
+            bound = chosen.last().expect("need >= 1").clone();
         }
-        chosen.sort_by(|a, b| (a.time, &a.event_id).cmp(&(b.time, &b.event_id)));
-        for q in &mut self.per_step {
+        chosen.sort_by(|a, b| (a.time(), a.id()).cmp(&(b.time(), b.id())));
+        for q in self.first.iter_mut().chain(&mut self.rest) {
             q.clear();
         }
         let count = chosen.len() as u64;
         Some(Trigger {
-            evidence: chosen.into_iter().map(EvidenceItem::Full).collect(),
+            evidence: chosen.into_iter().map(EvidenceItem::Kept).collect(),
             count,
         })
     }

@@ -3,12 +3,11 @@
 //! is well above the key's own baseline.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 use event::Event;
 
 use super::baseline::{BaselineSpec, Rate};
-use super::{EvidenceItem, Touched, Trigger};
+use super::{EvidenceItem, Kept, Touched, Trigger};
 use crate::field::FieldRef;
 
 #[derive(Debug)]
@@ -31,9 +30,9 @@ impl ThresholdSpec {
 #[derive(Debug, Default)]
 pub(crate) struct ThresholdState {
     /// Newest last; at most `count` entries (only the newest `count` decide).
-    recent: VecDeque<Arc<Event>>,
+    recent: VecDeque<Kept>,
     /// For distinct counts: (value hash, newest event with it).
-    distinct: Vec<(u64, Arc<Event>)>,
+    distinct: Vec<(u64, Kept)>,
     rate: Option<Rate>,
     last: i64,
 }
@@ -45,7 +44,7 @@ impl Touched for ThresholdState {
 }
 
 impl ThresholdState {
-    pub(crate) fn on_event(&mut self, spec: &ThresholdSpec, e: &Arc<Event>) -> Option<Trigger> {
+    pub(crate) fn on_event(&mut self, spec: &ThresholdSpec, e: &Event) -> Option<Trigger> {
         let t = e.time;
         self.last = t;
         let horizon = t.saturating_sub(spec.window);
@@ -62,8 +61,8 @@ impl ThresholdState {
         };
         let (n, evidence): (usize, Vec<EvidenceItem>) = match &spec.distinct {
             None => {
-                self.recent.push_back(e.clone());
-                while self.recent.front().is_some_and(|f| f.time <= horizon)
+                self.recent.push_back(Kept::new(e));
+                while self.recent.front().is_some_and(|f| f.time() <= horizon)
                     || self.recent.len() > spec.count
                 {
                     self.recent.pop_front();
@@ -76,15 +75,16 @@ impl ThresholdState {
                     n,
                     self.recent
                         .iter()
-                        .map(|x| EvidenceItem::Full(x.clone()))
+                        .map(|x| EvidenceItem::Kept(x.clone()))
                         .collect(),
                 )
             }
             Some(f) => {
                 let v = f.get(e)?;
                 let h = xxhash_rust::xxh3::xxh3_64(v.to_text().as_bytes());
-                self.distinct.retain(|(vh, x)| *vh != h && x.time > horizon);
-                self.distinct.push((h, e.clone()));
+                self.distinct
+                    .retain(|(vh, x)| *vh != h && x.time() > horizon);
+                self.distinct.push((h, Kept::new(e)));
                 if self.distinct.len() > spec.count {
                     self.distinct.remove(0);
                 }
@@ -96,7 +96,7 @@ impl ThresholdState {
                     n,
                     self.distinct
                         .iter()
-                        .map(|(_, x)| EvidenceItem::Full(x.clone()))
+                        .map(|(_, x)| EvidenceItem::Kept(x.clone()))
                         .collect(),
                 )
             }
