@@ -1140,6 +1140,7 @@ pub fn run(args: LoadgenArgs) -> Result<std::process::ExitCode> {
         let reporter = {
             let (stats, stop) = (stats.clone(), stop.clone());
             let every = args.report_every.max(Duration::from_millis(100));
+            let json = args.json;
             tokio::spawn(async move {
                 let mut last = (0u64, Instant::now());
                 let mut tick = tokio::time::interval_at((Instant::now() + every).into(), every);
@@ -1154,7 +1155,7 @@ pub fn run(args: LoadgenArgs) -> Result<std::process::ExitCode> {
                     let sent = stats.sent.load(Ordering::Relaxed);
                     let rate = (sent - last.0) as f64 / last.1.elapsed().as_secs_f64();
                     last = (sent, Instant::now());
-                    println!(
+                    let line = format!(
                         "{:>6.1}s  {:>10.0} records/s  sent {sent}  accepted {}  rejected {}  refused {}  p50 {:.1} ms  p99 {:.1} ms",
                         clock.started.elapsed().as_secs_f64(),
                         rate,
@@ -1164,6 +1165,12 @@ pub fn run(args: LoadgenArgs) -> Result<std::process::ExitCode> {
                         quantile_ms(&mut lat, 0.5),
                         quantile_ms(&mut lat, 0.99),
                     );
+                    // With --json, stdout carries only the summary.
+                    if json {
+                        eprintln!("{line}");
+                    } else {
+                        println!("{line}");
+                    }
                 }
             })
         };

@@ -252,7 +252,7 @@ impl Engine {
     /// every event it released. Events older than the watermark are counted
     /// as late and not evaluated.
     pub fn push(&mut self, events: Vec<Event>) -> Vec<Alert> {
-        for e in events {
+        for mut e in events {
             self.received += 1;
             if e.time < self.watermark {
                 self.late += 1;
@@ -260,6 +260,15 @@ impl Engine {
                 continue;
             }
             self.max_seen = Some(self.max_seen.map_or(e.time, |m| m.max(e.time)));
+            // An event no active rule looks at cannot change any state: it only
+            // moves time, so it is not held for the watermark.
+            if self.by_kind[e.kind as usize].is_empty() {
+                self.processed += 1;
+                continue;
+            }
+            // Held events keep only the attributes some rule reads; the archive has the rest.
+            let refs = &self.set.attr_refs;
+            e.attrs.retain(|k, _| refs.contains(k));
             match self.pending.back() {
                 Some(last) if cmp_key(last, e.time, &e.event_id) == Ordering::Greater => {
                     let at = self
@@ -617,12 +626,40 @@ mod tests {
         assert!(eng.push(vec![ev(T0, EventKind::FileRead, "a")]).is_empty());
         assert_eq!(eng.stats().buffered_events, 1);
         // 31 s later the first event is below the watermark.
-        let out = eng.push(vec![ev(T0 + 31 * S, EventKind::UserPrompt, "a")]);
+        let out = eng.push(vec![ev(T0 + 31 * S, EventKind::FileRead, "b")]);
         assert_eq!(out.len(), 1);
         assert_eq!(eng.stats().buffered_events, 1);
-        assert!(eng.on_idle().is_empty());
+        assert_eq!(eng.on_idle().len(), 1);
         assert_eq!(eng.stats().buffered_events, 0);
         assert_eq!(eng.stats().events_processed, 2);
+    }
+
+    #[test]
+    fn events_no_rule_reads_move_time_but_are_not_held() {
+        let mut eng = engine(MATCH);
+        assert!(eng.push(vec![ev(T0, EventKind::FileRead, "a")]).is_empty());
+        // A prompt matters to no rule here: not buffered, yet it moves the watermark.
+        let out = eng.push(vec![ev(T0 + 31 * S, EventKind::UserPrompt, "a")]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(eng.stats().buffered_events, 0);
+        assert_eq!(eng.stats().events_processed, 2);
+    }
+
+    #[test]
+    fn held_events_keep_only_the_attributes_rules_read() {
+        let yaml = "id: m\ntitle: M\nseverity: low\nkey: [user]\nsummary: '{user}'\ncondition: {attrs.to_mode: bypassPermissions}\n";
+        let mut eng = engine(yaml);
+        let mut e = ev(T0, EventKind::PermissionModeChange, "a");
+        e.attrs.insert("to_mode".into(), "bypassPermissions".into());
+        e.attrs.insert("prompt".into(), "x".repeat(10_000));
+        assert!(eng.push(vec![e]).is_empty());
+        let held: Vec<_> = eng
+            .pending
+            .iter()
+            .flat_map(|p| p.attrs.keys().cloned())
+            .collect();
+        assert_eq!(held, ["to_mode"]);
+        assert_eq!(eng.finish().len(), 1);
     }
 
     #[test]

@@ -366,10 +366,42 @@ pub(crate) fn compile_parsed(
     if !diags.is_empty() {
         return Err(diags);
     }
+    // Every `attrs.<key>` a rule's text names (conditions, keys, summaries):
+    // the engine keeps only these attributes of the events it holds.
+    let attr_refs = parsed
+        .rules
+        .iter()
+        .filter(|r| only.is_none_or(|id| id == r.doc.id))
+        .flat_map(|r| attr_names(&r.chunk))
+        .collect();
     Ok(RuleSet {
         rules: rules.into(),
         schedule: Arc::new(Schedule::new(&ctx.business_hours)),
+        attr_refs: Arc::new(attr_refs),
     })
+}
+
+/// The attribute names a rule document mentions as `attrs.<name>`. A superset
+/// is harmless (an attribute kept for nothing); missing one is not, so this
+/// reads the document's text rather than trusting any one place a field appears.
+fn attr_names(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("attrs.") {
+        let tail = &rest[i + "attrs.".len()..];
+        let end = tail
+            .find(|c: char| {
+                !(c.is_alphanumeric() || matches!(c, '_' | '.' | '-' | '/' | '@' | ':'))
+            })
+            .unwrap_or(tail.len());
+        // A YAML mapping key ends in ':'; names may contain ':' only inside.
+        let name = tail[..end].trim_end_matches([':', '.']);
+        if !name.is_empty() {
+            out.push(name.to_string());
+        }
+        rest = &tail[end..];
+    }
+    out
 }
 
 /// A compiled, immutable set of rules; cheap to clone.
@@ -377,6 +409,8 @@ pub(crate) fn compile_parsed(
 pub struct RuleSet {
     pub(crate) rules: Arc<[CompiledRule]>,
     pub(crate) schedule: Arc<Schedule>,
+    /// Attribute names any rule reads; the rest are not kept in engine state.
+    pub(crate) attr_refs: Arc<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for RuleSet {
