@@ -488,6 +488,9 @@ async fn serve_receivers(config: &Config, ingest: ingest::Ingest) -> Result<()> 
     Ok(())
 }
 
+/// Most events written (and fsync'd) together when several requests wait.
+const GROUP_COMMIT_EVENTS: usize = 64 * 1024;
+
 /// How long in-flight requests may take to finish after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -530,20 +533,37 @@ fn archive_stage(
         let next = rt
             .block_on(async { tokio::time::timeout(Duration::from_secs(1), batches.recv()).await });
         match next {
-            Ok(Some(batch)) => {
-                let n = batch.events.len() as u64;
-                match writer.write(&batch.events) {
+            Ok(Some(first)) => {
+                // Group commit: whatever else is already queued goes into the
+                // same write-ahead log write and fsync, then every sender is answered.
+                let mut acks = vec![first.ack];
+                let mut events = first.events;
+                while events.len() < GROUP_COMMIT_EVENTS {
+                    match batches.try_recv() {
+                        Ok(b) => {
+                            acks.push(b.ack);
+                            events.extend(b.events);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let n = events.len() as u64;
+                match writer.write(&events) {
                     Ok(()) => {
-                        let _ = batch.ack.send(Ok(()));
+                        for ack in acks {
+                            let _ = ack.send(Ok(()));
+                        }
                         pm.events_archived.inc_by(n);
-                        if engine_tx.send(batch.events).is_err() {
+                        if engine_tx.send(events).is_err() {
                             error!("the detection stage stopped; events are archived but not detected on");
                         }
                     }
                     Err(e) => {
                         pm.archive_errors.inc();
-                        error!(error = %e, "archive write failed; the sender is asked to retry");
-                        let _ = batch.ack.send(Err(e.to_string()));
+                        error!(error = %e, requests = acks.len(), "archive write failed; the senders are asked to retry");
+                        for ack in acks {
+                            let _ = ack.send(Err(e.to_string()));
+                        }
                     }
                 }
             }
