@@ -75,7 +75,8 @@ impl Normalizer {
                             continue;
                         }
                     };
-                    let mut view = RecordView::on(scoped.clone());
+                    // Attributes, the record's own fields and what mappings derive or expand.
+                    let mut view = RecordView::on(scoped.clone(), rec.attributes.len() * 2 + 8);
                     view.insert("@signal".into(), Val::Str("log".into()), Origin::Derived);
                     view.add_any("body".into(), rec.body.as_ref(), Origin::Record, 0);
                     if !rec.event_name.is_empty() {
@@ -131,7 +132,7 @@ impl Normalizer {
                             continue;
                         }
                     };
-                    let mut view = RecordView::on(scoped.clone());
+                    let mut view = RecordView::on(scoped.clone(), sp.attributes.len() * 2 + 12);
                     view.insert("@signal".into(), Val::Str("span".into()), Origin::Derived);
                     view.insert(
                         "span.name".into(),
@@ -211,7 +212,7 @@ impl Normalizer {
                                 continue;
                             }
                         };
-                        let mut view = RecordView::on(scoped.clone());
+                        let mut view = RecordView::on(scoped.clone(), point.attributes.len() + 8);
                         view.insert("@signal".into(), Val::Str("metric".into()), Origin::Derived);
                         view.insert(
                             "metric.name".into(),
@@ -278,7 +279,7 @@ fn base_view(resource: Option<&Resource>) -> Arc<RecordView> {
 }
 
 fn with_scope(base: &Arc<RecordView>, scope: Option<&InstrumentationScope>) -> Arc<RecordView> {
-    let mut view = RecordView::on(base.clone());
+    let mut view = RecordView::on(base.clone(), 2);
     if let Some(s) = scope {
         if !s.name.is_empty() {
             view.insert(

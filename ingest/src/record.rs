@@ -116,11 +116,13 @@ pub struct RecordView {
 
 impl RecordView {
     /// An empty view on top of `parent`.
-    pub fn on(parent: Arc<RecordView>) -> Self {
+    /// With room for about `capacity` keys: growing the map while a record
+    /// is read was a visible cost.
+    pub fn on(parent: Arc<RecordView>, capacity: usize) -> Self {
         RecordView {
             parent: Some(parent),
-            values: HashMap::default(),
-            order: Vec::new(),
+            values: HashMap::with_capacity_and_hasher(capacity, Default::default()),
+            order: Vec::with_capacity(capacity),
         }
     }
 
