@@ -635,6 +635,33 @@ mod tests {
     }
 
     #[test]
+    fn summary_optional_parts_vanish_when_their_field_is_missing() {
+        let yaml = "id: m\ntitle: M\nseverity: low\nkey: [user]\nsummary: '{user} read a file[ on {host}][: {path}]'\ncondition: {kind: file_read}\n";
+        let mut eng = engine(yaml);
+        let mut a = ev(T0, EventKind::FileRead, "a");
+        a.path = Some("/x/.env".into());
+        a.event_id = a.compute_id();
+        let mut b = ev(T0, EventKind::FileRead, "b");
+        b.host = Some("h1".into());
+        b.event_id = b.compute_id();
+        let mut got: Vec<String> = run_all(&mut eng, vec![a, b])
+            .into_iter()
+            .map(|x| x.summary)
+            .collect();
+        got.sort();
+        assert_eq!(got, ["a read a file: /x/.env", "b read a file on h1"]);
+        for bad in ["'{user} [on {host}'", "'{user} on {host}]'", "'[a [b] c]'"] {
+            let text = format!("id: m\ntitle: M\nseverity: low\nkey: [user]\nsummary: {bad}\ncondition: {{kind: file_read}}\n");
+            let mut p = Parsed::default();
+            parse_text("m.yaml", &text, &mut p);
+            assert!(
+                compile_parsed(&p, &RulesContext::default(), None).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn events_no_rule_reads_move_time_but_are_not_held() {
         let mut eng = engine(MATCH);
         assert!(eng.push(vec![ev(T0, EventKind::FileRead, "a")]).is_empty());

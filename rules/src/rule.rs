@@ -285,6 +285,31 @@ pub(crate) enum Seg {
     Field(FieldRef),
     Count,
     Title,
+    /// `[ on host {host}]`: shown only when every field inside is present.
+    Optional(Vec<Seg>),
+}
+
+fn render(segs: &[Seg], rule: &CompiledRule, e: &Event, count: u64, out: &mut String) {
+    for s in segs {
+        match s {
+            Seg::Lit(t) => out.push_str(t),
+            Seg::Field(f) => match f.get(e) {
+                Some(v) => out.push_str(&v.to_text()),
+                None => out.push('-'),
+            },
+            Seg::Count => out.push_str(&count.to_string()),
+            Seg::Title => out.push_str(&rule.info.title),
+            Seg::Optional(inner) => {
+                let present = inner.iter().all(|s| match s {
+                    Seg::Field(f) => f.get(e).is_some(),
+                    _ => true,
+                });
+                if present {
+                    render(inner, rule, e, count, out);
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -303,17 +328,7 @@ pub(crate) struct CompiledRule {
 impl CompiledRule {
     pub(crate) fn render_summary(&self, e: &Event, count: u64) -> String {
         let mut out = String::new();
-        for s in &self.summary {
-            match s {
-                Seg::Lit(t) => out.push_str(t),
-                Seg::Field(f) => match f.get(e) {
-                    Some(v) => out.push_str(&v.to_text()),
-                    None => out.push('-'),
-                },
-                Seg::Count => out.push_str(&count.to_string()),
-                Seg::Title => out.push_str(&self.info.title),
-            }
-        }
+        render(&self.summary, self, e, count, &mut out);
         out
     }
 }
@@ -338,7 +353,43 @@ fn field(name: &str, path: &str) -> Result<FieldRef, CondError> {
     })
 }
 
+/// A summary template: `{field}` placeholders, `{count}`, `{title}`, and
+/// optional parts in `[...]` that disappear when a field inside is missing.
 fn parse_template(t: &str) -> Result<Vec<Seg>, CondError> {
+    let mut segs = Vec::new();
+    let mut rest = t;
+    while let Some(open) = rest.find('[') {
+        segs.extend(parse_fields(&rest[..open])?);
+        let Some(close) = rest[open..].find(']') else {
+            return Err(cerr(
+                "summary",
+                "unclosed `[` in summary",
+                Some("summary:".into()),
+            ));
+        };
+        let inner = &rest[open + 1..open + close];
+        if inner.contains('[') {
+            return Err(cerr(
+                "summary",
+                "optional parts `[...]` do not nest",
+                Some("summary:".into()),
+            ));
+        }
+        segs.push(Seg::Optional(parse_fields(inner)?));
+        rest = &rest[open + close + 1..];
+    }
+    if rest.contains(']') {
+        return Err(cerr(
+            "summary",
+            "`]` without `[` in summary",
+            Some("summary:".into()),
+        ));
+    }
+    segs.extend(parse_fields(rest)?);
+    Ok(segs)
+}
+
+fn parse_fields(t: &str) -> Result<Vec<Seg>, CondError> {
     let mut segs = Vec::new();
     let mut rest = t;
     while let Some(open) = rest.find('{') {
