@@ -114,6 +114,8 @@ pub struct EngineSection {
     pub max_keys_per_rule: usize,
     /// Most evidence events attached to one alert.
     pub max_evidence: usize,
+    /// Most events held for the watermark (about 1-2 KB each): the engine's memory bound.
+    pub max_buffered_events: usize,
 }
 
 impl Default for EngineSection {
@@ -124,6 +126,7 @@ impl Default for EngineSection {
             idle_timeout: Duration::from_secs(5),
             max_keys_per_rule: d.max_keys_per_rule,
             max_evidence: d.max_evidence,
+            max_buffered_events: d.max_buffered_events,
         }
     }
 }
@@ -134,6 +137,7 @@ impl EngineSection {
             allowed_lateness: self.allowed_lateness,
             max_keys_per_rule: self.max_keys_per_rule,
             max_evidence: self.max_evidence,
+            max_buffered_events: self.max_buffered_events,
         }
     }
 }

@@ -43,6 +43,7 @@ struct PipelineMetrics {
     alerts: Family<RuleLabel, Counter>,
     alert_sink_errors: Counter,
     late_events: Gauge,
+    forced_releases: Gauge,
     buffered_events: Gauge,
     state_keys: Family<RuleLabel, Gauge>,
     suppressed: Family<RuleLabel, Gauge>,
@@ -97,6 +98,11 @@ impl PipelineMetrics {
             "vigil_engine_buffered_events",
             "events waiting for the watermark",
             self.buffered_events.clone(),
+        );
+        r.register(
+            "vigil_engine_forced_releases",
+            "times engine.max_buffered_events released held events before their watermark",
+            self.forced_releases.clone(),
         );
         r.register(
             "vigil_engine_state_keys",
@@ -728,6 +734,7 @@ fn detect_stage(
             }
             let s = engine.stats();
             pm.late_events.set(s.late_events as i64);
+            pm.forced_releases.set(s.forced_releases as i64);
             pm.buffered_events.set(s.buffered_events as i64);
             pm.watermark_seconds
                 .set(s.watermark.map_or(0, |w| w / 1_000_000_000));

@@ -172,6 +172,10 @@ pub struct EngineConfig {
     /// Most evidence events attached to one alert.
     #[serde(default = "default_max_evidence")]
     pub max_evidence: usize,
+    /// Most events held for the watermark (memory bound, about 1-2 KB each);
+    /// past it the oldest are processed at once and the watermark moves up.
+    #[serde(default = "default_max_buffered")]
+    pub max_buffered_events: usize,
 }
 
 impl Default for EngineConfig {
@@ -180,6 +184,7 @@ impl Default for EngineConfig {
             allowed_lateness: default_lateness(),
             max_keys_per_rule: default_max_keys(),
             max_evidence: default_max_evidence(),
+            max_buffered_events: default_max_buffered(),
         }
     }
 }
@@ -188,6 +193,9 @@ fn default_lateness() -> Duration {
     Duration::from_secs(30)
 }
 fn default_max_keys() -> usize {
+    1_000_000
+}
+fn default_max_buffered() -> usize {
     1_000_000
 }
 fn default_max_evidence() -> usize {

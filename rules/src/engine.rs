@@ -161,6 +161,8 @@ pub struct EngineStats {
     pub events_processed: u64,
     /// Events older than the watermark on arrival, dropped from detection.
     pub late_events: u64,
+    /// Times `max_buffered_events` made the engine release held events early.
+    pub forced_releases: u64,
     /// Events waiting for the watermark.
     pub buffered_events: usize,
     pub alerts: u64,
@@ -193,6 +195,8 @@ pub struct Engine {
     received: u64,
     processed: u64,
     late: u64,
+    /// Times the buffer bound moved the watermark up early.
+    forced: u64,
 }
 
 impl Engine {
@@ -245,6 +249,7 @@ impl Engine {
             received: 0,
             processed: 0,
             late: 0,
+            forced: 0,
         }
     }
 
@@ -282,7 +287,26 @@ impl Engine {
         let Some(max) = self.max_seen else {
             return Vec::new();
         };
-        self.advance(max.saturating_sub(self.lateness))
+        let mut out = self.advance(max.saturating_sub(self.lateness));
+        // Memory bound: past `max_buffered_events`, the oldest held events are
+        // processed now, as if the watermark had reached them; what arrives
+        // behind that point later counts as late. Deterministic for a given input.
+        let limit = self.config.max_buffered_events.max(1);
+        if self.pending.len() > limit {
+            let excess = self.pending.len() - limit;
+            let forced = self.pending[excess].time;
+            self.forced += 1;
+            out.extend(self.advance(forced));
+            // Events sharing that time stay held; release them too if still over.
+            while self.pending.len() > limit {
+                let e = self
+                    .pending
+                    .pop_front()
+                    .expect("over the limit, so not empty");
+                self.process(&e, &mut out);
+            }
+        }
+        out
     }
 
     /// The stream has been quiet: release everything buffered (watermark =
@@ -319,6 +343,7 @@ impl Engine {
             events_received: self.received,
             events_processed: self.processed,
             late_events: self.late,
+            forced_releases: self.forced,
             buffered_events: self.pending.len(),
             alerts: rules.iter().map(|r| r.alerts).sum(),
             suppressed: rules.iter().map(|r| r.suppressed).sum(),
@@ -659,6 +684,37 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn the_buffer_bound_releases_the_oldest_events_early() {
+        let mut eng = Engine::new(
+            set(MATCH),
+            EngineConfig {
+                max_buffered_events: 3,
+                ..EngineConfig::default()
+            },
+        );
+        let users = ["a", "b", "c", "d", "e"];
+        let events: Vec<Event> = users
+            .iter()
+            .enumerate()
+            .map(|(i, u)| ev(T0 + i as i64 * S, EventKind::FileRead, u))
+            .collect();
+        // Five events within the lateness: two are released at once to keep three held.
+        let out = eng.push(events);
+        assert_eq!(
+            out.iter()
+                .map(|a| a.user.clone().unwrap())
+                .collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        let s = eng.stats();
+        assert_eq!((s.buffered_events, s.forced_releases), (3, 1));
+        // Something older than the forced watermark is now late.
+        eng.push(vec![ev(T0, EventKind::FileRead, "z")]);
+        assert_eq!(eng.stats().late_events, 1);
+        assert_eq!(eng.finish().len(), 3);
     }
 
     #[test]

@@ -245,3 +245,13 @@ def test_grpc_bad_input_and_metrics(vigil_factory):
     assert 'vigil_records_rejected_total{signal="log"} 1' in m
     assert v.stop() == 0
     assert duck(f"select count(*) from read_parquet('{events_glob(v)}')")[0][0] == 9
+
+
+def test_json_log_format_gives_one_object_per_line(vigil_factory):
+    v = vigil_factory(args=["--log-format", "json"])
+    assert post(v.http + "/v1/logs", json_logs(1, "log@example.com"), "application/json")[0] == 200
+    assert v.stop() == 0
+    lines = [line for line in v.log_path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]
+    assert records and all(r["level"] in {"INFO", "WARN", "ERROR", "DEBUG"} for r in records)
+    assert any(r["fields"].get("message") == "vigil is receiving OTLP" for r in records)
