@@ -304,7 +304,10 @@ pub fn run(config: Config) -> Result<()> {
 
     let (pipeline, batches) =
         PipelineHandle::channel(config.ingest.queue_batches, config.ingest.submit_timeout);
-    let (engine_tx, engine_rx) = sync_channel::<Vec<Event>>(config.ingest.queue_batches.max(1));
+    // Few slots: a slot holds up to a group commit of events, and a slow
+    // detection stage must push back on the archive stage, and so on the
+    // senders, rather than pile events up in memory.
+    let (engine_tx, engine_rx) = sync_channel::<Vec<Event>>(DETECT_QUEUE_BATCHES);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -495,7 +498,10 @@ async fn serve_receivers(config: &Config, ingest: ingest::Ingest) -> Result<()> 
 }
 
 /// Most events written (and fsync'd) together when several requests wait.
-const GROUP_COMMIT_EVENTS: usize = 64 * 1024;
+const GROUP_COMMIT_EVENTS: usize = 16 * 1024;
+
+/// Batches waiting between the archive and the detection stage.
+const DETECT_QUEUE_BATCHES: usize = 4;
 
 /// How long in-flight requests may take to finish after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
