@@ -116,6 +116,10 @@ pub struct EngineSection {
     pub max_evidence: usize,
     /// Most events held for the watermark (about 1-2 KB each): the engine's memory bound.
     pub max_buffered_events: usize,
+    /// At start, replay this much of the newest archived events to rebuild the
+    /// rules' state (0s: start empty). Cover the longest rule window (2h unattended).
+    #[serde(with = "rules::config::duration_text")]
+    pub restore_window: Duration,
 }
 
 impl Default for EngineSection {
@@ -127,6 +131,7 @@ impl Default for EngineSection {
             max_keys_per_rule: d.max_keys_per_rule,
             max_evidence: d.max_evidence,
             max_buffered_events: d.max_buffered_events,
+            restore_window: Duration::from_secs(3 * 3600),
         }
     }
 }

@@ -5,6 +5,7 @@ mod config;
 mod demo;
 mod loadgen;
 mod replay;
+mod restore;
 mod serve;
 
 use std::path::PathBuf;

@@ -338,7 +338,13 @@ pub fn run(config: Config) -> Result<()> {
     };
     let detect_thread = {
         let (health, pm) = (health.clone(), pm.clone());
-        let engine = rules::Engine::new(ruleset, config.engine.engine_config());
+        let mut engine = rules::Engine::new(ruleset, config.engine.engine_config());
+        let restored = crate::restore::warm_up(
+            &mut engine,
+            &archive_cfg.dir,
+            &alerts_path,
+            config.engine.restore_window,
+        )?;
         let idle = config.engine.idle_timeout;
         let stdout = config.alerts.stdout;
         std::thread::Builder::new()
@@ -350,7 +356,15 @@ pub fn run(config: Config) -> Result<()> {
                     kafka: publisher,
                     stdout,
                 };
-                detect_stage(engine, engine_rx, idle, outputs, &health, &pm)
+                detect_stage(
+                    engine,
+                    engine_rx,
+                    idle,
+                    outputs,
+                    restored.missed,
+                    &health,
+                    &pm,
+                )
             })?
     };
 
@@ -694,10 +708,15 @@ fn detect_stage(
     events: Receiver<Vec<Event>>,
     idle: Duration,
     mut outputs: AlertOutputs,
+    missed: Vec<Alert>,
     health: &Health,
     pm: &PipelineMetrics,
 ) -> Result<()> {
-    let mut pending = PendingAlerts::default();
+    // Alerts the previous run raised but never wrote (found while restoring state).
+    let mut pending = PendingAlerts {
+        local: missed,
+        kafka: Vec::new(),
+    };
     let mut idle_released = true;
     let mut last_tick = Instant::now();
     let mut last_batch = Instant::now();
