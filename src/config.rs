@@ -47,6 +47,17 @@ pub struct Config {
     pub capture: CaptureSection,
     /// Authentication of OTLP senders.
     pub auth: AuthSection,
+    /// TLS on both receivers.
+    pub tls: TlsSection,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// PEM certificate chain; re-read on SIGHUP.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1); re-read on SIGHUP.
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -97,6 +108,7 @@ impl Default for Config {
             kafka: KafkaSection::default(),
             capture: CaptureSection::default(),
             auth: AuthSection::default(),
+            tls: TlsSection::default(),
         }
     }
 }

@@ -106,6 +106,12 @@ struct ServeArgs {
     /// Listen on a non-loopback address without authentication (not for production).
     #[arg(long)]
     insecure_no_auth: bool,
+    /// TLS certificate chain (PEM) for both receivers; with --tls-key.
+    #[arg(long, env = "VIGIL_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "VIGIL_TLS_KEY")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -233,6 +239,12 @@ fn serve_config(args: ServeArgs) -> Result<Config> {
         c.auth.tokens_file = Some(v);
     }
     c.auth.insecure_no_auth |= args.insecure_no_auth;
+    if let Some(v) = args.tls_cert {
+        c.tls.cert_file = Some(v);
+    }
+    if let Some(v) = args.tls_key {
+        c.tls.key_file = Some(v);
+    }
     Ok(c)
 }
 

@@ -448,17 +448,43 @@ async fn serve_receivers(config: &Config, ingest: ingest::Ingest) -> Result<()> 
         .with_context(|| format!("cannot listen for OTLP/HTTP on {}", config.http_listen))?;
     info!(grpc = %grpc_listener.local_addr()?, http = %http_listener.local_addr()?, data_dir = %config.data_dir.display(), "vigil is receiving OTLP");
 
+    let tls = match (&config.tls.cert_file, &config.tls.key_file) {
+        (Some(cert), Some(key)) => {
+            let http = ingest::tls::TlsConfig::load(cert, key, &[b"http/1.1"])
+                .context("loading the TLS certificate")?;
+            let grpc = http
+                .with_alpn(&[b"h2"])
+                .context("setting up TLS for gRPC")?;
+            info!(cert = %cert.display(), "TLS on both receivers");
+            Some((grpc, http))
+        }
+        (None, None) => None,
+        _ => anyhow::bail!("tls needs both cert_file and key_file (--tls-cert and --tls-key)"),
+    };
+
     #[cfg(unix)]
-    if let Some(auth) = ingest.auth.clone() {
-        // SIGHUP re-reads the tokens file; a broken file keeps the tokens in force.
+    if ingest.auth.is_some() || tls.is_some() {
+        // SIGHUP re-reads the tokens file and the certificate; a broken file keeps what is in force.
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("cannot listen for SIGHUP")?;
+        let auth = ingest.auth.clone();
+        let certs = tls.as_ref().map(|(grpc, _)| grpc.clone());
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                match auth.reload() {
-                    Ok(n) => info!(tokens = n, "auth tokens reloaded"),
-                    Err(e) => {
-                        error!(error = %e, "auth tokens NOT reloaded; the previous tokens stay in force")
+                if let Some(auth) = &auth {
+                    match auth.reload() {
+                        Ok(n) => info!(tokens = n, "auth tokens reloaded"),
+                        Err(e) => {
+                            error!(error = %e, "auth tokens NOT reloaded; the previous tokens stay in force")
+                        }
+                    }
+                }
+                if let Some(certs) = &certs {
+                    match certs.reload() {
+                        Ok(()) => info!("TLS certificate reloaded"),
+                        Err(e) => {
+                            error!(error = %e, "TLS certificate NOT reloaded; the previous one stays in use")
+                        }
                     }
                 }
             }
@@ -468,12 +494,28 @@ async fn serve_receivers(config: &Config, ingest: ingest::Ingest) -> Result<()> 
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let grpc = tokio::spawn(ingest::grpc::serve(
-        grpc_listener,
-        ingest.clone(),
-        wait(stop_rx.clone()),
-    ));
-    let http = tokio::spawn(ingest::http::serve(http_listener, ingest, wait(stop_rx)));
+    let (grpc, http) = match tls {
+        Some((grpc_tls, http_tls)) => {
+            let i = ingest.clone();
+            let s = wait(stop_rx.clone());
+            let grpc = tokio::spawn(async move {
+                ingest::grpc::serve_tls(grpc_listener, &grpc_tls, i, s).await
+            });
+            let s = wait(stop_rx);
+            let http = tokio::spawn(async move {
+                ingest::http::serve_tls(http_listener, &http_tls, ingest, s).await
+            });
+            (grpc, http)
+        }
+        None => (
+            tokio::spawn(ingest::grpc::serve(
+                grpc_listener,
+                ingest.clone(),
+                wait(stop_rx.clone()),
+            )),
+            tokio::spawn(ingest::http::serve(http_listener, ingest, wait(stop_rx))),
+        ),
+    };
 
     shutdown_signal().await;
     info!("stopping: no new requests; draining what was accepted");

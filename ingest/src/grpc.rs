@@ -25,6 +25,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
@@ -122,12 +123,8 @@ impl MetricsService for Otlp {
     }
 }
 
-/// Serves the three OTLP services on `listener` until `shutdown` completes.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    ingest: Ingest,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
+/// The three services, with gzip and the size limit.
+fn router(ingest: Ingest) -> tonic::transport::server::Router {
     let limit = ingest.max_body_bytes;
     let svc = Otlp(ingest);
     tonic::transport::Server::builder()
@@ -146,6 +143,29 @@ pub async fn serve(
                 .accept_compressed(CompressionEncoding::Gzip)
                 .max_decoding_message_size(limit),
         )
+}
+
+/// Serves the three OTLP services on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    ingest: Ingest,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    router(ingest)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// Serves the three OTLP services over TLS (ALPN h2) until `shutdown` completes.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    tls: &crate::tls::TlsConfig,
+    ingest: Ingest,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(tls.incoming(listener))
+        .map(|(stream, _peer)| Ok::<_, std::io::Error>(stream));
+    router(ingest)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

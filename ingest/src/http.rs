@@ -78,6 +78,19 @@ pub fn router(ingest: Ingest) -> Router {
         .with_state(ingest)
 }
 
+/// Serves the router over TLS until `shutdown` completes.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    tls: &crate::tls::TlsConfig,
+    ingest: Ingest,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = crate::tls::TlsListener::new(tls, listener)?;
+    axum::serve(listener, router(ingest))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
 /// Serves the router on `listener` until `shutdown` completes, then finishes in-flight requests.
 pub async fn serve(
     listener: tokio::net::TcpListener,

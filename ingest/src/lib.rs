@@ -19,6 +19,7 @@ pub mod mapping;
 pub mod metrics;
 pub mod normalize;
 pub mod record;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
