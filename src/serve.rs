@@ -8,7 +8,7 @@
 //! JSONL file and the alert archive. Stages are joined by bounded channels, so
 //! a slow stage slows the one before it and, in the end, the senders (429).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -174,6 +174,32 @@ impl PipelineMetrics {
     }
 }
 
+/// Signals between the stages that are not data.
+#[derive(Default)]
+struct StageControl {
+    /// Set once the receivers have stopped.
+    stopping: AtomicBool,
+    /// The detection stage asks the archive stage to close its open files, so
+    /// that everything accepted is readable before state is rebuilt from it.
+    flush_requested: AtomicU64,
+    flush_done: AtomicU64,
+}
+
+impl StageControl {
+    /// Asks for a flush and waits for it (bounded: a stuck archive must not stop detection).
+    fn flush_archive(&self, timeout: Duration) -> bool {
+        let ticket = self.flush_requested.fetch_add(1, Ordering::AcqRel) + 1;
+        let deadline = Instant::now() + timeout;
+        while self.flush_done.load(Ordering::Acquire) < ticket {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+}
+
 /// What /readyz reports: each stage says what is wrong with it, if anything.
 #[derive(Default)]
 struct Health {
@@ -318,10 +344,10 @@ pub fn run(config: Config) -> Result<()> {
     // Set once the receivers have stopped: the archive stage then refuses new
     // batches, drains the queue and closes, even if a lingering connection
     // still holds a pipeline handle.
-    let stopping = Arc::new(AtomicBool::new(false));
+    let control = Arc::new(StageControl::default());
     let archive_thread = {
         let (health, pm, handle) = (health.clone(), pm.clone(), runtime.handle().clone());
-        let stopping = stopping.clone();
+        let control = control.clone();
         std::thread::Builder::new()
             .name("vigil-archive".into())
             .spawn(move || {
@@ -330,12 +356,13 @@ pub fn run(config: Config) -> Result<()> {
                     batches,
                     event_writer,
                     engine_tx,
-                    &stopping,
+                    &control,
                     &health,
                     &pm,
                 )
             })?
     };
+    let (reload_tx, reload_rx) = std::sync::mpsc::channel::<rules::RuleSet>();
     let detect_thread = {
         let (health, pm) = (health.clone(), pm.clone());
         let mut engine = rules::Engine::new(ruleset, config.engine.engine_config());
@@ -345,7 +372,16 @@ pub fn run(config: Config) -> Result<()> {
             &alerts_path,
             config.engine.restore_window,
         )?;
-        let idle = config.engine.idle_timeout;
+        let setup = DetectSetup {
+            idle: config.engine.idle_timeout,
+            missed: restored.missed,
+            reloads: reload_rx,
+            control: control.clone(),
+            archive_dir: archive_cfg.dir.clone(),
+            alerts_path: alerts_path.clone(),
+            restore_window: config.engine.restore_window,
+            engine_config: config.engine.engine_config(),
+        };
         let stdout = config.alerts.stdout;
         std::thread::Builder::new()
             .name("vigil-detect".into())
@@ -356,15 +392,7 @@ pub fn run(config: Config) -> Result<()> {
                     kafka: publisher,
                     stdout,
                 };
-                detect_stage(
-                    engine,
-                    engine_rx,
-                    idle,
-                    outputs,
-                    restored.missed,
-                    &health,
-                    &pm,
-                )
+                detect_stage(engine, engine_rx, outputs, setup, &health, &pm)
             })?
     };
 
@@ -414,8 +442,8 @@ pub fn run(config: Config) -> Result<()> {
     };
     drop(pipeline);
 
-    let result = runtime.block_on(serve_receivers(&config, ingest));
-    stopping.store(true, Ordering::Relaxed);
+    let result = runtime.block_on(serve_receivers(&config, ingest, reload_tx));
+    control.stopping.store(true, Ordering::Relaxed);
     // The receivers are gone and with them every pipeline handle: the archive
     // stage drains what was accepted, closes, and the detection stage follows.
     let archive_result = archive_thread
@@ -439,7 +467,11 @@ pub fn run(config: Config) -> Result<()> {
     Ok(())
 }
 
-async fn serve_receivers(config: &Config, ingest: ingest::Ingest) -> Result<()> {
+async fn serve_receivers(
+    config: &Config,
+    ingest: ingest::Ingest,
+    rules_reload: std::sync::mpsc::Sender<rules::RuleSet>,
+) -> Result<()> {
     let grpc_listener = tokio::net::TcpListener::bind(&config.grpc_listen)
         .await
         .with_context(|| format!("cannot listen for OTLP/gRPC on {}", config.grpc_listen))?;
@@ -463,14 +495,29 @@ async fn serve_receivers(config: &Config, ingest: ingest::Ingest) -> Result<()> 
     };
 
     #[cfg(unix)]
-    if ingest.auth.is_some() || tls.is_some() {
-        // SIGHUP re-reads the tokens file and the certificate; a broken file keeps what is in force.
+    {
+        // SIGHUP re-reads the rule files, the tokens file and the certificate;
+        // whatever does not load is reported and what is in force stays.
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("cannot listen for SIGHUP")?;
         let auth = ingest.auth.clone();
         let certs = tls.as_ref().map(|(grpc, _)| grpc.clone());
+        let rules_config = config.clone();
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
+                match crate::load_rules(&rules_config) {
+                    Ok(set) => {
+                        info!(
+                            rules = set.len(),
+                            "rule files reloaded; rebuilding detection state"
+                        );
+                        let _ = rules_reload.send(set);
+                    }
+                    Err(e) => error!(
+                        error = format!("{e:#}"),
+                        "rules NOT reloaded; the rules in force stay"
+                    ),
+                }
                 if let Some(auth) = &auth {
                     match auth.reload() {
                         Ok(n) => info!(tokens = n, "auth tokens reloaded"),
@@ -588,13 +635,20 @@ fn archive_stage(
     mut batches: mpsc::Receiver<IngestBatch>,
     mut writer: ArchiveWriter<Event>,
     engine_tx: SyncSender<Vec<Event>>,
-    stopping: &AtomicBool,
+    control: &StageControl,
     health: &Health,
     pm: &PipelineMetrics,
 ) -> Result<()> {
     let mut last_tick = Instant::now();
     loop {
-        if stopping.load(Ordering::Relaxed) {
+        let asked = control.flush_requested.load(Ordering::Acquire);
+        if asked > control.flush_done.load(Ordering::Acquire) {
+            if let Err(e) = writer.flush_all() {
+                error!(error = %e, "closing archive files for a rules reload failed");
+            }
+            control.flush_done.store(asked, Ordering::Release);
+        }
+        if control.stopping.load(Ordering::Relaxed) {
             // Whatever is queued is still archived; senders now get "shutting down".
             batches.close();
         }
@@ -745,18 +799,49 @@ impl AlertOutputs {
     }
 }
 
+/// What the detection stage needs besides its input and outputs.
+struct DetectSetup {
+    idle: Duration,
+    /// Alerts the previous run raised but never wrote (found while restoring state).
+    missed: Vec<Alert>,
+    /// New rule sets from SIGHUP.
+    reloads: Receiver<rules::RuleSet>,
+    control: Arc<StageControl>,
+    archive_dir: std::path::PathBuf,
+    alerts_path: std::path::PathBuf,
+    restore_window: Duration,
+    engine_config: rules::EngineConfig,
+}
+
+impl DetectSetup {
+    /// A new engine for `set`, its state rebuilt from the archive; alerts it
+    /// raises over that history that were never written come back with it.
+    fn rebuild(&self, set: rules::RuleSet) -> Result<(rules::Engine, Vec<Alert>)> {
+        if !self.control.flush_archive(Duration::from_secs(10)) {
+            warn!("the archive did not close its files in time; the newest events may be missing from the rebuilt state");
+        }
+        let mut engine = rules::Engine::new(set, self.engine_config.clone());
+        let restored = crate::restore::warm_up(
+            &mut engine,
+            &self.archive_dir,
+            &self.alerts_path,
+            self.restore_window,
+        )?;
+        Ok((engine, restored.missed))
+    }
+}
+
 fn detect_stage(
     mut engine: rules::Engine,
     events: Receiver<Vec<Event>>,
-    idle: Duration,
     mut outputs: AlertOutputs,
-    missed: Vec<Alert>,
+    setup: DetectSetup,
     health: &Health,
     pm: &PipelineMetrics,
 ) -> Result<()> {
-    // Alerts the previous run raised but never wrote (found while restoring state).
+    let idle = setup.idle;
     let mut pending = PendingAlerts {
-        local: missed,
+        local: setup.missed.clone(),
         kafka: Vec::new(),
     };
     let mut idle_released = true;
@@ -764,6 +849,25 @@ fn detect_stage(
     let mut last_batch = Instant::now();
     let mut emitted = 0u64;
     loop {
+        if let Ok(set) = setup.reloads.try_recv() {
+            // Everything the old rules raised is written first, so the rebuild knows it.
+            outputs.deliver(&mut pending, health, pm);
+            let rules = set.len();
+            match setup.rebuild(set) {
+                Ok((fresh, missed)) => {
+                    engine = fresh;
+                    info!(
+                        rules,
+                        alerts_over_history = missed.len(),
+                        "rules reloaded; state rebuilt from the archive"
+                    );
+                    pending.local.extend(missed);
+                }
+                Err(e) => {
+                    error!(error = %e, "rules NOT reloaded: rebuilding state failed; the rules in force stay")
+                }
+            }
+        }
         let (alerts, done) = match events.recv_timeout(idle.min(Duration::from_secs(1))) {
             Ok(batch) => {
                 idle_released = false;
