@@ -35,16 +35,31 @@ use crate::{ExportOutcome, Ingest, Payload, SubmitError};
 struct Otlp(Ingest);
 
 impl Otlp {
-    /// The tenant of a request, from its `authorization` metadata when authentication is on.
-    fn tenant<T>(&self, request: &Request<T>, signal: &str) -> Result<std::sync::Arc<str>, Status> {
+    /// The tenant of a request, from its `authorization` metadata when
+    /// authentication is on, after checking the tenant's own size limit.
+    fn tenant<T: prost::Message>(
+        &self,
+        request: &Request<T>,
+        signal: &str,
+    ) -> Result<std::sync::Arc<str>, Status> {
         let authorization = request
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok());
-        self.0.authenticate(authorization).map_err(|refusal| {
+        let tenant = self.0.authenticate(authorization).map_err(|refusal| {
             self.0.metrics.request("grpc", signal, "unauthenticated");
             Status::unauthenticated(refusal.message())
-        })
+        })?;
+        if let Some(limit) = self.0.limits.as_ref().and_then(|l| l.body_limit(&tenant)) {
+            let size = request.get_ref().encoded_len();
+            if size > limit {
+                self.0.metrics.request("grpc", signal, "too_large");
+                return Err(Status::out_of_range(format!(
+                    "request of {size} bytes exceeds tenant {tenant}'s limit of {limit} bytes"
+                )));
+            }
+        }
+        Ok(tenant)
     }
 
     async fn run(

@@ -217,6 +217,19 @@ async fn export(
             );
         }
     };
+    if let Some(limit) = ingest.limits.as_ref().and_then(|l| l.body_limit(&tenant)) {
+        if body.len() > limit {
+            ingest.metrics.request("http", signal.as_str(), "too_large");
+            return error(
+                format,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "body of {} bytes exceeds tenant {tenant}'s limit of {limit} bytes",
+                    body.len()
+                ),
+            );
+        }
+    }
     let payload = match decode(signal, format, &body) {
         Ok(p) => p,
         Err(msg) => {

@@ -14,7 +14,7 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use serde::Deserialize;
 
-/// A rate: records per second, and how many may come at once.
+/// A tenant's limits: records per second with a burst, and the largest request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rate {
@@ -23,6 +23,10 @@ pub struct Rate {
     /// Records accepted at once above the sustained rate; at least one request's worth.
     #[serde(default)]
     pub burst: Option<u32>,
+    /// Largest request (bytes, after decompression) this tenant may send; at
+    /// most `ingest.max_body_bytes`, which applies before the tenant is known.
+    #[serde(default)]
+    pub max_body_bytes: Option<usize>,
 }
 
 /// `auth.rate_limits` in vigil.yaml: a default for every tenant and per-tenant overrides.
@@ -94,6 +98,15 @@ impl TenantLimiter {
             .clone()
     }
 
+    /// The largest request the tenant may send, when it has its own limit.
+    pub fn body_limit(&self, tenant: &str) -> Option<usize> {
+        self.limits
+            .tenants
+            .get(tenant)
+            .or(self.limits.default.as_ref())?
+            .max_body_bytes
+    }
+
     /// Takes `records` from the tenant's allowance, or says when to retry.
     pub fn check(&self, tenant: &Arc<str>, records: usize) -> Result<(), OverLimit> {
         let Some(limiter) = self.limiter(tenant) else {
@@ -161,12 +174,14 @@ mod tests {
             default: Some(Rate {
                 records_per_second: 1_000_000,
                 burst: None,
+                max_body_bytes: None,
             }),
             tenants: [(
                 "noisy".to_string(),
                 Rate {
                     records_per_second: 100,
                     burst: Some(200),
+                    max_body_bytes: Some(1000),
                 },
             )]
             .into(),
@@ -186,11 +201,16 @@ mod tests {
         assert!(TenantLimiter::new(RateLimits {
             default: Some(Rate {
                 records_per_second: 0,
-                burst: None
+                burst: None,
+                max_body_bytes: None,
             }),
             ..Default::default()
         })
         .is_err());
+        assert_eq!(
+            (l.body_limit("noisy"), l.body_limit("quiet")),
+            (Some(1000), None)
+        );
         let none = TenantLimiter::new(RateLimits::default()).expect("valid");
         assert!(none.is_empty() && none.check(&noisy, usize::MAX).is_ok());
     }

@@ -132,3 +132,20 @@ def test_a_tenant_over_its_rate_limit_gets_429_and_the_others_do_not(vigil_facto
     assert v.stop() == 0
     rows = dict(duck(f"select tenant, count(*) from read_parquet('{events_glob(v)}') group by 1"))
     assert rows == {"acme": 150, "globex": 450}
+
+
+def test_a_tenant_body_limit_refuses_only_that_tenants_large_requests(vigil_factory, tmp_path):
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text(f"acme: [{sha('acme-token')}]\nglobex: [{sha('globex-token')}]\n")
+    limits = {"tenants": {"acme": {"records_per_second": 1000000, "max_body_bytes": 20000}}}
+    v = vigil_factory(args=["--auth-tokens", str(tokens)], config={"auth": {"rate_limits": limits}})
+    url = v.http + "/v1/logs"
+    big = json_logs(200, "a@acme.example")
+    assert len(big) > 20000
+    status, body, _ = post_auth(url, big, "acme-token")
+    assert status == 413 and "acme" in json.loads(body)["message"]
+    assert post_auth(url, json_logs(5, "a@acme.example"), "acme-token")[0] == 200
+    assert post_auth(url, json_logs(200, "g@globex.example"), "globex-token")[0] == 200
+    assert v.stop() == 0
+    rows = dict(duck(f"select tenant, count(*) from read_parquet('{events_glob(v)}') group by 1"))
+    assert rows == {"acme": 5, "globex": 200}
