@@ -59,6 +59,16 @@ impl Summary {
     pub fn alerts(&self) -> u64 {
         self.alerts_by_rule.values().sum()
     }
+
+    /// Where the replay stands, `elapsed` after it started.
+    fn progress(&self, elapsed: Duration) -> Progress {
+        Progress {
+            events: self.events,
+            alerts: self.alerts(),
+            position: self.last_event,
+            elapsed,
+        }
+    }
 }
 
 /// Marks alerts as replayed, counts them per rule and hands them on.
@@ -117,12 +127,7 @@ pub fn replay_archive(
             if buffer_hour.is_some_and(|h| hour > h) || buffer.len() >= MAX_SORT_BUFFER {
                 let alerts = flush(&mut buffer, engine, &mut summary);
                 emit(alerts, &mut summary)?;
-                on_progress(Progress {
-                    events: summary.events,
-                    alerts: summary.alerts(),
-                    position: summary.last_event,
-                    elapsed: started.elapsed(),
-                });
+                on_progress(summary.progress(started.elapsed()));
             }
             buffer_hour = Some(buffer_hour.map_or(hour, |h| h.max(hour)));
             buffer.push(ev);
@@ -133,12 +138,7 @@ pub fn replay_archive(
     let alerts = engine.finish();
     emit(alerts, &mut summary)?;
     summary.elapsed = started.elapsed();
-    on_progress(Progress {
-        events: summary.events,
-        alerts: summary.alerts(),
-        position: summary.last_event,
-        elapsed: summary.elapsed,
-    });
+    on_progress(summary.progress(summary.elapsed));
     Ok(summary)
 }
 
@@ -170,12 +170,7 @@ pub fn replay_otlp(
             }
             let alerts = engine.push(n.events);
             emit(alerts, &mut summary)?;
-            on_progress(Progress {
-                events: summary.events,
-                alerts: summary.alerts(),
-                position: summary.last_event,
-                elapsed: started.elapsed(),
-            });
+            on_progress(summary.progress(started.elapsed()));
         }
     }
     let alerts = engine.finish();
