@@ -51,13 +51,30 @@ pub struct Config {
     pub tls: TlsSection,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsSection {
     /// PEM certificate chain; re-read on SIGHUP.
     pub cert_file: Option<PathBuf>,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1); re-read on SIGHUP.
     pub key_file: Option<PathBuf>,
+    /// PEM CA certificates that sign client certificates: turns on mTLS. The
+    /// tokens file binds a certificate's common name to a tenant (`cn:<name>`).
+    pub client_ca_file: Option<PathBuf>,
+    /// With a client CA, refuse clients without a certificate (default); when
+    /// false they connect and authenticate with a bearer token.
+    pub client_cert_required: bool,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        TlsSection {
+            cert_file: None,
+            key_file: None,
+            client_ca_file: None,
+            client_cert_required: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

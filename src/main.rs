@@ -112,6 +112,9 @@ struct ServeArgs {
     /// TLS private key (PEM).
     #[arg(long, env = "VIGIL_TLS_KEY")]
     tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that sign client certificates: senders must present one (mTLS).
+    #[arg(long, env = "VIGIL_TLS_CLIENT_CA")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -244,6 +247,9 @@ fn serve_config(args: ServeArgs) -> Result<Config> {
     }
     if let Some(v) = args.tls_key {
         c.tls.key_file = Some(v);
+    }
+    if let Some(v) = args.tls_client_ca {
+        c.tls.client_ca_file = Some(v);
     }
     Ok(c)
 }

@@ -233,7 +233,10 @@ impl Health {
 
 /// Refuses to expose unauthenticated receivers beyond this machine unless asked to.
 fn check_exposure(config: &Config) -> Result<bool> {
-    if config.auth.tokens_file.is_some() {
+    // Either credential authenticates: a token, or a client certificate every
+    // sender must present.
+    let client_certs = config.tls.client_ca_file.is_some() && config.tls.client_cert_required;
+    if config.auth.tokens_file.is_some() || client_certs {
         return Ok(false);
     }
     let mut exposed = Vec::new();
@@ -252,7 +255,7 @@ fn check_exposure(config: &Config) -> Result<bool> {
     if !config.auth.insecure_no_auth {
         anyhow::bail!(
             "refusing to listen on {} without authentication: anyone who reaches it could inject or forge telemetry. \
-             Give --auth-tokens FILE (see `vigil token new`), listen on 127.0.0.1, or pass --insecure-no-auth",
+             Give --auth-tokens FILE (see `vigil token new`) or --tls-client-ca FILE, listen on 127.0.0.1, or pass --insecure-no-auth",
             exposed.join(" and ")
         );
     }
@@ -482,13 +485,24 @@ async fn serve_receivers(
 
     let tls = match (&config.tls.cert_file, &config.tls.key_file) {
         (Some(cert), Some(key)) => {
-            let http = ingest::tls::TlsConfig::load(cert, key, &[b"http/1.1"])
+            let client = config
+                .tls
+                .client_ca_file
+                .as_ref()
+                .map(|ca| ingest::tls::ClientAuth {
+                    ca_file: ca.clone(),
+                    required: config.tls.client_cert_required,
+                });
+            let http = ingest::tls::TlsConfig::load(cert, key, client.as_ref(), &[b"http/1.1"])
                 .context("loading the TLS certificate")?;
             let grpc = http
                 .with_alpn(&[b"h2"])
                 .context("setting up TLS for gRPC")?;
-            info!(cert = %cert.display(), "TLS on both receivers");
+            info!(cert = %cert.display(), client_certificates = http.verifies_clients(), "TLS on both receivers");
             Some((grpc, http))
+        }
+        (None, None) if config.tls.client_ca_file.is_some() => {
+            anyhow::bail!("tls.client_ca_file (--tls-client-ca) needs TLS on: give cert_file and key_file (--tls-cert and --tls-key)")
         }
         (None, None) => None,
         _ => anyhow::bail!("tls needs both cert_file and key_file (--tls-cert and --tls-key)"),

@@ -7,6 +7,10 @@
 //! the hash up, so the tenant of every event comes from the credential, never
 //! from the payload. The file is re-read on SIGHUP; a broken file keeps the
 //! tokens already loaded.
+//!
+//! With mTLS on, an entry `cn:<common name>` binds senders whose verified
+//! client certificate has that subject common name to the tenant, so a
+//! gateway can authenticate with its certificate instead of a token.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -43,10 +47,11 @@ pub fn hash_token(token: &str) -> String {
     )
 }
 
-/// The loaded tokens: hash -> tenant.
+/// The loaded credentials: token hash -> tenant, certificate name -> tenant.
 #[derive(Debug, Default)]
 pub struct TokenStore {
     by_hash: HashMap<[u8; 32], Arc<str>>,
+    by_cn: HashMap<String, Arc<str>>,
 }
 
 impl TokenStore {
@@ -66,6 +71,7 @@ impl TokenStore {
                 message: e.to_string(),
             })?;
         let mut by_hash = HashMap::new();
+        let mut by_cn: HashMap<String, Arc<str>> = HashMap::new();
         for (tenant, hashes) in map {
             let invalid = |message: String| AuthError::Invalid {
                 path: path.to_path_buf(),
@@ -77,8 +83,22 @@ impl TokenStore {
             }
             let name: Arc<str> = tenant.as_str().into();
             for h in hashes {
+                if let Some(cn) = h.strip_prefix("cn:") {
+                    let cn = cn.trim();
+                    if cn.is_empty() {
+                        return Err(invalid("`cn:` needs a certificate common name".into()));
+                    }
+                    if let Some(other) = by_cn.insert(cn.to_string(), name.clone()) {
+                        if other != name {
+                            return Err(invalid(format!(
+                                "certificate name `{cn}` is also listed for tenant `{other}`"
+                            )));
+                        }
+                    }
+                    continue;
+                }
                 let hex_part = h.strip_prefix("sha256:").ok_or_else(|| {
-                    invalid("entries are `sha256:<64 hex digits>` (vigil token hash prints one); a token in clear is not accepted".into())
+                    invalid("entries are `sha256:<64 hex digits>` (vigil token hash prints one) or `cn:<client certificate common name>`; a token in clear is not accepted".into())
                 })?;
                 let bytes = hex::decode(hex_part)
                     .ok()
@@ -95,7 +115,12 @@ impl TokenStore {
                 }
             }
         }
-        Ok(TokenStore { by_hash })
+        Ok(TokenStore { by_hash, by_cn })
+    }
+
+    /// The tenant a verified client certificate's common name belongs to.
+    pub fn tenant_for_cn(&self, cn: &str) -> Option<Arc<str>> {
+        self.by_cn.get(cn).cloned()
     }
 
     /// The tenant a presented token belongs to.
@@ -104,12 +129,13 @@ impl TokenStore {
         self.by_hash.get(&digest).cloned()
     }
 
+    /// Credentials listed: token hashes and certificate names.
     pub fn len(&self) -> usize {
-        self.by_hash.len()
+        self.by_hash.len() + self.by_cn.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_hash.is_empty()
+        self.len() == 0
     }
 }
 
@@ -118,6 +144,8 @@ impl TokenStore {
 pub enum Refusal {
     Missing,
     Invalid,
+    /// A verified client certificate whose name no tenant lists, and no token.
+    UnknownCertificate,
 }
 
 impl Refusal {
@@ -125,6 +153,9 @@ impl Refusal {
         match self {
             Refusal::Missing => "authentication required: send Authorization: Bearer <token>",
             Refusal::Invalid => "the bearer token is not valid",
+            Refusal::UnknownCertificate => {
+                "the client certificate's common name is bound to no tenant, and no bearer token was sent"
+            }
         }
     }
 }
@@ -159,17 +190,30 @@ impl Authenticator {
         self.store.read().map(|s| s.len()).unwrap_or(0)
     }
 
-    /// The tenant for an `Authorization` header value.
-    pub fn check(&self, authorization: Option<&str>) -> Result<Arc<str>, Refusal> {
+    /// The tenant for a verified client certificate name (mTLS) or, failing
+    /// that, an `Authorization` header value.
+    pub fn check(
+        &self,
+        authorization: Option<&str>,
+        client_cn: Option<&str>,
+    ) -> Result<Arc<str>, Refusal> {
+        let store = self.store.read().map_err(|_| Refusal::Invalid)?.clone();
+        if let Some(tenant) = client_cn.and_then(|cn| store.tenant_for_cn(cn)) {
+            return Ok(tenant);
+        }
+        let missing = if client_cn.is_some() {
+            Refusal::UnknownCertificate
+        } else {
+            Refusal::Missing
+        };
         let value = authorization
             .map(str::trim)
             .filter(|v| !v.is_empty())
-            .ok_or(Refusal::Missing)?;
+            .ok_or(missing)?;
         let (scheme, token) = value.split_once(' ').ok_or(Refusal::Invalid)?;
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(Refusal::Invalid);
         }
-        let store = self.store.read().map_err(|_| Refusal::Invalid)?.clone();
         store.tenant_for(token).ok_or(Refusal::Invalid)
     }
 }
@@ -216,17 +260,74 @@ mod tests {
         assert!(err.contains("also listed"), "{err}");
     }
 
+    impl Authenticator {
+        fn check_token(&self, authorization: Option<&str>) -> Result<Arc<str>, Refusal> {
+            self.check(authorization, None)
+        }
+    }
+
+    #[test]
+    fn certificate_names_bind_tenants_before_tokens() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tokens.yaml");
+        let text = format!(
+            "acme: [{}, 'cn:gw-1.acme']
+",
+            hash_token("tok-1")
+        );
+        std::fs::write(&path, text).unwrap();
+        let auth = Authenticator::open(&path).expect("opens");
+        assert_eq!(auth.check(None, Some("gw-1.acme")).as_deref(), Ok("acme"));
+        assert_eq!(
+            auth.check(None, Some("stranger")),
+            Err(Refusal::UnknownCertificate)
+        );
+        assert_eq!(
+            auth.check(Some("Bearer tok-1"), Some("stranger"))
+                .as_deref(),
+            Ok("acme"),
+            "an unbound certificate may still send a valid token"
+        );
+        let err = TokenStore::parse(
+            "a: ['cn:x']
+b: ['cn:x']
+",
+            Path::new("t.yaml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("also listed"), "{err}");
+        assert!(TokenStore::parse(
+            "a: ['cn: ']
+",
+            Path::new("t.yaml")
+        )
+        .is_err());
+    }
+
     #[test]
     fn authorization_headers_are_checked() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("tokens.yaml");
         std::fs::write(&path, format!("acme: [{}]\n", hash_token("tok-1"))).unwrap();
         let auth = Authenticator::open(&path).expect("opens");
-        assert_eq!(auth.check(Some("Bearer tok-1")).as_deref(), Ok("acme"));
-        assert_eq!(auth.check(Some("bearer  tok-1 ")).as_deref(), Ok("acme"));
-        assert_eq!(auth.check(None), Err(Refusal::Missing));
-        assert_eq!(auth.check(Some("Basic dG9rLTE=")), Err(Refusal::Invalid));
-        assert_eq!(auth.check(Some("Bearer tok-2")), Err(Refusal::Invalid));
+        assert_eq!(
+            auth.check_token(Some("Bearer tok-1")).as_deref(),
+            Ok("acme")
+        );
+        assert_eq!(
+            auth.check_token(Some("bearer  tok-1 ")).as_deref(),
+            Ok("acme")
+        );
+        assert_eq!(auth.check_token(None), Err(Refusal::Missing));
+        assert_eq!(
+            auth.check_token(Some("Basic dG9rLTE=")),
+            Err(Refusal::Invalid)
+        );
+        assert_eq!(
+            auth.check_token(Some("Bearer tok-2")),
+            Err(Refusal::Invalid)
+        );
         std::fs::write(
             &path,
             format!(
@@ -237,11 +338,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(auth.reload().expect("reloads"), 2);
-        assert_eq!(auth.check(Some("Bearer tok-2")).as_deref(), Ok("new"));
+        assert_eq!(auth.check_token(Some("Bearer tok-2")).as_deref(), Ok("new"));
         std::fs::write(&path, "broken: [").unwrap();
         assert!(auth.reload().is_err());
         assert_eq!(
-            auth.check(Some("Bearer tok-2")).as_deref(),
+            auth.check_token(Some("Bearer tok-2")).as_deref(),
             Ok("new"),
             "a bad reload keeps the tokens in force"
         );

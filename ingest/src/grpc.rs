@@ -46,10 +46,14 @@ impl Otlp {
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok());
-        let tenant = self.0.authenticate(authorization).map_err(|refusal| {
-            self.0.metrics.request("grpc", signal, "unauthenticated");
-            Status::unauthenticated(refusal.message())
-        })?;
+        let peer = request.extensions().get::<crate::tls::PeerIdentity>();
+        let tenant = self
+            .0
+            .authenticate(authorization, peer)
+            .map_err(|refusal| {
+                self.0.metrics.request("grpc", signal, "unauthenticated");
+                Status::unauthenticated(refusal.message())
+            })?;
         if let Some(limit) = self.0.limits.as_ref().and_then(|l| l.body_limit(&tenant)) {
             let size = request.get_ref().encoded_len();
             if size > limit {

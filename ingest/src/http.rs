@@ -11,8 +11,9 @@ use std::future::Future;
 use std::io::Read;
 
 use axum::body::Bytes;
+use axum::extract::ConnectInfo;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, Extensions, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -60,15 +61,21 @@ pub fn router(ingest: Ingest) -> Router {
     Router::new()
         .route(
             "/v1/logs",
-            post(|s: State<Ingest>, h: HeaderMap, b: Bytes| export(s, h, b, Signal::Log)),
+            post(|s: State<Ingest>, h: HeaderMap, x: Extensions, b: Bytes| {
+                export(s, h, x, b, Signal::Log)
+            }),
         )
         .route(
             "/v1/traces",
-            post(|s: State<Ingest>, h: HeaderMap, b: Bytes| export(s, h, b, Signal::Span)),
+            post(|s: State<Ingest>, h: HeaderMap, x: Extensions, b: Bytes| {
+                export(s, h, x, b, Signal::Span)
+            }),
         )
         .route(
             "/v1/metrics",
-            post(|s: State<Ingest>, h: HeaderMap, b: Bytes| export(s, h, b, Signal::Metric)),
+            post(|s: State<Ingest>, h: HeaderMap, x: Extensions, b: Bytes| {
+                export(s, h, x, b, Signal::Metric)
+            }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -86,7 +93,8 @@ pub async fn serve_tls(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = crate::tls::TlsListener::new(tls, listener)?;
-    axum::serve(listener, router(ingest))
+    let app = router(ingest).into_make_service_with_connect_info::<crate::tls::PeerIdentity>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -128,13 +136,17 @@ async fn metrics(State(ingest): State<Ingest>) -> Response {
 async fn export(
     State(ingest): State<Ingest>,
     headers: HeaderMap,
+    extensions: Extensions,
     body: Bytes,
     signal: Signal,
 ) -> Response {
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let tenant = match ingest.authenticate(authorization) {
+    let peer = extensions
+        .get::<ConnectInfo<crate::tls::PeerIdentity>>()
+        .map(|c| &c.0);
+    let tenant = match ingest.authenticate(authorization, peer) {
         Ok(t) => t,
         Err(refusal) => {
             ingest

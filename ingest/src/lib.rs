@@ -184,9 +184,15 @@ impl Ingest {
 
 impl Ingest {
     /// The tenant of a request: the token's when authentication is on, else the configured one.
-    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Arc<str>, auth::Refusal> {
+    /// The tenant of a request from its credentials: the verified client
+    /// certificate's name (mTLS) or the `Authorization` header.
+    pub fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        peer: Option<&tls::PeerIdentity>,
+    ) -> Result<Arc<str>, auth::Refusal> {
         match &self.auth {
-            Some(a) => a.check(authorization),
+            Some(a) => a.check(authorization, peer.and_then(|p| p.client_cn.as_deref())),
             None => Ok(self.tenant.clone()),
         }
     }

@@ -5,18 +5,27 @@
 //! up); finished streams are handed to the gRPC or HTTP server. The
 //! certificate is resolved per handshake from a slot that [`TlsConfig::reload`]
 //! swaps, so a renewed certificate applies to new connections without a restart.
+//!
+//! With a client CA (`tls.client_ca_file`), senders may prove who they are
+//! with a certificate (mTLS): it is verified against that CA during the
+//! handshake, and its subject's common name travels with the connection
+//! ([`PeerIdentity`]) so [`crate::auth`] can map it to a tenant.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
+use tokio_rustls::rustls::server::danger::ClientCertVerifier;
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use tokio_rustls::rustls::sign::CertifiedKey;
-use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -42,13 +51,54 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
+/// Client-certificate authentication (mTLS).
+#[derive(Debug, Clone)]
+pub struct ClientAuth {
+    /// PEM file of the CA certificates that sign client certificates.
+    pub ca_file: PathBuf,
+    /// Refuse the handshake of a client without a certificate; when false,
+    /// such clients connect and must present a bearer token instead.
+    pub required: bool,
+}
+
 /// The server certificate and key files, and the rustls config built on them.
 #[derive(Clone)]
 pub struct TlsConfig {
     cert: PathBuf,
     key: PathBuf,
     resolver: Arc<Resolver>,
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
     acceptor: TlsAcceptor,
+}
+
+fn client_verifier(client: &ClientAuth) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let path = &client.ca_file;
+    let file_err = |message: String| TlsError::File {
+        path: path.clone(),
+        message,
+    };
+    let pem =
+        std::fs::read(path).map_err(|e| file_err(format!("cannot read the client CA: {e}")))?;
+    let mut roots = RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let cert = cert.map_err(|e| file_err(format!("not a PEM certificate: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| file_err(format!("unusable CA certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(file_err("no CA certificate in the file".into()));
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    let builder = if client.required {
+        builder
+    } else {
+        builder.allow_unauthenticated()
+    };
+    builder
+        .build()
+        .map_err(|e| file_err(format!("cannot verify clients with this CA: {e}")))
 }
 
 fn load_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
@@ -78,39 +128,57 @@ fn load_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
 }
 
 impl TlsConfig {
-    /// Reads the certificate chain and key (PEM).
-    pub fn load(cert: &Path, key: &Path, alpn: &[&[u8]]) -> Result<Self, TlsError> {
+    /// Reads the certificate chain and key (PEM), and the client CA when
+    /// client certificates are to be verified.
+    pub fn load(
+        cert: &Path,
+        key: &Path,
+        client: Option<&ClientAuth>,
+        alpn: &[&[u8]],
+    ) -> Result<Self, TlsError> {
         let resolver = Arc::new(Resolver {
             current: RwLock::new(load_key(cert, key)?),
         });
-        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-        let mut config = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Setup(e.to_string()))?
-            .with_no_client_auth()
-            .with_cert_resolver(resolver.clone());
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let verifier = client.map(client_verifier).transpose()?;
+        let acceptor = Self::acceptor(&resolver, &verifier, alpn)?;
         Ok(TlsConfig {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
             resolver,
-            acceptor: TlsAcceptor::from(Arc::new(config)),
+            verifier,
+            acceptor,
         })
+    }
+
+    fn acceptor(
+        resolver: &Arc<Resolver>,
+        verifier: &Option<Arc<dyn ClientCertVerifier>>,
+        alpn: &[&[u8]],
+    ) -> Result<TlsAcceptor, TlsError> {
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let builder = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Setup(e.to_string()))?;
+        let builder = match verifier {
+            Some(v) => builder.with_client_cert_verifier(v.clone()),
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder.with_cert_resolver(resolver.clone());
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(TlsAcceptor::from(Arc::new(config)))
     }
 
     /// The same certificate with other ALPN protocols (gRPC wants `h2`).
     pub fn with_alpn(&self, alpn: &[&[u8]]) -> Result<Self, TlsError> {
-        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-        let mut config = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Setup(e.to_string()))?
-            .with_no_client_auth()
-            .with_cert_resolver(self.resolver.clone());
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(TlsConfig {
-            acceptor: TlsAcceptor::from(Arc::new(config)),
+            acceptor: Self::acceptor(&self.resolver, &self.verifier, alpn)?,
             ..self.clone()
         })
+    }
+
+    /// Whether client certificates are verified.
+    pub fn verifies_clients(&self) -> bool {
+        self.verifier.is_some()
     }
 
     /// Re-reads the files; on error the certificate in use stays.
@@ -124,10 +192,7 @@ impl TlsConfig {
 
     /// Accepts TCP on `listener` and yields finished TLS streams; failed
     /// handshakes are logged and dropped.
-    pub fn incoming(
-        &self,
-        listener: TcpListener,
-    ) -> mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)> {
+    pub fn incoming(&self, listener: TcpListener) -> mpsc::Receiver<(TlsConn, SocketAddr)> {
         let (tx, rx) = mpsc::channel(64);
         let acceptor = self.acceptor.clone();
         tokio::spawn(async move {
@@ -146,8 +211,16 @@ impl TlsConfig {
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
+                        Ok(Ok(stream)) => {
+                            let identity = PeerIdentity {
+                                addr: Some(peer),
+                                client_cn: client_common_name(&stream),
+                            };
+                            let conn = TlsConn {
+                                stream,
+                                peer: identity,
+                            };
+                            let _ = tx.send((conn, peer)).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -159,9 +232,94 @@ impl TlsConfig {
     }
 }
 
+/// Who is on the other end of a connection, as far as TLS says: inserted
+/// into every request's extensions by both servers.
+#[derive(Debug, Clone, Default)]
+pub struct PeerIdentity {
+    pub addr: Option<SocketAddr>,
+    /// Common name of the subject of the verified client certificate.
+    pub client_cn: Option<Arc<str>>,
+}
+
+/// The subject common name of the client's verified certificate, if any.
+fn client_common_name(stream: &TlsStream<TcpStream>) -> Option<Arc<str>> {
+    let leaf = stream.get_ref().1.peer_certificates()?.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
+    Some(cn.into())
+}
+
+/// A finished TLS connection and the identity its handshake proved.
+pub struct TlsConn {
+    stream: TlsStream<TcpStream>,
+    peer: PeerIdentity,
+}
+
+impl TlsConn {
+    pub fn peer(&self) -> &PeerIdentity {
+        &self.peer
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for TlsConn {
+    type ConnectInfo = PeerIdentity;
+
+    fn connect_info(&self) -> PeerIdentity {
+        self.peer.clone()
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
+    for PeerIdentity
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        stream.io().peer.clone()
+    }
+}
+
 /// An axum listener over finished TLS streams.
 pub struct TlsListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    rx: mpsc::Receiver<(TlsConn, SocketAddr)>,
     local: SocketAddr,
 }
 
@@ -176,7 +334,7 @@ impl TlsListener {
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = TlsConn;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
