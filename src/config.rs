@@ -186,6 +186,11 @@ pub struct IngestSection {
     /// How long a request waits for room in the queue before it is pushed back.
     #[serde(with = "rules::config::duration_text")]
     pub submit_timeout: Duration,
+    /// Resident memory vigil should stay under, in MiB (0: no limit). Above
+    /// `memory_limit_mib - memory_spike_mib` senders get 429 / RESOURCE_EXHAUSTED.
+    pub memory_limit_mib: u64,
+    /// Headroom under the limit for one burst (0: a fifth of the limit).
+    pub memory_spike_mib: u64,
 }
 
 impl Default for IngestSection {
@@ -194,6 +199,8 @@ impl Default for IngestSection {
             max_body_bytes: 64 << 20,
             queue_batches: 64,
             submit_timeout: Duration::from_millis(500),
+            memory_limit_mib: 0,
+            memory_spike_mib: 0,
         }
     }
 }

@@ -115,6 +115,9 @@ struct ServeArgs {
     /// CA certificates (PEM) that sign client certificates: senders must present one (mTLS).
     #[arg(long, env = "VIGIL_TLS_CLIENT_CA")]
     tls_client_ca: Option<PathBuf>,
+    /// Refuse new data (429 / RESOURCE_EXHAUSTED) while RSS is near this many MiB (ingest.memory_limit_mib).
+    #[arg(long, env = "VIGIL_MEMORY_LIMIT_MIB")]
+    memory_limit_mib: Option<u64>,
 }
 
 #[derive(Args)]
@@ -250,6 +253,9 @@ fn serve_config(args: ServeArgs) -> Result<Config> {
     }
     if let Some(v) = args.tls_client_ca {
         c.tls.client_ca_file = Some(v);
+    }
+    if let Some(v) = args.memory_limit_mib {
+        c.ingest.memory_limit_mib = v;
     }
     Ok(c)
 }

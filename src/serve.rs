@@ -33,6 +33,52 @@ struct RuleLabel {
     rule: String,
 }
 
+/// Resident memory and what the memory limiter refused, read at scrape time.
+#[derive(Clone, Default)]
+struct MemoryGauges {
+    rss: Gauge,
+    limit: Gauge,
+    over: Gauge,
+    refused: Gauge,
+}
+
+impl MemoryGauges {
+    fn register(r: &mut Registry) -> MemoryGauges {
+        let g = MemoryGauges::default();
+        r.register(
+            "vigil_memory_rss_bytes",
+            "resident memory of the process",
+            g.rss.clone(),
+        );
+        r.register(
+            "vigil_memory_limit_bytes",
+            "ingest.memory_limit_mib in bytes (0: no limit)",
+            g.limit.clone(),
+        );
+        r.register(
+            "vigil_memory_over_soft_limit",
+            "1 while RSS is above the soft limit and new data is refused",
+            g.over.clone(),
+        );
+        r.register(
+            "vigil_memory_refused_requests",
+            "export requests refused because memory was above the soft limit",
+            g.refused.clone(),
+        );
+        g
+    }
+
+    fn update(&self, limiter: Option<&ingest::memory::MemoryLimiter>) {
+        let rss = ingest::memory::resident_bytes().unwrap_or(0);
+        self.rss.set(rss as i64);
+        if let Some(m) = limiter {
+            self.limit.set(m.limit() as i64);
+            self.over.set(m.is_over() as i64);
+            self.refused.set(m.refused() as i64);
+        }
+    }
+}
+
 /// Counters and gauges of the archive and detection stages.
 #[derive(Clone, Default)]
 struct PipelineMetrics {
@@ -415,11 +461,28 @@ pub fn run(config: Config) -> Result<()> {
         "1 when vigil listens beyond loopback without authentication",
         insecure_gauge,
     );
+    let memory = (config.ingest.memory_limit_mib > 0).then(|| {
+        let limit = config.ingest.memory_limit_mib << 20;
+        let spike = match config.ingest.memory_spike_mib {
+            0 => limit / 5,
+            mib => (mib << 20).min(limit),
+        };
+        let m = ingest::memory::MemoryLimiter::new(limit, spike);
+        m.spawn_monitor(Duration::from_millis(100));
+        info!(
+            limit_mib = limit >> 20,
+            soft_limit_mib = m.soft_limit() >> 20,
+            "memory limiter on"
+        );
+        m
+    });
+    let memory_gauges = MemoryGauges::register(&mut registry);
     let registry = Arc::new(registry);
     let limits = ingest::limits::TenantLimiter::new(config.auth.rate_limits.clone())
         .map_err(anyhow::Error::msg)?;
     let ingest = ingest::Ingest {
         limits: (!limits.is_empty()).then(|| Arc::new(limits)),
+        memory: memory.clone(),
         auth: auth.clone(),
         capture: capture.clone(),
         normalizer: Normalizer::new(Arc::new(mappings)),
@@ -429,8 +492,10 @@ pub fn run(config: Config) -> Result<()> {
         max_body_bytes: config.ingest.max_body_bytes,
         render_metrics: {
             let (registry, pipeline, pm) = (registry.clone(), pipeline.clone(), pm.clone());
+            let memory = memory.clone();
             Arc::new(move || {
                 pm.queue_depth.set(pipeline.depth() as i64);
+                memory_gauges.update(memory.as_deref());
                 let mut out = String::new();
                 if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
                     warn!(error = %e, "metrics encoding failed");

@@ -16,6 +16,7 @@ pub mod handoff;
 pub mod http;
 pub mod limits;
 pub mod mapping;
+pub mod memory;
 pub mod metrics;
 pub mod normalize;
 pub mod record;
@@ -78,6 +79,8 @@ pub struct Ingest {
     pub auth: Option<Arc<auth::Authenticator>>,
     /// Per-tenant rate limits, when configured.
     pub limits: Option<Arc<limits::TenantLimiter>>,
+    /// Refuses data while RSS is above the soft limit, when configured.
+    pub memory: Option<Arc<memory::MemoryLimiter>>,
     /// Where accepted requests are captured for exact replay, when on.
     pub capture: Option<Arc<std::sync::Mutex<capture::CaptureWriter>>>,
 }
@@ -92,6 +95,16 @@ impl Ingest {
         tenant: Arc<str>,
     ) -> Result<ExportOutcome, SubmitError> {
         let signal = payload.signal();
+        if let Some(memory) = &self.memory {
+            if let Err(message) = memory.check() {
+                self.metrics
+                    .request(transport, signal.as_str(), "memory_limited");
+                return Err(SubmitError::RateLimited {
+                    retry_after_secs: 1,
+                    message,
+                });
+            }
+        }
         if let Some(limits) = &self.limits {
             if let Err(over) = limits.check(&tenant, limits::records_in(&payload)) {
                 self.metrics
