@@ -470,15 +470,22 @@ pub fn parse_rfc3339_ns(text: &str) -> Option<i64> {
         .timestamp_nanos_opt()
 }
 
-/// Serde helper: `i64` nanoseconds as an RFC 3339 string (accepts integers on input too).
+/// Serde helper: `i64` nanoseconds as an RFC 3339 string (accepts integers on
+/// input too). Binary formats (not human-readable) carry the integer as is.
 pub mod ns_rfc3339 {
-    use serde::{de, Deserializer, Serializer};
+    use serde::{de, Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(ns: &i64, s: S) -> Result<S::Ok, S::Error> {
+        if !s.is_human_readable() {
+            return s.serialize_i64(*ns);
+        }
         s.serialize_str(&super::format_ns(*ns))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        if !d.is_human_readable() {
+            return i64::deserialize(d);
+        }
         struct V;
         impl de::Visitor<'_> for V {
             type Value = i64;

@@ -8,7 +8,7 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, VecDeque};
 
 use event::{Alert, Event, EventKind, ALERT_SCHEMA_VERSION};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::EngineConfig;
 use crate::field::FieldRef;
@@ -86,7 +86,7 @@ impl EventKeys {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Suppression {
     until: i64,
     folded: u64,
@@ -98,6 +98,7 @@ impl Touched for Suppression {
     }
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 enum State {
     Stateless,
     Threshold(KeyMap<ThresholdState>),
@@ -137,6 +138,94 @@ impl Runtime {
                 State::Baseline(m) => m.evicted,
             }
     }
+}
+
+const SNAPSHOT_MAGIC: &[u8; 8] = b"VGLSNAP\0";
+/// Bumped when the snapshot's layout changes; older snapshots are refused
+/// (and the state rebuilt from the archive or topic instead).
+const SNAPSHOT_VERSION: u32 = 1;
+
+#[derive(Serialize)]
+struct SnapshotRef<'a> {
+    version: u32,
+    rules: Vec<RuleSnapRef<'a>>,
+    pending: &'a VecDeque<Event>,
+    max_seen: Option<i64>,
+    watermark: i64,
+    next_sweep: i64,
+    counters: [u64; 4],
+}
+
+#[derive(Serialize)]
+struct RuleSnapRef<'a> {
+    id: &'a str,
+    fingerprint: u64,
+    state: &'a State,
+    suppression: &'a KeyMap<Suppression>,
+    alerts: u64,
+    suppressed: u64,
+}
+
+#[derive(Deserialize)]
+struct SnapshotOwned {
+    version: u32,
+    rules: Vec<RuleSnapOwned>,
+    pending: VecDeque<Event>,
+    max_seen: Option<i64>,
+    watermark: i64,
+    next_sweep: i64,
+    counters: [u64; 4],
+}
+
+#[derive(Deserialize)]
+struct RuleSnapOwned {
+    id: String,
+    fingerprint: u64,
+    state: State,
+    suppression: KeyMap<Suppression>,
+    alerts: u64,
+    suppressed: u64,
+}
+
+fn same_kind(a: &State, b: &State) -> bool {
+    std::mem::discriminant(a) == std::mem::discriminant(b)
+}
+
+impl State {
+    fn bound(&mut self, max_keys: usize) {
+        match self {
+            State::Stateless => {}
+            State::Threshold(m) => m.bound(max_keys),
+            State::Sequence(m) => m.bound(max_keys),
+            State::Inactivity(m) => m.bound(max_keys),
+            State::NewValue(m) => m.bound(max_keys),
+            State::Baseline(m) => m.bound(max_keys),
+        }
+    }
+}
+
+/// Why a snapshot was not taken over.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("not a vigil engine snapshot")]
+    NotASnapshot,
+    #[error("engine snapshot of format version {0}, this vigil reads version 1")]
+    Version(u32),
+    #[error("engine snapshot is damaged: {0}")]
+    Corrupt(String),
+}
+
+/// Which rules a restore gave state to.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct RestoreReport {
+    /// Rules whose state was taken over.
+    pub restored: Vec<String>,
+    /// Rules whose text changed since the snapshot: they start empty.
+    pub changed: Vec<String>,
+    /// Rules the snapshot did not have: they start empty.
+    pub new: Vec<String>,
+    /// Rules in the snapshot that are no longer loaded.
+    pub dropped: Vec<String>,
 }
 
 /// Counters of one rule, for metrics.
@@ -355,6 +444,80 @@ impl Engine {
     /// The rules this engine runs.
     pub fn ruleset(&self) -> &RuleSet {
         &self.set
+    }
+
+    /// Everything the engine holds, as bytes: each rule's keyed state and
+    /// suppression, the events waiting for the watermark, the watermark and
+    /// the counters. [`Engine::restore`] on an engine with the same rules
+    /// continues exactly where this one stands.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let snap = SnapshotRef {
+            version: SNAPSHOT_VERSION,
+            rules: self
+                .set
+                .rules
+                .iter()
+                .zip(&self.runtimes)
+                .map(|(r, rt)| RuleSnapRef {
+                    id: &r.info.id,
+                    fingerprint: r.fingerprint,
+                    state: &rt.state,
+                    suppression: &rt.suppression,
+                    alerts: rt.alerts,
+                    suppressed: rt.suppressed,
+                })
+                .collect(),
+            pending: &self.pending,
+            max_seen: self.max_seen,
+            watermark: self.watermark,
+            next_sweep: self.next_sweep,
+            counters: [self.received, self.processed, self.late, self.forced],
+        };
+        let mut out = SNAPSHOT_MAGIC.to_vec();
+        // Serializing plain data into a Vec cannot fail.
+        out.extend(postcard::to_stdvec(&snap).expect("engine state serializes"));
+        out
+    }
+
+    /// Takes over the state of a [`Engine::snapshot`]. Rules are matched by
+    /// id and text: a rule that changed or is new starts empty, a rule no
+    /// longer loaded is dropped; the report says which.
+    pub fn restore(&mut self, bytes: &[u8]) -> Result<RestoreReport, SnapshotError> {
+        let body = bytes
+            .strip_prefix(SNAPSHOT_MAGIC.as_slice())
+            .ok_or(SnapshotError::NotASnapshot)?;
+        let snap: SnapshotOwned =
+            postcard::from_bytes(body).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
+        if snap.version != SNAPSHOT_VERSION {
+            return Err(SnapshotError::Version(snap.version));
+        }
+        let max_keys = self.config.max_keys_per_rule;
+        let mut report = RestoreReport::default();
+        let mut by_id: std::collections::HashMap<String, RuleSnapOwned> =
+            snap.rules.into_iter().map(|r| (r.id.clone(), r)).collect();
+        for (rule, rt) in self.set.rules.iter().zip(self.runtimes.iter_mut()) {
+            match by_id.remove(&rule.info.id) {
+                Some(r) if r.fingerprint == rule.fingerprint && same_kind(&r.state, &rt.state) => {
+                    rt.state = r.state;
+                    rt.state.bound(max_keys);
+                    rt.suppression = r.suppression;
+                    rt.suppression.bound(max_keys);
+                    rt.alerts = r.alerts;
+                    rt.suppressed = r.suppressed;
+                    report.restored.push(rule.info.id.clone());
+                }
+                Some(_) => report.changed.push(rule.info.id.clone()),
+                None => report.new.push(rule.info.id.clone()),
+            }
+        }
+        report.dropped = by_id.into_keys().collect();
+        report.dropped.sort();
+        self.pending = snap.pending;
+        self.max_seen = snap.max_seen;
+        self.watermark = snap.watermark;
+        self.next_sweep = snap.next_sweep;
+        [self.received, self.processed, self.late, self.forced] = snap.counters;
+        Ok(report)
     }
 
     fn advance(&mut self, watermark: i64) -> Vec<Alert> {
@@ -1062,5 +1225,76 @@ mod tests {
             prop_assert_eq!(eng.stats().late_events, 0);
             prop_assert_eq!(serde_json::to_string(&got).unwrap(), serde_json::to_string(&want).unwrap());
         }
+
+        #[test]
+        fn a_snapshot_restored_anywhere_in_the_stream_continues_identically(seed in 0u64..1000, cut in 1usize..299, batch in 1usize..40) {
+            let pack = RuleSet::load(true, &[], &RulesContext::default()).unwrap();
+            let events = mixed_stream(seed, 300);
+            let mut reference = Engine::new(pack.clone(), EngineConfig::default());
+            let mut want = Vec::new();
+            for c in events.chunks(batch) {
+                want.extend(reference.push(c.to_vec()));
+            }
+            want.extend(reference.finish());
+            let mut first = Engine::new(pack.clone(), EngineConfig::default());
+            let mut got = Vec::new();
+            let (before, after) = events.split_at(cut);
+            for c in before.chunks(batch) {
+                got.extend(first.push(c.to_vec()));
+            }
+            let bytes = first.snapshot();
+            drop(first);
+            let mut second = Engine::new(pack, EngineConfig::default());
+            let report = second.restore(&bytes).unwrap();
+            prop_assert!(report.changed.is_empty() && report.new.is_empty() && report.dropped.is_empty());
+            for c in after.chunks(batch) {
+                got.extend(second.push(c.to_vec()));
+            }
+            got.extend(second.finish());
+            prop_assert_eq!(serde_json::to_string(&got).unwrap(), serde_json::to_string(&want).unwrap());
+            prop_assert_eq!(second.stats(), reference.stats());
+        }
+    }
+
+    #[test]
+    fn restore_keeps_unchanged_rules_and_refuses_foreign_bytes() {
+        let a = "id: a\ntitle: A\nseverity: low\nkey: [user]\nkind: threshold\ncondition: {kind: file_read}\nthreshold: {count: 3, window: 10m}\n";
+        let b = "id: b\ntitle: B\nseverity: low\nkey: [user]\nkind: threshold\ncondition: {kind: file_read}\nthreshold: {count: 3, window: 10m}\n";
+        let b2 = b.replace("count: 3", "count: 2");
+        let mut eng = engine(&format!("{a}---\n{b}"));
+        // Two reads, processed (the watermark passes them), go into the snapshot as state.
+        eng.push(vec![
+            ev(T0, EventKind::FileRead, "u"),
+            ev(T0 + S, EventKind::FileRead, "u"),
+        ]);
+        eng.push(vec![ev(T0 + 40 * S, EventKind::UserPrompt, "v")]);
+        assert_eq!(eng.stats().buffered_events, 0);
+        let bytes = eng.snapshot();
+        let mut other = engine(&format!("{a}---\n{b2}---\n{MATCH}"));
+        let report = other.restore(&bytes).unwrap();
+        assert_eq!(report.restored, ["a"]);
+        assert_eq!(report.changed, ["b"]);
+        assert_eq!(report.new, ["m"]);
+        // Rule a remembers two reads: the third fires it; b starts over (needs 2 now).
+        let fired: Vec<String> = other
+            .push(vec![ev(T0 + 41 * S, EventKind::FileRead, "u")])
+            .into_iter()
+            .chain(other.finish())
+            .map(|x| x.rule_id)
+            .collect();
+        assert!(fired.contains(&"a".to_string()), "{fired:?}");
+        assert!(!fired.contains(&"b".to_string()), "{fired:?}");
+        let mut dropped = engine(a);
+        assert_eq!(dropped.restore(&bytes).unwrap().dropped, ["b"]);
+        assert!(matches!(
+            engine(a).restore(b"garbage"),
+            Err(SnapshotError::NotASnapshot)
+        ));
+        let mut cut = bytes.clone();
+        cut.truncate(bytes.len() / 2);
+        assert!(matches!(
+            engine(a).restore(&cut),
+            Err(SnapshotError::Corrupt(_))
+        ));
     }
 }

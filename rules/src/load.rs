@@ -359,7 +359,10 @@ pub(crate) fn compile_parsed(
             continue;
         }
         match compile_rule(&r.doc, &r.file, r.line, &lists) {
-            Ok(c) => rules.push(c),
+            Ok(mut c) => {
+                c.fingerprint = xxhash_rust::xxh3::xxh3_64(r.chunk.as_bytes());
+                rules.push(c)
+            }
             Err(e) => diags.push(diag(r, e)),
         }
     }

@@ -323,6 +323,8 @@ pub(crate) struct CompiledRule {
     pub spec: Spec,
     /// Bit per `EventKind` this rule can use; the engine skips the rest.
     pub kinds: u32,
+    /// Hash of the rule's text: state snapshotted under another text is not restored.
+    pub fingerprint: u64,
 }
 
 impl CompiledRule {
@@ -663,5 +665,6 @@ pub(crate) fn compile_rule(
         condition,
         spec,
         kinds,
+        fingerprint: 0,
     })
 }

@@ -89,7 +89,7 @@ impl BaselineSpec {
 }
 
 /// A key's windowed rate: current window and the mean of earlier ones.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Rate {
     first: i64,
     bucket: i64,
@@ -152,7 +152,7 @@ impl Rate {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct BaselineState {
     rate: Rate,
     fired_bucket: i64,

@@ -21,7 +21,7 @@ pub(crate) struct InactivitySpec {
 }
 
 /// Kept small on purpose: one per live session.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct InactivityState {
     /// The reset event, kept as id, time and kind only.
     reset_id: CompactId,

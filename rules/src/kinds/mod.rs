@@ -19,7 +19,7 @@ use event::{Event, EventKind, Evidence};
 /// event itself is freed as soon as the engine has run it, instead of
 /// being held whole (~0.5 KB and a dozen strings) for as long as the window.
 /// Clones are a reference count, so triggers that get suppressed stay cheap.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Kept {
     time: i64,
     /// `event_id`, then `action`, `tool`, `path`, `domain`, `command` back to back.
@@ -92,7 +92,7 @@ impl Kept {
 /// An event id kept for long in small state. Ids vigil computes are 32
 /// lowercase hex digits: those are held as their 16 bytes (no allocation),
 /// anything else as text. `to_string` gives back the exact id.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) enum CompactId {
     Hex([u64; 2]),
     Text(Box<str>),
@@ -208,10 +208,12 @@ pub(crate) trait Touched {
     fn last(&self) -> i64;
 }
 
-/// Bounded per-key state of one rule.
-#[derive(Debug)]
+/// Bounded per-key state of one rule. Snapshots keep the keys and their
+/// state; the bound comes from the configuration in force at restore.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct KeyMap<S> {
     pub(crate) map: HashMap<u128, S, BuildHasherDefault<KeyHasher>>,
+    #[serde(skip)]
     max_keys: usize,
     pub(crate) evicted: u64,
 }
@@ -261,6 +263,14 @@ impl<S: Touched> KeyMap<S> {
 
     pub(crate) fn len(&self) -> usize {
         self.map.len()
+    }
+
+    /// Applies the bound in force (after a restore).
+    pub(crate) fn bound(&mut self, max_keys: usize) {
+        self.max_keys = max_keys.max(1);
+        while self.map.len() > self.max_keys {
+            self.evict_oldest();
+        }
     }
 }
 

@@ -17,7 +17,7 @@ pub(crate) struct NewValueSpec {
     pub(crate) max_values: usize,
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct NewValueState {
     first: i64,
     seen: HashSet<u64>,

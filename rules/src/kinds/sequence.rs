@@ -59,7 +59,7 @@ impl SequenceSpec {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct SequenceState {
     /// Per step, the evidence of the matching events (time inline, no
     /// pointer chase to expire; the events themselves are not kept). The

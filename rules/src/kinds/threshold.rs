@@ -27,7 +27,7 @@ impl ThresholdSpec {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct ThresholdState {
     /// Newest last; at most `count` entries (only the newest `count` decide).
     recent: VecDeque<Kept>,
