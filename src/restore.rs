@@ -21,6 +21,7 @@ use tracing::info;
 const NANOS_PER_HOUR: i64 = 3_600_000_000_000;
 
 /// What the warm-up did.
+#[derive(Default)]
 pub struct Restored {
     pub events: u64,
     /// Alerts the previous run raised but never wrote; to be written now.
@@ -137,4 +138,72 @@ pub fn warm_up(
         "detection state restored from the archive"
     );
     Ok(out)
+}
+
+/// Where a clean shutdown leaves the engine's state for the next start.
+pub fn snapshot_path(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("state").join("engine.snapshot")
+}
+
+/// Writes the engine's state (after it has run everything it held) for the
+/// next start: to a temporary name, fsync'd, then renamed into place.
+pub fn save_snapshot(engine: &rules::Engine, path: &Path) -> Result<u64> {
+    use std::io::Write;
+    let dir = path.parent().context("snapshot path has no folder")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let bytes = engine.snapshot();
+    let tmp = path.with_extension("snapshot.tmp");
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(&bytes)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(bytes.len() as u64)
+}
+
+/// Takes over the snapshot a clean shutdown left, when every stateful rule
+/// is the same as then; the file is removed either way, so a crash later
+/// rebuilds from the archive instead of from stale state. `None`: no usable
+/// snapshot (the caller rebuilds from the archive).
+pub fn load_snapshot(
+    set: &rules::RuleSet,
+    config: &rules::EngineConfig,
+    path: &Path,
+) -> Option<rules::Engine> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the engine snapshot; rebuilding state from the archive");
+            return None;
+        }
+    };
+    if let Err(e) = std::fs::remove_file(path) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot remove the used engine snapshot; rebuilding state from the archive");
+        return None;
+    }
+    let mut engine = rules::Engine::new(set.clone(), config.clone());
+    match engine.restore(&bytes) {
+        Ok(report) if report.changed.is_empty() && report.new.is_empty() => {
+            info!(
+                bytes = bytes.len(),
+                rules = report.restored.len(),
+                dropped_rules = report.dropped.len(),
+                "detection state restored from the shutdown snapshot"
+            );
+            Some(engine)
+        }
+        Ok(report) => {
+            info!(changed = ?report.changed, new = ?report.new, "rules changed since the shutdown snapshot; rebuilding state from the archive");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "engine snapshot not usable; rebuilding state from the archive");
+            None
+        }
+    }
 }

@@ -414,13 +414,25 @@ pub fn run(config: Config) -> Result<()> {
     let (reload_tx, reload_rx) = std::sync::mpsc::channel::<rules::RuleSet>();
     let detect_thread = {
         let (health, pm) = (health.clone(), pm.clone());
-        let mut engine = rules::Engine::new(ruleset, config.engine.engine_config());
-        let restored = crate::restore::warm_up(
-            &mut engine,
-            &archive_cfg.dir,
-            &alerts_path,
-            config.engine.restore_window,
-        )?;
+        // A restore window of 0 s means start empty: no snapshot either.
+        let snapshot = (!config.engine.restore_window.is_zero())
+            .then(|| crate::restore::snapshot_path(&config.data_dir));
+        let from_snapshot = snapshot.as_deref().and_then(|p| {
+            crate::restore::load_snapshot(&ruleset, &config.engine.engine_config(), p)
+        });
+        let (engine, restored) = match from_snapshot {
+            Some(engine) => (engine, crate::restore::Restored::default()),
+            None => {
+                let mut engine = rules::Engine::new(ruleset, config.engine.engine_config());
+                let restored = crate::restore::warm_up(
+                    &mut engine,
+                    &archive_cfg.dir,
+                    &alerts_path,
+                    config.engine.restore_window,
+                )?;
+                (engine, restored)
+            }
+        };
         let setup = DetectSetup {
             idle: config.engine.idle_timeout,
             missed: restored.missed,
@@ -430,6 +442,7 @@ pub fn run(config: Config) -> Result<()> {
             alerts_path: alerts_path.clone(),
             restore_window: config.engine.restore_window,
             engine_config: config.engine.engine_config(),
+            snapshot,
         };
         let stdout = config.alerts.stdout;
         std::thread::Builder::new()
@@ -890,6 +903,8 @@ struct DetectSetup {
     alerts_path: std::path::PathBuf,
     restore_window: Duration,
     engine_config: rules::EngineConfig,
+    /// Where the engine's state goes at a clean shutdown (none: start empty next time).
+    snapshot: Option<std::path::PathBuf>,
 }
 
 impl DetectSetup {
@@ -1001,6 +1016,17 @@ fn detect_stage(
         }
     }
     health.detection_alive.store(false, Ordering::Relaxed);
+    if let Some(path) = &setup.snapshot {
+        match crate::restore::save_snapshot(&engine, path) {
+            Ok(bytes) => {
+                info!(path = %path.display(), bytes, "engine state saved for the next start")
+            }
+            Err(e) => warn!(
+                error = format!("{e:#}"),
+                "engine state NOT saved; the next start rebuilds it from the archive"
+            ),
+        }
+    }
     if !pending.local.is_empty() {
         anyhow::bail!(
             "{} alerts could not be written at shutdown",

@@ -1,5 +1,6 @@
-"""A restart does not make vigil forget: the rules' state is rebuilt from the
-archive, so a session left unattended across a restart still alerts, once."""
+"""A restart does not make vigil forget: the rules' state comes back from the
+shutdown snapshot (or, after a crash, from the archive), so a session left
+unattended across a restart still alerts, once."""
 import json
 
 import pytest
@@ -65,7 +66,33 @@ def test_a_session_unattended_across_a_restart_alerts_once(tmp_path, window, exp
         assert v.stop() == 0, v.log()
         assert len(unattended(v)) == expected
         if expected:
-            assert "detection state restored from the archive" in v.log()
+            # A clean shutdown leaves a snapshot; the next start takes it instead of replaying.
+            assert "detection state restored from the shutdown snapshot" in v.log()
+    finally:
+        if v.proc and v.proc.poll() is None:
+            v.proc.kill()
+
+
+def test_a_damaged_snapshot_falls_back_to_the_archive(tmp_path):
+    cfg = {"engine": {"idle_timeout": "1s", "restore_window": "3h"}}
+    v = Vigil(tmp_path / "vigil", config=cfg).start()
+    try:
+        send(v, "user_prompt", T0, prompt_length="10")
+        for m in range(10, 111, 20):
+            bash(v, T0 + m * MIN)
+        v.wait_alerts(settle=1.5)
+        assert v.stop() == 0, v.log()
+        snapshot = v.data_dir / "state" / "engine.snapshot"
+        data = snapshot.read_bytes()
+        snapshot.write_bytes(data[: len(data) // 2])
+
+        v.start()
+        bash(v, T0 + 125 * MIN)
+        v.wait_alerts(settle=2)
+        assert v.stop() == 0, v.log()
+        log = v.log_path.read_text(errors="replace")
+        assert "engine snapshot not usable" in log and "detection state restored from the archive" in log
+        assert len(unattended(v)) == 1, v.log()
     finally:
         if v.proc and v.proc.poll() is None:
             v.proc.kill()
