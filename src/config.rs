@@ -284,6 +284,13 @@ pub struct KafkaSection {
     pub spool_dir: Option<PathBuf>,
     /// Most bytes the spool holds before alerts wait in memory (and /readyz says so).
     pub spool_max_bytes: u64,
+    /// Scale-out: the topic `vigil ingest` publishes normalized events to and `vigil detect` reads.
+    pub events_topic: String,
+    /// Scale-out: the topic `vigil detect` checkpoints each partition's rule state to.
+    pub state_topic: String,
+    /// Scale-out: how often `vigil detect` commits a partition's alerts, state and offset together.
+    #[serde(with = "rules::config::duration_text")]
+    pub commit_interval: Duration,
 }
 
 impl Default for KafkaSection {
@@ -295,6 +302,9 @@ impl Default for KafkaSection {
             properties: BTreeMap::new(),
             spool_dir: None,
             spool_max_bytes: d.spool_max_bytes,
+            events_topic: sinks::kafka::events::DEFAULT_EVENTS_TOPIC.into(),
+            state_topic: "vigil.state".into(),
+            commit_interval: Duration::from_secs(1),
         }
     }
 }

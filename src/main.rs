@@ -3,6 +3,8 @@
 
 mod config;
 mod demo;
+mod detect;
+mod ingest_role;
 mod loadgen;
 mod replay;
 mod restore;
@@ -46,6 +48,10 @@ enum LogFormat {
 enum Command {
     /// Receive OTLP, detect, and write alerts and archives (the embedded default needs no broker).
     Serve(ServeArgs),
+    /// Scale-out front: receive OTLP and publish normalized events to Kafka (kafka.events_topic).
+    Ingest(ServeArgs),
+    /// Scale-out detector: consume the event topic in a consumer group, detect, publish alerts exactly once.
+    Detect(DetectArgs),
     /// Start vigil on free local ports, send a day of agent telemetry with every attack of the default pack, and show the alerts.
     Demo {
         /// Where the demo's vigil keeps its data.
@@ -148,6 +154,15 @@ struct ReplayArgs {
     out: Option<PathBuf>,
 }
 
+#[derive(Args)]
+struct DetectArgs {
+    /// Consumer group of the detectors; every member shares the partitions.
+    #[arg(long, default_value = "vigil-detect")]
+    group: String,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
 #[derive(Subcommand)]
 enum TokenCommand {
     /// Print a fresh random token and the `sha256:` line to put in the tokens file.
@@ -203,6 +218,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve(args) => {
             let config = serve_config(args)?;
             serve::run(config)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ingest(args) => {
+            ingest_role::run(serve_config(args)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Detect(args) => {
+            let group = args.group.clone();
+            detect::run(serve_config(args.serve)?, group)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Rules { command } => rules_command(command),

@@ -278,7 +278,7 @@ impl Health {
 }
 
 /// Refuses to expose unauthenticated receivers beyond this machine unless asked to.
-fn check_exposure(config: &Config) -> Result<bool> {
+pub(crate) fn check_exposure(config: &Config) -> Result<bool> {
     // Either credential authenticates: a token, or a client certificate every
     // sender must present.
     let client_certs = config.tls.client_ca_file.is_some() && config.tls.client_cert_required;
@@ -309,16 +309,21 @@ fn check_exposure(config: &Config) -> Result<bool> {
     Ok(true)
 }
 
-pub fn run(config: Config) -> Result<()> {
-    let insecure = check_exposure(&config)?;
-    let auth = match &config.auth.tokens_file {
+/// The tokens file, when authentication is on.
+pub(crate) fn load_auth(config: &Config) -> Result<Option<Arc<ingest::auth::Authenticator>>> {
+    Ok(match &config.auth.tokens_file {
         Some(path) => {
             let a = ingest::auth::Authenticator::open(path).context("loading the auth tokens")?;
             info!(tokens = a.tokens(), file = %path.display(), "senders must present a bearer token");
             Some(Arc::new(a))
         }
         None => None,
-    };
+    })
+}
+
+pub fn run(config: Config) -> Result<()> {
+    let insecure = check_exposure(&config)?;
+    let auth = load_auth(&config)?;
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {}",
@@ -458,6 +463,76 @@ pub fn run(config: Config) -> Result<()> {
             })?
     };
 
+    let (ingest, capture) = front_door(
+        &config,
+        FrontDoor {
+            insecure,
+            auth,
+            mappings,
+            pipeline: pipeline.clone(),
+            registry,
+            metrics: ingest_metrics,
+            queue_depth: pm.queue_depth.clone(),
+            readiness: {
+                let health = health.clone();
+                Arc::new(move || health.check())
+            },
+        },
+    )?;
+    drop(pipeline);
+
+    let result = runtime.block_on(serve_receivers(&config, ingest, Some(reload_tx)));
+    control.stopping.store(true, Ordering::Relaxed);
+    // The receivers are gone and with them every pipeline handle: the archive
+    // stage drains what was accepted, closes, and the detection stage follows.
+    let archive_result = archive_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the archive stage panicked"))?;
+    let detect_result = detect_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the detection stage panicked"))?;
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    if let Some(c) = capture {
+        let writer = Arc::try_unwrap(c).ok().and_then(|m| m.into_inner().ok());
+        match writer {
+            Some(w) => w.close().context("closing the capture file")?,
+            None => warn!("the capture file is still in use at shutdown; it is put in place at the next start"),
+        }
+    }
+    result?;
+    archive_result?;
+    detect_result?;
+    info!("vigil stopped; everything accepted is archived");
+    Ok(())
+}
+
+/// What the receivers are built from, in every role that receives OTLP.
+pub(crate) struct FrontDoor {
+    pub insecure: bool,
+    pub auth: Option<Arc<ingest::auth::Authenticator>>,
+    pub mappings: MappingSet,
+    pub pipeline: PipelineHandle,
+    pub registry: Registry,
+    pub metrics: IngestMetrics,
+    pub queue_depth: Gauge,
+    pub readiness: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
+}
+
+type Capture = Option<Arc<Mutex<ingest::capture::CaptureWriter>>>;
+
+/// The receivers' shared state: capture, memory limiter, rate limits and the
+/// metrics endpoint around the pipeline handle.
+pub(crate) fn front_door(config: &Config, parts: FrontDoor) -> Result<(ingest::Ingest, Capture)> {
+    let FrontDoor {
+        insecure,
+        auth,
+        mappings,
+        pipeline,
+        mut registry,
+        metrics: ingest_metrics,
+        queue_depth,
+        readiness,
+    } = parts;
     let capture = match &config.capture.dir {
         Some(dir) => {
             let w = ingest::capture::CaptureWriter::open(dir, config.capture.max_file_bytes)
@@ -504,10 +579,10 @@ pub fn run(config: Config) -> Result<()> {
         tenant: config.tenant.as_str().into(),
         max_body_bytes: config.ingest.max_body_bytes,
         render_metrics: {
-            let (registry, pipeline, pm) = (registry.clone(), pipeline.clone(), pm.clone());
+            let (registry, pipeline) = (registry.clone(), pipeline.clone());
             let memory = memory.clone();
             Arc::new(move || {
-                pm.queue_depth.set(pipeline.depth() as i64);
+                queue_depth.set(pipeline.depth() as i64);
                 memory_gauges.update(memory.as_deref());
                 let mut out = String::new();
                 if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
@@ -516,42 +591,15 @@ pub fn run(config: Config) -> Result<()> {
                 out
             })
         },
-        readiness: {
-            let health = health.clone();
-            Arc::new(move || health.check())
-        },
+        readiness,
     };
-    drop(pipeline);
-
-    let result = runtime.block_on(serve_receivers(&config, ingest, reload_tx));
-    control.stopping.store(true, Ordering::Relaxed);
-    // The receivers are gone and with them every pipeline handle: the archive
-    // stage drains what was accepted, closes, and the detection stage follows.
-    let archive_result = archive_thread
-        .join()
-        .map_err(|_| anyhow::anyhow!("the archive stage panicked"))?;
-    let detect_result = detect_thread
-        .join()
-        .map_err(|_| anyhow::anyhow!("the detection stage panicked"))?;
-    runtime.shutdown_timeout(Duration::from_secs(5));
-    if let Some(c) = capture {
-        let writer = Arc::try_unwrap(c).ok().and_then(|m| m.into_inner().ok());
-        match writer {
-            Some(w) => w.close().context("closing the capture file")?,
-            None => warn!("the capture file is still in use at shutdown; it is put in place at the next start"),
-        }
-    }
-    result?;
-    archive_result?;
-    detect_result?;
-    info!("vigil stopped; everything accepted is archived");
-    Ok(())
+    Ok((ingest, capture))
 }
 
-async fn serve_receivers(
+pub(crate) async fn serve_receivers(
     config: &Config,
     ingest: ingest::Ingest,
-    rules_reload: std::sync::mpsc::Sender<rules::RuleSet>,
+    rules_reload: Option<std::sync::mpsc::Sender<rules::RuleSet>>,
 ) -> Result<()> {
     let grpc_listener = tokio::net::TcpListener::bind(&config.grpc_listen)
         .await
@@ -597,18 +645,22 @@ async fn serve_receivers(
         let rules_config = config.clone();
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                match crate::load_rules(&rules_config) {
-                    Ok(set) => {
+                match rules_reload
+                    .as_ref()
+                    .map(|tx| (tx, crate::load_rules(&rules_config)))
+                {
+                    Some((tx, Ok(set))) => {
                         info!(
                             rules = set.len(),
                             "rule files reloaded; rebuilding detection state"
                         );
-                        let _ = rules_reload.send(set);
+                        let _ = tx.send(set);
                     }
-                    Err(e) => error!(
+                    Some((_, Err(e))) => error!(
                         error = format!("{e:#}"),
                         "rules NOT reloaded; the rules in force stay"
                     ),
+                    None => {}
                 }
                 if let Some(auth) = &auth {
                     match auth.reload() {
@@ -701,7 +753,7 @@ const DETECT_QUEUE_BATCHES: usize = 4;
 /// How long in-flight requests may take to finish after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -6,6 +6,7 @@
 //! agree on one definition.
 
 pub mod schema;
+pub mod wire;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -39,9 +39,10 @@ def free_port():
 
 
 class Vigil:
-    """One running `vigil serve`."""
+    """One running `vigil serve` (or another role: `ingest`, `detect`)."""
 
-    def __init__(self, data_dir, config=None, args=(), env=None):
+    def __init__(self, data_dir, config=None, args=(), env=None, command="serve"):
+        self.command = command
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.grpc_port = free_port()
@@ -74,7 +75,7 @@ class Vigil:
                 cfg[k] = v
         cfg_path.write_text(yaml.safe_dump(cfg))
         cmd = [
-            VIGIL_BIN, "serve", "--config", str(cfg_path),
+            VIGIL_BIN, self.command, "--config", str(cfg_path),
             "--grpc-listen", f"127.0.0.1:{self.grpc_port}",
             "--http-listen", f"127.0.0.1:{self.http_port}",
             "--data-dir", str(self.data_dir),

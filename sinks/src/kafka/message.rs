@@ -25,7 +25,7 @@ pub fn message_key(alert: &Alert) -> String {
 }
 
 /// The headers of an alert's message.
-pub(crate) fn message_headers(alert: &Alert) -> OwnedHeaders {
+pub fn message_headers(alert: &Alert) -> OwnedHeaders {
     let schema_version = alert.schema_version.to_string();
     OwnedHeaders::new_with_capacity(5)
         .insert(Header {

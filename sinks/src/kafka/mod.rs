@@ -11,6 +11,7 @@
 
 mod config;
 mod delivery;
+pub mod events;
 pub mod message;
 pub mod spool;
 #[cfg(test)]
