@@ -88,7 +88,20 @@ struct DetectMetrics {
     events: Counter,
     alerts: Counter,
     restores: Counter,
+    hop: Histogram,
 }
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram(prometheus_client::metrics::histogram::Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 16),
+        ))
+    }
+}
+
+/// The Kafka hop's latency: from receipt at `vigil ingest` to the detector.
+#[derive(Clone)]
+struct Histogram(prometheus_client::metrics::histogram::Histogram);
 
 impl DetectMetrics {
     fn register(&self, r: &mut Registry) {
@@ -141,6 +154,11 @@ impl DetectMetrics {
             "vigil_detect_alerts",
             "alerts committed to the alert topic",
             self.alerts.clone(),
+        );
+        r.register(
+            "vigil_detect_hop_seconds",
+            "from receipt at vigil ingest (observed_time) to the detector, per message",
+            self.hop.0.clone(),
         );
         r.register(
             "vigil_detect_restores",
@@ -694,6 +712,10 @@ impl Detector {
             None => Vec::new(),
         };
         self.metrics.events.inc_by(events.len() as u64);
+        if let Some(first) = events.first() {
+            let hop_ns = ingest::now_ns().saturating_sub(first.observed_time);
+            self.metrics.hop.0.observe(hop_ns.max(0) as f64 / 1e9);
+        }
         if !events.is_empty() {
             self.events_archive
                 .write(&events)

@@ -607,6 +607,47 @@ mod tests {
     }
 
     #[test]
+    fn oversized_regexes_are_refused_and_catastrophic_ones_run_in_linear_time() {
+        let d = first_error(
+            "id: a\ntitle: A\nseverity: low\ncondition:\n  command: {regex: 'a{1000}{1000}'}\n",
+        );
+        assert!(
+            d.message.contains("bad regex") && d.message.contains("size limit"),
+            "{}",
+            d.message
+        );
+        // `(a+)+$` against "aaaa...!" takes exponential time in a backtracking
+        // engine (this test would never finish); the regex crate is linear.
+        let mut p = Parsed::default();
+        parse_text(
+            "t.yaml",
+            "id: a\ntitle: A\nseverity: low\ncondition:\n  command: {regex: '^(a+)+$'}\n",
+            &mut p,
+        );
+        let set = compile_parsed(&p, &RulesContext::default(), None).expect("compiles");
+        let mut engine = crate::Engine::new(set, crate::EngineConfig::default());
+        let mut e = event::Event {
+            kind: event::EventKind::ProcessStart,
+            tenant: "default".into(),
+            user: Some("u".into()),
+            session: Some("s".into()),
+            host: Some("h".into()),
+            command: Some(format!("{}!", "a".repeat(100_000))),
+            ..Default::default()
+        };
+        e.event_id = e.compute_id();
+        let mut alerts = engine.push(vec![e.clone()]);
+        alerts.extend(engine.finish());
+        assert!(alerts.is_empty(), "the trailing ! never matches");
+        e.command = Some("a".repeat(100_000));
+        e.time += 60_000_000_000;
+        e.event_id = e.compute_id();
+        let mut alerts = engine.push(vec![e]);
+        alerts.extend(engine.finish());
+        assert_eq!(alerts.len(), 1);
+    }
+
+    #[test]
     fn yaml_bombs_and_huge_files_are_refused() {
         let bomb = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\ng: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]\nh: [*g, *g, *g, *g, *g, *g, *g, *g, *g]\n";
         let d = first_error(bomb);

@@ -10,7 +10,21 @@ use aho_corasick::AhoCorasick;
 use event::{Event, EventKind, FieldValue, Outcome, Source};
 use globset::{GlobSet, GlobSetBuilder};
 use ipnet::IpNet;
-use regex::Regex;
+use regex::{Regex, RegexBuilder};
+
+/// Most memory one rule regex may compile to: a pattern like `a{1000}{1000}`
+/// is refused with a clear error instead of taking the engine's memory.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// A rule's regex. The regex crate matches in time linear in the input (no
+/// backtracking), so a "catastrophic" pattern such as `(a+)+$` cannot stall
+/// the engine on a hostile command line; its compiled size is bounded too.
+fn rule_regex(pattern: &str) -> Result<Regex, regex::Error> {
+    RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .dfa_size_limit(REGEX_SIZE_LIMIT)
+        .build()
+}
 use serde_yaml::Value;
 
 use crate::field::FieldRef;
@@ -428,9 +442,9 @@ fn compile_test(
                 let joined = pats.iter().map(|p| format!("(?:{p})")).collect::<Vec<_>>().join("|");
                 let full = if nocase { format!("(?i){joined}") } else { joined };
                 for p in &pats {
-                    Regex::new(p).map_err(|e| err(&here, format!("bad regex: {e}"), Some(p.clone())))?;
+                    rule_regex(p).map_err(|e| err(&here, format!("bad regex: {e}"), Some(p.clone())))?;
                 }
-                Test::Regex(Regex::new(&full).map_err(|e| err(&here, format!("bad regex: {e}"), None))?)
+                Test::Regex(rule_regex(&full).map_err(|e| err(&here, format!("bad regex: {e}"), None))?)
             }
             "cidr" => Test::Cidr(
                 strings(val, &here, op)?
