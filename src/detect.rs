@@ -332,7 +332,12 @@ pub fn run(config: Config, group: String) -> Result<()> {
     let ruleset = crate::load_rules(&config)?;
     info!(rules = ruleset.rules().len(), group = %settings.group, topic = %settings.events_topic, "rules loaded");
     let archive_cfg = config.archive.archive_config(&config.data_dir);
-    let events_archive: ArchiveWriter<Event> = ArchiveWriter::open(archive_cfg.clone())
+    // The event topic is the durable record of these events: the archive's
+    // write-ahead log still covers a crash of this process, but is not
+    // fsync'd per message (a power loss can cost the open files' last rows).
+    let mut events_cfg = archive_cfg.clone();
+    events_cfg.wal_fsync = false;
+    let events_archive: ArchiveWriter<Event> = ArchiveWriter::open(events_cfg)
         .with_context(|| {
             format!(
                 "cannot open the event archive in {}",

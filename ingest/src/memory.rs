@@ -69,8 +69,15 @@ impl MemoryLimiter {
     /// Records one RSS sample and decides whether data is refused.
     pub fn observe(&self, rss: u64) {
         self.rss.store(rss, Ordering::Relaxed);
-        let over = rss > self.soft;
-        let was = self.over.swap(over, Ordering::Relaxed);
+        // Hysteresis: once over, data is accepted again only a twentieth of
+        // the limit below the soft limit, so the state does not flap.
+        let was = self.over.load(Ordering::Relaxed);
+        let over = if was {
+            rss > self.soft.saturating_sub(self.limit / 20)
+        } else {
+            rss > self.soft
+        };
+        self.over.store(over, Ordering::Relaxed);
         if over && !was {
             tracing::warn!(
                 rss_mib = rss >> 20,
@@ -160,9 +167,11 @@ mod tests {
         let err = m.check().unwrap_err();
         assert!(err.contains("801 MiB") && err.contains("800 MiB"), "{err}");
         assert_eq!(m.refused(), 1);
+        m.observe(790 << 20);
+        assert!(m.check().is_err(), "just under the soft limit it still refuses");
         m.observe(500 << 20);
         assert!(m.check().is_ok());
-        assert_eq!(m.refused(), 1);
+        assert_eq!(m.refused(), 2);
     }
 
     #[test]
