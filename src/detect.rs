@@ -331,29 +331,17 @@ pub fn run(config: Config, group: String) -> Result<()> {
     })?;
     let ruleset = crate::load_rules(&config)?;
     info!(rules = ruleset.rules().len(), group = %settings.group, topic = %settings.events_topic, "rules loaded");
-    let archive_cfg = config.archive.archive_config(&config.data_dir);
     // The event topic is the durable record of these events: the archive's
     // write-ahead log still covers a crash of this process, but is not
     // fsync'd per message (a power loss can cost the open files' last rows).
-    let mut events_cfg = archive_cfg.clone();
+    let mut events_cfg = config.archive.archive_config(&config.data_dir);
     events_cfg.wal_fsync = false;
-    let events_archive: ArchiveWriter<Event> = ArchiveWriter::open(events_cfg)
-        .with_context(|| {
-            format!(
-                "cannot open the event archive in {}",
-                archive_cfg.dir.display()
-            )
-        })?;
-    let alerts_archive: ArchiveWriter<Alert> = ArchiveWriter::open(archive_cfg.clone())
-        .with_context(|| {
-            format!(
-                "cannot open the alert archive in {}",
-                archive_cfg.dir.display()
-            )
-        })?;
-    let alerts_path = config.alerts_path();
-    let alert_log = AlertLog::open(&alerts_path, config.alerts.fsync)
-        .with_context(|| format!("cannot open the alert file {}", alerts_path.display()))?;
+    let crate::serve::LocalOutputs {
+        events: events_archive,
+        alerts: alerts_archive,
+        alert_log,
+        ..
+    } = crate::serve::LocalOutputs::open(&config, events_cfg)?;
 
     let metrics = DetectMetrics::default();
     let mut registry = Registry::default();

@@ -309,6 +309,41 @@ pub(crate) fn check_exposure(config: &Config) -> Result<bool> {
     Ok(true)
 }
 
+/// The archives and the alert file a process that detects writes.
+pub(crate) struct LocalOutputs {
+    pub archive_cfg: sinks::archive::ArchiveConfig,
+    pub events: ArchiveWriter<Event>,
+    pub alerts: ArchiveWriter<Alert>,
+    pub alert_log: AlertLog,
+    pub alerts_path: std::path::PathBuf,
+}
+
+impl LocalOutputs {
+    /// Opens them; `events_cfg` is the event archive's settings (the alert
+    /// archive uses `config`'s).
+    pub(crate) fn open(config: &Config, events_cfg: sinks::archive::ArchiveConfig) -> Result<Self> {
+        let archive_cfg = config.archive.archive_config(&config.data_dir);
+        let open_err = |what: &str| {
+            format!(
+                "cannot open the {what} archive in {}",
+                archive_cfg.dir.display()
+            )
+        };
+        let events = ArchiveWriter::open(events_cfg).with_context(|| open_err("event"))?;
+        let alerts = ArchiveWriter::open(archive_cfg.clone()).with_context(|| open_err("alert"))?;
+        let alerts_path = config.alerts_path();
+        let alert_log = AlertLog::open(&alerts_path, config.alerts.fsync)
+            .with_context(|| format!("cannot open the alert file {}", alerts_path.display()))?;
+        Ok(LocalOutputs {
+            archive_cfg,
+            events,
+            alerts,
+            alert_log,
+            alerts_path,
+        })
+    }
+}
+
 /// The tokens file, when authentication is on.
 pub(crate) fn load_auth(config: &Config) -> Result<Option<Arc<ingest::auth::Authenticator>>> {
     Ok(match &config.auth.tokens_file {
@@ -338,24 +373,13 @@ pub fn run(config: Config) -> Result<()> {
         "rules and mappings loaded"
     );
 
-    let archive_cfg = config.archive.archive_config(&config.data_dir);
-    let event_writer: ArchiveWriter<Event> = ArchiveWriter::open(archive_cfg.clone())
-        .with_context(|| {
-            format!(
-                "cannot open the event archive in {}",
-                archive_cfg.dir.display()
-            )
-        })?;
-    let alert_writer: ArchiveWriter<Alert> = ArchiveWriter::open(archive_cfg.clone())
-        .with_context(|| {
-            format!(
-                "cannot open the alert archive in {}",
-                archive_cfg.dir.display()
-            )
-        })?;
-    let alerts_path = config.alerts_path();
-    let alert_log = AlertLog::open(&alerts_path, config.alerts.fsync)
-        .with_context(|| format!("cannot open the alert file {}", alerts_path.display()))?;
+    let LocalOutputs {
+        archive_cfg,
+        events: event_writer,
+        alerts: alert_writer,
+        alert_log,
+        alerts_path,
+    } = LocalOutputs::open(&config, config.archive.archive_config(&config.data_dir))?;
 
     let publisher = match config.kafka.kafka_config(&config.data_dir) {
         Some(k) => {

@@ -168,7 +168,10 @@ mod tests {
         assert!(err.contains("801 MiB") && err.contains("800 MiB"), "{err}");
         assert_eq!(m.refused(), 1);
         m.observe(790 << 20);
-        assert!(m.check().is_err(), "just under the soft limit it still refuses");
+        assert!(
+            m.check().is_err(),
+            "just under the soft limit it still refuses"
+        );
         m.observe(500 << 20);
         assert!(m.check().is_ok());
         assert_eq!(m.refused(), 2);

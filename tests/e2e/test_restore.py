@@ -40,16 +40,21 @@ def unattended(v):
     return [a for a in v.alerts() if a["rule_id"] == "unattended-session"]
 
 
+def prompt_then_agent_work(v):
+    """A prompt at T0, then the agent alone for 110 minutes; vigil stops."""
+    send(v, "user_prompt", T0, prompt_length="10")
+    for m in range(10, 111, 20):
+        bash(v, T0 + m * MIN)
+    v.wait_alerts(settle=1.5)
+    assert v.stop() == 0, v.log()
+
+
 @pytest.mark.parametrize("window,expected", [("3h", 1), ("0s", 0)])
 def test_a_session_unattended_across_a_restart_alerts_once(tmp_path, window, expected):
     cfg = {"engine": {"idle_timeout": "1s", "restore_window": window}}
     v = Vigil(tmp_path / "vigil", config=cfg).start()
     try:
-        send(v, "user_prompt", T0, prompt_length="10")
-        for m in range(10, 111, 20):
-            bash(v, T0 + m * MIN)
-        v.wait_alerts(settle=1.5)
-        assert v.stop() == 0, v.log()
+        prompt_then_agent_work(v)
         assert unattended(v) == []
 
         # Restarted: the prompt at T0 is remembered (or not, with no restore window).
@@ -77,11 +82,7 @@ def test_a_damaged_snapshot_falls_back_to_the_archive(tmp_path):
     cfg = {"engine": {"idle_timeout": "1s", "restore_window": "3h"}}
     v = Vigil(tmp_path / "vigil", config=cfg).start()
     try:
-        send(v, "user_prompt", T0, prompt_length="10")
-        for m in range(10, 111, 20):
-            bash(v, T0 + m * MIN)
-        v.wait_alerts(settle=1.5)
-        assert v.stop() == 0, v.log()
+        prompt_then_agent_work(v)
         snapshot = v.data_dir / "state" / "engine.snapshot"
         data = snapshot.read_bytes()
         snapshot.write_bytes(data[: len(data) // 2])

@@ -9,22 +9,20 @@ Comparisons with `vigil serve` are field by field except ids: the OTel SDK
 gives every sending process a random service.instance.id, which is part of
 each event's id, so the two runs of a scenario have different ids."""
 import json
-import os
 import signal
 import subprocess
 import time
-import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from conftest import Vigil, free_port, scenario_dir, send_scenario
-from test_kafka import BROKER, tansu_path
+from test_kafka import Broker, consume, tansu_path
 from test_scenarios import check
 
 confluent_kafka = pytest.importorskip("confluent_kafka")
 
-EVENTS, ALERTS, STATE = "vigil.events", "vigil.alerts", "vigil.state"
+EVENTS, STATE = "vigil.events", "vigil.state"
 ALL = ["sensitive-file-read", "scheduled-task-created", "bypass-permissions-enabled", "mcp-unapproved-server",
        "connector-write-off-hours", "connector-write-burst", "exfiltration-chain", "unattended-session",
        "benign-workday"]
@@ -35,23 +33,16 @@ STATEFUL = ["unattended-session", "connector-write-burst", "exfiltration-chain"]
 PROPERTIES = {"batch.num.messages": "1"}
 
 
-class Cluster:
+class Cluster(Broker):
     """A tansu broker with the three topics, and vigil processes around it."""
 
     def __init__(self, tmp_path):
+        super().__init__(tmp_path / "broker")
         self.tmp = tmp_path
-        self.port = free_port()
-        self.env = dict(os.environ, VIGIL_BROKER_RUN=str(tmp_path / "broker"))
         self.procs = []
 
-    @property
-    def bootstrap(self):
-        return f"127.0.0.1:{self.port}"
-
     def start(self):
-        out = subprocess.run([str(BROKER), "start", str(self.port), ALERTS],
-                             capture_output=True, text=True, env=self.env, timeout=60)
-        assert out.returncode == 0, out.stderr
+        super().start()
         for topic in (EVENTS, STATE):
             out = subprocess.run([str(tansu_path()), "topic", "create", topic, "--partitions", "6",
                                   "--broker", f"tcp://{self.bootstrap}"], capture_output=True, text=True, timeout=60)
@@ -62,7 +53,7 @@ class Cluster:
             if p.proc is not None and p.proc.poll() is None:
                 p.proc.kill()
                 p.proc.wait()
-        subprocess.run([str(BROKER), "stop", str(self.port)], env=self.env, timeout=30, check=True)
+        super().stop()
 
     def role(self, command, name, config):
         cfg = dict(config, kafka={"brokers": self.bootstrap, "properties": PROPERTIES})
@@ -72,25 +63,9 @@ class Cluster:
         return v
 
     def consume(self, n, timeout=90, linger=4.0):
-        """The alert topic from the start, read_committed, until n alerts came and `linger` more seconds."""
-        c = confluent_kafka.Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"soc-{uuid.uuid4()}",
-                                      "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                                      "isolation.level": "read_committed"})
-        c.subscribe([ALERTS])
-        got, deadline, linger_until = [], time.time() + timeout, None
-        try:
-            while time.time() < deadline:
-                if len(got) >= n:
-                    linger_until = linger_until or time.time() + linger
-                    if time.time() >= linger_until:
-                        break
-                m = c.poll(0.5)
-                if m is None or m.error():
-                    continue
-                got.append(json.loads(m.value()))
-        finally:
-            c.close()
-        return got
+        """The alert topic from the start with a new consumer group (read_committed),
+        until n alerts came and `linger` more seconds, so that a duplicate would show."""
+        return [g["alert"] for g in consume(self, n, timeout=timeout, linger=linger)]
 
 
 @pytest.fixture
@@ -101,21 +76,6 @@ def cluster(tmp_path):
     c.start()
     yield c
     c.stop()
-
-
-def wait_ready(v, timeout=60):
-    import urllib.request
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert v.proc.poll() is None, v.log()
-        try:
-            with urllib.request.urlopen(v.http + "/readyz", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except Exception:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{v.command} not ready:\n{v.log()}")
 
 
 def scenarios(names):
@@ -189,7 +149,7 @@ def test_two_ingest_and_three_detect_nodes_raise_what_one_serve_raises(cluster, 
     ingest = [cluster.role("ingest", f"ingest{i}", config) for i in range(2)]
     detect = [cluster.role("detect", f"detect{i}", config) for i in range(3)]
     for v in ingest + detect:
-        wait_ready(v)
+        v.wait_ready(timeout=60)
     (tmp_path / "sent").mkdir()
     for i, path in enumerate(shifted(items, tmp_path / "sent")):
         send_scenario([path], ingest[i % 2].http)
@@ -256,7 +216,7 @@ def test_a_detector_killed_mid_scenario_loses_and_repeats_nothing(cluster, tmp_p
     ingest = cluster.role("ingest", "ingest", config)
     detect = [cluster.role("detect", f"detect{i}", config) for i in range(3)]
     for v in [ingest] + detect:
-        wait_ready(v)
+        v.wait_ready(timeout=60)
     (tmp_path / "first").mkdir()
     send_scenario(shifted(items, tmp_path / "first", part=0), ingest.http)
     # Let the partitions commit checkpoints of the first half, then kill the
@@ -300,14 +260,14 @@ def test_detectors_joining_later_take_partitions_and_change_nothing(cluster, tmp
     ingest = cluster.role("ingest", "ingest", config)
     detect = [cluster.role("detect", "first", config)]
     for v in (ingest, detect[0]):
-        wait_ready(v)
+        v.wait_ready(timeout=60)
     (tmp_path / "sent").mkdir()
     paths = shifted(items, tmp_path / "sent")
     send_scenario(paths[:2], ingest.http)
     time.sleep(3)
     detect += [cluster.role("detect", f"late{i}", config) for i in range(2)]
     for v in detect[1:]:
-        wait_ready(v)
+        v.wait_ready(timeout=60)
     send_scenario(paths[2:], ingest.http)
     got = cluster.consume(expected_total(items), timeout=120, linger=6.0)
     ids = [a["id"] for a in got]
