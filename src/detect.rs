@@ -137,12 +137,12 @@ impl DetectMetrics {
         );
         r.register(
             "vigil_detect_commits",
-            "transactions committed (alerts, state and offsets)",
+            "partition commits (offset, alerts, checkpoint)",
             self.commits.clone(),
         );
         r.register(
             "vigil_detect_commit_failures",
-            "transactions aborted or fenced; their work is redone from the last checkpoint",
+            "partition commits given up; their work is redone from the last checkpoint",
             self.commit_failures.clone(),
         );
         r.register(
@@ -511,7 +511,10 @@ impl Detector {
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
-            .set("statistics.interval.ms", "2000");
+            .set("statistics.interval.ms", "2000")
+            // A broker that holds a fetch for its whole wait even when data
+            // arrives (tansu) would add up to this much to every alert.
+            .set("fetch.wait.max.ms", "100");
         for (k, v) in &self.settings.properties {
             if !PRODUCER_ONLY.contains(&k.as_str()) {
                 c.set(k, v);
@@ -558,14 +561,11 @@ impl Detector {
         // Shutdown: commit every partition (held events stay in the snapshot,
         // for whoever owns the partition next), then leave the group.
         let parts: Vec<i32> = self.tasks.keys().copied().collect();
-        for p in parts {
-            if let Err(e) = self.commit(&consumer, p) {
-                warn!(
-                    partition = p,
-                    error = format!("{e:#}"),
-                    "last commit failed; the next owner redoes it"
-                );
-            }
+        if let Err(e) = self.commit(&consumer, &parts) {
+            warn!(
+                error = format!("{e:#}"),
+                "last commit failed; the next owners redo it"
+            );
         }
         self.tasks.clear();
         consumer.unsubscribe();
@@ -910,6 +910,7 @@ impl Detector {
         let idle = self.settings.idle;
         let interval = self.settings.commit_interval;
         let parts: Vec<i32> = self.tasks.keys().copied().collect();
+        let mut due = Vec::new();
         for p in parts {
             let task = self.tasks.get_mut(&p).expect("listed");
             if !task.idle_released && task.last_message.elapsed() >= idle {
@@ -924,12 +925,13 @@ impl Detector {
                 .get_or_create(&label(p))
                 .set(task.last_commit.elapsed().as_secs() as i64);
             if task.dirty && task.last_commit.elapsed() >= interval {
-                if let Err(e) = self.commit(consumer, p) {
-                    warn!(
-                        partition = p,
-                        error = format!("{e:#}"),
-                        "commit failed; the partition restarts from its last checkpoint"
-                    );
+                due.push(p);
+            }
+        }
+        if !due.is_empty() {
+            if let Err(e) = self.commit(consumer, &due) {
+                warn!(partitions = ?due, error = format!("{e:#}"), "commit failed; the partitions restart from their last checkpoints");
+                for p in due {
                     self.abandon(consumer, p);
                 }
             }
@@ -942,52 +944,66 @@ impl Detector {
         }
     }
 
-    /// Commits a partition: checks it still owns it, publishes the alerts
-    /// raised since the last commit, then writes the checkpoint.
-    fn commit(&mut self, consumer: &BaseConsumer<GroupContext>, p: i32) -> Result<()> {
-        let Some(task) = self.tasks.get_mut(&p) else {
-            return Ok(());
-        };
-        if !task.dirty || task.next_offset < 0 {
+    /// Commits partitions together (one round trip per step, whatever their
+    /// number): checks they are still owned, publishes the alerts raised
+    /// since their last commit, then writes their checkpoints. An error
+    /// leaves them to be abandoned (redone from their last checkpoints).
+    fn commit(&mut self, consumer: &BaseConsumer<GroupContext>, parts: &[i32]) -> Result<()> {
+        let parts: Vec<i32> = parts
+            .iter()
+            .copied()
+            .filter(|p| {
+                self.tasks
+                    .get(p)
+                    .is_some_and(|t| t.dirty && t.next_offset >= 0)
+            })
+            .collect();
+        if parts.is_empty() {
             return Ok(());
         }
         // Ownership: a member the group has moved on from gets an error here
         // (stale generation) and publishes nothing.
         let mut offsets = TopicPartitionList::new();
-        offsets
-            .add_partition_offset(
-                &self.settings.events_topic,
-                p,
-                Offset::Offset(task.next_offset),
-            )
-            .context("offset list")?;
+        for p in &parts {
+            offsets
+                .add_partition_offset(
+                    &self.settings.events_topic,
+                    *p,
+                    Offset::Offset(self.tasks[p].next_offset),
+                )
+                .context("offset list")?;
+        }
         consumer
             .commit(&offsets, rdkafka::consumer::CommitMode::Sync)
-            .context("committing the offset (is the partition still ours?)")?;
-        let source = self.settings.state_key(p);
-        let alerts = std::mem::take(&mut task.alerts);
+            .context("committing the offsets (are the partitions still ours?)")?;
         self.producer.context().failed.store(0, Ordering::Relaxed);
-        for a in &alerts {
-            let json = serde_json::to_vec(a).context("serializing an alert")?;
-            let key = sinks::kafka::message_key(a);
-            let headers =
-                sinks::kafka::message::message_headers(a).insert(rdkafka::message::Header {
-                    key: SOURCE_HEADER,
-                    value: Some(source.as_str()),
-                });
-            self.producer
-                .send(
-                    BaseRecord::to(&self.settings.alerts_topic)
-                        .key(key.as_bytes())
-                        .payload(&json)
-                        .headers(headers),
-                )
-                .map_err(|(e, _)| anyhow::anyhow!("queueing an alert: {e}"))?;
+        let mut published: Vec<(i32, Vec<Alert>)> = Vec::with_capacity(parts.len());
+        for p in &parts {
+            let source = self.settings.state_key(*p);
+            let alerts = std::mem::take(&mut self.tasks.get_mut(p).expect("owned").alerts);
+            for a in &alerts {
+                let json = serde_json::to_vec(a).context("serializing an alert")?;
+                let key = sinks::kafka::message_key(a);
+                let headers =
+                    sinks::kafka::message::message_headers(a).insert(rdkafka::message::Header {
+                        key: SOURCE_HEADER,
+                        value: Some(source.as_str()),
+                    });
+                self.producer
+                    .send(
+                        BaseRecord::to(&self.settings.alerts_topic)
+                            .key(key.as_bytes())
+                            .payload(&json)
+                            .headers(headers),
+                    )
+                    .map_err(|(e, _)| anyhow::anyhow!("queueing an alert: {e}"))?;
+            }
+            published.push((*p, alerts));
         }
-        let mut alerts_end = Vec::new();
-        if !alerts.is_empty() {
+        if published.iter().any(|(_, a)| !a.is_empty()) {
             self.flushed().context("publishing alerts")?;
         }
+        let mut alerts_end = Vec::with_capacity(self.alert_partitions.len());
         for ap in &self.alert_partitions {
             let (_, high) = self
                 .producer
@@ -996,33 +1012,42 @@ impl Detector {
                 .context("reading the alert topic's end")?;
             alerts_end.push((*ap, high));
         }
-        let task = self.tasks.get_mut(&p).expect("still owned");
-        let cp = Checkpoint {
-            next_offset: task.next_offset,
-            alerts_end,
-            published: task.published.iter().cloned().collect(),
-        };
-        let value = encode_checkpoint(&cp, &task.engine.snapshot())?;
-        let key = self.settings.state_key(p);
-        self.producer
-            .send(
-                BaseRecord::to(&self.settings.state_topic)
-                    .partition(p)
-                    .key(key.as_bytes())
-                    .payload(&value),
-            )
-            .map_err(|(e, _)| anyhow::anyhow!("queueing the checkpoint: {e}"))?;
-        self.flushed().context("writing the checkpoint")?;
-        let task = self.tasks.get_mut(&p).expect("still owned");
-        task.dirty = false;
-        task.last_commit = Instant::now();
-        task.checkpoint_offset = task.next_offset;
-        self.metrics.commits.inc();
-        self.metrics
-            .state_bytes
-            .get_or_create(&label(p))
-            .set(value.len() as i64);
-        if !alerts.is_empty() {
+        let mut sizes = Vec::with_capacity(parts.len());
+        for p in &parts {
+            let task = &self.tasks[p];
+            let cp = Checkpoint {
+                next_offset: task.next_offset,
+                alerts_end: alerts_end.clone(),
+                published: task.published.iter().cloned().collect(),
+            };
+            let value = encode_checkpoint(&cp, &task.engine.snapshot())?;
+            let key = self.settings.state_key(*p);
+            self.producer
+                .send(
+                    BaseRecord::to(&self.settings.state_topic)
+                        .partition(*p)
+                        .key(key.as_bytes())
+                        .payload(&value),
+                )
+                .map_err(|(e, _)| anyhow::anyhow!("queueing the checkpoint: {e}"))?;
+            sizes.push((*p, value.len()));
+        }
+        self.flushed().context("writing the checkpoints")?;
+        for (p, size) in sizes {
+            let task = self.tasks.get_mut(&p).expect("owned");
+            task.dirty = false;
+            task.last_commit = Instant::now();
+            task.checkpoint_offset = task.next_offset;
+            self.metrics
+                .state_bytes
+                .get_or_create(&label(p))
+                .set(size as i64);
+        }
+        self.metrics.commits.inc_by(parts.len() as u64);
+        for (p, alerts) in published {
+            if alerts.is_empty() {
+                continue;
+            }
             self.metrics.alerts.inc_by(alerts.len() as u64);
             for a in &alerts {
                 info!(rule = %a.rule_id, severity = %a.severity, user = a.user.as_deref().unwrap_or(""), session = a.session.as_deref().unwrap_or(""), partition = p, "{}", a.summary);
