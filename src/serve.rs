@@ -669,10 +669,20 @@ pub(crate) async fn serve_receivers(
         let rules_config = config.clone();
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                match rules_reload
-                    .as_ref()
-                    .map(|tx| (tx, crate::load_rules(&rules_config)))
-                {
+                // Compiling rules is CPU work: off the runtime's threads.
+                let loaded = match rules_reload.as_ref() {
+                    Some(tx) => {
+                        let cfg = rules_config.clone();
+                        let compiled = tokio::task::spawn_blocking(move || crate::load_rules(&cfg))
+                            .await
+                            .unwrap_or_else(|e| {
+                                Err(anyhow::anyhow!("rule compilation panicked: {e}"))
+                            });
+                        Some((tx, compiled))
+                    }
+                    None => None,
+                };
+                match loaded {
                     Some((tx, Ok(set))) => {
                         info!(
                             rules = set.len(),

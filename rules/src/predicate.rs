@@ -20,9 +20,10 @@ const REGEX_SIZE_LIMIT: usize = 1 << 20;
 /// backtracking), so a "catastrophic" pattern such as `(a+)+$` cannot stall
 /// the engine on a hostile command line; its compiled size is bounded too.
 fn rule_regex(pattern: &str) -> Result<Regex, regex::Error> {
+    // Only the compiled program is bounded; the lazy DFA keeps its default
+    // cache (a smaller one makes matching thrash).
     RegexBuilder::new(pattern)
         .size_limit(REGEX_SIZE_LIMIT)
-        .dfa_size_limit(REGEX_SIZE_LIMIT)
         .build()
 }
 use serde_yaml::Value;
