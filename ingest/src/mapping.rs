@@ -943,6 +943,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_optional_event_column_can_be_set_by_a_mapping() {
+        // Mappings set the optional text and number columns; the rest (time,
+        // ids, tenant, source, kind, outcome, interactive, attrs) have their
+        // own mapping keys. A new optional column must be added here too.
+        let own_keys = [
+            "time",
+            "observed_time",
+            "event_id",
+            "tenant",
+            "source",
+            "kind",
+            "outcome",
+            "interactive",
+            "attrs",
+        ];
+        for name in event::EVENT_FIELDS {
+            if !own_keys.contains(name) {
+                assert!(
+                    Column::parse(name).is_some(),
+                    "mappings cannot set `{name}`"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn words_split_snake_camel_and_dots() {
         assert_eq!(words("chat.postMessage"), ["chat", "post", "message"]);
         assert_eq!(words("slack_post_message"), ["slack", "post", "message"]);

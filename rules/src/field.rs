@@ -141,6 +141,17 @@ impl FieldRef {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_event_column_can_be_named_by_a_rule() {
+        // The event's column list is the one source of truth: a column added
+        // to `Event` and `EVENT_FIELDS` but not here fails this test.
+        // `attrs` is named key by key (`attrs.<key>`).
+        for name in event::EVENT_FIELDS.iter().filter(|n| **n != "attrs") {
+            let f = FieldRef::parse(name).unwrap_or_else(|| panic!("rules cannot name `{name}`"));
+            assert_eq!(f.name(), *name);
+        }
+    }
     use event::{EventKind, Source, EVENT_FIELDS};
 
     #[test]
