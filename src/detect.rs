@@ -244,20 +244,21 @@ const PRODUCER_ONLY: &[&str] = &[
 ];
 
 impl Settings {
-    /// Settings shared by every client: the brokers, then `properties`.
-    fn base(&self, producer: bool) -> ClientConfig {
+    /// A client's settings: the brokers, then `defaults`, then `properties`
+    /// (so an operator can override any default; consumers are not given
+    /// producer-only properties).
+    fn client(&self, producer: bool, defaults: &[(&str, &str)]) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
+        for (k, v) in defaults {
+            c.set(*k, *v);
+        }
         for (k, v) in &self.properties {
             if producer || !PRODUCER_ONLY.contains(&k.as_str()) {
                 c.set(k, v);
             }
         }
         c
-    }
-
-    fn client(&self) -> ClientConfig {
-        self.base(false)
     }
 
     fn state_key(&self, partition: i32) -> String {
@@ -501,25 +502,24 @@ impl Detector {
             lag: self.metrics.lag.clone(),
             topic: self.settings.events_topic.clone(),
         };
-        let mut c = self.settings.client();
-        c.set("group.id", &self.settings.group)
-            .set("client.id", "vigil-detect")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("isolation.level", "read_committed")
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
-            .set("statistics.interval.ms", "2000")
-            // A broker that holds a fetch for its whole wait even when data
-            // arrives (tansu) would add up to this much to every alert.
-            .set("fetch.wait.max.ms", "100");
-        for (k, v) in &self.settings.properties {
-            if !PRODUCER_ONLY.contains(&k.as_str()) {
-                c.set(k, v);
-            }
-        }
+        let c = self.settings.client(
+            false,
+            &[
+                ("group.id", &self.settings.group),
+                ("client.id", "vigil-detect"),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", "earliest"),
+                ("isolation.level", "read_committed"),
+                ("partition.assignment.strategy", "cooperative-sticky"),
+                ("session.timeout.ms", "10000"),
+                ("heartbeat.interval.ms", "1000"),
+                ("statistics.interval.ms", "2000"),
+                // A broker that holds a fetch for its whole wait even when data
+                // arrives (tansu) would add up to this much to every alert.
+                ("fetch.wait.max.ms", "100"),
+            ],
+        );
         let consumer: BaseConsumer<GroupContext> = c
             .create_with_context(context)
             .context("cannot create the Kafka consumer")?;
@@ -781,17 +781,19 @@ impl Detector {
     }
 
     fn reader(&self, suffix: &str) -> Result<BaseConsumer> {
-        let mut c = self.settings.client();
-        c.set("group.id", format!("{}-{suffix}", self.settings.group))
-            .set("enable.auto.commit", "false")
-            .set("receive.message.max.bytes", "134217728")
-            .set("fetch.message.max.bytes", "67108864");
-        for (k, v) in &self.settings.properties {
-            if !PRODUCER_ONLY.contains(&k.as_str()) {
-                c.set(k, v);
-            }
-        }
-        c.create().context("cannot create a Kafka reader")
+        let group = format!("{}-{suffix}", self.settings.group);
+        self.settings
+            .client(
+                false,
+                &[
+                    ("group.id", &group),
+                    ("enable.auto.commit", "false"),
+                    ("receive.message.max.bytes", "134217728"),
+                    ("fetch.message.max.bytes", "67108864"),
+                ],
+            )
+            .create()
+            .context("cannot create a Kafka reader")
     }
 
     /// Reads `topic` from `from` (per partition) up to its current end,
@@ -884,17 +886,8 @@ impl Detector {
     fn read_checkpoint(&self, partition: i32) -> Result<Option<(Checkpoint, Vec<u8>)>> {
         let key = self.settings.state_key(partition);
         let mut newest = None;
-        let state_topic = self.settings.state_topic.clone();
         // Only the state topic partition of the same number holds it.
-        let reader = self.reader("state")?;
-        let (_, high) = reader
-            .fetch_watermarks(&state_topic, partition, Duration::from_secs(10))
-            .with_context(|| format!("reading the state topic {state_topic}"))?;
-        drop(reader);
-        if high <= 0 {
-            return Ok(None);
-        }
-        self.scan(&state_topic, Some(partition), &[], |m| {
+        self.scan(&self.settings.state_topic, Some(partition), &[], |m| {
             if m.partition() == partition && m.key() == Some(key.as_bytes()) {
                 if let Some(v) = m.payload() {
                     if let Some(cp) = parse_checkpoint(v) {
@@ -1096,18 +1089,20 @@ fn raise(task: &mut Task, alerts: Vec<Alert>) {
 
 /// The detector's producer: idempotent, every alert and checkpoint acknowledged by all replicas.
 fn alert_producer(settings: &Settings) -> Result<ThreadedProducer<Deliveries>> {
-    let mut c = settings.base(true);
-    c.set("client.id", "vigil-detect")
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("compression.type", "lz4")
-        .set("linger.ms", "5")
-        .set("partitioner", "murmur2_random")
-        .set("message.max.bytes", "67108864");
-    for (k, v) in &settings.properties {
-        c.set(k, v);
-    }
-    c.create_with_context(Deliveries::default())
+    settings
+        .client(
+            true,
+            &[
+                ("client.id", "vigil-detect"),
+                ("enable.idempotence", "true"),
+                ("acks", "all"),
+                ("compression.type", "lz4"),
+                ("linger.ms", "5"),
+                ("partitioner", "murmur2_random"),
+                ("message.max.bytes", "67108864"),
+            ],
+        )
+        .create_with_context(Deliveries::default())
         .context("cannot create the Kafka producer")
 }
 

@@ -99,7 +99,6 @@ pub fn run(config: Config) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
 
-    let _guard = runtime.enter();
     {
         let (publisher, state) = (publisher.clone(), broker_state.clone());
         std::thread::Builder::new()
@@ -121,7 +120,7 @@ pub fn run(config: Config) -> Result<()> {
     }
     let publishing = {
         let (publisher, state) = (publisher.clone(), broker_state.clone());
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_BATCHES));
             let mut tasks = tokio::task::JoinSet::new();
             while let Some(batch) = batches.recv().await {
@@ -168,7 +167,6 @@ pub fn run(config: Config) -> Result<()> {
             w.close().context("closing the capture file")?;
         }
     }
-    drop(_guard);
     runtime.shutdown_timeout(Duration::from_secs(5));
     result?;
     info!("vigil ingest stopped; every acknowledged event is in Kafka");

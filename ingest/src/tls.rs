@@ -255,12 +255,6 @@ pub struct TlsConn {
     peer: PeerIdentity,
 }
 
-impl TlsConn {
-    pub fn peer(&self) -> &PeerIdentity {
-        &self.peer
-    }
-}
-
 impl AsyncRead for TlsConn {
     fn poll_read(
         mut self: Pin<&mut Self>,

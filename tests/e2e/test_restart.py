@@ -16,18 +16,13 @@ STATEFUL = ["unattended-session", "connector-write-burst", "exfiltration-chain"]
 CONFIG = {"engine": {"idle_timeout": "1s", "restore_window": "8h"}}
 
 
-def offset_s(text):
-    sign = -1 if text.startswith("-") else 1
-    text = text.lstrip("+-")
-    units = {"h": 3600, "m": 60, "s": 1}
-    total, num = 0, ""
-    for ch in text:
-        if ch.isdigit():
-            num += ch
-        else:
-            total += int(num) * units[ch]
-            num = ""
-    return sign * total
+def scenario_sender():
+    """send.py, the scenarios' own sender: its reading of offsets and repeats."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("scenario_send", scenario_dir() / "send.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def comparable(alerts):
@@ -43,13 +38,10 @@ def halves(scenario, tmp_path):
     """The scenario as two files: record instances (repeats unrolled) before the
     middle of its time span, and the rest."""
     instances = []
-    for r in scenario["records"]:
-        start, every = offset_s(r.get("at", "+0s")), offset_s(r.get("every", "0s"))
-        for i in range(int(r.get("repeat", 1))):
-            one = {k: v for k, v in r.items() if k not in ("repeat", "every")}
-            t = start + i * every
-            one["at"] = f"{'+' if t >= 0 else '-'}{abs(t)}s"
-            instances.append((start + i * every, one))
+    for r, t in scenario_sender().expand(scenario["records"]):
+        one = {k: v for k, v in r.items() if k not in ("repeat", "every")}
+        one["at"] = f"{'+' if t >= 0 else '-'}{abs(t):.3f}s"
+        instances.append((t, one))
     times = sorted({t for t, _ in instances})
     cut = times[len(times) // 2]
     parts = []

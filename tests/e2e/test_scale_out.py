@@ -202,13 +202,6 @@ def full_log(v):
     return v.log_path.read_text(errors="replace")
 
 
-def events_consumed(v):
-    for line in v.metrics().splitlines():
-        if line.startswith("vigil_detect_events_total "):
-            return float(line.split()[1])
-    return 0.0
-
-
 @pytest.mark.parametrize("name", STATEFUL)
 def test_a_detector_killed_mid_scenario_loses_and_repeats_nothing(cluster, tmp_path, name):
     items = scenarios([name])
