@@ -14,7 +14,7 @@
 //! The archive writer does not store the Arrow schema in the file, so every
 //! reader (DuckDB, pyarrow, Spark, Trino) sees those columns as plain strings.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{
@@ -632,13 +632,16 @@ struct MapColumn {
 }
 
 impl MapColumn {
-    fn row(&self, i: usize) -> BTreeMap<String, String> {
+    /// Row `i`'s entries; with `keep`, only those keys.
+    fn row(&self, i: usize, keep: Option<&HashSet<String>>) -> BTreeMap<String, String> {
         if self.nulls.as_ref().is_some_and(|n| n.is_null(i)) {
             return BTreeMap::new();
         }
         let (start, end) = (self.offsets[i] as usize, self.offsets[i + 1] as usize);
         (start..end)
-            .filter(|&j| self.keys.is_valid(j))
+            .filter(|&j| {
+                self.keys.is_valid(j) && keep.is_none_or(|k| k.contains(self.keys.value(j)))
+            })
             .map(|j| {
                 (
                     self.keys.value(j).to_string(),
@@ -700,21 +703,178 @@ fn enum_or_default<T: Default>(
         .unwrap_or_default()
 }
 
+/// What a reader keeps of each archived event. Replay and warm-up read only
+/// what the loaded rules use: the attributes they name, and full rows only
+/// for the kinds they look at (the other rows count for time alone).
+#[derive(Debug, Clone, Default)]
+pub struct EventProjection {
+    /// Columns to read (`time` and `kind` always are); the others read as
+    /// unset. `None` reads every column.
+    pub columns: Option<HashSet<String>>,
+    /// Attribute keys to keep; `None` keeps every attribute.
+    pub attrs: Option<HashSet<String>>,
+    /// Kinds read as whole events; `None` reads every row as an event.
+    pub kinds: Option<Vec<EventKind>>,
+}
+
+impl EventProjection {
+    /// Everything: every row, every attribute.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// Whether column `name` is read.
+    pub fn reads(&self, name: &str) -> bool {
+        matches!(name, "time" | "kind")
+            || (name == "attrs" && self.attrs.as_ref().is_none_or(|a| !a.is_empty()))
+            || (name != "attrs" && self.columns.as_ref().is_none_or(|c| c.contains(name)))
+    }
+
+    fn kind_mask(&self) -> [bool; EventKind::ALL.len()] {
+        match &self.kinds {
+            None => [true; EventKind::ALL.len()],
+            Some(kinds) => {
+                let mut mask = [false; EventKind::ALL.len()];
+                for k in kinds {
+                    mask[*k as usize] = true;
+                }
+                mask
+            }
+        }
+    }
+}
+
+/// The rows of a batch read through an [`EventProjection`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProjectedEvents {
+    /// Rows of the kinds asked for, in batch order.
+    pub events: Vec<Event>,
+    /// Event times of the other rows, in batch order.
+    pub other_times: Vec<i64>,
+}
+
+/// A string column read without copying it: plain, or a dictionary whose
+/// values are looked up per row (Parquet hands back dictionary-encoded
+/// columns this way when asked, see `sinks::archive`).
+enum StrCol {
+    Plain(StringArray),
+    Dict {
+        keys: Int32Array,
+        values: StringArray,
+    },
+}
+
+impl StrCol {
+    #[inline]
+    fn get(&self, i: usize) -> Option<&str> {
+        match self {
+            StrCol::Plain(a) => a.is_valid(i).then(|| a.value(i)),
+            StrCol::Dict { keys, values } => {
+                if !keys.is_valid(i) {
+                    return None;
+                }
+                let k = keys.value(i) as usize;
+                (k < values.len() && values.is_valid(k)).then(|| values.value(k))
+            }
+        }
+    }
+}
+
+fn opt_string(c: &Option<StrCol>, i: usize) -> Option<String> {
+    c.as_ref().and_then(|c| c.get(i)).map(str::to_string)
+}
+
+fn parsed<T: Default>(c: &Option<StrCol>, i: usize, parse: fn(&str) -> Option<T>) -> T {
+    c.as_ref()
+        .and_then(|c| c.get(i))
+        .and_then(parse)
+        .unwrap_or_default()
+}
+
+impl<'a> Columns<'a> {
+    /// A string-like column as a [`StrCol`]: dictionaries keep their values
+    /// (keys widened to Int32), anything else is cast to Utf8.
+    fn str_col(&self, name: &str) -> Result<Option<StrCol>> {
+        let Some(a) = self.get(name) else {
+            return Ok(None);
+        };
+        if let DataType::Dictionary(_, _) = a.data_type() {
+            let bad = || SchemaError::ColumnType {
+                column: name.to_string(),
+                found: a.data_type().clone(),
+                expected: "string",
+            };
+            let d = cast(a, &dict_type()).map_err(|_| bad())?;
+            let d = d
+                .as_any()
+                .downcast_ref::<arrow::array::DictionaryArray<Int32Type>>()
+                .ok_or_else(bad)?;
+            let values = cast(d.values(), &DataType::Utf8).map_err(|_| bad())?;
+            return Ok(Some(StrCol::Dict {
+                keys: d.keys().clone(),
+                values: values
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .ok_or_else(bad)?
+                    .clone(),
+            }));
+        }
+        Ok(self.strings(name)?.map(StrCol::Plain))
+    }
+}
+
 /// Reads events back from a RecordBatch of any version of [`event_schema`].
 /// Only `time` is required; missing columns read as `None` / defaults.
 pub fn batch_to_events(batch: &RecordBatch) -> Result<Vec<Event>> {
+    Ok(batch_to_events_projected(batch, &EventProjection::all())?.events)
+}
+
+/// [`batch_to_events`] keeping only what `projection` asks for: rows of
+/// other kinds give just their time, and attributes outside the projection
+/// are never copied out of the batch.
+pub fn batch_to_events_projected(
+    batch: &RecordBatch,
+    projection: &EventProjection,
+) -> Result<ProjectedEvents> {
     let c = Columns::of_batch(batch);
     let time = c
         .nanos("time")?
         .ok_or(SchemaError::MissingColumn { column: "time" })?;
-    let observed = c.nanos("observed_time")?;
-    let s = |name| c.strings(name);
-    let (event_id, tenant, source, product, kind, action, outcome) = (
+    let kind = c.str_col("kind")?;
+    let wanted = projection.kind_mask();
+    let kinds: Vec<EventKind> = (0..batch.num_rows())
+        .map(|i| parsed(&kind, i, EventKind::parse))
+        .collect();
+    let mut out = ProjectedEvents::default();
+    let rows = kinds.iter().filter(|k| wanted[**k as usize]).count();
+    if rows < kinds.len() {
+        out.other_times = kinds
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| !wanted[**k as usize])
+            .map(|(i, _)| time.value(i))
+            .collect();
+    }
+    if rows == 0 {
+        return Ok(out);
+    }
+    let observed = if projection.reads("observed_time") {
+        c.nanos("observed_time")?
+    } else {
+        None
+    };
+    let s = |name| {
+        if projection.reads(name) {
+            c.str_col(name)
+        } else {
+            Ok(None)
+        }
+    };
+    let (event_id, tenant, source, product, action, outcome) = (
         s("event_id")?,
         s("tenant")?,
         s("source")?,
         s("product")?,
-        s("kind")?,
         s("action")?,
         s("outcome")?,
     );
@@ -733,36 +893,57 @@ pub fn batch_to_events(batch: &RecordBatch) -> Result<Vec<Event>> {
         s("command")?,
         s("model")?,
     );
-    let (tokens_in, tokens_out) = (c.ints("tokens_in")?, c.ints("tokens_out")?);
-    let interactive = c.bools("interactive")?;
-    let attrs = c.maps("attrs")?;
-    let mut out = Vec::with_capacity(batch.num_rows());
-    for i in 0..batch.num_rows() {
-        out.push(Event {
+    let ints = |name| {
+        if projection.reads(name) {
+            c.ints(name)
+        } else {
+            Ok(None)
+        }
+    };
+    let (tokens_in, tokens_out) = (ints("tokens_in")?, ints("tokens_out")?);
+    let interactive = if projection.reads("interactive") {
+        c.bools("interactive")?
+    } else {
+        None
+    };
+    let attrs = if projection.reads("attrs") {
+        c.maps("attrs")?
+    } else {
+        None
+    };
+    out.events.reserve_exact(rows);
+    for (i, kind) in kinds.into_iter().enumerate() {
+        if !wanted[kind as usize] {
+            continue;
+        }
+        out.events.push(Event {
             time: time.value(i),
             observed_time: opt_int(&observed, i).unwrap_or(0),
-            event_id: str_or_default(&event_id, i),
-            tenant: str_or_default(&tenant, i),
-            source: enum_or_default(&source, i, Source::parse),
-            product: opt_col_str(&product, i),
-            kind: enum_or_default(&kind, i, EventKind::parse),
-            action: opt_col_str(&action, i),
-            outcome: enum_or_default(&outcome, i, Outcome::parse),
-            user: opt_col_str(&user, i),
-            session: opt_col_str(&session, i),
-            host: opt_col_str(&host, i),
-            tool: opt_col_str(&tool, i),
-            mcp_server: opt_col_str(&mcp_server, i),
-            connector: opt_col_str(&connector, i),
-            target: opt_col_str(&target, i),
-            domain: opt_col_str(&domain, i),
-            path: opt_col_str(&path, i),
-            command: opt_col_str(&command, i),
-            model: opt_col_str(&model, i),
+            event_id: opt_string(&event_id, i).unwrap_or_default(),
+            tenant: opt_string(&tenant, i).unwrap_or_default(),
+            source: parsed(&source, i, Source::parse),
+            product: opt_string(&product, i),
+            kind,
+            action: opt_string(&action, i),
+            outcome: parsed(&outcome, i, Outcome::parse),
+            user: opt_string(&user, i),
+            session: opt_string(&session, i),
+            host: opt_string(&host, i),
+            tool: opt_string(&tool, i),
+            mcp_server: opt_string(&mcp_server, i),
+            connector: opt_string(&connector, i),
+            target: opt_string(&target, i),
+            domain: opt_string(&domain, i),
+            path: opt_string(&path, i),
+            command: opt_string(&command, i),
+            model: opt_string(&model, i),
             tokens_in: opt_int(&tokens_in, i),
             tokens_out: opt_int(&tokens_out, i),
             interactive: opt_bool(&interactive, i),
-            attrs: attrs.as_ref().map(|m| m.row(i)).unwrap_or_default(),
+            attrs: attrs
+                .as_ref()
+                .map(|m| m.row(i, projection.attrs.as_ref()))
+                .unwrap_or_default(),
         });
     }
     Ok(out)
@@ -825,7 +1006,7 @@ pub fn batch_to_alerts(batch: &RecordBatch) -> Result<Vec<Alert>> {
             severity: enum_or_default(&severity, i, Severity::parse),
             tags: tags.as_ref().map(|l| l.row(i)).unwrap_or_default(),
             tenant: str_or_default(&tenant, i),
-            key: key.as_ref().map(|m| m.row(i)).unwrap_or_default(),
+            key: key.as_ref().map(|m| m.row(i, None)).unwrap_or_default(),
             user: opt_col_str(&user, i),
             session: opt_col_str(&session, i),
             host: opt_col_str(&host, i),

@@ -1,8 +1,9 @@
 //! Replay: the same rules engine over history.
 //!
-//! Events are read back from the Parquet archive (`sinks::archive`), hour
-//! partition by hour partition, sorted by (time, event id) within each hour
-//! and fed to a [`rules::Engine`] built exactly as `vigil serve` builds it.
+//! Events are read back from the Parquet archive (`sinks::archive`), row
+//! group by row group in order of their earliest event, put in (time, event
+//! id) order and fed to a [`rules::Engine`] built exactly as `vigil serve`
+//! builds it.
 //! Alerts come out with the ids the live run gave them (ids hash rule, key and
 //! triggering events) and are marked `replayed`.
 //!
@@ -20,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use event::{Alert, Event};
 
-const NANOS_PER_HOUR: i64 = 3_600_000_000_000;
-/// Events held for sorting before they are handed to the engine even if the
-/// hour is not complete; past it the engine's allowed lateness absorbs the rest.
+/// Events held for sorting before they are handed to the engine even if
+/// unread row groups could still hold earlier ones; past it the engine's
+/// allowed lateness absorbs the rest.
 const MAX_SORT_BUFFER: usize = 2_000_000;
 
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +90,17 @@ fn emit_replayed(
 
 /// Replays `archive` (the folder holding `events/`) over `[from, to)` through
 /// `engine`, calling `on_alerts` with each group of alerts as they fire and
-/// `on_progress` after every engine batch.
+/// `on_progress` as the replay moves on.
+///
+/// Events reach the engine in `(time, event id)` order, across files and
+/// partitions: row groups are taken in order of their earliest event, and
+/// what has been read is released up to the earliest time the next row
+/// group can hold. Reader threads (one per core) decode row groups ahead
+/// while this thread runs the engine. Only what the engine's rules use is
+/// read ([`rules::Engine::projection`]): the columns and attributes they
+/// name, and whole rows only of the kinds they look at; of those, only the
+/// events some rule can act on ([`rules::RuleSet::may_act_on`]) reach the
+/// engine. The others move time alone.
 pub fn replay_archive(
     archive: &Path,
     from: Option<i64>,
@@ -99,47 +110,239 @@ pub fn replay_archive(
     mut on_progress: impl FnMut(Progress),
 ) -> Result<Summary, ReplayError> {
     let started = Instant::now();
+    let reader = sinks::archive::read_events_projected(archive, from, to, engine.projection())?;
+    let groups = reader.row_groups();
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, MAX_READERS);
+    let rules = engine.ruleset().clone();
     let mut summary = Summary::default();
     let mut emit =
         |alerts: Vec<Alert>, summary: &mut Summary| emit_replayed(alerts, summary, &mut on_alerts);
-    let mut buffer: Vec<Event> = Vec::new();
-    let mut buffer_hour: Option<i64> = None;
-    let flush = |buffer: &mut Vec<Event>,
-                 engine: &mut rules::Engine,
-                 summary: &mut Summary|
-     -> Vec<Alert> {
-        if buffer.is_empty() {
-            return Vec::new();
+    let window = Window::new(workers);
+    let claim = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..workers {
+            let (tx, reader, rules, claim, window) = (tx.clone(), &reader, &rules, &claim, &window);
+            scope.spawn(move || loop {
+                let i = claim.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= groups || !window.wait_for(i) {
+                    break;
+                }
+                let read = reader.read_row_group(i).map(|mut batches| {
+                    for read in &mut batches {
+                        // Events no rule can act on go on as times only, so
+                        // the engine's thread neither runs nor frees them.
+                        let (acted, idle): (Vec<Event>, Vec<Event>) =
+                            std::mem::take(&mut read.events)
+                                .into_iter()
+                                .partition(|e| rules.may_act_on(e));
+                        read.events = acted;
+                        read.other_times.extend(idle.iter().map(|e| e.time));
+                    }
+                    batches
+                });
+                if tx.send((i, read)).is_err() {
+                    break;
+                }
+            });
         }
-        buffer.sort_by(|a, b| {
-            a.time
-                .cmp(&b.time)
-                .then_with(|| a.event_id.cmp(&b.event_id))
-        });
-        summary.events += buffer.len() as u64;
-        summary.first_event = summary.first_event.or(buffer.first().map(|e| e.time));
-        summary.last_event = buffer.last().map(|e| e.time).or(summary.last_event);
-        engine.push(std::mem::take(buffer))
-    };
-    for batch in sinks::archive::read_events(archive, from, to)? {
-        for ev in batch? {
-            let hour = ev.time.div_euclid(NANOS_PER_HOUR);
-            if buffer_hour.is_some_and(|h| hour > h) || buffer.len() >= MAX_SORT_BUFFER {
-                let alerts = flush(&mut buffer, engine, &mut summary);
+        drop(tx);
+        // Whatever way this returns, readers waiting for the window go home.
+        let _close = window.closer();
+        let mut ready = BTreeMap::new();
+        let mut held = Reorder::default();
+        for next in 0..groups {
+            let batches = loop {
+                if let Some(r) = ready.remove(&next) {
+                    break r;
+                }
+                match rx.recv() {
+                    Ok((i, r)) => {
+                        ready.insert(i, r);
+                    }
+                    Err(_) => unreachable!("row group {next} is claimed by a live reader"),
+                }
+            }?;
+            window.advance(next + 1);
+            let alerts = held.release(reader.earliest(next), true, engine, &mut summary);
+            emit(alerts, &mut summary)?;
+            on_progress(summary.progress(started.elapsed()));
+            for read in batches {
+                held.add(read);
+            }
+            if held.len >= MAX_SORT_BUFFER {
+                // Row groups overlapping this much (or without time
+                // statistics): what follows may be earlier than what goes
+                // now, so the engine's allowed lateness has to absorb it.
+                let alerts = held.release(i64::MAX, false, engine, &mut summary);
                 emit(alerts, &mut summary)?;
                 on_progress(summary.progress(started.elapsed()));
             }
-            buffer_hour = Some(buffer_hour.map_or(hour, |h| h.max(hour)));
-            buffer.push(ev);
         }
-    }
-    let alerts = flush(&mut buffer, engine, &mut summary);
-    emit(alerts, &mut summary)?;
+        let alerts = held.release(i64::MAX, true, engine, &mut summary);
+        emit(alerts, &mut summary)?;
+        Ok::<(), ReplayError>(())
+    })?;
     let alerts = engine.finish();
     emit(alerts, &mut summary)?;
     summary.elapsed = started.elapsed();
     on_progress(summary.progress(summary.elapsed));
     Ok(summary)
+}
+
+/// Reader threads at most, whatever the core count.
+const MAX_READERS: usize = 4;
+
+/// How far ahead of the engine readers may decode: row group `i` waits
+/// until the engine has taken every group before `i - size`, which bounds
+/// the memory of groups decoded out of turn.
+struct Window {
+    taken: std::sync::Mutex<usize>,
+    moved: std::sync::Condvar,
+    size: usize,
+}
+
+impl Window {
+    fn new(size: usize) -> Self {
+        Window {
+            taken: std::sync::Mutex::new(0),
+            moved: std::sync::Condvar::new(),
+            size,
+        }
+    }
+
+    /// Blocks until group `i` may be decoded; false once the replay is over.
+    fn wait_for(&self, i: usize) -> bool {
+        let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+        while i >= taken.saturating_add(self.size) {
+            taken = self.moved.wait(taken).unwrap_or_else(|p| p.into_inner());
+        }
+        *taken != usize::MAX
+    }
+
+    /// The engine has taken the groups before `taken`.
+    fn advance(&self, taken: usize) {
+        *self.taken.lock().unwrap_or_else(|p| p.into_inner()) = taken;
+        self.moved.notify_all();
+    }
+
+    /// Ends the replay for every waiting reader when dropped.
+    fn closer(&self) -> impl Drop + '_ {
+        struct Close<'a>(&'a Window);
+        impl Drop for Close<'_> {
+            fn drop(&mut self) {
+                self.0.advance(usize::MAX);
+            }
+        }
+        Close(self)
+    }
+}
+
+/// Events handed to the engine per push while released events are fed in order.
+const FEED_CHUNK: usize = 4096;
+
+/// Events read but not yet handed to the engine. They stay in the batches
+/// they were decoded in; a release sorts an index of the ones it lets go.
+#[derive(Default)]
+struct Reorder {
+    batches: Vec<Vec<Event>>,
+    /// Times of rows no rule looks at.
+    other_times: Vec<i64>,
+    len: usize,
+}
+
+impl Reorder {
+    fn add(&mut self, read: event::schema::ProjectedEvents) {
+        self.len += read.events.len() + read.other_times.len();
+        self.other_times.extend(read.other_times);
+        if !read.events.is_empty() {
+            self.batches.push(read.events);
+        }
+    }
+
+    /// Feeds every held event earlier than `before` to the engine, in
+    /// `(time, event id)` order. With `in_order`, nothing fed later can be
+    /// earlier, so the engine processes each chunk at once instead of
+    /// holding it for the allowed lateness.
+    fn release(
+        &mut self,
+        before: i64,
+        in_order: bool,
+        engine: &mut rules::Engine,
+        summary: &mut Summary,
+    ) -> Vec<Alert> {
+        let mut going: Vec<Vec<Event>> = Vec::new();
+        for batch in std::mem::take(&mut self.batches) {
+            if batch.iter().all(|e| e.time < before) {
+                going.push(batch);
+            } else if batch.iter().any(|e| e.time < before) {
+                let (now, later): (Vec<Event>, Vec<Event>) =
+                    batch.into_iter().partition(|e| e.time < before);
+                going.push(now);
+                self.batches.push(later);
+            } else {
+                self.batches.push(batch);
+            }
+        }
+        self.other_times.sort_unstable();
+        let split = self.other_times.partition_point(|t| *t < before);
+        let others: Vec<i64> = self.other_times.drain(..split).collect();
+
+        let mut order: Vec<(i64, u32, u32)> = Vec::with_capacity(going.iter().map(Vec::len).sum());
+        for (b, events) in going.iter().enumerate() {
+            for (r, e) in events.iter().enumerate() {
+                order.push((e.time, b as u32, r as u32));
+            }
+        }
+        if order.is_empty() && others.is_empty() {
+            return Vec::new();
+        }
+        let id = |b: u32, r: u32| going[b as usize][r as usize].event_id.as_str();
+        order.sort_unstable_by(|x, y| {
+            x.0.cmp(&y.0)
+                .then_with(|| id(x.1, x.2).cmp(id(y.1, y.2)))
+                .then_with(|| (x.1, x.2).cmp(&(y.1, y.2)))
+        });
+        let n = order.len() + others.len();
+        self.len -= n;
+        summary.events += n as u64;
+        let first = order
+            .first()
+            .map(|o| o.0)
+            .into_iter()
+            .chain(others.first().copied())
+            .min();
+        let last = order
+            .last()
+            .map(|o| o.0)
+            .into_iter()
+            .chain(others.last().copied())
+            .max();
+        summary.first_event = summary.first_event.min(first).or(first);
+        summary.last_event = last.max(summary.last_event);
+
+        let mut alerts = Vec::new();
+        let mut fed_others = 0;
+        for chunk in order.chunks(FEED_CHUNK) {
+            let until = chunk.last().expect("chunks are not empty").0;
+            // Rows no rule reads move time in step with the events around them.
+            let upto = fed_others + others[fed_others..].partition_point(|t| *t <= until);
+            engine.push_times(&others[fed_others..upto]);
+            fed_others = upto;
+            let events: Vec<Event> = chunk
+                .iter()
+                .map(|&(_, b, r)| std::mem::take(&mut going[b as usize][r as usize]))
+                .collect();
+            alerts.extend(engine.push(events));
+            if in_order {
+                alerts.extend(engine.release_until(until));
+            }
+        }
+        engine.push_times(&others[fed_others..]);
+        alerts
+    }
 }
 
 /// Replays capture files (in the order given) through `normalizer` and
@@ -185,6 +388,8 @@ mod tests {
     use event::{EventKind, Source};
     use sinks::archive::{ArchiveConfig, ArchiveWriter};
 
+    const NANOS_PER_HOUR: i64 = 3_600_000_000_000;
+
     fn read(user: &str, session: &str, path: &str, t: i64) -> Event {
         let mut e = Event {
             time: t,
@@ -198,6 +403,182 @@ mod tests {
         };
         e.event_id = e.compute_id();
         e
+    }
+
+    fn walk_parquet(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .expect("list")
+            .map(|e| e.expect("entry").path())
+            .map(|p| {
+                if p.is_dir() {
+                    walk_parquet(&p)
+                } else {
+                    usize::from(p.extension().is_some_and(|x| x == "parquet"))
+                }
+            })
+            .sum()
+    }
+
+    /// A deterministic mixed stream over two hours, in event-time order.
+    fn stream(n: usize, t0: i64) -> Vec<Event> {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) as usize
+        };
+        let mut t = t0;
+        (0..n)
+            .map(|_| {
+                t += (next() % 3_000) as i64 * 1_000_000;
+                let user = ["a", "b", "c", "d"][next() % 4];
+                let mut e = Event {
+                    time: t,
+                    tenant: "default".into(),
+                    source: Source::Agent,
+                    user: Some(format!("{user}@example.com")),
+                    session: Some(format!("s-{user}")),
+                    product: Some("claude-code".into()),
+                    ..Default::default()
+                };
+                match next() % 5 {
+                    0 => {
+                        e.kind = EventKind::FileRead;
+                        e.path = Some(if next() % 40 == 0 {
+                            format!("/home/{user}/.ssh/id_rsa")
+                        } else {
+                            format!("/home/{user}/src/f{}.rs", next() % 50)
+                        });
+                    }
+                    1 => {
+                        e.kind = EventKind::ConnectorAction;
+                        e.action = Some("send".into());
+                        e.attrs.insert("channel".into(), format!("c{}", next() % 3));
+                    }
+                    2 => e.kind = EventKind::UserPrompt,
+                    3 => e.kind = EventKind::ModelCall,
+                    _ => {
+                        e.kind = EventKind::ToolCall;
+                        e.command = Some("ls".into());
+                    }
+                }
+                e.attrs.insert("noise".into(), "x".repeat(next() % 40));
+                e.event_id = e.compute_id();
+                e
+            })
+            .collect()
+    }
+
+    #[test]
+    fn replay_merges_overlapping_files_and_row_groups_into_event_time_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t0 = 1_773_165_000_000_000_000i64; // 17:50 UTC, so the stream crosses an hour
+        let events = stream(4_000, t0);
+        // Arrival up to 20 s late, small files and row groups, and a restart
+        // half-way: files and row groups overlap in time, within and across
+        // hours.
+        let mut arrival: Vec<(i64, usize)> = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.time + (i as i64 * 7_919 % 20_000) * 1_000_000, i))
+            .collect();
+        arrival.sort();
+        let config = ArchiveConfig {
+            row_group_rows: 97,
+            max_file_bytes: 16 * 1024,
+            ..ArchiveConfig::new(dir.path())
+        };
+        for half in arrival.chunks(arrival.len() / 2) {
+            let mut w: ArchiveWriter<Event> = ArchiveWriter::open(config.clone()).expect("open");
+            for chunk in half.chunks(50) {
+                let batch: Vec<Event> = chunk.iter().map(|(_, i)| events[*i].clone()).collect();
+                w.write(&batch).expect("write");
+            }
+            w.close().expect("close");
+        }
+        let files = walk_parquet(&dir.path().join("events"));
+        assert!(files > 4, "{files} files");
+
+        let rules_dir = tempfile::tempdir().expect("tempdir");
+        let rules_file = rules_dir.path().join("rules.yaml");
+        std::fs::write(
+            &rules_file,
+            "id: ssh\ntitle: SSH\nseverity: high\nkey: [user, session]\nsummary: '{path}'\n\
+             condition: {kind: file_read, path: {glob: '**/.ssh/**'}}\n---\n\
+             id: burst\ntitle: Burst\nseverity: medium\nkey: [user]\nkind: threshold\n\
+             summary: '{attrs.channel}'\ncondition: {kind: connector_action}\n\
+             threshold: {count: 4, window: 1m}\n",
+        )
+        .expect("rules");
+        let ctx = rules::RulesContext::default();
+        let set = || rules::load(false, std::slice::from_ref(&rules_file), &ctx).expect("rules");
+
+        // The reference: the same events, in (time, id) order, to a live
+        // engine. No allowed lateness: anything replay fed out of order would
+        // be dropped as late and show.
+        let strict = rules::EngineConfig {
+            allowed_lateness: std::time::Duration::ZERO,
+            ..Default::default()
+        };
+        let mut live = rules::Engine::new(set(), strict.clone());
+        let mut want = Vec::new();
+        for c in events.chunks(100) {
+            want.extend(live.push(c.to_vec()));
+        }
+        want.extend(live.finish());
+        assert!(want.iter().any(|a| a.rule_id == "ssh"));
+        assert!(want.iter().any(|a| a.rule_id == "burst"));
+
+        let mut engine = rules::Engine::new(set(), strict.clone());
+        let mut got = Vec::new();
+        let summary = replay_archive(
+            dir.path(),
+            None,
+            None,
+            &mut engine,
+            |a| {
+                got.extend_from_slice(a);
+                Ok(())
+            },
+            |_| {},
+        )
+        .expect("replays");
+        let plain = |v: &[Alert]| {
+            v.iter()
+                .map(|a| {
+                    let mut a = a.clone();
+                    a.replayed = false;
+                    serde_json::to_string(&a).expect("json")
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(plain(&got), plain(&want));
+        assert_eq!(summary.events, 4_000);
+        assert_eq!(summary.first_event, events.first().map(|e| e.time));
+        assert_eq!(summary.last_event, events.last().map(|e| e.time));
+        let stats = engine.stats();
+        assert_eq!(stats.events_received, 4_000);
+        assert_eq!(stats.late_events, 0);
+        assert_eq!(stats.events_processed, 4_000);
+        assert_eq!(stats.buffered_events, 0);
+
+        // A range keeps its rows only, and the alerts of those rows.
+        let from = t0 + 600 * 1_000_000_000;
+        let mut engine = rules::Engine::new(set(), rules::EngineConfig::default());
+        let s = replay_archive(
+            dir.path(),
+            Some(from),
+            None,
+            &mut engine,
+            |_| Ok(()),
+            |_| {},
+        )
+        .expect("replays");
+        assert_eq!(
+            s.events,
+            events.iter().filter(|e| e.time >= from).count() as u64
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, VecDeque};
 
+use event::schema::EventProjection;
 use event::{Alert, Event, EventKind, ALERT_SCHEMA_VERSION};
 use serde::{Deserialize, Serialize};
 
@@ -398,6 +399,47 @@ impl Engine {
         out
     }
 
+    /// What a reader of archived events needs for these rules: the
+    /// attributes they name, and whole rows only of the kinds some active
+    /// rule looks at. Rows of other kinds matter only through their time
+    /// ([`Engine::push_times`]).
+    pub fn projection(&self) -> EventProjection {
+        EventProjection {
+            columns: Some(self.set.field_refs.iter().map(|f| f.to_string()).collect()),
+            attrs: Some((*self.set.attr_refs).clone()),
+            kinds: Some(
+                EventKind::ALL
+                    .iter()
+                    .copied()
+                    .filter(|k| !self.by_kind[*k as usize].is_empty())
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Takes the event times of events that no active rule looks at, left
+    /// out by the caller (see [`Engine::projection`]): they move time and
+    /// the counters exactly as [`Engine::push`] would for the whole events.
+    /// Call it before the `push` of the same batch.
+    pub fn push_times(&mut self, times: &[i64]) {
+        for &t in times {
+            self.received += 1;
+            if t < self.watermark {
+                self.late += 1;
+                continue;
+            }
+            self.max_seen = Some(self.max_seen.map_or(t, |m| m.max(t)));
+            self.processed += 1;
+        }
+    }
+
+    /// The caller knows that nothing earlier than `time` will be pushed any
+    /// more (replay feeding an hour it has sorted): every held event before
+    /// `time` is processed now instead of waiting for the allowed lateness.
+    pub fn release_until(&mut self, time: i64) -> Vec<Alert> {
+        self.advance(time)
+    }
+
     /// The stream has been quiet: release everything buffered (watermark =
     /// newest event time seen), so timers and windows move on.
     pub fn on_idle(&mut self) -> Vec<Alert> {
@@ -672,6 +714,36 @@ impl Engine {
                 self.config.max_evidence,
             ));
         }
+    }
+}
+
+impl RuleSet {
+    /// Whether processing `e` could change any active rule's state or raise
+    /// an alert: some rule looks at its kind, accepts its condition, and (for
+    /// sequences and inactivity) gives it a role. An event for which this is
+    /// false only moves time, so a reader with events to spare (replay) can
+    /// hand the engine just its time ([`Engine::push_times`]). Runs on any
+    /// thread: a rule set is shared, immutable.
+    pub fn may_act_on(&self, e: &Event) -> bool {
+        let env = EvalEnv {
+            schedule: &self.schedule,
+        };
+        self.rules.iter().any(|rule| {
+            if !rule.info.is_active() || rule.kinds & kind_bit(e.kind) == 0 {
+                return false;
+            }
+            if rule.condition.as_ref().is_some_and(|c| !c.eval(e, &env)) {
+                return false;
+            }
+            match &rule.spec {
+                Spec::Sequence(sp) => {
+                    let hit = sp.matched(e, &env);
+                    hit.until || hit.steps != 0
+                }
+                Spec::Inactivity(sp) => !matches!(sp.role(e, &env), Role::None),
+                _ => true,
+            }
+        })
     }
 }
 
@@ -1253,6 +1325,60 @@ mod tests {
             got.extend(second.finish());
             prop_assert_eq!(serde_json::to_string(&got).unwrap(), serde_json::to_string(&want).unwrap());
             prop_assert_eq!(second.stats(), reference.stats());
+        }
+    }
+
+    #[test]
+    fn the_projection_leaves_out_only_what_cannot_change_alerts() {
+        // Two rules that read file reads and connector actions; prompts and
+        // tool calls in the stream only move time, and so do reads of paths
+        // the threshold rule's condition does not accept.
+        let yaml = "id: r\ntitle: R\nseverity: low\nkey: [user]\nkind: threshold\ncondition: {kind: file_read, path: {glob: '**/.ssh/**'}}\nthreshold: {count: 3, window: 1m}\n---\nid: c\ntitle: C\nseverity: low\nkey: [user]\nsummary: '{attrs.channel}'\ncondition: {kind: connector_action}\n";
+        let p = engine(yaml).projection();
+        let kinds = p.kinds.clone().expect("kinds listed");
+        assert_eq!(kinds, vec![EventKind::ConnectorAction, EventKind::FileRead]);
+        assert_eq!(
+            p.attrs.clone().expect("attrs listed"),
+            ["channel".to_string()].into()
+        );
+        // Columns: what the rules name, and what every alert carries.
+        assert!(p.reads("user") && p.reads("event_id") && p.reads("command"));
+        assert!(!p.reads("model") && !p.reads("product") && !p.reads("tokens_in"));
+        for seed in 0..20 {
+            let mut events = mixed_stream(seed, 400);
+            for (i, e) in events.iter_mut().enumerate() {
+                e.attrs.insert("channel".into(), format!("c{}", i % 3));
+                e.attrs.insert("noise".into(), "x".repeat(i % 7));
+            }
+            let mut whole = engine(yaml);
+            let mut want = Vec::new();
+            let mut split = engine(yaml);
+            let mut got = Vec::new();
+            let mut skipped = 0;
+            for c in events.chunks(37) {
+                want.extend(whole.push(c.to_vec()));
+                let set = split.ruleset().clone();
+                let (kept, others): (Vec<Event>, Vec<Event>) = c
+                    .iter()
+                    .cloned()
+                    .partition(|e| kinds.contains(&e.kind) && set.may_act_on(e));
+                skipped += others.len();
+                split.push_times(&others.iter().map(|e| e.time).collect::<Vec<_>>());
+                got.extend(split.push(kept));
+            }
+            want.extend(whole.finish());
+            got.extend(split.finish());
+            assert!(!want.is_empty(), "seed {seed}: the stream fires");
+            assert_eq!(
+                serde_json::to_string(&got).unwrap(),
+                serde_json::to_string(&want).unwrap(),
+                "seed {seed}"
+            );
+            assert_eq!(split.stats(), whole.stats(), "seed {seed}");
+            assert!(
+                skipped > events.len() / 3,
+                "seed {seed}: {skipped} left out"
+            );
         }
     }
 

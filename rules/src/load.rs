@@ -377,10 +377,18 @@ pub(crate) fn compile_parsed(
         .filter(|r| only.is_none_or(|id| id == r.doc.id))
         .flat_map(|r| attr_names(&r.chunk))
         .collect();
+    let field_refs = parsed
+        .rules
+        .iter()
+        .filter(|r| only.is_none_or(|id| id == r.doc.id))
+        .flat_map(|r| field_names(&r.chunk))
+        .chain(ALWAYS_READ.iter().copied())
+        .collect();
     Ok(RuleSet {
         rules: rules.into(),
         schedule: Arc::new(Schedule::new(&ctx.business_hours)),
         attr_refs: Arc::new(attr_refs),
+        field_refs: Arc::new(field_refs),
     })
 }
 
@@ -407,6 +415,31 @@ fn attr_names(text: &str) -> Vec<String> {
     out
 }
 
+/// Event columns the engine reads whatever the rules say: ordering and keys
+/// (`time`, `event_id`, `tenant`, `kind`), what every alert carries (`user`,
+/// `session`, `host`, business hours per user), and the evidence fields.
+const ALWAYS_READ: &[&str] = &[
+    "time", "event_id", "tenant", "kind", "user", "session", "host", "action", "tool", "path",
+    "domain", "command",
+];
+
+/// The event columns a rule document names, as whole words. A superset is
+/// harmless (a column read for nothing), as for [`attr_names`].
+fn field_names(text: &str) -> Vec<&'static str> {
+    let word = |c: char| c.is_alphanumeric() || c == '_';
+    event::EVENT_FIELDS
+        .iter()
+        .copied()
+        .filter(|name| {
+            text.match_indices(name).any(|(i, _)| {
+                let before = text[..i].chars().next_back();
+                let after = text[i + name.len()..].chars().next();
+                !before.is_some_and(word) && !after.is_some_and(word)
+            })
+        })
+        .collect()
+}
+
 /// A compiled, immutable set of rules; cheap to clone.
 #[derive(Clone)]
 pub struct RuleSet {
@@ -414,6 +447,8 @@ pub struct RuleSet {
     pub(crate) schedule: Arc<Schedule>,
     /// Attribute names any rule reads; the rest are not kept in engine state.
     pub(crate) attr_refs: Arc<std::collections::HashSet<String>>,
+    /// Event columns any rule (or the engine itself) reads; replay reads only these.
+    pub(crate) field_refs: Arc<std::collections::HashSet<&'static str>>,
 }
 
 impl std::fmt::Debug for RuleSet {

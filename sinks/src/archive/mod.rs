@@ -27,7 +27,7 @@ use event::{Alert, Event};
 
 pub use config::ArchiveConfig;
 pub use error::ArchiveError;
-pub use reader::{read_alerts, read_events, ArchiveReader};
+pub use reader::{read_alerts, read_events, read_events_projected, ArchiveReader, ProjectedReader};
 pub use writer::{ArchiveStats, ArchiveWriter};
 
 /// The event archive writer.

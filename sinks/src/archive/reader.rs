@@ -6,8 +6,16 @@ use std::fs::File;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Field, Schema};
+use event::schema::{batch_to_events_projected, EventProjection, ProjectedEvents};
 use event::{Alert, Event};
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
+    ParquetRecordBatchReaderBuilder,
+};
+use parquet::arrow::ProjectionMask;
+use parquet::file::statistics::Statistics;
 
 use super::writer::partition_dirs;
 use super::{is_part_file, ArchiveError, ArchiveRecord, NANOS_PER_HOUR};
@@ -22,6 +30,59 @@ pub fn read_events(
     to: Option<i64>,
 ) -> Result<ArchiveReader<Event>, ArchiveError> {
     ArchiveReader::open(root, from, to)
+}
+
+/// Reads events from `root/events` with `from <= time < to` through
+/// `projection`, row group by row group in order of their earliest event:
+/// only the columns and attributes it names are copied out, and rows of
+/// kinds it leaves out yield only their time. The bound of each row group
+/// ([`ProjectedReader::earliest`]) lets a caller put events in time order
+/// without holding a whole partition. Replay reads this way.
+pub fn read_events_projected(
+    root: &Path,
+    from: Option<i64>,
+    to: Option<i64>,
+    projection: EventProjection,
+) -> Result<ProjectedReader, ArchiveError> {
+    let files = ArchiveReader::<Event>::open(root, from, to)?.files;
+    let mut groups = Vec::new();
+    for path in files {
+        let floor = path.parent().and_then(partition_start).unwrap_or(i64::MIN);
+        let metadata = load_metadata::<Event>(&path)?;
+        let time_col = metadata
+            .metadata()
+            .file_metadata()
+            .schema_descr()
+            .columns()
+            .iter()
+            .position(|c| c.path().parts() == ["time"]);
+        for (index, rg) in metadata.metadata().row_groups().iter().enumerate() {
+            let (min, max) = match time_col.and_then(|c| rg.column(c).statistics()) {
+                Some(Statistics::Int64(st)) => (st.min_opt().copied(), st.max_opt().copied()),
+                _ => (None, None),
+            };
+            if min.is_some_and(|m| to.is_some_and(|t| m >= t))
+                || max.is_some_and(|m| from.is_some_and(|f| m < f))
+            {
+                continue;
+            }
+            groups.push(RowGroupRef {
+                path: path.clone(),
+                metadata: metadata.clone(),
+                index,
+                // Without statistics, the partition's start is still a bound.
+                earliest: min.unwrap_or(floor),
+            });
+        }
+    }
+    // Stable: equal bounds keep file order.
+    groups.sort_by_key(|g| g.earliest);
+    Ok(ProjectedReader {
+        groups,
+        from,
+        to,
+        projection,
+    })
 }
 
 /// Reads alerts from `root/alerts` with `from <= time < to` (either bound optional).
@@ -83,28 +144,12 @@ impl<R: ArchiveRecord> ArchiveReader<R> {
         self.files.iter().map(PathBuf::as_path)
     }
 
-    fn next_batch(&mut self) -> Option<Result<Vec<R>, ArchiveError>> {
+    /// The next record batch in file order, before any time filter.
+    fn next_record_batch(&mut self) -> Option<Result<RecordBatch, ArchiveError>> {
         loop {
             if let Some((path, reader)) = self.current.as_mut() {
                 match reader.next() {
-                    Some(Ok(batch)) => {
-                        let records = match R::from_batch(&batch) {
-                            Ok(r) => r,
-                            Err(e) => return Some(Err(e.into())),
-                        };
-                        let (from, to) = (self.from, self.to);
-                        let kept: Vec<R> = records
-                            .into_iter()
-                            .filter(|r| {
-                                from.is_none_or(|f| r.time() >= f)
-                                    && to.is_none_or(|t| r.time() < t)
-                            })
-                            .collect();
-                        if kept.is_empty() {
-                            continue;
-                        }
-                        return Some(Ok(kept));
-                    }
+                    Some(Ok(batch)) => return Some(Ok(batch)),
                     Some(Err(e)) => {
                         let path = path.clone();
                         self.current = None;
@@ -114,20 +159,33 @@ impl<R: ArchiveRecord> ArchiveReader<R> {
                 }
             }
             let path = self.files.pop_front()?;
-            let opened = File::open(&path)
-                .map_err(ArchiveError::io("open", &path))
-                .and_then(|f| {
-                    ParquetRecordBatchReaderBuilder::try_new(f)
-                        .map_err(ArchiveError::parquet(&path))
-                })
-                .and_then(|b| {
-                    b.with_batch_size(READ_BATCH_ROWS)
-                        .build()
-                        .map_err(ArchiveError::parquet(&path))
-                });
-            match opened {
+            match load_metadata::<R>(&path).and_then(|m| build_reader(&path, m, None, |_| true)) {
                 Ok(reader) => self.current = Some((path, reader)),
                 Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+
+    fn in_range(&self, time: i64) -> bool {
+        self.from.is_none_or(|f| time >= f) && self.to.is_none_or(|t| time < t)
+    }
+
+    fn next_batch(&mut self) -> Option<Result<Vec<R>, ArchiveError>> {
+        loop {
+            let batch = match self.next_record_batch()? {
+                Ok(b) => b,
+                Err(e) => return Some(Err(e)),
+            };
+            let records = match R::from_batch(&batch) {
+                Ok(r) => r,
+                Err(e) => return Some(Err(e.into())),
+            };
+            let kept: Vec<R> = records
+                .into_iter()
+                .filter(|r| self.in_range(r.time()))
+                .collect();
+            if !kept.is_empty() {
+                return Some(Ok(kept));
             }
         }
     }
@@ -138,6 +196,126 @@ impl<R: ArchiveRecord> Iterator for ArchiveReader<R> {
 
     fn next(&mut self) -> Option<Self::Item> {
         self.next_batch()
+    }
+}
+
+/// The metadata of one part file, with the string columns the writer
+/// dictionary-encodes asked for as Arrow dictionaries, so Parquet's
+/// dictionary pages are not expanded into one string per row. A file whose
+/// columns do not fit that hint is read as it is.
+fn load_metadata<R: ArchiveRecord>(path: &Path) -> Result<ArrowReaderMetadata, ArchiveError> {
+    let file = File::open(path).map_err(ArchiveError::io("open", path))?;
+    let plain = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
+        .map_err(ArchiveError::parquet(path))?;
+    let wanted = R::schema();
+    let hinted: Vec<Field> = plain
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| {
+            let dict = matches!(f.data_type(), DataType::Utf8)
+                && wanted
+                    .field_with_name(f.name())
+                    .is_ok_and(|w| matches!(w.data_type(), DataType::Dictionary(_, _)));
+            if dict {
+                f.as_ref().clone().with_data_type(DataType::Dictionary(
+                    Box::new(DataType::Int32),
+                    Box::new(DataType::Utf8),
+                ))
+            } else {
+                f.as_ref().clone()
+            }
+        })
+        .collect();
+    let hint = std::sync::Arc::new(Schema::new_with_metadata(
+        hinted,
+        plain.schema().metadata().clone(),
+    ));
+    Ok(ArrowReaderMetadata::try_new(
+        plain.metadata().clone(),
+        ArrowReaderOptions::new().with_schema(hint),
+    )
+    .unwrap_or(plain))
+}
+
+/// A reader over `row_groups` of a file (all of them when `None`), of the
+/// top-level columns `columns` accepts.
+fn build_reader(
+    path: &Path,
+    metadata: ArrowReaderMetadata,
+    row_groups: Option<Vec<usize>>,
+    columns: impl Fn(&str) -> bool,
+) -> Result<ParquetRecordBatchReader, ArchiveError> {
+    let file = File::open(path).map_err(ArchiveError::io("open", path))?;
+    let mut builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata)
+        .with_batch_size(READ_BATCH_ROWS);
+    if let Some(groups) = row_groups {
+        builder = builder.with_row_groups(groups);
+    }
+    let fields = builder.schema().fields();
+    if !fields.iter().all(|f| columns(f.name())) {
+        let roots: Vec<usize> = fields
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| columns(f.name()))
+            .map(|(i, _)| i)
+            .collect();
+        let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+        builder = builder.with_projection(mask);
+    }
+    builder.build().map_err(ArchiveError::parquet(path))
+}
+
+/// One row group of a part file, with a lower bound of its event times.
+struct RowGroupRef {
+    path: PathBuf,
+    metadata: ArrowReaderMetadata,
+    index: usize,
+    earliest: i64,
+}
+
+/// Events read through an [`EventProjection`]; see [`read_events_projected`].
+/// Row groups are numbered in order of their earliest event time (from the
+/// Parquet statistics of `time`, else the partition's start): no event of
+/// row group `i` or later is earlier than [`ProjectedReader::earliest`]`(i)`.
+/// Row groups can be read in any order and from several threads at once.
+pub struct ProjectedReader {
+    groups: Vec<RowGroupRef>,
+    from: Option<i64>,
+    to: Option<i64>,
+    projection: EventProjection,
+}
+
+impl ProjectedReader {
+    /// Number of row groups to read.
+    pub fn row_groups(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// Lower bound of the event times of row group `i` and all after it.
+    pub fn earliest(&self, i: usize) -> i64 {
+        self.groups[i].earliest
+    }
+
+    /// Decodes row group `i`, in batches of up to 8,192 rows.
+    pub fn read_row_group(&self, i: usize) -> Result<Vec<ProjectedEvents>, ArchiveError> {
+        let g = &self.groups[i];
+        let columns = |name: &str| self.projection.reads(name);
+        let reader = build_reader(&g.path, g.metadata.clone(), Some(vec![g.index]), columns)?;
+        let (from, to) = (self.from, self.to);
+        let keep = |t: i64| from.is_none_or(|f| t >= f) && to.is_none_or(|x| t < x);
+        let mut out = Vec::new();
+        for batch in reader {
+            let batch = batch.map_err(|source| ArchiveError::Read {
+                path: g.path.clone(),
+                source,
+            })?;
+            let mut read = batch_to_events_projected(&batch, &self.projection)?;
+            read.events.retain(|e| keep(e.time));
+            read.other_times.retain(|t| keep(*t));
+            out.push(read);
+        }
+        Ok(out)
     }
 }
 
