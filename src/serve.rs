@@ -784,6 +784,10 @@ const GROUP_COMMIT_EVENTS: usize = 16 * 1024;
 /// Batches waiting between the archive and the detection stage.
 const DETECT_QUEUE_BATCHES: usize = 4;
 
+/// An idle release of at least this many held events gives freed pages back
+/// to the system.
+const RETURN_PAGES_AFTER: usize = 100_000;
+
 /// How long in-flight requests may take to finish after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -1057,7 +1061,14 @@ fn detect_stage(
             // A quiet stream: release what waits for the watermark so timers fire.
             Err(RecvTimeoutError::Timeout) if !idle_released && last_batch.elapsed() >= idle => {
                 idle_released = true;
-                (engine.on_idle(), false)
+                let held = engine.stats().buffered_events;
+                let alerts = engine.on_idle();
+                // The lateness buffer of a busy stream is large and scattered
+                // between long-lived state; glibc keeps its pages unless asked.
+                if held >= RETURN_PAGES_AFTER {
+                    ingest::memory::release_free_pages();
+                }
+                (alerts, false)
             }
             Err(RecvTimeoutError::Timeout) => (Vec::new(), false),
             Err(RecvTimeoutError::Disconnected) => (engine.finish(), true),

@@ -30,7 +30,8 @@ pub fn resident_bytes() -> Option<u64> {
 }
 
 /// Returns freed heap pages to the system (glibc keeps them otherwise).
-fn release_free_pages() {
+/// Costs a walk of the heap: call it after a large release, not per request.
+pub fn release_free_pages() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         extern "C" {

@@ -662,6 +662,13 @@ impl Engine {
                         m.map.remove(&k);
                         continue;
                     }
+                    // Without state, only a first-step event can start
+                    // anything: every step's events must come after the
+                    // first step's, and later events are later. (Most tool
+                    // calls match some last step; few sessions start one.)
+                    if hit.steps & 1 == 0 && !m.map.contains_key(&k) {
+                        continue;
+                    }
                     m.entry(k, || SequenceState::new(sp))
                         .on_event(sp, e, hit.steps)
                 }
@@ -1149,6 +1156,15 @@ mod tests {
         // Cancelled in between.
         let end = ev(T0 + 3 * S, EventKind::SessionEnd, "a");
         assert!(run_all(&mut engine(SEQ), vec![r(0), r(1), r(2), end, w(4)]).is_empty());
+        // A last step with no first step before it keeps no state (one per
+        // session otherwise), and the sequence still fires once reads come.
+        let mut eng = engine(SEQ);
+        eng.push(vec![w(0), w(1)]);
+        eng.on_idle();
+        assert_eq!(eng.stats().rules[0].state_keys, 0);
+        let out = run_all(&mut eng, vec![r(2), r(3), r(4), w(5)]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].count, 4);
     }
 
     #[test]

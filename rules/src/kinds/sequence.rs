@@ -121,8 +121,11 @@ impl SequenceState {
                 q.pop_front();
             }
             if steps & (1 << i) != 0 {
+                // Grown as needed, from one: most keys never see more than
+                // one or two events of a step, and there is one state per
+                // live session.
                 if q.capacity() == 0 {
-                    q.reserve_exact(spec.cap(i) + 1);
+                    q.reserve_exact(1);
                 }
                 q.push_back(kept.get_or_insert_with(|| Kept::new(e)).clone());
                 if q.len() > spec.cap(i) {
