@@ -594,10 +594,11 @@ impl MappingSet {
 
 impl Mapping {
     fn fill(&self, set: &MappingSet, view: &mut RecordView, ev: &mut Event) {
-        let mut expanded = HashSet::default();
+        // Keys borrowed, not copied: this runs for every record.
+        let mut expanded: HashSet<&str> = HashSet::default();
         for key in &self.expand_json {
             if view.expand_json(key) {
-                expanded.insert(key.clone());
+                expanded.insert(key);
             }
         }
         for (name, sources) in &self.derive {
@@ -605,25 +606,25 @@ impl Mapping {
                 view.insert(format!("@{name}"), Val::Str(v), Origin::Derived);
             }
         }
+        let view: &RecordView = view;
         ev.source = self.source;
-        let mut taken: HashSet<String> = HashSet::default();
-        let mut fill_column =
-            |col: Column, sources: &[ValueSource], ev: &mut Event, view: &RecordView| {
-                if let Some((value, key)) = sources.iter().find_map(|s| s.extract(view)) {
-                    if let Some(k) = key {
-                        taken.insert(k.to_string());
-                    }
-                    col.set(ev, value);
+        let mut taken: HashSet<&str> = HashSet::default();
+        let mut fill_column = |col: Column, sources: &[ValueSource], ev: &mut Event| {
+            if let Some((value, key)) = sources.iter().find_map(|s| s.extract(view)) {
+                if let Some(k) = key {
+                    taken.insert(k);
                 }
-            };
+                col.set(ev, value);
+            }
+        };
         for (col, sources) in &self.columns {
-            fill_column(*col, sources, ev, view);
+            fill_column(*col, sources, ev);
         }
         let case = self.kinds.iter().find(|c| c.when.eval(view));
         let mut interactive = self.interactive.as_ref().is_some_and(|p| p.eval(view));
         if let Some(case) = case {
             for (col, sources) in &case.set {
-                fill_column(*col, sources, ev, view);
+                fill_column(*col, sources, ev);
             }
             if let Some(a) = &case.action {
                 ev.action = Some(a.clone());

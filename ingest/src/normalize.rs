@@ -64,6 +64,8 @@ impl Normalizer {
             let base = base_view(rl.resource.as_ref());
             for sl in &rl.scope_logs {
                 let scoped = with_scope(&base, sl.scope.as_ref());
+                // One view per scope, cleared per record: its table is reused.
+                let mut view = RecordView::on(scoped.clone(), 32);
                 for rec in &sl.log_records {
                     let time = match pick_time(
                         &[rec.time_unix_nano, rec.observed_time_unix_nano],
@@ -76,7 +78,7 @@ impl Normalizer {
                         }
                     };
                     // Attributes, the record's own fields and what mappings derive or expand.
-                    let mut view = RecordView::on(scoped.clone(), rec.attributes.len() * 2 + 8);
+                    view.clear();
                     view.insert("@signal".into(), Val::Str("log".into()), Origin::Derived);
                     view.add_any("body".into(), rec.body.as_ref(), Origin::Record, 0);
                     if !rec.event_name.is_empty() {
@@ -103,7 +105,7 @@ impl Normalizer {
                     add_ids(&mut view, &rec.trace_id, &rec.span_id);
                     view.add_attributes("", &rec.attributes, Origin::Attribute);
                     out.events
-                        .push(self.finish(Signal::Log, view, tenant, time, observed_ns));
+                        .push(self.finish(Signal::Log, &mut view, tenant, time, observed_ns));
                 }
             }
         }
@@ -121,6 +123,7 @@ impl Normalizer {
             let base = base_view(rs.resource.as_ref());
             for ss in &rs.scope_spans {
                 let scoped = with_scope(&base, ss.scope.as_ref());
+                let mut view = RecordView::on(scoped.clone(), 32);
                 for sp in &ss.spans {
                     let time = match pick_time(
                         &[sp.start_time_unix_nano, sp.end_time_unix_nano],
@@ -132,7 +135,7 @@ impl Normalizer {
                             continue;
                         }
                     };
-                    let mut view = RecordView::on(scoped.clone(), sp.attributes.len() * 2 + 12);
+                    view.clear();
                     view.insert("@signal".into(), Val::Str("span".into()), Origin::Derived);
                     view.insert(
                         "span.name".into(),
@@ -184,8 +187,13 @@ impl Normalizer {
                         );
                     }
                     view.add_attributes("", &sp.attributes, Origin::Attribute);
-                    out.events
-                        .push(self.finish(Signal::Span, view, tenant, time, observed_ns));
+                    out.events.push(self.finish(
+                        Signal::Span,
+                        &mut view,
+                        tenant,
+                        time,
+                        observed_ns,
+                    ));
                 }
             }
         }
@@ -203,6 +211,7 @@ impl Normalizer {
             let base = base_view(rm.resource.as_ref());
             for sm in &rm.scope_metrics {
                 let scoped = with_scope(&base, sm.scope.as_ref());
+                let mut view = RecordView::on(scoped.clone(), 32);
                 for m in &sm.metrics {
                     for point in data_points(m) {
                         let time = match pick_time(&[point.time], observed_ns) {
@@ -212,7 +221,7 @@ impl Normalizer {
                                 continue;
                             }
                         };
-                        let mut view = RecordView::on(scoped.clone(), point.attributes.len() + 8);
+                        view.clear();
                         view.insert("@signal".into(), Val::Str("metric".into()), Origin::Derived);
                         view.insert(
                             "metric.name".into(),
@@ -237,7 +246,7 @@ impl Normalizer {
                         view.add_attributes("", point.attributes, Origin::Attribute);
                         out.events.push(self.finish(
                             Signal::Metric,
-                            view,
+                            &mut view,
                             tenant,
                             time,
                             observed_ns,
@@ -252,7 +261,7 @@ impl Normalizer {
     fn finish(
         &self,
         signal: Signal,
-        mut view: RecordView,
+        view: &mut RecordView,
         tenant: &str,
         time: i64,
         observed_ns: i64,
@@ -264,7 +273,7 @@ impl Normalizer {
             ..Default::default()
         };
         // The generic mapping has no condition, so one always applies.
-        let _ = self.mappings.apply(signal, &mut view, &mut ev);
+        let _ = self.mappings.apply(signal, view, &mut ev);
         ev.event_id = ev.compute_id();
         ev
     }

@@ -110,8 +110,9 @@ pub enum Origin {
 #[derive(Debug, Default, Clone)]
 pub struct RecordView {
     parent: Option<Arc<RecordView>>,
-    values: HashMap<String, (Val, Origin)>,
-    order: Vec<String>,
+    /// Value, origin and insertion rank of each key (the rank orders `iter`;
+    /// a second list of the keys would copy every key of every record).
+    values: HashMap<String, (Val, Origin, u32)>,
 }
 
 impl RecordView {
@@ -122,13 +123,17 @@ impl RecordView {
         RecordView {
             parent: Some(parent),
             values: HashMap::with_capacity_and_hasher(capacity, Default::default()),
-            order: Vec::with_capacity(capacity),
         }
+    }
+
+    /// Forgets this view's own keys (not the parent's), keeping the room it has.
+    pub fn clear(&mut self) {
+        self.values.clear();
     }
 
     pub fn get(&self, key: &str) -> Option<&Val> {
         match self.values.get(key) {
-            Some((v, _)) => Some(v),
+            Some((v, _, _)) => Some(v),
             None => self.parent.as_ref()?.get(key),
         }
     }
@@ -142,22 +147,26 @@ impl RecordView {
     }
 
     pub fn insert(&mut self, key: String, val: Val, origin: Origin) {
-        if let Some(slot) = self.values.get_mut(&key) {
-            // Duplicate attribute keys: the last one wins, as in the OTel SDKs.
-            *slot = (val, origin);
-        } else {
-            self.order.push(key.clone());
-            self.values.insert(key, (val, origin));
+        let rank = self.values.len() as u32;
+        match self.values.entry(key) {
+            // Duplicate attribute keys: the last one wins, as in the OTel
+            // SDKs, in the place of the first.
+            std::collections::hash_map::Entry::Occupied(mut slot) => {
+                let rank = slot.get().2;
+                slot.insert((val, origin, rank));
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert((val, origin, rank));
+            }
         }
     }
 
     /// Keys and values in insertion order, the parent's first; a key set here
     /// hides the parent's.
     pub fn iter(&self) -> Box<dyn Iterator<Item = (&str, &Val, Origin)> + '_> {
-        let own = self
-            .order
-            .iter()
-            .filter_map(|k| self.values.get(k).map(|(v, o)| (k.as_str(), v, *o)));
+        let mut own: Vec<(&String, &(Val, Origin, u32))> = self.values.iter().collect();
+        own.sort_unstable_by_key(|(_, (_, _, rank))| *rank);
+        let own = own.into_iter().map(|(k, (v, o, _))| (k.as_str(), v, *o));
         match &self.parent {
             None => Box::new(own),
             Some(p) => Box::new(
@@ -170,7 +179,7 @@ impl RecordView {
 
     pub fn origin(&self, key: &str) -> Option<Origin> {
         match self.values.get(key) {
-            Some((_, o)) => Some(*o),
+            Some((_, o, _)) => Some(*o),
             None => self.parent.as_ref()?.origin(key),
         }
     }

@@ -347,6 +347,7 @@ impl Engine {
     /// every event it released. Events older than the watermark are counted
     /// as late and not evaluated.
     pub fn push(&mut self, events: Vec<Event>) -> Vec<Alert> {
+        let mut incoming = Vec::with_capacity(events.len());
         for mut e in events {
             self.received += 1;
             if e.time < self.watermark {
@@ -363,17 +364,12 @@ impl Engine {
             }
             // Held events keep only the attributes some rule reads; the archive has the rest.
             let refs = &self.set.attr_refs;
-            e.attrs.retain(|k, _| refs.contains(k));
-            match self.pending.back() {
-                Some(last) if cmp_key(last, e.time, &e.event_id) == Ordering::Greater => {
-                    let at = self
-                        .pending
-                        .partition_point(|p| cmp_key(p, e.time, &e.event_id) != Ordering::Greater);
-                    self.pending.insert(at, e);
-                }
-                _ => self.pending.push_back(e),
+            if e.attrs.keys().any(|k| !refs.contains(k)) {
+                e.attrs.retain(|k, _| refs.contains(k));
             }
+            incoming.push(e);
         }
+        self.hold(incoming);
         let Some(max) = self.max_seen else {
             return Vec::new();
         };
@@ -430,6 +426,44 @@ impl Engine {
             }
             self.max_seen = Some(self.max_seen.map_or(t, |m| m.max(t)));
             self.processed += 1;
+        }
+    }
+
+    /// Adds events to `pending`, keeping it sorted by `(time, event_id)`;
+    /// an event goes after any held event with the same key. Several
+    /// senders interleave, so a batch is not in order and overlaps the end
+    /// of what is held: the batch is sorted, and only the held events after
+    /// its first are merged with it (one pass, instead of one insert per
+    /// event moving everything after it).
+    fn hold(&mut self, mut incoming: Vec<Event>) {
+        incoming.sort_by(|a, b| cmp_key(a, b.time, &b.event_id));
+        let Some(first) = incoming.first() else {
+            return;
+        };
+        let at = self
+            .pending
+            .partition_point(|p| cmp_key(p, first.time, &first.event_id) != Ordering::Greater);
+        if at == self.pending.len() {
+            self.pending.extend(incoming);
+            return;
+        }
+        let held: Vec<Event> = self.pending.drain(at..).collect();
+        self.pending.reserve(held.len() + incoming.len());
+        let mut held = held.into_iter().peekable();
+        let mut incoming = incoming.into_iter().peekable();
+        loop {
+            let take_held = match (held.peek(), incoming.peek()) {
+                (Some(h), Some(i)) => cmp_key(h, i.time, &i.event_id) != Ordering::Greater,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            let next = if take_held {
+                held.next()
+            } else {
+                incoming.next()
+            };
+            self.pending.extend(next);
         }
     }
 
