@@ -60,12 +60,13 @@ impl Normalizer {
         observed_ns: i64,
     ) -> Normalized {
         let mut out = Normalized::default();
+        // One view for every record of the request, cleared per record: its
+        // table is allocated once (requests often carry a resource per sender).
+        let mut view = RecordView::default();
         for rl in &req.resource_logs {
             let base = base_view(rl.resource.as_ref());
             for sl in &rl.scope_logs {
-                let scoped = with_scope(&base, sl.scope.as_ref());
-                // One view per scope, cleared per record: its table is reused.
-                let mut view = RecordView::on(scoped.clone(), 32);
+                view.set_parent(with_scope(&base, sl.scope.as_ref()));
                 for rec in &sl.log_records {
                     let time = match pick_time(
                         &[rec.time_unix_nano, rec.observed_time_unix_nano],
@@ -119,11 +120,11 @@ impl Normalizer {
         observed_ns: i64,
     ) -> Normalized {
         let mut out = Normalized::default();
+        let mut view = RecordView::default();
         for rs in &req.resource_spans {
             let base = base_view(rs.resource.as_ref());
             for ss in &rs.scope_spans {
-                let scoped = with_scope(&base, ss.scope.as_ref());
-                let mut view = RecordView::on(scoped.clone(), 32);
+                view.set_parent(with_scope(&base, ss.scope.as_ref()));
                 for sp in &ss.spans {
                     let time = match pick_time(
                         &[sp.start_time_unix_nano, sp.end_time_unix_nano],
@@ -207,11 +208,11 @@ impl Normalizer {
         observed_ns: i64,
     ) -> Normalized {
         let mut out = Normalized::default();
+        let mut view = RecordView::default();
         for rm in &req.resource_metrics {
             let base = base_view(rm.resource.as_ref());
             for sm in &rm.scope_metrics {
-                let scoped = with_scope(&base, sm.scope.as_ref());
-                let mut view = RecordView::on(scoped.clone(), 32);
+                view.set_parent(with_scope(&base, sm.scope.as_ref()));
                 for m in &sm.metrics {
                     for point in data_points(m) {
                         let time = match pick_time(&[point.time], observed_ns) {

@@ -131,6 +131,11 @@ impl RecordView {
         self.values.clear();
     }
 
+    /// Puts this view on another parent (the next resource or scope).
+    pub fn set_parent(&mut self, parent: Arc<RecordView>) {
+        self.parent = Some(parent);
+    }
+
     pub fn get(&self, key: &str) -> Option<&Val> {
         match self.values.get(key) {
             Some((v, _, _)) => Some(v),
