@@ -405,6 +405,30 @@ mod tests {
         e
     }
 
+    /// Replays the whole archive from `from`: the summary, every alert, and
+    /// how many progress reports came.
+    fn replay_all(
+        dir: &Path,
+        from: Option<i64>,
+        engine: &mut rules::Engine,
+    ) -> (Summary, Vec<Alert>, usize) {
+        let mut got = Vec::new();
+        let mut progress = 0;
+        let summary = replay_archive(
+            dir,
+            from,
+            None,
+            engine,
+            |a| {
+                got.extend_from_slice(a);
+                Ok(())
+            },
+            |_| progress += 1,
+        )
+        .expect("replays");
+        (summary, got, progress)
+    }
+
     fn walk_parquet(dir: &Path) -> usize {
         std::fs::read_dir(dir)
             .expect("list")
@@ -531,19 +555,7 @@ mod tests {
         assert!(want.iter().any(|a| a.rule_id == "burst"));
 
         let mut engine = rules::Engine::new(set(), strict.clone());
-        let mut got = Vec::new();
-        let summary = replay_archive(
-            dir.path(),
-            None,
-            None,
-            &mut engine,
-            |a| {
-                got.extend_from_slice(a);
-                Ok(())
-            },
-            |_| {},
-        )
-        .expect("replays");
+        let (summary, got, _) = replay_all(dir.path(), None, &mut engine);
         let plain = |v: &[Alert]| {
             v.iter()
                 .map(|a| {
@@ -615,20 +627,7 @@ mod tests {
         want.extend(live.finish());
 
         let mut engine = rules::Engine::new(set(), rules::EngineConfig::default());
-        let mut got = Vec::new();
-        let mut progress = 0;
-        let summary = replay_archive(
-            dir.path(),
-            None,
-            None,
-            &mut engine,
-            |a| {
-                got.extend_from_slice(a);
-                Ok(())
-            },
-            |_| progress += 1,
-        )
-        .expect("replays");
+        let (summary, got, progress) = replay_all(dir.path(), None, &mut engine);
         assert_eq!(summary.events, 3);
         assert!(progress >= 2);
         assert_eq!(summary.alerts_by_rule.get("sensitive-file-read"), Some(&2));
