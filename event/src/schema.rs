@@ -715,6 +715,9 @@ pub struct EventProjection {
     pub attrs: Option<HashSet<String>>,
     /// Kinds read as whole events; `None` reads every row as an event.
     pub kinds: Option<Vec<EventKind>>,
+    /// String columns a filtering reader ([`batch_to_events_filtered`])
+    /// reads only for the rows it keeps: what alerts carry but no filter looks at.
+    pub deferred: HashSet<String>,
 }
 
 impl EventProjection {
@@ -836,6 +839,38 @@ pub fn batch_to_events_projected(
     batch: &RecordBatch,
     projection: &EventProjection,
 ) -> Result<ProjectedEvents> {
+    batch_to_events_filtered(batch, projection, |_| true)
+}
+
+/// A string column of a filtered read: needed `now` (to decide whether a
+/// row is kept), or `later` (its deferred columns, read for kept rows only).
+#[derive(Default)]
+struct Phased {
+    now: Option<StrCol>,
+    later: Option<StrCol>,
+}
+
+impl Phased {
+    fn now(&self, i: usize) -> Option<String> {
+        opt_string(&self.now, i)
+    }
+
+    fn fill(&self, slot: &mut Option<String>, i: usize) {
+        if self.later.is_some() {
+            *slot = opt_string(&self.later, i);
+        }
+    }
+}
+
+/// [`batch_to_events_projected`], with rows that `keep` refuses given as
+/// times only. `keep` sees an event without the projection's deferred
+/// columns, which are read afterwards for the rows it keeps: a reader that
+/// drops most rows copies little of them.
+pub fn batch_to_events_filtered(
+    batch: &RecordBatch,
+    projection: &EventProjection,
+    keep: impl Fn(&Event) -> bool,
+) -> Result<ProjectedEvents> {
     let c = Columns::of_batch(batch);
     let time = c
         .nanos("time")?
@@ -863,21 +898,30 @@ pub fn batch_to_events_projected(
     } else {
         None
     };
-    let s = |name| {
+    let one = |name: &str| {
         if projection.reads(name) {
             c.str_col(name)
         } else {
             Ok(None)
         }
     };
-    let (event_id, tenant, source, product, action, outcome) = (
-        s("event_id")?,
-        s("tenant")?,
-        s("source")?,
-        s("product")?,
-        s("action")?,
-        s("outcome")?,
-    );
+    let s = |name: &str| -> Result<Phased> {
+        let col = one(name)?;
+        Ok(if projection.deferred.contains(name) {
+            Phased {
+                now: None,
+                later: col,
+            }
+        } else {
+            Phased {
+                now: col,
+                later: None,
+            }
+        })
+    };
+    let (source, outcome) = (one("source")?, one("outcome")?);
+    let (event_id, tenant, product, action) =
+        (s("event_id")?, s("tenant")?, s("product")?, s("action")?);
     let (user, session, host, tool, mcp_server, connector) = (
         s("user")?,
         s("session")?,
@@ -916,27 +960,27 @@ pub fn batch_to_events_projected(
         if !wanted[kind as usize] {
             continue;
         }
-        out.events.push(Event {
+        let mut e = Event {
             time: time.value(i),
             observed_time: opt_int(&observed, i).unwrap_or(0),
-            event_id: opt_string(&event_id, i).unwrap_or_default(),
-            tenant: opt_string(&tenant, i).unwrap_or_default(),
+            event_id: event_id.now(i).unwrap_or_default(),
+            tenant: tenant.now(i).unwrap_or_default(),
             source: parsed(&source, i, Source::parse),
-            product: opt_string(&product, i),
+            product: product.now(i),
             kind,
-            action: opt_string(&action, i),
+            action: action.now(i),
             outcome: parsed(&outcome, i, Outcome::parse),
-            user: opt_string(&user, i),
-            session: opt_string(&session, i),
-            host: opt_string(&host, i),
-            tool: opt_string(&tool, i),
-            mcp_server: opt_string(&mcp_server, i),
-            connector: opt_string(&connector, i),
-            target: opt_string(&target, i),
-            domain: opt_string(&domain, i),
-            path: opt_string(&path, i),
-            command: opt_string(&command, i),
-            model: opt_string(&model, i),
+            user: user.now(i),
+            session: session.now(i),
+            host: host.now(i),
+            tool: tool.now(i),
+            mcp_server: mcp_server.now(i),
+            connector: connector.now(i),
+            target: target.now(i),
+            domain: domain.now(i),
+            path: path.now(i),
+            command: command.now(i),
+            model: model.now(i),
             tokens_in: opt_int(&tokens_in, i),
             tokens_out: opt_int(&tokens_out, i),
             interactive: opt_bool(&interactive, i),
@@ -944,7 +988,35 @@ pub fn batch_to_events_projected(
                 .as_ref()
                 .map(|m| m.row(i, projection.attrs.as_ref()))
                 .unwrap_or_default(),
-        });
+        };
+        if !keep(&e) {
+            out.other_times.push(e.time);
+            continue;
+        }
+        if event_id.later.is_some() {
+            e.event_id = opt_string(&event_id.later, i).unwrap_or_default();
+        }
+        if tenant.later.is_some() {
+            e.tenant = opt_string(&tenant.later, i).unwrap_or_default();
+        }
+        for (col, slot) in [
+            (&product, &mut e.product),
+            (&action, &mut e.action),
+            (&user, &mut e.user),
+            (&session, &mut e.session),
+            (&host, &mut e.host),
+            (&tool, &mut e.tool),
+            (&mcp_server, &mut e.mcp_server),
+            (&connector, &mut e.connector),
+            (&target, &mut e.target),
+            (&domain, &mut e.domain),
+            (&path, &mut e.path),
+            (&command, &mut e.command),
+            (&model, &mut e.model),
+        ] {
+            col.fill(slot, i);
+        }
+        out.events.push(e);
     }
     Ok(out)
 }
@@ -1135,6 +1207,39 @@ mod tests {
         let batch = events_to_batch(&events).unwrap();
         assert_eq!(batch.num_rows(), 50);
         assert_eq!(batch_to_events(&batch).unwrap(), events);
+    }
+
+    #[test]
+    fn a_filtered_read_defers_columns_and_keeps_what_the_filter_keeps() {
+        let events: Vec<Event> = (0..50).map(event).collect();
+        let batch = events_to_batch(&events).unwrap();
+        let projection = EventProjection {
+            kinds: Some(vec![EventKind::FileRead]),
+            attrs: Some(["n".to_string()].into()),
+            deferred: ["event_id".to_string(), "path".to_string()].into(),
+            ..Default::default()
+        };
+        let read = batch_to_events_filtered(&batch, &projection, |e| {
+            // Deferred columns are not there yet; the others are.
+            assert!(e.event_id.is_empty() && e.path.is_none());
+            assert!(e.user.is_some());
+            e.user.as_deref() != Some("user0@example.com")
+        })
+        .unwrap();
+        let want: Vec<Event> = events
+            .iter()
+            .filter(|e| {
+                e.kind == EventKind::FileRead && e.user.as_deref() != Some("user0@example.com")
+            })
+            .map(|e| {
+                let mut e = e.clone();
+                e.attrs.retain(|k, _| k == "n");
+                e
+            })
+            .collect();
+        assert!(!want.is_empty());
+        assert_eq!(read.events, want);
+        assert_eq!(read.events.len() + read.other_times.len(), events.len());
     }
 
     #[test]

@@ -130,19 +130,9 @@ pub fn replay_archive(
                 if i >= groups || !window.wait_for(i) {
                     break;
                 }
-                let read = reader.read_row_group(i).map(|mut batches| {
-                    for read in &mut batches {
-                        // Events no rule can act on go on as times only, so
-                        // the engine's thread neither runs nor frees them.
-                        let (acted, idle): (Vec<Event>, Vec<Event>) =
-                            std::mem::take(&mut read.events)
-                                .into_iter()
-                                .partition(|e| rules.may_act_on(e));
-                        read.events = acted;
-                        read.other_times.extend(idle.iter().map(|e| e.time));
-                    }
-                    batches
-                });
+                // Events no rule can act on go on as times only, so the
+                // engine's thread neither runs nor frees them.
+                let read = reader.read_row_group(i, |e| rules.may_act_on(e));
                 if tx.send((i, read)).is_err() {
                     break;
                 }

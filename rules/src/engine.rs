@@ -395,13 +395,22 @@ impl Engine {
         out
     }
 
-    /// What a reader of archived events needs for these rules: the
-    /// attributes they name, and whole rows only of the kinds some active
-    /// rule looks at. Rows of other kinds matter only through their time
-    /// ([`Engine::push_times`]).
+    /// What a reader of archived events needs for these rules: the columns
+    /// and attributes they name (and what alerts carry, deferred until
+    /// [`RuleSet::may_act_on`] has kept the event), and whole rows only of
+    /// the kinds some active rule looks at. Rows of other kinds matter only
+    /// through their time ([`Engine::push_times`]).
     pub fn projection(&self) -> EventProjection {
         EventProjection {
             columns: Some(self.set.field_refs.iter().map(|f| f.to_string()).collect()),
+            // What only alerts carry: no condition can read it.
+            deferred: crate::load::ALWAYS_READ
+                .iter()
+                .filter(|f| {
+                    !self.set.named_fields.contains(*f) && !crate::load::CONDITIONS_READ.contains(f)
+                })
+                .map(|f| f.to_string())
+                .collect(),
             attrs: Some((*self.set.attr_refs).clone()),
             kinds: Some(
                 EventKind::ALL
@@ -1394,6 +1403,9 @@ mod tests {
         // Columns: what the rules name, and what every alert carries.
         assert!(p.reads("user") && p.reads("event_id") && p.reads("command"));
         assert!(!p.reads("model") && !p.reads("product") && !p.reads("tokens_in"));
+        // What only alerts carry is read once a rule can act on the event.
+        assert!(p.deferred.contains("event_id") && p.deferred.contains("host"));
+        assert!(!p.deferred.contains("user") && !p.deferred.contains("path"));
         for seed in 0..20 {
             let mut events = mixed_stream(seed, 400);
             for (i, e) in events.iter_mut().enumerate() {

@@ -377,18 +377,24 @@ pub(crate) fn compile_parsed(
         .filter(|r| only.is_none_or(|id| id == r.doc.id))
         .flat_map(|r| attr_names(&r.chunk))
         .collect();
-    let field_refs = parsed
+    let named_fields: std::collections::HashSet<&'static str> = parsed
         .rules
         .iter()
         .filter(|r| only.is_none_or(|id| id == r.doc.id))
         .flat_map(|r| field_names(&r.chunk))
-        .chain(ALWAYS_READ.iter().copied())
         .collect();
     Ok(RuleSet {
         rules: rules.into(),
         schedule: Arc::new(Schedule::new(&ctx.business_hours)),
         attr_refs: Arc::new(attr_refs),
-        field_refs: Arc::new(field_refs),
+        field_refs: Arc::new(
+            named_fields
+                .iter()
+                .copied()
+                .chain(ALWAYS_READ.iter().copied())
+                .collect(),
+        ),
+        named_fields: Arc::new(named_fields),
     })
 }
 
@@ -418,10 +424,14 @@ fn attr_names(text: &str) -> Vec<String> {
 /// Event columns the engine reads whatever the rules say: ordering and keys
 /// (`time`, `event_id`, `tenant`, `kind`), what every alert carries (`user`,
 /// `session`, `host`, business hours per user), and the evidence fields.
-const ALWAYS_READ: &[&str] = &[
+pub(crate) const ALWAYS_READ: &[&str] = &[
     "time", "event_id", "tenant", "kind", "user", "session", "host", "action", "tool", "path",
     "domain", "command",
 ];
+
+/// Of [`ALWAYS_READ`], what conditions read whatever the rules say: time
+/// and kind, and tenant and user for business hours.
+pub(crate) const CONDITIONS_READ: &[&str] = &["time", "kind", "tenant", "user"];
 
 /// The event columns a rule document names, as whole words. A superset is
 /// harmless (a column read for nothing), as for [`attr_names`].
@@ -449,6 +459,9 @@ pub struct RuleSet {
     pub(crate) attr_refs: Arc<std::collections::HashSet<String>>,
     /// Event columns any rule (or the engine itself) reads; replay reads only these.
     pub(crate) field_refs: Arc<std::collections::HashSet<&'static str>>,
+    /// Event columns the rules' text names (a superset of what their
+    /// conditions read).
+    pub(crate) named_fields: Arc<std::collections::HashSet<&'static str>>,
 }
 
 impl std::fmt::Debug for RuleSet {

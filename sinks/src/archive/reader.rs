@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema};
-use event::schema::{batch_to_events_projected, EventProjection, ProjectedEvents};
+use event::schema::{batch_to_events_filtered, EventProjection, ProjectedEvents};
 use event::{Alert, Event};
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
@@ -297,22 +297,28 @@ impl ProjectedReader {
         self.groups[i].earliest
     }
 
-    /// Decodes row group `i`, in batches of up to 8,192 rows.
-    pub fn read_row_group(&self, i: usize) -> Result<Vec<ProjectedEvents>, ArchiveError> {
+    /// Decodes row group `i`, in batches of up to 8,192 rows; events that
+    /// `keep` refuses come as times only (see
+    /// [`event::schema::batch_to_events_filtered`]).
+    pub fn read_row_group(
+        &self,
+        i: usize,
+        keep: impl Fn(&Event) -> bool,
+    ) -> Result<Vec<ProjectedEvents>, ArchiveError> {
         let g = &self.groups[i];
         let columns = |name: &str| self.projection.reads(name);
         let reader = build_reader(&g.path, g.metadata.clone(), Some(vec![g.index]), columns)?;
         let (from, to) = (self.from, self.to);
-        let keep = |t: i64| from.is_none_or(|f| t >= f) && to.is_none_or(|x| t < x);
+        let in_range = |t: i64| from.is_none_or(|f| t >= f) && to.is_none_or(|x| t < x);
         let mut out = Vec::new();
         for batch in reader {
             let batch = batch.map_err(|source| ArchiveError::Read {
                 path: g.path.clone(),
                 source,
             })?;
-            let mut read = batch_to_events_projected(&batch, &self.projection)?;
-            read.events.retain(|e| keep(e.time));
-            read.other_times.retain(|t| keep(*t));
+            let mut read = batch_to_events_filtered(&batch, &self.projection, &keep)?;
+            read.events.retain(|e| in_range(e.time));
+            read.other_times.retain(|t| in_range(*t));
             out.push(read);
         }
         Ok(out)
