@@ -490,3 +490,79 @@ fn the_writer_can_move_to_its_own_thread() {
     is_send::<EventArchive>();
     is_send::<AlertArchive>();
 }
+
+#[test]
+fn the_projected_reader_orders_row_groups_by_their_statistics_or_their_hour() {
+    use event::schema::{events_to_batch, EventProjection};
+    use parquet::arrow::ArrowWriter;
+    use parquet::file::properties::{EnabledStatistics, WriterProperties};
+
+    let dir = tempfile::tempdir().unwrap();
+    // Two hours; the writer's files carry min/max statistics of `time`.
+    let mut w: ArchiveWriter<Event> = ArchiveWriter::open(ArchiveConfig {
+        row_group_rows: 10,
+        ..config(dir.path())
+    })
+    .unwrap();
+    let late: Vec<Event> = (0..25)
+        .map(|n| event(BEFORE_MIDNIGHT + n as i64 * SEC, n))
+        .collect();
+    let early: Vec<Event> = (0..5)
+        .map(|n| event(BEFORE_MIDNIGHT - 3_600 * SEC + n as i64 * SEC, 100 + n))
+        .collect();
+    w.write(&late).unwrap();
+    w.write(&early).unwrap();
+    w.close().unwrap();
+    // A file from another writer, without statistics, in the first hour.
+    let hour = dir.path().join("events/date=2026-03-10/hour=22");
+    let foreign: Vec<Event> = (0..3)
+        .map(|n| event(BEFORE_MIDNIGHT - 1_800 * SEC + n as i64 * SEC, 200 + n))
+        .collect();
+    let props = WriterProperties::builder()
+        .set_statistics_enabled(EnabledStatistics::None)
+        .build();
+    let file = fs::File::create(hour.join("part-foreign-000000.parquet")).unwrap();
+    let mut pw = ArrowWriter::try_new(file, event::schema::event_schema(), Some(props)).unwrap();
+    pw.write(&events_to_batch(&foreign).unwrap()).unwrap();
+    pw.close().unwrap();
+
+    let reader = read_events_projected(dir.path(), None, None, EventProjection::all()).unwrap();
+    let hour_start = BEFORE_MIDNIGHT + SEC - 3_600 * SEC * 2 + 3_600 * SEC; // 22:00
+    let bounds: Vec<i64> = (0..reader.row_groups())
+        .map(|i| reader.earliest(i))
+        .collect();
+    assert!(bounds.windows(2).all(|w| w[0] <= w[1]), "{bounds:?}");
+    // The statistics-less file (rows from 22:30) is bounded by its hour's
+    // start; the others by their rows' minimum: 22:59:59 alone in hour 22,
+    // and the second row group of hour 00 starting at 00:00:10.
+    assert_eq!(bounds[0], hour_start - 3_600 * SEC);
+    assert!(
+        bounds.contains(&(BEFORE_MIDNIGHT - 3_600 * SEC)),
+        "{bounds:?}"
+    );
+    assert!(bounds.contains(&(BEFORE_MIDNIGHT + 11 * SEC)), "{bounds:?}");
+    let mut read = Vec::new();
+    for i in 0..reader.row_groups() {
+        for batch in reader.read_row_group(i, |_| true).unwrap() {
+            // Each row of a group is at or after the group's bound.
+            assert!(batch.events.iter().all(|e| e.time >= reader.earliest(i)));
+            read.extend(batch.events);
+        }
+    }
+    let mut want: Vec<Event> = late.into_iter().chain(early).chain(foreign).collect();
+    let key = |e: &Event| (e.time, e.event_id.clone());
+    want.sort_by_key(key);
+    read.sort_by_key(key);
+    assert_eq!(read, want);
+
+    // A range prunes whole row groups by their statistics, and rows within.
+    let from = BEFORE_MIDNIGHT + 12 * SEC;
+    let reader =
+        read_events_projected(dir.path(), Some(from), None, EventProjection::all()).unwrap();
+    assert_eq!(reader.row_groups(), 2, "the groups of rows 10-19 and 20-24");
+    let n: usize = (0..reader.row_groups())
+        .flat_map(|i| reader.read_row_group(i, |_| true).unwrap())
+        .map(|b| b.events.len())
+        .sum();
+    assert_eq!(n, 13);
+}
