@@ -83,11 +83,37 @@ pub fn run(args: ReplayArgs) -> Result<std::process::ExitCode> {
                 "{} events ({rate:.0}/s), {} alerts, at {pos}",
                 p.events, p.alerts
             );
+            // The archive's row counts give the total up front (an upper
+            // bound when --from/--to cut into a row group).
+            let total = p.total.filter(|t| *t > 0);
             match &bar {
-                Some(b) => b.set_message(msg),
+                Some(b) => {
+                    if let Some(total) = total {
+                        if b.length() != Some(total) {
+                            b.set_length(total);
+                            b.set_style(
+                                ProgressStyle::with_template(
+                                    "{spinner} {elapsed_precise} [{bar:24}] {percent}% ETA {eta} {msg}",
+                                )
+                                .expect("valid template"),
+                            );
+                        }
+                        b.set_position(p.events.min(total));
+                    }
+                    b.set_message(msg)
+                }
                 None if last_log.elapsed() >= Duration::from_secs(5) => {
                     last_log = Instant::now();
-                    info!("replay: {msg}");
+                    match total {
+                        Some(total) if rate > 0.0 => {
+                            let eta = total.saturating_sub(p.events) as f64 / rate;
+                            info!(
+                                "replay: {msg}, {:.0}% of {total}, ETA {eta:.0}s",
+                                p.events as f64 * 100.0 / total as f64
+                            )
+                        }
+                        _ => info!("replay: {msg}"),
+                    }
                 }
                 None => {}
             }

@@ -40,6 +40,9 @@ pub enum ReplayError {
 #[derive(Debug, Clone, Copy)]
 pub struct Progress {
     pub events: u64,
+    /// Events the replay will go through, when known up front (the archive's
+    /// row counts; captured OTLP is not counted ahead).
+    pub total: Option<u64>,
     pub alerts: u64,
     /// Event time of the latest event handed to the engine.
     pub position: Option<i64>,
@@ -54,6 +57,8 @@ pub struct Summary {
     pub first_event: Option<i64>,
     pub last_event: Option<i64>,
     pub elapsed: Duration,
+    /// Events expected, when known up front.
+    pub total: Option<u64>,
 }
 
 impl Summary {
@@ -65,6 +70,7 @@ impl Summary {
     fn progress(&self, elapsed: Duration) -> Progress {
         Progress {
             events: self.events,
+            total: self.total,
             alerts: self.alerts(),
             position: self.last_event,
             elapsed,
@@ -112,11 +118,15 @@ pub fn replay_archive(
     let started = Instant::now();
     let reader = sinks::archive::read_events_projected(archive, from, to, engine.projection())?;
     let groups = reader.row_groups();
+    let total = reader.total_rows();
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, MAX_READERS);
     let rules = engine.ruleset().clone();
-    let mut summary = Summary::default();
+    let mut summary = Summary {
+        total: Some(total),
+        ..Default::default()
+    };
     let mut emit =
         |alerts: Vec<Alert>, summary: &mut Summary| emit_replayed(alerts, summary, &mut on_alerts);
     let window = Window::new(workers);
@@ -396,14 +406,14 @@ mod tests {
     }
 
     /// Replays the whole archive from `from`: the summary, every alert, and
-    /// how many progress reports came.
+    /// the progress reports.
     fn replay_all(
         dir: &Path,
         from: Option<i64>,
         engine: &mut rules::Engine,
-    ) -> (Summary, Vec<Alert>, usize) {
+    ) -> (Summary, Vec<Alert>, Vec<Progress>) {
         let mut got = Vec::new();
-        let mut progress = 0;
+        let mut progress = Vec::new();
         let summary = replay_archive(
             dir,
             from,
@@ -413,7 +423,7 @@ mod tests {
                 got.extend_from_slice(a);
                 Ok(())
             },
-            |_| progress += 1,
+            |p| progress.push(p),
         )
         .expect("replays");
         (summary, got, progress)
@@ -545,7 +555,12 @@ mod tests {
         assert!(want.iter().any(|a| a.rule_id == "burst"));
 
         let mut engine = rules::Engine::new(set(), strict.clone());
-        let (summary, got, _) = replay_all(dir.path(), None, &mut engine);
+        let (summary, got, progress) = replay_all(dir.path(), None, &mut engine);
+        // The total is known from the first report, and the last one is complete.
+        assert!(progress.len() > 2);
+        assert!(progress.iter().all(|p| p.total == Some(4_000)));
+        assert_eq!(progress.last().map(|p| p.events), Some(4_000));
+        assert!(progress.windows(2).all(|w| w[0].events <= w[1].events));
         let plain = |v: &[Alert]| {
             v.iter()
                 .map(|a| {
@@ -619,7 +634,7 @@ mod tests {
         let mut engine = rules::Engine::new(set(), rules::EngineConfig::default());
         let (summary, got, progress) = replay_all(dir.path(), None, &mut engine);
         assert_eq!(summary.events, 3);
-        assert!(progress >= 2);
+        assert!(progress.len() >= 2);
         assert_eq!(summary.alerts_by_rule.get("sensitive-file-read"), Some(&2));
         let ids = |v: &[Alert]| v.iter().map(|a| a.id.clone()).collect::<Vec<_>>();
         assert_eq!(ids(&got), ids(&want));

@@ -292,6 +292,15 @@ impl ProjectedReader {
         self.groups.len()
     }
 
+    /// Rows in the row groups to read: the events a replay will go through
+    /// (fewer when a time range cuts into a group).
+    pub fn total_rows(&self) -> u64 {
+        self.groups
+            .iter()
+            .map(|g| g.metadata.metadata().row_group(g.index).num_rows().max(0) as u64)
+            .sum()
+    }
+
     /// Lower bound of the event times of row group `i` and all after it.
     pub fn earliest(&self, i: usize) -> i64 {
         self.groups[i].earliest
