@@ -19,6 +19,7 @@ use crate::kinds::new_value::NewValueState;
 use crate::kinds::sequence::SequenceState;
 use crate::kinds::threshold::ThresholdState;
 use crate::kinds::{KeyMap, Touched, Trigger};
+use crate::load::{ALWAYS_READ, CONDITIONS_READ};
 use crate::predicate::{kind_bit, EvalEnv};
 use crate::rule::{CompiledRule, Spec};
 use crate::RuleSet;
@@ -349,13 +350,10 @@ impl Engine {
     pub fn push(&mut self, events: Vec<Event>) -> Vec<Alert> {
         let mut incoming = Vec::with_capacity(events.len());
         for mut e in events {
-            self.received += 1;
-            if e.time < self.watermark {
-                self.late += 1;
+            if !self.note_time(e.time) {
                 tracing::debug!(tenant = %e.tenant, event_id = %e.event_id, "late event dropped from detection");
                 continue;
             }
-            self.max_seen = Some(self.max_seen.map_or(e.time, |m| m.max(e.time)));
             // An event no active rule looks at cannot change any state: it only
             // moves time, so it is not held for the watermark.
             if self.by_kind[e.kind as usize].is_empty() {
@@ -364,9 +362,7 @@ impl Engine {
             }
             // Held events keep only the attributes some rule reads; the archive has the rest.
             let refs = &self.set.attr_refs;
-            if e.attrs.keys().any(|k| !refs.contains(k)) {
-                e.attrs.retain(|k, _| refs.contains(k));
-            }
+            e.attrs.retain(|k, _| refs.contains(k));
             incoming.push(e);
         }
         self.hold(incoming);
@@ -402,13 +398,18 @@ impl Engine {
     /// through their time ([`Engine::push_times`]).
     pub fn projection(&self) -> EventProjection {
         EventProjection {
-            columns: Some(self.set.field_refs.iter().map(|f| f.to_string()).collect()),
+            columns: Some(
+                self.set
+                    .named_fields
+                    .iter()
+                    .chain(ALWAYS_READ)
+                    .map(|f| f.to_string())
+                    .collect(),
+            ),
             // What only alerts carry: no condition can read it.
-            deferred: crate::load::ALWAYS_READ
+            deferred: ALWAYS_READ
                 .iter()
-                .filter(|f| {
-                    !self.set.named_fields.contains(*f) && !crate::load::CONDITIONS_READ.contains(f)
-                })
+                .filter(|f| !self.set.named_fields.contains(*f) && !CONDITIONS_READ.contains(f))
                 .map(|f| f.to_string())
                 .collect(),
             attrs: Some((*self.set.attr_refs).clone()),
@@ -428,14 +429,22 @@ impl Engine {
     /// Call it before the `push` of the same batch.
     pub fn push_times(&mut self, times: &[i64]) {
         for &t in times {
-            self.received += 1;
-            if t < self.watermark {
-                self.late += 1;
-                continue;
+            if self.note_time(t) {
+                self.processed += 1;
             }
-            self.max_seen = Some(self.max_seen.map_or(t, |m| m.max(t)));
-            self.processed += 1;
         }
+    }
+
+    /// Counts an arriving event at `time`: false (and counted late) when it
+    /// is behind the watermark, else it moves the newest time seen.
+    fn note_time(&mut self, time: i64) -> bool {
+        self.received += 1;
+        if time < self.watermark {
+            self.late += 1;
+            return false;
+        }
+        self.max_seen = Some(self.max_seen.map_or(time, |m| m.max(time)));
+        true
     }
 
     /// Adds events to `pending`, keeping it sorted by `(time, event_id)`;

@@ -387,13 +387,6 @@ pub(crate) fn compile_parsed(
         rules: rules.into(),
         schedule: Arc::new(Schedule::new(&ctx.business_hours)),
         attr_refs: Arc::new(attr_refs),
-        field_refs: Arc::new(
-            named_fields
-                .iter()
-                .copied()
-                .chain(ALWAYS_READ.iter().copied())
-                .collect(),
-        ),
         named_fields: Arc::new(named_fields),
     })
 }
@@ -457,10 +450,8 @@ pub struct RuleSet {
     pub(crate) schedule: Arc<Schedule>,
     /// Attribute names any rule reads; the rest are not kept in engine state.
     pub(crate) attr_refs: Arc<std::collections::HashSet<String>>,
-    /// Event columns any rule (or the engine itself) reads; replay reads only these.
-    pub(crate) field_refs: Arc<std::collections::HashSet<&'static str>>,
     /// Event columns the rules' text names (a superset of what their
-    /// conditions read).
+    /// conditions read); with [`ALWAYS_READ`], all that replay reads.
     pub(crate) named_fields: Arc<std::collections::HashSet<&'static str>>,
 }
 
