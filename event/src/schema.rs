@@ -829,22 +829,11 @@ impl<'a> Columns<'a> {
 /// Reads events back from a RecordBatch of any version of [`event_schema`].
 /// Only `time` is required; missing columns read as `None` / defaults.
 pub fn batch_to_events(batch: &RecordBatch) -> Result<Vec<Event>> {
-    Ok(batch_to_events_projected(batch, &EventProjection::all())?.events)
-}
-
-/// [`batch_to_events`] keeping only what `projection` asks for: rows of
-/// other kinds give just their time, and attributes outside the projection
-/// are never copied out of the batch.
-pub fn batch_to_events_projected(
-    batch: &RecordBatch,
-    projection: &EventProjection,
-) -> Result<ProjectedEvents> {
-    batch_to_events_filtered(batch, projection, |_| true)
+    Ok(batch_to_events_filtered(batch, &EventProjection::all(), |_| true)?.events)
 }
 
 /// A string column of a filtered read: needed `now` (to decide whether a
 /// row is kept), or `later` (its deferred columns, read for kept rows only).
-#[derive(Default)]
 struct Phased {
     now: Option<StrCol>,
     later: Option<StrCol>,
@@ -862,7 +851,9 @@ impl Phased {
     }
 }
 
-/// [`batch_to_events_projected`], with rows that `keep` refuses given as
+/// [`batch_to_events`] keeping only what `projection` asks for: rows of
+/// other kinds give just their time, attributes outside the projection are
+/// never copied out of the batch, and rows that `keep` refuses are given as
 /// times only. `keep` sees an event without the projection's deferred
 /// columns, which are read afterwards for the rows it keeps: a reader that
 /// drops most rows copies little of them.

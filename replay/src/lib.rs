@@ -308,20 +308,17 @@ impl Reorder {
         let n = order.len() + others.len();
         self.len -= n;
         summary.events += n as u64;
-        let first = order
-            .first()
-            .map(|o| o.0)
-            .into_iter()
-            .chain(others.first().copied())
-            .min();
-        let last = order
-            .last()
-            .map(|o| o.0)
-            .into_iter()
-            .chain(others.last().copied())
-            .max();
-        summary.first_event = summary.first_event.min(first).or(first);
-        summary.last_event = last.max(summary.last_event);
+        // Both lists are sorted: their ends, and the range so far, bound the range.
+        let ends = [
+            order.first().map(|o| o.0),
+            order.last().map(|o| o.0),
+            others.first().copied(),
+            others.last().copied(),
+            summary.first_event,
+            summary.last_event,
+        ];
+        summary.first_event = ends.iter().flatten().min().copied();
+        summary.last_event = ends.iter().flatten().max().copied();
 
         let mut alerts = Vec::new();
         let mut fed_others = 0;

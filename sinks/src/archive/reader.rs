@@ -166,10 +166,6 @@ impl<R: ArchiveRecord> ArchiveReader<R> {
         }
     }
 
-    fn in_range(&self, time: i64) -> bool {
-        self.from.is_none_or(|f| time >= f) && self.to.is_none_or(|t| time < t)
-    }
-
     fn next_batch(&mut self) -> Option<Result<Vec<R>, ArchiveError>> {
         loop {
             let batch = match self.next_record_batch()? {
@@ -182,7 +178,7 @@ impl<R: ArchiveRecord> ArchiveReader<R> {
             };
             let kept: Vec<R> = records
                 .into_iter()
-                .filter(|r| self.in_range(r.time()))
+                .filter(|r| in_range(self.from, self.to, r.time()))
                 .collect();
             if !kept.is_empty() {
                 return Some(Ok(kept));
@@ -213,17 +209,17 @@ fn load_metadata<R: ArchiveRecord>(path: &Path) -> Result<ArrowReaderMetadata, A
         .fields()
         .iter()
         .map(|f| {
-            let dict = matches!(f.data_type(), DataType::Utf8)
-                && wanted
-                    .field_with_name(f.name())
-                    .is_ok_and(|w| matches!(w.data_type(), DataType::Dictionary(_, _)));
-            if dict {
-                f.as_ref().clone().with_data_type(DataType::Dictionary(
-                    Box::new(DataType::Int32),
-                    Box::new(DataType::Utf8),
-                ))
-            } else {
-                f.as_ref().clone()
+            // The writer's own dictionary type, where it wrote one.
+            let dict = wanted
+                .field_with_name(f.name())
+                .ok()
+                .map(|w| w.data_type())
+                .filter(|t| matches!(t, DataType::Dictionary(_, _)));
+            match dict {
+                Some(t) if f.data_type() == &DataType::Utf8 => {
+                    f.as_ref().clone().with_data_type(t.clone())
+                }
+                _ => f.as_ref().clone(),
             }
         })
         .collect();
@@ -318,7 +314,6 @@ impl ProjectedReader {
         let columns = |name: &str| self.projection.reads(name);
         let reader = build_reader(&g.path, g.metadata.clone(), Some(vec![g.index]), columns)?;
         let (from, to) = (self.from, self.to);
-        let in_range = |t: i64| from.is_none_or(|f| t >= f) && to.is_none_or(|x| t < x);
         let mut out = Vec::new();
         for batch in reader {
             let batch = batch.map_err(|source| ArchiveError::Read {
@@ -326,12 +321,17 @@ impl ProjectedReader {
                 source,
             })?;
             let mut read = batch_to_events_filtered(&batch, &self.projection, &keep)?;
-            read.events.retain(|e| in_range(e.time));
-            read.other_times.retain(|t| in_range(*t));
+            read.events.retain(|e| in_range(from, to, e.time));
+            read.other_times.retain(|t| in_range(from, to, *t));
             out.push(read);
         }
         Ok(out)
     }
+}
+
+/// Whether `time` is in `[from, to)` (either bound optional).
+fn in_range(from: Option<i64>, to: Option<i64>, time: i64) -> bool {
+    from.is_none_or(|f| time >= f) && to.is_none_or(|t| time < t)
 }
 
 /// Start (ns) of a `.../date=YYYY-MM-DD/hour=HH` folder; `None` if the names do not parse.
