@@ -103,16 +103,15 @@ pub enum Origin {
     Derived,
 }
 
-/// The flat view of one record. Insertion order is kept so `attrs` come out stable.
+/// The flat view of one record. Keys are unique per level; the order of
+/// `iter` is the map's (what the view feeds, `attrs`, is sorted by key).
 ///
 /// A view may sit on a shared parent (the resource and scope of a batch of
 /// records), so what every record of a request has in common is built once.
 #[derive(Debug, Default, Clone)]
 pub struct RecordView {
     parent: Option<Arc<RecordView>>,
-    /// Value, origin and insertion rank of each key (the rank orders `iter`;
-    /// a second list of the keys would copy every key of every record).
-    values: HashMap<String, (Val, Origin, u32)>,
+    values: HashMap<String, (Val, Origin)>,
 }
 
 impl RecordView {
@@ -138,7 +137,7 @@ impl RecordView {
 
     pub fn get(&self, key: &str) -> Option<&Val> {
         match self.values.get(key) {
-            Some((v, _, _)) => Some(v),
+            Some((v, _)) => Some(v),
             None => self.parent.as_ref()?.get(key),
         }
     }
@@ -151,27 +150,14 @@ impl RecordView {
         }
     }
 
+    /// Duplicate attribute keys: the last one wins, as in the OTel SDKs.
     pub fn insert(&mut self, key: String, val: Val, origin: Origin) {
-        let rank = self.values.len() as u32;
-        match self.values.entry(key) {
-            // Duplicate attribute keys: the last one wins, as in the OTel
-            // SDKs, in the place of the first.
-            std::collections::hash_map::Entry::Occupied(mut slot) => {
-                let rank = slot.get().2;
-                slot.insert((val, origin, rank));
-            }
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert((val, origin, rank));
-            }
-        }
+        self.values.insert(key, (val, origin));
     }
 
-    /// Keys and values in insertion order, the parent's first; a key set here
-    /// hides the parent's.
+    /// Keys and values, the parent's first; a key set here hides the parent's.
     pub fn iter(&self) -> Box<dyn Iterator<Item = (&str, &Val, Origin)> + '_> {
-        let mut own: Vec<(&String, &(Val, Origin, u32))> = self.values.iter().collect();
-        own.sort_unstable_by_key(|(_, (_, _, rank))| *rank);
-        let own = own.into_iter().map(|(k, (v, o, _))| (k.as_str(), v, *o));
+        let own = self.values.iter().map(|(k, (v, o))| (k.as_str(), v, *o));
         match &self.parent {
             None => Box::new(own),
             Some(p) => Box::new(
@@ -184,7 +170,7 @@ impl RecordView {
 
     pub fn origin(&self, key: &str) -> Option<Origin> {
         match self.values.get(key) {
-            Some((_, o, _)) => Some(*o),
+            Some((_, o)) => Some(*o),
             None => self.parent.as_ref()?.origin(key),
         }
     }
