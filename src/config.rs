@@ -310,11 +310,16 @@ impl Default for KafkaSection {
 }
 
 impl KafkaSection {
+    /// The broker list, when one is configured (blank counts as none).
+    pub fn brokers(&self) -> Option<&str> {
+        self.brokers.as_deref().filter(|b| !b.trim().is_empty())
+    }
+
     /// The publisher's settings, when a broker is configured.
     pub fn kafka_config(&self, data_dir: &Path) -> Option<sinks::kafka::KafkaConfig> {
-        let brokers = self.brokers.as_ref().filter(|b| !b.trim().is_empty())?;
+        let brokers = self.brokers()?;
         Some(sinks::kafka::KafkaConfig {
-            brokers: brokers.clone(),
+            brokers: brokers.to_string(),
             topic: self.topic.clone(),
             properties: self.properties.clone(),
             spool_dir: Some(

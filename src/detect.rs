@@ -310,9 +310,8 @@ struct Task {
 pub fn run(config: Config, group: String) -> Result<()> {
     let brokers = config
         .kafka
-        .brokers
-        .clone()
-        .filter(|b| !b.trim().is_empty())
+        .brokers()
+        .map(str::to_string)
         .context("vigil detect consumes from Kafka: give --kafka-brokers (or kafka.brokers)")?;
     let settings = Settings {
         brokers,

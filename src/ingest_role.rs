@@ -26,9 +26,8 @@ const IN_FLIGHT_BATCHES: usize = 64;
 pub fn run(config: Config) -> Result<()> {
     let brokers = config
         .kafka
-        .brokers
-        .clone()
-        .filter(|b| !b.trim().is_empty())
+        .brokers()
+        .map(str::to_string)
         .context("vigil ingest publishes to Kafka: give --kafka-brokers (or kafka.brokers)")?;
     let insecure = check_exposure(&config)?;
     let auth = crate::serve::load_auth(&config)?;
