@@ -207,10 +207,29 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("vigil: {e:#}");
+            eprintln!("vigil: {}", error_chain(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes joined by ": ", as `{:#}` does, leaving out a
+/// cause whose text the message already carries: errors of vigil's crates
+/// print their source inside their own message, so the plain chain said
+/// everything twice ("parquet file F: Corrupt footer: Corrupt footer").
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -400,4 +419,26 @@ fn token_command(cmd: TokenCommand) -> Result<ExitCode> {
 
 fn ingest_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::error_chain;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_said_once() {
+        let e = anyhow::Error::new(sinks::archive::ArchiveError::Io {
+            op: "open",
+            path: "f.parquet".into(),
+            source: std::io::Error::other("corrupt footer"),
+        })
+        .context("reading the archive");
+        assert_eq!(
+            error_chain(&e),
+            "reading the archive: cannot open f.parquet: corrupt footer"
+        );
+        // A cause the message does not carry is still printed.
+        let e = anyhow::anyhow!("no such file").context("loading mappings");
+        assert_eq!(error_chain(&e), "loading mappings: no such file");
+    }
 }
