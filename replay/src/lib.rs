@@ -596,6 +596,39 @@ mod tests {
     }
 
     #[test]
+    fn a_damaged_part_file_is_a_clear_error_before_any_alert() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t0 = 1_773_154_800_000_000_000i64;
+        let mut w: ArchiveWriter<Event> =
+            ArchiveWriter::open(ArchiveConfig::new(dir.path())).expect("open");
+        w.write(&[read("a@example.com", "s1", "/home/a/.ssh/id_rsa", t0)])
+            .expect("write");
+        w.close().expect("close");
+        let hour = dir.path().join("events/date=2026-03-10/hour=15");
+        std::fs::write(hour.join("part-damaged-000000.parquet"), b"not parquet").expect("write");
+        let set = rules::load(true, &[], &rules::RulesContext::default()).expect("pack");
+        let mut engine = rules::Engine::new(set, rules::EngineConfig::default());
+        let mut alerts = 0;
+        let err = replay_archive(
+            dir.path(),
+            None,
+            None,
+            &mut engine,
+            |a| {
+                alerts += a.len();
+                Ok(())
+            },
+            |_| {},
+        )
+        .expect_err("a damaged file fails the replay");
+        assert!(
+            err.to_string().contains("part-damaged-000000.parquet"),
+            "{err}"
+        );
+        assert_eq!(alerts, 0, "nothing is half-replayed");
+    }
+
+    #[test]
     fn replay_sorts_within_hours_and_matches_a_live_engine() {
         let dir = tempfile::tempdir().expect("tempdir");
         let t0 = 1_773_154_800_000_000_000i64;
