@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     let mut view = RecordView::default();
     view.insert(
         "tool_parameters".into(),
-        Val::Str(text.to_string()),
+        Val::Str(text.into()),
         Origin::Attribute,
     );
     view.expand_json("tool_parameters");

@@ -19,6 +19,7 @@ pub mod mapping;
 pub mod memory;
 pub mod metrics;
 pub mod normalize;
+pub mod otlp;
 pub mod record;
 pub mod tls;
 

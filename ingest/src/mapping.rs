@@ -260,7 +260,7 @@ enum Test {
 }
 
 impl Pred {
-    fn eval(&self, view: &RecordView) -> bool {
+    fn eval(&self, view: &RecordView<'_>) -> bool {
         match self {
             Pred::True => true,
             Pred::All(ps) => ps.iter().all(|p| p.eval(view)),
@@ -305,7 +305,7 @@ struct ValueSource {
 impl ValueSource {
     /// The value and, when it came whole from a view key, that key (it is then
     /// taken by the column and not repeated in `attrs`).
-    fn extract<'v>(&self, view: &'v RecordView) -> Option<(String, Option<&'v str>)> {
+    fn extract<'v>(&self, view: &'v RecordView<'_>) -> Option<(String, Option<&'v str>)> {
         if let Some(lit) = &self.literal {
             return Some((lit.clone(), None));
         }
@@ -407,7 +407,7 @@ impl Column {
             Column::TokensIn | Column::TokensOut => {
                 // Numbers sometimes arrive as strings or doubles; keep the raw
                 // text in attrs when it is not a number.
-                if let Some(n) = Val::Str(value.clone())
+                if let Some(n) = Val::Str(value.as_str().into())
                     .as_i64()
                     .or_else(|| value.parse::<f64>().ok().map(|f| f as i64))
                 {
@@ -561,7 +561,7 @@ impl MappingSet {
     pub fn apply<'m>(
         &'m self,
         signal: Signal,
-        view: &mut RecordView,
+        view: &mut RecordView<'_>,
         ev: &mut Event,
     ) -> Option<Applied<'m>> {
         let mapping = self
@@ -593,7 +593,7 @@ impl MappingSet {
 }
 
 impl Mapping {
-    fn fill(&self, set: &MappingSet, view: &mut RecordView, ev: &mut Event) {
+    fn fill(&self, set: &MappingSet, view: &mut RecordView<'_>, ev: &mut Event) {
         // Keys borrowed, not copied: this runs for every record.
         let mut expanded: HashSet<&str> = HashSet::default();
         for key in &self.expand_json {
@@ -603,10 +603,14 @@ impl Mapping {
         }
         for (name, sources) in &self.derive {
             if let Some((v, _)) = sources.iter().find_map(|s| s.extract(view)) {
-                view.insert(format!("@{name}"), Val::Str(v), Origin::Derived);
+                view.insert(
+                    format!("@{name}").into(),
+                    Val::Str(v.into()),
+                    Origin::Derived,
+                );
             }
         }
-        let view: &RecordView = view;
+        let view: &RecordView<'_> = view;
         ev.source = self.source;
         let mut taken: HashSet<&str> = HashSet::default();
         let mut fill_column = |col: Column, sources: &[ValueSource], ev: &mut Event| {
@@ -671,7 +675,7 @@ impl Mapping {
         }
         if ev.product.is_none() {
             if let Some(Val::Str(s)) = view.get("resource.service.name") {
-                ev.product = Some(s.clone());
+                ev.product = Some(s.to_string());
             }
         }
 

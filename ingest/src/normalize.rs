@@ -17,6 +17,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span, status};
 
 use crate::mapping::{MappingSet, Signal};
+use crate::otlp::{self, KvRef, LogsRef};
 use crate::record::{Origin, RecordView, Val};
 
 /// Result of normalizing one export request.
@@ -59,15 +60,20 @@ impl Normalizer {
         tenant: &str,
         observed_ns: i64,
     ) -> Normalized {
+        self.logs_ref(&LogsRef::from_prost(req), tenant, observed_ns)
+    }
+
+    /// Normalizes a borrowed log request (see [`crate::otlp`]).
+    pub fn logs_ref(&self, req: &LogsRef<'_>, tenant: &str, observed_ns: i64) -> Normalized {
         let mut out = Normalized::default();
         // One view for every record of the request, cleared per record: its
         // table is allocated once (requests often carry a resource per sender).
         let mut view = RecordView::default();
-        for rl in &req.resource_logs {
-            let base = base_view(rl.resource.as_ref());
-            for sl in &rl.scope_logs {
-                view.set_parent(with_scope(&base, sl.scope.as_ref()));
-                for rec in &sl.log_records {
+        for rl in &req.resources {
+            let base = base_view(&rl.attributes);
+            for sl in &rl.scopes {
+                view.set_parent(with_scope(&base, sl.name, sl.version));
+                for rec in &sl.records {
                     let time = match pick_time(
                         &[rec.time_unix_nano, rec.observed_time_unix_nano],
                         observed_ns,
@@ -85,14 +91,14 @@ impl Normalizer {
                     if !rec.event_name.is_empty() {
                         view.insert(
                             "event_name".into(),
-                            Val::Str(rec.event_name.clone()),
+                            Val::Str(rec.event_name.into()),
                             Origin::Record,
                         );
                     }
                     if !rec.severity_text.is_empty() {
                         view.insert(
                             "severity_text".into(),
-                            Val::Str(rec.severity_text.clone()),
+                            Val::Str(rec.severity_text.into()),
                             Origin::Record,
                         );
                     }
@@ -103,7 +109,7 @@ impl Normalizer {
                             Origin::Record,
                         );
                     }
-                    add_ids(&mut view, &rec.trace_id, &rec.span_id);
+                    add_ids(&mut view, rec.trace_id, rec.span_id);
                     view.add_attributes("", &rec.attributes, Origin::Attribute);
                     out.events
                         .push(self.finish(Signal::Log, &mut view, tenant, time, observed_ns));
@@ -122,9 +128,10 @@ impl Normalizer {
         let mut out = Normalized::default();
         let mut view = RecordView::default();
         for rs in &req.resource_spans {
-            let base = base_view(rs.resource.as_ref());
+            let base = base_view(&resource_attributes(rs.resource.as_ref()));
             for ss in &rs.scope_spans {
-                view.set_parent(with_scope(&base, ss.scope.as_ref()));
+                let (name, version) = scope_names(ss.scope.as_ref());
+                view.set_parent(with_scope(&base, name, version));
                 for sp in &ss.spans {
                     let time = match pick_time(
                         &[sp.start_time_unix_nano, sp.end_time_unix_nano],
@@ -140,7 +147,7 @@ impl Normalizer {
                     view.insert("@signal".into(), Val::Str("span".into()), Origin::Derived);
                     view.insert(
                         "span.name".into(),
-                        Val::Str(sp.name.clone()),
+                        Val::Str(sp.name.as_str().into()),
                         Origin::Record,
                     );
                     let kind = match span::SpanKind::try_from(sp.kind) {
@@ -183,11 +190,11 @@ impl Normalizer {
                     if !sp.parent_span_id.is_empty() {
                         view.insert(
                             "parent_span_id".into(),
-                            Val::Str(hex::encode(&sp.parent_span_id)),
+                            Val::Str(hex::encode(&sp.parent_span_id).into()),
                             Origin::Record,
                         );
                     }
-                    view.add_attributes("", &sp.attributes, Origin::Attribute);
+                    view.add_attributes("", &otlp::kvs(&sp.attributes), Origin::Attribute);
                     out.events.push(self.finish(
                         Signal::Span,
                         &mut view,
@@ -210,9 +217,10 @@ impl Normalizer {
         let mut out = Normalized::default();
         let mut view = RecordView::default();
         for rm in &req.resource_metrics {
-            let base = base_view(rm.resource.as_ref());
+            let base = base_view(&resource_attributes(rm.resource.as_ref()));
             for sm in &rm.scope_metrics {
-                view.set_parent(with_scope(&base, sm.scope.as_ref()));
+                let (name, version) = scope_names(sm.scope.as_ref());
+                view.set_parent(with_scope(&base, name, version));
                 for m in &sm.metrics {
                     for point in data_points(m) {
                         let time = match pick_time(&[point.time], observed_ns) {
@@ -226,13 +234,13 @@ impl Normalizer {
                         view.insert("@signal".into(), Val::Str("metric".into()), Origin::Derived);
                         view.insert(
                             "metric.name".into(),
-                            Val::Str(m.name.clone()),
+                            Val::Str(m.name.as_str().into()),
                             Origin::Record,
                         );
                         if !m.unit.is_empty() {
                             view.insert(
                                 "metric.unit".into(),
-                                Val::Str(m.unit.clone()),
+                                Val::Str(m.unit.as_str().into()),
                                 Origin::Record,
                             );
                         }
@@ -244,7 +252,7 @@ impl Normalizer {
                         for (k, v) in point.values {
                             view.insert(k.into(), v, Origin::Record);
                         }
-                        view.add_attributes("", point.attributes, Origin::Attribute);
+                        view.add_attributes("", &otlp::kvs(point.attributes), Origin::Attribute);
                         out.events.push(self.finish(
                             Signal::Metric,
                             &mut view,
@@ -262,7 +270,7 @@ impl Normalizer {
     fn finish(
         &self,
         signal: Signal,
-        view: &mut RecordView,
+        view: &mut RecordView<'_>,
         tenant: &str,
         time: i64,
         observed_ns: i64,
@@ -280,47 +288,53 @@ impl Normalizer {
     }
 }
 
-fn base_view(resource: Option<&Resource>) -> Arc<RecordView> {
+fn resource_attributes(resource: Option<&Resource>) -> Vec<KvRef<'_>> {
+    resource
+        .map(|r| otlp::kvs(&r.attributes))
+        .unwrap_or_default()
+}
+
+fn scope_names(scope: Option<&InstrumentationScope>) -> (&str, &str) {
+    scope.map_or(("", ""), |s| (s.name.as_str(), s.version.as_str()))
+}
+
+fn base_view<'a>(resource: &[KvRef<'a>]) -> Arc<RecordView<'a>> {
     let mut view = RecordView::default();
-    if let Some(r) = resource {
-        view.add_attributes("resource.", &r.attributes, Origin::Resource);
-    }
+    view.add_attributes("resource.", resource, Origin::Resource);
     Arc::new(view)
 }
 
-fn with_scope(base: &Arc<RecordView>, scope: Option<&InstrumentationScope>) -> Arc<RecordView> {
+fn with_scope<'a>(
+    base: &Arc<RecordView<'a>>,
+    name: &'a str,
+    version: &'a str,
+) -> Arc<RecordView<'a>> {
     let mut view = RecordView::on(base.clone(), 2);
-    if let Some(s) = scope {
-        if !s.name.is_empty() {
-            view.insert(
-                "scope.name".into(),
-                Val::Str(s.name.clone()),
-                Origin::Record,
-            );
-        }
-        if !s.version.is_empty() {
-            view.insert(
-                "scope.version".into(),
-                Val::Str(s.version.clone()),
-                Origin::Record,
-            );
-        }
+    if !name.is_empty() {
+        view.insert("scope.name".into(), Val::Str(name.into()), Origin::Record);
+    }
+    if !version.is_empty() {
+        view.insert(
+            "scope.version".into(),
+            Val::Str(version.into()),
+            Origin::Record,
+        );
     }
     Arc::new(view)
 }
 
-fn add_ids(view: &mut RecordView, trace_id: &[u8], span_id: &[u8]) {
+fn add_ids(view: &mut RecordView<'_>, trace_id: &[u8], span_id: &[u8]) {
     if !trace_id.is_empty() && trace_id.iter().any(|b| *b != 0) {
         view.insert(
             "trace_id".into(),
-            Val::Str(hex::encode(trace_id)),
+            Val::Str(hex::encode(trace_id).into()),
             Origin::Record,
         );
     }
     if !span_id.is_empty() && span_id.iter().any(|b| *b != 0) {
         view.insert(
             "span_id".into(),
-            Val::Str(hex::encode(span_id)),
+            Val::Str(hex::encode(span_id).into()),
             Origin::Record,
         );
     }
@@ -339,15 +353,15 @@ fn pick_time(candidates: &[u64], observed_ns: i64) -> Result<i64, String> {
 struct Point<'a> {
     time: u64,
     kind: &'static str,
-    values: Vec<(&'static str, Val)>,
+    values: Vec<(&'static str, Val<'static>)>,
     attributes: &'a [KeyValue],
 }
 
-fn number(v: &Option<number_data_point::Value>) -> Val {
+fn number(v: &Option<number_data_point::Value>) -> Val<'static> {
     match v {
         Some(number_data_point::Value::AsInt(i)) => Val::Int(*i),
         Some(number_data_point::Value::AsDouble(d)) => Val::Double(*d),
-        None => Val::Str(String::new()),
+        None => Val::Str("".into()),
     }
 }
 
@@ -356,7 +370,7 @@ fn data_points(m: &Metric) -> Vec<Point<'_>> {
     fn points<'a, P>(
         list: &'a [P],
         kind: &'static str,
-        parts: impl Fn(&'a P) -> (u64, Vec<(&'static str, Val)>, &'a [KeyValue]),
+        parts: impl Fn(&'a P) -> (u64, Vec<(&'static str, Val<'static>)>, &'a [KeyValue]),
     ) -> Vec<Point<'a>> {
         list.iter()
             .map(|p| {

@@ -8,27 +8,29 @@
 //! Derived values that mappings compute start with `@` and never reach `attrs`.
 
 use rustc_hash::FxHashMap as HashMap;
+use std::borrow::Cow;
 use std::sync::Arc;
 
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use crate::otlp::{AnyRef, KvRef};
 
 /// Deepest nesting of maps and arrays that is flattened; deeper content is
 /// kept as a marker so hostile input cannot make normalization recurse without end.
 pub const MAX_DEPTH: usize = 16;
 
 /// One scalar value of the view. Arrays and over-deep values are rendered as JSON text.
+/// Strings borrow from the request where they can.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Val {
-    Str(String),
+pub enum Val<'a> {
+    Str(Cow<'a, str>),
     Int(i64),
     Double(f64),
     Bool(bool),
 }
 
-impl Val {
+impl Val<'_> {
     pub fn as_text(&self) -> String {
         match self {
-            Val::Str(s) => s.clone(),
+            Val::Str(s) => s.to_string(),
             Val::Int(i) => i.to_string(),
             Val::Double(d) => {
                 if d.is_finite() {
@@ -43,10 +45,10 @@ impl Val {
     }
 
     /// The value as text, borrowed when it is a string.
-    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+    pub fn text(&self) -> Cow<'_, str> {
         match self {
-            Val::Str(s) => std::borrow::Cow::Borrowed(s),
-            other => std::borrow::Cow::Owned(other.as_text()),
+            Val::Str(s) => Cow::Borrowed(s),
+            other => Cow::Owned(other.as_text()),
         }
     }
 
@@ -80,7 +82,7 @@ impl Val {
 
     fn to_json(&self) -> serde_json::Value {
         match self {
-            Val::Str(s) => serde_json::Value::String(s.clone()),
+            Val::Str(s) => serde_json::Value::String(s.to_string()),
             Val::Int(i) => (*i).into(),
             Val::Double(d) => serde_json::Number::from_f64(*d)
                 .map(serde_json::Value::Number)
@@ -109,16 +111,16 @@ pub enum Origin {
 /// A view may sit on a shared parent (the resource and scope of a batch of
 /// records), so what every record of a request has in common is built once.
 #[derive(Debug, Default, Clone)]
-pub struct RecordView {
-    parent: Option<Arc<RecordView>>,
-    values: HashMap<String, (Val, Origin)>,
+pub struct RecordView<'a> {
+    parent: Option<Arc<RecordView<'a>>>,
+    values: HashMap<Cow<'a, str>, (Val<'a>, Origin)>,
 }
 
-impl RecordView {
+impl<'a> RecordView<'a> {
     /// An empty view on top of `parent`.
     /// With room for about `capacity` keys: growing the map while a record
     /// is read was a visible cost.
-    pub fn on(parent: Arc<RecordView>, capacity: usize) -> Self {
+    pub fn on(parent: Arc<RecordView<'a>>, capacity: usize) -> Self {
         RecordView {
             parent: Some(parent),
             values: HashMap::with_capacity_and_hasher(capacity, Default::default()),
@@ -131,11 +133,11 @@ impl RecordView {
     }
 
     /// Puts this view on another parent (the next resource or scope).
-    pub fn set_parent(&mut self, parent: Arc<RecordView>) {
+    pub fn set_parent(&mut self, parent: Arc<RecordView<'a>>) {
         self.parent = Some(parent);
     }
 
-    pub fn get(&self, key: &str) -> Option<&Val> {
+    pub fn get(&self, key: &str) -> Option<&Val<'a>> {
         match self.values.get(key) {
             Some((v, _)) => Some(v),
             None => self.parent.as_ref()?.get(key),
@@ -145,19 +147,19 @@ impl RecordView {
     /// The stored key equal to `key`, when present.
     pub fn key_of(&self, key: &str) -> Option<&str> {
         match self.values.get_key_value(key) {
-            Some((k, _)) => Some(k.as_str()),
+            Some((k, _)) => Some(k.as_ref()),
             None => self.parent.as_ref()?.key_of(key),
         }
     }
 
     /// Duplicate attribute keys: the last one wins, as in the OTel SDKs.
-    pub fn insert(&mut self, key: String, val: Val, origin: Origin) {
+    pub fn insert(&mut self, key: Cow<'a, str>, val: Val<'a>, origin: Origin) {
         self.values.insert(key, (val, origin));
     }
 
     /// Keys and values, the parent's first; a key set here hides the parent's.
-    pub fn iter(&self) -> Box<dyn Iterator<Item = (&str, &Val, Origin)> + '_> {
-        let own = self.values.iter().map(|(k, (v, o))| (k.as_str(), v, *o));
+    pub fn iter(&self) -> Box<dyn Iterator<Item = (&str, &Val<'a>, Origin)> + '_> {
+        let own = self.values.iter().map(|(k, (v, o))| (k.as_ref(), v, *o));
         match &self.parent {
             None => Box::new(own),
             Some(p) => Box::new(
@@ -176,12 +178,12 @@ impl RecordView {
     }
 
     /// Adds OTLP attributes under `prefix` (empty for record attributes).
-    pub fn add_attributes(&mut self, prefix: &str, attrs: &[KeyValue], origin: Origin) {
+    pub fn add_attributes(&mut self, prefix: &str, attrs: &[KvRef<'a>], origin: Origin) {
         for kv in attrs {
             let key = if prefix.is_empty() {
-                kv.key.clone()
+                Cow::Borrowed(kv.key)
             } else {
-                format!("{prefix}{}", kv.key)
+                Cow::Owned(format!("{prefix}{}", kv.key))
             };
             self.add_any(key, kv.value.as_ref(), origin, 0);
         }
@@ -189,8 +191,14 @@ impl RecordView {
 
     /// Adds an AnyValue, flattening maps with `.` and `[name, value]` pair lists
     /// (the Windows event log receiver's `event_data`) into `key.<name>`.
-    pub fn add_any(&mut self, key: String, value: Option<&AnyValue>, origin: Origin, depth: usize) {
-        let Some(value) = value.and_then(|v| v.value.as_ref()) else {
+    pub fn add_any(
+        &mut self,
+        key: Cow<'a, str>,
+        value: Option<&AnyRef<'a>>,
+        origin: Origin,
+        depth: usize,
+    ) {
+        let Some(value) = value else {
             return;
         };
         if depth >= MAX_DEPTH {
@@ -198,38 +206,35 @@ impl RecordView {
             return;
         }
         match value {
-            any_value::Value::StringValue(s) => self.insert(key, Val::Str(s.clone()), origin),
-            any_value::Value::BoolValue(b) => self.insert(key, Val::Bool(*b), origin),
-            any_value::Value::IntValue(i) => self.insert(key, Val::Int(*i), origin),
-            any_value::Value::DoubleValue(d) => self.insert(key, Val::Double(*d), origin),
-            any_value::Value::BytesValue(b) => self.insert(key, Val::Str(hex::encode(b)), origin),
-            // Only profiles use string-table indexes; there is no table to resolve them against here.
-            any_value::Value::StringValueStrindex(i) => {
-                self.insert(key, Val::Int(*i as i64), origin)
-            }
-            any_value::Value::KvlistValue(list) => {
-                for kv in &list.values {
+            AnyRef::Str(s) => self.insert(key, Val::Str(Cow::Borrowed(s)), origin),
+            AnyRef::Bool(b) => self.insert(key, Val::Bool(*b), origin),
+            AnyRef::Int(i) => self.insert(key, Val::Int(*i), origin),
+            AnyRef::Double(d) => self.insert(key, Val::Double(*d), origin),
+            AnyRef::Bytes(b) => self.insert(key, Val::Str(hex::encode(b).into()), origin),
+            AnyRef::Strindex(i) => self.insert(key, Val::Int(*i as i64), origin),
+            AnyRef::Kvlist(list) => {
+                for kv in list {
                     self.add_any(
-                        format!("{key}.{}", kv.key),
+                        format!("{key}.{}", kv.key).into(),
                         kv.value.as_ref(),
                         origin,
                         depth + 1,
                     );
                 }
             }
-            any_value::Value::ArrayValue(arr) => {
-                if let Some(pairs) = name_value_pairs(&arr.values) {
+            AnyRef::Array(values) => {
+                if let Some(pairs) = name_value_pairs(values) {
                     for (name, v) in pairs {
-                        self.add_any(format!("{key}.{name}"), Some(v), origin, depth + 1);
+                        self.add_any(format!("{key}.{name}").into(), v, origin, depth + 1);
                     }
                 } else {
                     let json = serde_json::Value::Array(
-                        arr.values
+                        values
                             .iter()
-                            .map(|v| any_to_json(v, depth + 1))
+                            .map(|v| any_to_json(v.as_ref(), depth + 1))
                             .collect(),
                     );
-                    self.insert(key, Val::Str(json.to_string()), origin);
+                    self.insert(key, Val::Str(json.to_string().into()), origin);
                 }
             }
         }
@@ -247,12 +252,12 @@ impl RecordView {
         };
         let origin = self.origin(key).unwrap_or(Origin::Attribute);
         for (k, v) in map {
-            self.add_json(format!("{key}.{k}"), &v, origin, 0);
+            self.add_json(format!("{key}.{k}").into(), &v, origin, 0);
         }
         true
     }
 
-    fn add_json(&mut self, key: String, v: &serde_json::Value, origin: Origin, depth: usize) {
+    fn add_json(&mut self, key: Cow<'a, str>, v: &serde_json::Value, origin: Origin, depth: usize) {
         use serde_json::Value as J;
         if depth >= MAX_DEPTH {
             self.insert(key, Val::Str("<nested too deep>".into()), origin);
@@ -268,11 +273,11 @@ impl RecordView {
                     .unwrap_or_else(|| Val::Double(n.as_f64().unwrap_or(f64::NAN)));
                 self.insert(key, val, origin)
             }
-            J::String(s) => self.insert(key, Val::Str(s.clone()), origin),
-            J::Array(_) => self.insert(key, Val::Str(v.to_string()), origin),
+            J::String(s) => self.insert(key, Val::Str(s.clone().into()), origin),
+            J::Array(_) => self.insert(key, Val::Str(v.to_string().into()), origin),
             J::Object(map) => {
                 for (k, inner) in map {
-                    self.add_json(format!("{key}.{k}"), inner, origin, depth + 1);
+                    self.add_json(format!("{key}.{k}").into(), inner, origin, depth + 1);
                 }
             }
         }
@@ -280,24 +285,27 @@ impl RecordView {
 }
 
 /// `[{name: A, value: 1}, {name: B, value: 2}]` as pairs, when every element has that shape.
-fn name_value_pairs(values: &[AnyValue]) -> Option<Vec<(String, &AnyValue)>> {
+/// A pair whose value is unset adds nothing, like any unset value.
+type Pair<'v, 'a> = (&'a str, Option<&'v AnyRef<'a>>);
+
+fn name_value_pairs<'v, 'a>(values: &'v [Option<AnyRef<'a>>]) -> Option<Vec<Pair<'v, 'a>>> {
     if values.is_empty() {
         return None;
     }
     let mut out = Vec::with_capacity(values.len());
     for v in values {
-        let Some(any_value::Value::KvlistValue(list)) = &v.value else {
+        let Some(AnyRef::Kvlist(list)) = v else {
             return None;
         };
         let mut name = None;
         let mut value = None;
-        for kv in &list.values {
-            match kv.key.as_str() {
-                "name" | "Name" => match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-                    Some(any_value::Value::StringValue(s)) => name = Some(s.clone()),
+        for kv in list {
+            match kv.key {
+                "name" | "Name" => match &kv.value {
+                    Some(AnyRef::Str(s)) => name = Some(*s),
                     _ => return None,
                 },
-                "value" | "Value" => value = kv.value.as_ref(),
+                "value" | "Value" => value = Some(kv.value.as_ref()),
                 _ => return None,
             }
         }
@@ -306,32 +314,30 @@ fn name_value_pairs(values: &[AnyValue]) -> Option<Vec<(String, &AnyValue)>> {
     Some(out)
 }
 
-fn any_to_json(v: &AnyValue, depth: usize) -> serde_json::Value {
+fn any_to_json(v: Option<&AnyRef<'_>>, depth: usize) -> serde_json::Value {
     use serde_json::Value as J;
     if depth >= MAX_DEPTH {
         return J::String("<nested too deep>".into());
     }
-    match &v.value {
+    match v {
         None => J::Null,
-        Some(any_value::Value::StringValue(s)) => J::String(s.clone()),
-        Some(any_value::Value::BoolValue(b)) => J::Bool(*b),
-        Some(any_value::Value::IntValue(i)) => (*i).into(),
-        Some(any_value::Value::DoubleValue(d)) => Val::Double(*d).to_json(),
-        Some(any_value::Value::BytesValue(b)) => J::String(hex::encode(b)),
-        Some(any_value::Value::StringValueStrindex(i)) => (*i).into(),
-        Some(any_value::Value::ArrayValue(a)) => {
-            J::Array(a.values.iter().map(|x| any_to_json(x, depth + 1)).collect())
-        }
-        Some(any_value::Value::KvlistValue(l)) => J::Object(
-            l.values
-                .iter()
+        Some(AnyRef::Str(s)) => J::String(s.to_string()),
+        Some(AnyRef::Bool(b)) => J::Bool(*b),
+        Some(AnyRef::Int(i)) => (*i).into(),
+        Some(AnyRef::Double(d)) => Val::Double(*d).to_json(),
+        Some(AnyRef::Bytes(b)) => J::String(hex::encode(b)),
+        Some(AnyRef::Strindex(i)) => (*i).into(),
+        Some(AnyRef::Array(a)) => J::Array(
+            a.iter()
+                .map(|x| any_to_json(x.as_ref(), depth + 1))
+                .collect(),
+        ),
+        Some(AnyRef::Kvlist(l)) => J::Object(
+            l.iter()
                 .map(|kv| {
                     (
-                        kv.key.clone(),
-                        kv.value
-                            .as_ref()
-                            .map(|x| any_to_json(x, depth + 1))
-                            .unwrap_or(J::Null),
+                        kv.key.to_string(),
+                        any_to_json(kv.value.as_ref(), depth + 1),
                     )
                 })
                 .collect(),
@@ -342,7 +348,10 @@ fn any_to_json(v: &AnyValue, depth: usize) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry_proto::tonic::common::v1::{ArrayValue, KeyValueList};
+    use crate::otlp;
+    use opentelemetry_proto::tonic::common::v1::{
+        any_value, AnyValue, ArrayValue, KeyValue, KeyValueList,
+    };
 
     fn s(v: &str) -> AnyValue {
         AnyValue {
@@ -380,7 +389,8 @@ mod tests {
             kv("channel", s("Security")),
             kv("event_data", event_data),
         ]);
-        view.add_any("body".into(), Some(&body), Origin::Record, 0);
+        let body = otlp::any(Some(&body));
+        view.add_any("body".into(), body.as_ref(), Origin::Record, 0);
         assert_eq!(view.get("body.channel"), Some(&Val::Str("Security".into())));
         assert_eq!(
             view.get("body.event_data.TaskName"),
@@ -399,8 +409,9 @@ mod tests {
         for _ in 0..200 {
             v = map(vec![kv("k", v)]);
         }
+        let v = otlp::any(Some(&v));
         let mut view = RecordView::default();
-        view.add_any("a".into(), Some(&v), Origin::Attribute, 0);
+        view.add_any("a".into(), v.as_ref(), Origin::Attribute, 0);
         assert_eq!(view.iter().count(), 1);
         let (key, val, _) = view.iter().next().unwrap();
         assert_eq!(key.matches(".k").count(), MAX_DEPTH);
@@ -445,7 +456,8 @@ mod tests {
     #[test]
     fn duplicate_keys_keep_the_last_value_once() {
         let mut view = RecordView::default();
-        view.add_attributes("", &[kv("a", s("1")), kv("a", s("2"))], Origin::Attribute);
+        let attrs = [kv("a", s("1")), kv("a", s("2"))];
+        view.add_attributes("", &otlp::kvs(&attrs), Origin::Attribute);
         assert_eq!(view.iter().count(), 1);
         assert_eq!(view.get("a"), Some(&Val::Str("2".into())));
     }
