@@ -18,6 +18,9 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
 
+#[global_allocator]
+static ALLOCATOR: ingest::memory::Allocator = ingest::memory::Allocator {};
+
 #[derive(Parser)]
 #[command(
     name = "vigil",
