@@ -1,7 +1,8 @@
 //! OTLP/protobuf decode + normalization: the input is a request body as the
 //! gRPC and HTTP receivers get it, decoded as each signal in turn (as a sender
 //! could post any bytes to any of /v1/logs, /v1/traces, /v1/metrics) and
-//! normalized with the default mapping pack.
+//! normalized with the default mapping pack. The receivers' own walk of log
+//! bytes (`vigil_ingest::wire`) must read what prost reads, or decline.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -13,8 +14,17 @@ use vigil_fuzz::{default_normalizer, normalize, Request};
 
 fuzz_target!(|data: &[u8]| {
     let n = default_normalizer();
-    if let Ok(r) = ExportLogsServiceRequest::decode(data) {
-        normalize(n, &Request::Logs(r));
+    let fast = vigil_ingest::wire::decode_logs(data);
+    match ExportLogsServiceRequest::decode(data) {
+        Ok(r) => {
+            if let Some(fast) = fast {
+                let reference = vigil_ingest::otlp::LogsRef::from_prost(&r);
+                // Debug text, so that NaN doubles compare equal.
+                assert_eq!(format!("{fast:?}"), format!("{reference:?}"));
+            }
+            normalize(n, &Request::Logs(r));
+        }
+        Err(e) => assert!(fast.is_none(), "the walk accepted what prost refuses: {e}"),
     }
     if let Ok(r) = ExportTraceServiceRequest::decode(data) {
         normalize(n, &Request::Traces(r));

@@ -1,6 +1,7 @@
 //! Ingest throughput on Claude-Code-shaped log records (13 attributes, about
 //! 490 bytes each, 1,000 per request): prost decode alone (the floor), and
-//! decode + normalization by the default mapping pack, in the same run.
+//! decode + normalization by the default mapping pack, and the same two with
+//! the receivers' walk of the bytes (`wire`) instead of prost, in the same run.
 //! `cargo bench -p vigil-ingest --bench normalize`
 
 use std::sync::Arc;
@@ -106,6 +107,19 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let req = ExportLogsServiceRequest::decode(bytes.as_slice()).expect("decodes");
             normalizer.logs(&req, "default", 0).events.len()
+        })
+    });
+    g.bench_function("wire_decode_only", |b| {
+        b.iter(|| {
+            vigil_ingest::wire::decode_logs(&bytes)
+                .expect("decodes")
+                .records()
+        })
+    });
+    g.bench_function("wire_decode_and_normalize", |b| {
+        b.iter(|| {
+            let req = vigil_ingest::wire::decode_logs(&bytes).expect("decodes");
+            normalizer.logs_ref(&req, "default", 0).events.len()
         })
     });
     g.finish();

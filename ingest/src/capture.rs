@@ -9,6 +9,7 @@
 //! Files roll past a size; a file being written is named `.capture-*.tmp` and
 //! renamed when rolled or closed, so a reader never sees half a file.
 
+use std::borrow::Cow;
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -89,9 +90,10 @@ impl CaptureWriter {
         payload: &Payload,
     ) -> Result<(), CaptureError> {
         let (signal, body) = match payload {
-            Payload::Logs(r) => (1u8, r.encode_to_vec()),
-            Payload::Traces(r) => (2u8, r.encode_to_vec()),
-            Payload::Metrics(r) => (3u8, r.encode_to_vec()),
+            Payload::Logs(r) => (1u8, Cow::Owned(r.encode_to_vec())),
+            Payload::LogsBytes(b) => (1u8, Cow::Borrowed(b.as_ref())),
+            Payload::Traces(r) => (2u8, Cow::Owned(r.encode_to_vec())),
+            Payload::Metrics(r) => (3u8, Cow::Owned(r.encode_to_vec())),
         };
         if self
             .current

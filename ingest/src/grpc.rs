@@ -6,11 +6,11 @@
 
 use std::future::Future;
 
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
-    LogsService, LogsServiceServer,
-};
+use std::convert::Infallible;
+
+use bytes::{Buf, Bytes};
 use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+    ExportLogsPartialSuccess, ExportLogsServiceResponse,
 };
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
@@ -24,9 +24,15 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
+use prost::Message;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
-use tonic::codec::CompressionEncoding;
+use tonic::body::Body;
+use tonic::codec::{
+    Codec, CompressionEncoding, DecodeBuf, Decoder, EnabledCompressionEncodings, EncodeBuf, Encoder,
+};
+use tonic::codegen::{http, BoxFuture, Context, Poll, Service};
+use tonic::server::{NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
 use crate::{ExportOutcome, Ingest, Payload, SubmitError};
@@ -37,9 +43,10 @@ struct Otlp(Ingest);
 impl Otlp {
     /// The tenant of a request, from its `authorization` metadata when
     /// authentication is on, after checking the tenant's own size limit.
-    fn tenant<T: prost::Message>(
+    fn tenant<T>(
         &self,
         request: &Request<T>,
+        size: usize,
         signal: &str,
     ) -> Result<std::sync::Arc<str>, Status> {
         let authorization = request
@@ -55,7 +62,6 @@ impl Otlp {
                 Status::unauthenticated(refusal.message())
             })?;
         if let Some(limit) = self.0.limits.as_ref().and_then(|l| l.body_limit(&tenant)) {
-            let size = request.get_ref().encoded_len();
             if size > limit {
                 self.0.metrics.request("grpc", signal, "too_large");
                 return Err(Status::out_of_range(format!(
@@ -81,19 +87,21 @@ impl Otlp {
                 SubmitError::Unavailable(_) | SubmitError::Closed => {
                     Status::unavailable(e.to_string())
                 }
+                SubmitError::Invalid(_) => Status::invalid_argument(e.to_string()),
             })
     }
 }
 
-#[tonic::async_trait]
-impl LogsService for Otlp {
-    async fn export(
+impl Otlp {
+    /// Logs/Export, on the request's bytes: read by [`crate::wire`] off the
+    /// async runtime, without decoding into prost's types first.
+    async fn export_logs(
         &self,
-        request: Request<ExportLogsServiceRequest>,
+        request: Request<Bytes>,
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        let tenant = self.tenant(&request, "log")?;
+        let tenant = self.tenant(&request, request.get_ref().len(), "log")?;
         let o = self
-            .run(Payload::Logs(request.into_inner()), tenant)
+            .run(Payload::LogsBytes(request.into_inner()), tenant)
             .await?;
         Ok(Response::new(ExportLogsServiceResponse {
             partial_success: (o.rejected > 0).then(|| ExportLogsPartialSuccess {
@@ -104,13 +112,109 @@ impl LogsService for Otlp {
     }
 }
 
+/// The OTLP logs service, taking each request as bytes (tonic's generated
+/// server would decode it into prost's types before vigil sees it).
+#[derive(Clone)]
+struct LogsBytesServer {
+    otlp: Otlp,
+    max_decoding_message_size: usize,
+}
+
+impl NamedService for LogsBytesServer {
+    const NAME: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
+}
+
+const LOGS_EXPORT_PATH: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+
+impl Service<http::Request<Body>> for LogsBytesServer {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        if req.uri().path() != LOGS_EXPORT_PATH {
+            return Box::pin(async move {
+                Ok(Status::unimplemented("only Export is served here").into_http())
+            });
+        }
+        let method = LogsExport(self.otlp.clone());
+        let limit = self.max_decoding_message_size;
+        Box::pin(async move {
+            let mut accept = EnabledCompressionEncodings::default();
+            accept.enable(CompressionEncoding::Gzip);
+            let mut grpc = tonic::server::Grpc::new(BytesCodec)
+                .apply_compression_config(accept, EnabledCompressionEncodings::default())
+                .apply_max_message_size_config(Some(limit), None);
+            Ok(grpc.unary(method, req).await)
+        })
+    }
+}
+
+struct LogsExport(Otlp);
+
+impl UnaryService<Bytes> for LogsExport {
+    type Response = ExportLogsServiceResponse;
+    type Future = BoxFuture<Response<Self::Response>, Status>;
+
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+        let otlp = self.0.clone();
+        Box::pin(async move { otlp.export_logs(request).await })
+    }
+}
+
+/// Requests as their bytes, responses encoded by prost.
+struct BytesCodec;
+
+impl Codec for BytesCodec {
+    type Encode = ExportLogsServiceResponse;
+    type Decode = Bytes;
+    type Encoder = ResponseEncoder;
+    type Decoder = BytesDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ResponseEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        BytesDecoder
+    }
+}
+
+struct ResponseEncoder;
+
+impl Encoder for ResponseEncoder {
+    type Item = ExportLogsServiceResponse;
+    type Error = Status;
+
+    fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(dst)
+            .map_err(|e| Status::internal(format!("encoding the response failed: {e}")))
+    }
+}
+
+struct BytesDecoder;
+
+impl Decoder for BytesDecoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        // The frame's bytes, shared rather than copied.
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
 #[tonic::async_trait]
 impl TraceService for Otlp {
     async fn export(
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let tenant = self.tenant(&request, "span")?;
+        let tenant = self.tenant(&request, request.get_ref().encoded_len(), "span")?;
         let o = self
             .run(Payload::Traces(request.into_inner()), tenant)
             .await?;
@@ -129,7 +233,7 @@ impl MetricsService for Otlp {
         &self,
         request: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        let tenant = self.tenant(&request, "metric")?;
+        let tenant = self.tenant(&request, request.get_ref().encoded_len(), "metric")?;
         let o = self
             .run(Payload::Metrics(request.into_inner()), tenant)
             .await?;
@@ -147,11 +251,10 @@ fn router(ingest: Ingest) -> tonic::transport::server::Router {
     let limit = ingest.max_body_bytes;
     let svc = Otlp(ingest);
     tonic::transport::Server::builder()
-        .add_service(
-            LogsServiceServer::new(svc.clone())
-                .accept_compressed(CompressionEncoding::Gzip)
-                .max_decoding_message_size(limit),
-        )
+        .add_service(LogsBytesServer {
+            otlp: svc.clone(),
+            max_decoding_message_size: limit,
+        })
         .add_service(
             TraceServiceServer::new(svc.clone())
                 .accept_compressed(CompressionEncoding::Gzip)

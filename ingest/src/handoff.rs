@@ -34,6 +34,9 @@ pub enum SubmitError {
         retry_after_secs: u64,
         message: String,
     },
+    /// The request cannot be read; sending it again will not help.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// Sending side of the pipeline queue, shared by all receivers.

@@ -22,6 +22,7 @@ pub mod normalize;
 pub mod otlp;
 pub mod record;
 pub mod tls;
+pub mod wire;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -29,16 +30,20 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
 
 pub use handoff::{IngestBatch, PipelineHandle, SubmitError};
 pub use mapping::{MappingError, MappingSet, Signal};
 pub use metrics::IngestMetrics;
 pub use normalize::{Normalized, Normalizer};
 
-/// A decoded export request of any signal.
+/// An export request of any signal.
 #[derive(Debug)]
 pub enum Payload {
     Logs(ExportLogsServiceRequest),
+    /// A log request as received: read by [`wire`] without prost's
+    /// allocations, by prost when the walk declines.
+    LogsBytes(bytes::Bytes),
     Traces(ExportTraceServiceRequest),
     Metrics(ExportMetricsServiceRequest),
 }
@@ -46,7 +51,7 @@ pub enum Payload {
 impl Payload {
     pub fn signal(&self) -> Signal {
         match self {
-            Payload::Logs(_) => Signal::Log,
+            Payload::Logs(_) | Payload::LogsBytes(_) => Signal::Log,
             Payload::Traces(_) => Signal::Span,
             Payload::Metrics(_) => Signal::Metric,
         }
@@ -106,29 +111,67 @@ impl Ingest {
                 });
             }
         }
-        if let Some(limits) = &self.limits {
-            if let Err(over) = limits.check(&tenant, limits::records_in(&payload)) {
-                self.metrics
-                    .request(transport, signal.as_str(), "rate_limited");
-                return Err(SubmitError::RateLimited {
-                    retry_after_secs: over.retry_after.as_secs().max(1),
-                    message: over.message,
-                });
-            }
-        }
         let normalizer = self.normalizer.clone();
+        let limiter = self.limits.clone();
         let capture_tenant = tenant.clone();
         let (normalized, payload, received_ns) = tokio::task::spawn_blocking(move || {
             let now = now_ns();
-            let n = match &payload {
-                Payload::Logs(r) => normalizer.logs(r, &tenant, now),
-                Payload::Traces(r) => normalizer.traces(r, &tenant, now),
-                Payload::Metrics(r) => normalizer.metrics(r, &tenant, now),
+            // Over the tenant's rate, a request is refused before normalization.
+            let admit = |records: usize| match &limiter {
+                Some(limits) => {
+                    limits
+                        .check(&tenant, records)
+                        .map_err(|over| SubmitError::RateLimited {
+                            retry_after_secs: over.retry_after.as_secs().max(1),
+                            message: over.message,
+                        })
+                }
+                None => Ok(()),
             };
-            (n, payload, now)
+            let n = match &payload {
+                Payload::LogsBytes(bytes) => match wire::decode_logs(bytes) {
+                    Some(req) => {
+                        admit(req.records())?;
+                        normalizer.logs_ref(&req, &tenant, now)
+                    }
+                    None => {
+                        let req =
+                            ExportLogsServiceRequest::decode(bytes.as_ref()).map_err(|e| {
+                                SubmitError::Invalid(format!(
+                                    "request is not a valid protobuf ExportLogsServiceRequest: {e}"
+                                ))
+                            })?;
+                        let req = otlp::LogsRef::from_prost(&req);
+                        admit(req.records())?;
+                        normalizer.logs_ref(&req, &tenant, now)
+                    }
+                },
+                Payload::Logs(r) => {
+                    admit(limits::records_in(&payload))?;
+                    normalizer.logs(r, &tenant, now)
+                }
+                Payload::Traces(r) => {
+                    admit(limits::records_in(&payload))?;
+                    normalizer.traces(r, &tenant, now)
+                }
+                Payload::Metrics(r) => {
+                    admit(limits::records_in(&payload))?;
+                    normalizer.metrics(r, &tenant, now)
+                }
+            };
+            Ok((n, payload, now))
         })
         .await
-        .map_err(|e| SubmitError::Unavailable(format!("normalization failed: {e}")))?;
+        .map_err(|e| SubmitError::Unavailable(format!("normalization failed: {e}")))
+        .and_then(|r| r)
+        .inspect_err(|e| {
+            let status = match e {
+                SubmitError::RateLimited { .. } => "rate_limited",
+                SubmitError::Invalid(_) => "bad_request",
+                _ => "unavailable",
+            };
+            self.metrics.request(transport, signal.as_str(), status);
+        })?;
 
         let Normalized {
             events,
@@ -147,6 +190,7 @@ impl Ingest {
             Err(SubmitError::Unavailable(_)) => "unavailable",
             Err(SubmitError::Closed) => "closed",
             Err(SubmitError::RateLimited { .. }) => "rate_limited",
+            Err(SubmitError::Invalid(_)) => "bad_request",
         };
         self.metrics.request(transport, signal.as_str(), status);
         result?;

@@ -225,7 +225,9 @@ def test_grpc_bad_input_and_metrics(vigil_factory):
                          request_serializer=lambda b: b, response_deserializer=lambda b: b)
     with pytest.raises(grpc.RpcError) as e:
         raw(b"\xff\xff\xff\xff garbage", timeout=10)
-    assert e.value.code() == grpc.StatusCode.INTERNAL or e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # Not worth retrying, and the sender is told what is wrong.
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid protobuf ExportLogsServiceRequest" in e.value.details()
     with pytest.raises(grpc.RpcError) as e:
         raw(b"\x0a" + b"\xff\xff\xff\x0f" + b"x" * (2 << 20), timeout=10)
     # tonic refuses an over-limit message before decoding it, naming the limit.
@@ -243,6 +245,8 @@ def test_grpc_bad_input_and_metrics(vigil_factory):
     m = v.metrics()
     assert 'vigil_records_received_total{signal="log",source="agent"} 9' in m, m
     assert 'vigil_records_rejected_total{signal="log"} 1' in m
+    # The unreadable request is counted as a bad request, as over HTTP.
+    assert 'transport="grpc",signal="log",status="bad_request"} 1' in m, m
     assert v.stop() == 0
     assert duck(f"select count(*) from read_parquet('{events_glob(v)}')")[0][0] == 9
 

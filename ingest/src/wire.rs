@@ -1,0 +1,534 @@
+//! Reads OTLP log requests from their protobuf bytes into the borrowed model
+//! of [`crate::otlp`], without prost's allocation of every string, attribute
+//! and value.
+//!
+//! This is the receivers' fast path, and prost stays the reference: the walk
+//! accepts only what it can read exactly as prost would (same last-wins
+//! scalars, same UTF-8 checks, unknown fields skipped) and answers `None` for
+//! anything else, such as a singular message sent twice (prost merges those),
+//! group wire types, nesting deeper than [`MAX_NESTING`] or any malformed
+//! byte. The caller then decodes with prost, which yields the same request or
+//! the error a sender is told. Tests compare the two on generated and
+//! corrupted requests.
+
+use crate::otlp::{AnyRef, KvRef, LogRecordRef, LogsRef, ResourceLogsRef, ScopeLogsRef};
+
+/// Deepest nesting of values read here; deeper requests go to prost, which
+/// allows 100 levels. Flattening stops at 16 ([`crate::record::MAX_DEPTH`]).
+pub const MAX_NESTING: usize = 32;
+
+const VARINT: u8 = 0;
+const FIXED64: u8 = 1;
+const LEN: u8 = 2;
+const FIXED32: u8 = 5;
+
+/// Decodes an `ExportLogsServiceRequest`; `None` when prost must decide.
+pub fn decode_logs(buf: &[u8]) -> Option<LogsRef<'_>> {
+    let mut out = LogsRef::default();
+    let mut r = Reader(buf);
+    while let Some((field, wire)) = r.tag()? {
+        match (field, wire) {
+            (1, LEN) => out.resources.push(resource_logs(r.bytes()?)?),
+            (1, _) => return None,
+            _ => r.skip(wire)?,
+        }
+    }
+    Some(out)
+}
+
+fn resource_logs(buf: &[u8]) -> Option<ResourceLogsRef<'_>> {
+    let mut out = ResourceLogsRef::default();
+    let mut seen_resource = false;
+    let mut r = Reader(buf);
+    while let Some((field, wire)) = r.tag()? {
+        match (field, wire) {
+            (1, LEN) if !seen_resource => {
+                seen_resource = true;
+                out.attributes = resource(r.bytes()?)?;
+            }
+            (2, LEN) => out.scopes.push(scope_logs(r.bytes()?)?),
+            (3, LEN) => {
+                r.str()?; // schema_url
+            }
+            (1..=3, _) => return None,
+            _ => r.skip(wire)?,
+        }
+    }
+    Some(out)
+}
+
+fn resource(buf: &[u8]) -> Option<Vec<KvRef<'_>>> {
+    let mut attributes = Vec::new();
+    let mut r = Reader(buf);
+    while let Some((field, wire)) = r.tag()? {
+        match (field, wire) {
+            (1, LEN) => attributes.push(key_value(r.bytes()?, 0)?),
+            (2, VARINT) => {
+                r.varint()?; // dropped_attributes_count
+            }
+            // Entity references are not read; prost decides whether they are valid.
+            (1..=3, _) => return None,
+            _ => r.skip(wire)?,
+        }
+    }
+    Some(attributes)
+}
+
+fn scope_logs(buf: &[u8]) -> Option<ScopeLogsRef<'_>> {
+    let mut out = ScopeLogsRef::default();
+    let mut seen_scope = false;
+    let mut r = Reader(buf);
+    while let Some((field, wire)) = r.tag()? {
+        match (field, wire) {
+            (1, LEN) if !seen_scope => {
+                seen_scope = true;
+                (out.name, out.version) = scope(r.bytes()?)?;
+            }
+            (2, LEN) => out.records.push(log_record(r.bytes()?)?),
+            (3, LEN) => {
+                r.str()?; // schema_url
+            }
+            (1..=3, _) => return None,
+            _ => r.skip(wire)?,
+        }
+    }
+    Some(out)
+}
+
+fn scope(buf: &[u8]) -> Option<(&str, &str)> {
+    let (mut name, mut version) = ("", "");
+    let mut r = Reader(buf);
+    while let Some((field, wire)) = r.tag()? {
+        match (field, wire) {
+            (1, LEN) => name = r.str()?,
+            (2, LEN) => version = r.str()?,
+            (4, VARINT) => {
+                r.varint()?; // dropped_attributes_count
+            }
+            // Scope attributes are not read; prost decides whether they are valid.
+            (1..=4, _) => return None,
+            _ => r.skip(wire)?,
+        }
+    }
+    Some((name, version))
+}
+
+fn log_record(buf: &[u8]) -> Option<LogRecordRef<'_>> {
+    let mut out = LogRecordRef::default();
+    let mut seen_body = false;
+    let mut r = Reader(buf);
+    while let Some((field, wire)) = r.tag()? {
+        match (field, wire) {
+            (1, FIXED64) => out.time_unix_nano = r.fixed64()?,
+            (11, FIXED64) => out.observed_time_unix_nano = r.fixed64()?,
+            (2, VARINT) => out.severity_number = r.varint()? as i32,
+            (3, LEN) => out.severity_text = r.str()?,
+            (5, LEN) if !seen_body => {
+                seen_body = true;
+                out.body = any_value(r.bytes()?, 0)?;
+            }
+            (6, LEN) => out.attributes.push(key_value(r.bytes()?, 0)?),
+            (7, VARINT) => {
+                r.varint()?; // dropped_attributes_count
+            }
+            (8, FIXED32) => {
+                r.fixed32()?; // flags
+            }
+            (9, LEN) => out.trace_id = r.bytes()?,
+            (10, LEN) => out.span_id = r.bytes()?,
+            (12, LEN) => out.event_name = r.str()?,
+            (1..=12, _) => return None,
+            _ => r.skip(wire)?,
+        }
+    }
+    Some(out)
+}
+
+fn key_value(buf: &[u8], depth: usize) -> Option<KvRef<'_>> {
+    let mut out = KvRef {
+        key: "",
+        value: None,
+    };
+    let mut seen_value = false;
+    let mut r = Reader(buf);
+    while let Some((field, wire)) = r.tag()? {
+        match (field, wire) {
+            (1, LEN) => out.key = r.str()?,
+            (2, LEN) if !seen_value => {
+                seen_value = true;
+                out.value = any_value(r.bytes()?, depth)?;
+            }
+            (3, VARINT) => {
+                r.varint()?; // key_strindex, for profiles only
+            }
+            (1..=3, _) => return None,
+            _ => r.skip(wire)?,
+        }
+    }
+    Some(out)
+}
+
+/// An `AnyValue`: `Some(None)` when no variant is set.
+fn any_value(buf: &[u8], depth: usize) -> Option<Option<AnyRef<'_>>> {
+    if depth >= MAX_NESTING {
+        return None;
+    }
+    let mut out = None;
+    let mut r = Reader(buf);
+    while let Some((field, wire)) = r.tag()? {
+        let value = match (field, wire) {
+            (1, LEN) => AnyRef::Str(r.str()?),
+            (2, VARINT) => AnyRef::Bool(r.varint()? != 0),
+            (3, VARINT) => AnyRef::Int(r.varint()? as i64),
+            (4, FIXED64) => AnyRef::Double(f64::from_bits(r.fixed64()?)),
+            (5, LEN) => {
+                let mut values = Vec::new();
+                let mut a = Reader(r.bytes()?);
+                while let Some((field, wire)) = a.tag()? {
+                    match (field, wire) {
+                        (1, LEN) => values.push(any_value(a.bytes()?, depth + 1)?),
+                        (1, _) => return None,
+                        _ => a.skip(wire)?,
+                    }
+                }
+                AnyRef::Array(values)
+            }
+            (6, LEN) => {
+                let mut values = Vec::new();
+                let mut l = Reader(r.bytes()?);
+                while let Some((field, wire)) = l.tag()? {
+                    match (field, wire) {
+                        (1, LEN) => values.push(key_value(l.bytes()?, depth + 1)?),
+                        (1, _) => return None,
+                        _ => l.skip(wire)?,
+                    }
+                }
+                AnyRef::Kvlist(values)
+            }
+            (7, LEN) => AnyRef::Bytes(r.bytes()?),
+            (8, VARINT) => AnyRef::Strindex(r.varint()? as i32),
+            (1..=8, _) => return None,
+            _ => {
+                r.skip(wire)?;
+                continue;
+            }
+        };
+        // Two variants in one value: prost's oneof rules decide.
+        if out.replace(value).is_some() {
+            return None;
+        }
+    }
+    Some(out)
+}
+
+/// A cursor over protobuf bytes; every method answers `None` on malformed input.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    /// The next field number and wire type, `Some(None)` at the end.
+    fn tag(&mut self) -> Option<Option<(u32, u8)>> {
+        if self.0.is_empty() {
+            return Some(None);
+        }
+        let key = self.varint()?;
+        // prost refuses keys past u32, whatever their field number.
+        let key = u32::try_from(key).ok()?;
+        let field = key >> 3;
+        if field == 0 {
+            return None;
+        }
+        Some(Some((field, (key & 7) as u8)))
+    }
+
+    fn varint(&mut self) -> Option<u64> {
+        let mut value = 0u64;
+        for (i, byte) in self.0.iter().take(10).enumerate() {
+            // The tenth byte may only carry the top bit of a u64.
+            if i == 9 && *byte > 1 {
+                return None;
+            }
+            value |= u64::from(byte & 0x7f) << (7 * i);
+            if byte & 0x80 == 0 {
+                self.0 = &self.0[i + 1..];
+                return Some(value);
+            }
+        }
+        None
+    }
+
+    fn fixed64(&mut self) -> Option<u64> {
+        let (head, rest) = self.0.split_first_chunk::<8>()?;
+        self.0 = rest;
+        Some(u64::from_le_bytes(*head))
+    }
+
+    fn fixed32(&mut self) -> Option<u32> {
+        let (head, rest) = self.0.split_first_chunk::<4>()?;
+        self.0 = rest;
+        Some(u32::from_le_bytes(*head))
+    }
+
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let len = usize::try_from(self.varint()?).ok()?;
+        if len > self.0.len() {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(len);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn str(&mut self) -> Option<&'a str> {
+        std::str::from_utf8(self.bytes()?).ok()
+    }
+
+    /// Skips an unknown field as prost does; groups are left to prost.
+    fn skip(&mut self, wire: u8) -> Option<()> {
+        match wire {
+            VARINT => self.varint().map(drop),
+            FIXED64 => self.fixed64().map(drop),
+            LEN => self.bytes().map(drop),
+            FIXED32 => self.fixed32().map(drop),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{
+        any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList,
+    };
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use prost::Message;
+
+    /// xorshift64*: deterministic, so a failure names its seed.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+        fn text(&mut self) -> String {
+            const PARTS: &[&str] = &["", "a", "session.id", "ü", "~/.ssh/id_rsa", "日本", " x "];
+            (0..self.below(3))
+                .map(|_| PARTS[self.below(PARTS.len() as u64) as usize])
+                .collect()
+        }
+    }
+
+    fn value(rng: &mut Rng, depth: usize) -> AnyValue {
+        use any_value::Value as V;
+        let pick = if depth > 3 {
+            rng.below(5)
+        } else {
+            rng.below(9)
+        };
+        AnyValue {
+            value: match pick {
+                0 => Some(V::StringValue(rng.text())),
+                1 => Some(V::BoolValue(rng.below(2) == 1)),
+                2 => Some(V::IntValue(rng.next() as i64)),
+                3 => Some(V::DoubleValue(rng.below(1000) as f64 / 7.0)),
+                4 => Some(V::BytesValue(rng.text().into_bytes())),
+                5 => Some(V::ArrayValue(ArrayValue {
+                    values: (0..rng.below(3)).map(|_| value(rng, depth + 1)).collect(),
+                })),
+                6 => Some(V::KvlistValue(KeyValueList {
+                    values: attributes(rng, depth + 1),
+                })),
+                7 => Some(V::StringValueStrindex(rng.below(50) as i32)),
+                _ => None,
+            },
+        }
+    }
+
+    fn attributes(rng: &mut Rng, depth: usize) -> Vec<KeyValue> {
+        (0..rng.below(5))
+            .map(|_| KeyValue {
+                key: rng.text(),
+                value: (rng.below(8) != 0).then(|| value(rng, depth)),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    fn request(rng: &mut Rng) -> ExportLogsServiceRequest {
+        ExportLogsServiceRequest {
+            resource_logs: (0..1 + rng.below(2))
+                .map(|_| ResourceLogs {
+                    resource: (rng.below(4) != 0).then(|| Resource {
+                        attributes: attributes(rng, 0),
+                        dropped_attributes_count: rng.below(2) as u32,
+                        ..Default::default()
+                    }),
+                    scope_logs: (0..1 + rng.below(2))
+                        .map(|_| ScopeLogs {
+                            scope: (rng.below(3) != 0).then(|| InstrumentationScope {
+                                name: rng.text(),
+                                version: rng.text(),
+                                ..Default::default()
+                            }),
+                            log_records: (0..rng.below(4))
+                                .map(|_| LogRecord {
+                                    time_unix_nano: rng.next() >> rng.below(64),
+                                    observed_time_unix_nano: rng.below(1 << 40),
+                                    severity_number: rng.below(25) as i32,
+                                    severity_text: rng.text(),
+                                    body: (rng.below(2) == 0).then(|| value(rng, 0)),
+                                    attributes: attributes(rng, 0),
+                                    dropped_attributes_count: rng.below(2) as u32,
+                                    flags: rng.below(2) as u32,
+                                    trace_id: rng.text().into_bytes(),
+                                    span_id: rng.text().into_bytes(),
+                                    event_name: rng.text(),
+                                })
+                                .collect(),
+                            schema_url: rng.text(),
+                        })
+                        .collect(),
+                    schema_url: rng.text(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The walk agrees with prost, or declines: never a different request.
+    fn agrees(bytes: &[u8]) -> Option<bool> {
+        let fast = decode_logs(bytes)?;
+        let reference = ExportLogsServiceRequest::decode(bytes)
+            .unwrap_or_else(|e| panic!("the walk accepted what prost refuses ({e}): {bytes:?}"));
+        // Debug text, so that NaN doubles compare equal.
+        Some(format!("{fast:?}") == format!("{:?}", LogsRef::from_prost(&reference)))
+    }
+
+    #[test]
+    fn well_formed_requests_read_exactly_as_prost_reads_them() {
+        let mut rng = Rng(0x5eed);
+        for i in 0..2000 {
+            let bytes = request(&mut rng).encode_to_vec();
+            assert_eq!(agrees(&bytes), Some(true), "request {i}");
+        }
+    }
+
+    #[test]
+    fn damaged_requests_are_read_as_prost_reads_them_or_left_to_prost() {
+        let mut rng = Rng(0xbad);
+        let (mut read, mut declined) = (0, 0);
+        for i in 0..3000 {
+            let mut bytes = request(&mut rng).encode_to_vec();
+            if bytes.is_empty() {
+                continue;
+            }
+            for _ in 0..1 + rng.below(3) {
+                let at = rng.below(bytes.len() as u64) as usize;
+                match rng.below(3) {
+                    0 => bytes[at] = rng.next() as u8,
+                    1 => bytes.truncate(at),
+                    _ => bytes.insert(at, rng.next() as u8),
+                }
+                if bytes.is_empty() {
+                    break;
+                }
+            }
+            match agrees(&bytes) {
+                Some(same) => {
+                    assert!(same, "damaged request {i} read differently: {bytes:?}");
+                    read += 1;
+                }
+                None => declined += 1,
+            }
+        }
+        // Both branches ran: some damage still leaves a valid request.
+        assert!(
+            read > 100 && declined > 100,
+            "read {read}, declined {declined}"
+        );
+    }
+
+    /// `bytes` as field `field` of a message (length-delimited).
+    fn wrap(field: u8, bytes: &[u8]) -> Vec<u8> {
+        let mut out = vec![field << 3 | LEN];
+        prost::encoding::encode_varint(bytes.len() as u64, &mut out);
+        out.extend_from_slice(bytes);
+        out
+    }
+
+    /// A request of one record, given as the record's bytes.
+    fn request_of(record: &[u8]) -> Vec<u8> {
+        wrap(1, &wrap(2, &wrap(2, record)))
+    }
+
+    #[test]
+    fn what_prost_merges_or_refuses_is_left_to_prost() {
+        let mut record = LogRecord {
+            body: Some(AnyValue {
+                value: Some(any_value::Value::StringValue("x".into())),
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        assert!(agrees(&request_of(&record)) == Some(true));
+        // A second body in the same record: prost merges the two.
+        let mut twice = record.clone();
+        twice.extend_from_slice(&wrap(5, &wrap(1, b"y")));
+        assert!(ExportLogsServiceRequest::decode(request_of(&twice).as_slice()).is_ok());
+        assert_eq!(decode_logs(&request_of(&twice)), None);
+        // Two variants in one value.
+        let mut both = record.clone();
+        both.extend_from_slice(&wrap(5, &[0x10, 0x01]));
+        assert_eq!(decode_logs(&request_of(&both)), None);
+        // Invalid UTF-8, which prost refuses.
+        let at = record
+            .iter()
+            .rposition(|b| *b == b'x')
+            .expect("the body text");
+        record[at] = 0xff;
+        assert_eq!(decode_logs(&request_of(&record)), None);
+        assert!(ExportLogsServiceRequest::decode(request_of(&record).as_slice()).is_err());
+        // A key past u32 and a group wire type are left to prost.
+        assert_eq!(decode_logs(&[0x80, 0x80, 0x80, 0x80, 0x20]), None);
+        assert_eq!(decode_logs(&[0x0b, 0x0c]), None);
+        // Any non-zero varint is a true bool, and enums keep unknown numbers.
+        let odd = [wrap(5, &[0x10, 0x02]), vec![0x10, 0xff, 0x01]].concat();
+        assert_eq!(agrees(&request_of(&odd)), Some(true));
+        // Unknown fields are skipped, as prost skips them.
+        let mut unknown = LogRecord::default().encode_to_vec();
+        unknown.extend_from_slice(&wrap(15, b"future field"));
+        unknown.extend_from_slice(&[0xf8, 0x01, 0x07]);
+        assert_eq!(agrees(&request_of(&unknown)), Some(true));
+    }
+
+    #[test]
+    fn deep_values_are_left_to_prost() {
+        let mut v = AnyValue {
+            value: Some(any_value::Value::StringValue("leaf".into())),
+        };
+        for _ in 0..MAX_NESTING + 1 {
+            v = AnyValue {
+                value: Some(any_value::Value::ArrayValue(ArrayValue { values: vec![v] })),
+            };
+        }
+        let req = ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                scope_logs: vec![ScopeLogs {
+                    log_records: vec![LogRecord {
+                        body: Some(v),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        assert_eq!(decode_logs(&req.encode_to_vec()), None);
+    }
+}
