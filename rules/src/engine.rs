@@ -360,9 +360,18 @@ impl Engine {
                 self.processed += 1;
                 continue;
             }
-            // Held events keep only the attributes some rule reads; the archive has the rest.
-            let refs = &self.set.attr_refs;
-            e.attrs.retain(|k, _| refs.contains(k));
+            // Held events keep only the attributes some rule reads; the archive
+            // has the rest. Rules name few attributes: look those up rather
+            // than hash every attribute of every event.
+            if !e.attrs.is_empty() {
+                let mut kept = BTreeMap::new();
+                for k in self.set.attr_refs.iter() {
+                    if let Some((k, v)) = e.attrs.remove_entry(k.as_str()) {
+                        kept.insert(k, v);
+                    }
+                }
+                e.attrs = kept;
+            }
             incoming.push(e);
         }
         self.hold(incoming);
