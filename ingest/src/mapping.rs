@@ -274,11 +274,13 @@ impl Pred {
                 let Some(val) = val else { return false };
                 // Patterns of `nocase` tests are lower-cased at compile time.
                 let text = val.text();
-                let text: std::borrow::Cow<'_, str> = if *nocase {
-                    std::borrow::Cow::Owned(text.to_lowercase())
-                } else {
-                    text
-                };
+                // Most values have no capital letter: lower-case only those that do.
+                let text: std::borrow::Cow<'_, str> =
+                    if *nocase && text.chars().any(char::is_uppercase) {
+                        std::borrow::Cow::Owned(text.to_lowercase())
+                    } else {
+                        text
+                    };
                 let text = text.as_ref();
                 match test {
                     Test::Exists(_) => unreachable!("handled above"),
