@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+    ExportLogsPartialSuccess, ExportLogsServiceResponse,
 };
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
@@ -263,6 +263,7 @@ async fn export(
             }
             r
         }
+        Err(SubmitError::Invalid(message)) => error(format, StatusCode::BAD_REQUEST, message),
         Err(SubmitError::Busy) => {
             let mut r = error(
                 format,
@@ -282,7 +283,7 @@ async fn export(
     }
 }
 
-fn decode(signal: Signal, format: Format, body: &[u8]) -> Result<Payload, String> {
+fn decode(signal: Signal, format: Format, body: &Bytes) -> Result<Payload, String> {
     let what = match signal {
         Signal::Log => "ExportLogsServiceRequest",
         Signal::Span => "ExportTraceServiceRequest",
@@ -299,14 +300,14 @@ fn decode(signal: Signal, format: Format, body: &[u8]) -> Result<Payload, String
         )
     };
     Ok(match (signal, format) {
-        (Signal::Log, Format::Protobuf) => {
-            Payload::Logs(ExportLogsServiceRequest::decode(body).map_err(|e| bad(e.to_string()))?)
-        }
+        // Read from the bytes by `wire` when normalized; an unreadable body
+        // is then refused with 400 all the same.
+        (Signal::Log, Format::Protobuf) => Payload::LogsBytes(body.clone()),
         (Signal::Span, Format::Protobuf) => Payload::Traces(
-            ExportTraceServiceRequest::decode(body).map_err(|e| bad(e.to_string()))?,
+            ExportTraceServiceRequest::decode(body.as_ref()).map_err(|e| bad(e.to_string()))?,
         ),
         (Signal::Metric, Format::Protobuf) => Payload::Metrics(
-            ExportMetricsServiceRequest::decode(body).map_err(|e| bad(e.to_string()))?,
+            ExportMetricsServiceRequest::decode(body.as_ref()).map_err(|e| bad(e.to_string()))?,
         ),
         (Signal::Log, Format::Json) => Payload::Logs(from_json(body).map_err(bad)?),
         (Signal::Span, Format::Json) => Payload::Traces(from_json(body).map_err(bad)?),
@@ -437,15 +438,22 @@ mod tests {
             "scopeLogs":[{"scope":{"name":"x"},"logRecords":[{"timeUnixNano":"1773154800000000000","severityNumber":9,
             "body":{"stringValue":"claude_code.user_prompt"},"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174",
             "attributes":[{"key":"prompt_length","value":{"intValue":"42"}},{"key":"n","value":{"intValue":7}}],"someFutureField":1}]}]}]}"#;
-        let Payload::Logs(req) = decode(Signal::Log, Format::Json, body).expect("decodes") else {
+        let body = Bytes::from_static(body);
+        let Payload::Logs(req) = decode(Signal::Log, Format::Json, &body).expect("decodes") else {
             panic!("logs")
         };
         let rec = &req.resource_logs[0].scope_logs[0].log_records[0];
         assert_eq!(rec.time_unix_nano, 1_773_154_800_000_000_000);
         assert_eq!(rec.trace_id.len(), 16);
         assert_eq!(rec.attributes.len(), 2);
-        assert!(decode(Signal::Log, Format::Json, b"{}").is_ok());
-        assert!(decode(Signal::Log, Format::Json, b"{\"resourceLogs\": [").is_err());
-        assert!(decode(Signal::Span, Format::Protobuf, b"\xff\xff\xff garbage").is_err());
+        let bytes = |b: &'static [u8]| Bytes::from_static(b);
+        assert!(decode(Signal::Log, Format::Json, &bytes(b"{}")).is_ok());
+        assert!(decode(Signal::Log, Format::Json, &bytes(b"{\"resourceLogs\": [")).is_err());
+        assert!(decode(
+            Signal::Span,
+            Format::Protobuf,
+            &bytes(b"\xff\xff\xff garbage")
+        )
+        .is_err());
     }
 }
