@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 
-use rustc_hash::FxHashSet as HashSet;
 use std::path::{Path, PathBuf};
 
 use event::{Event, EventKind, Outcome, Source};
@@ -313,20 +312,23 @@ impl ValueSource {
         }
         let key = self.field.as_deref()?;
         let val = view.get(key)?;
-        let mut text = val.as_text();
+        // Borrowed until the value is known to be kept: most sources miss.
+        let mut text = val.text();
         let mut whole = true;
         if let Some(re) = &self.regex {
             let caps = re.captures(&text)?;
-            text = caps
-                .name("value")
-                .or_else(|| caps.get(0))?
-                .as_str()
-                .to_string();
+            let part = caps.name("value").or_else(|| caps.get(0))?.as_str();
+            text = std::borrow::Cow::Owned(part.to_string());
             whole = false;
         }
-        if self.lower {
-            text = text.to_lowercase();
+        if text.is_empty() {
+            return None;
         }
+        let text = if self.lower {
+            text.to_lowercase()
+        } else {
+            text.into_owned()
+        };
         if text.is_empty() {
             return None;
         }
@@ -443,6 +445,7 @@ pub struct Mapping {
     priority: i32,
     when: Pred,
     expand_json: Vec<String>,
+    /// Derived values by their view key (`@name`).
     derive: Vec<(String, Vec<ValueSource>)>,
     columns: Vec<(Column, Vec<ValueSource>)>,
     kinds: Vec<CompiledCase>,
@@ -563,7 +566,7 @@ impl MappingSet {
     pub fn apply<'m>(
         &'m self,
         signal: Signal,
-        view: &mut RecordView<'_>,
+        view: &mut RecordView<'m>,
         ev: &mut Event,
     ) -> Option<Applied<'m>> {
         let mapping = self
@@ -595,30 +598,27 @@ impl MappingSet {
 }
 
 impl Mapping {
-    fn fill(&self, set: &MappingSet, view: &mut RecordView<'_>, ev: &mut Event) {
+    fn fill<'m>(&'m self, set: &MappingSet, view: &mut RecordView<'m>, ev: &mut Event) {
         // Keys borrowed, not copied: this runs for every record.
-        let mut expanded: HashSet<&str> = HashSet::default();
+        // A handful of keys each: a list scan beats hashing.
+        let mut expanded: Vec<&str> = Vec::new();
         for key in &self.expand_json {
             if view.expand_json(key) {
-                expanded.insert(key);
+                expanded.push(key);
             }
         }
-        for (name, sources) in &self.derive {
+        for (key, sources) in &self.derive {
             if let Some((v, _)) = sources.iter().find_map(|s| s.extract(view)) {
-                view.insert(
-                    format!("@{name}").into(),
-                    Val::Str(v.into()),
-                    Origin::Derived,
-                );
+                view.insert(key.as_str().into(), Val::Str(v.into()), Origin::Derived);
             }
         }
         let view: &RecordView<'_> = view;
         ev.source = self.source;
-        let mut taken: HashSet<&str> = HashSet::default();
+        let mut taken: Vec<&str> = Vec::with_capacity(self.columns.len());
         let mut fill_column = |col: Column, sources: &[ValueSource], ev: &mut Event| {
             if let Some((value, key)) = sources.iter().find_map(|s| s.extract(view)) {
                 if let Some(k) = key {
-                    taken.insert(k);
+                    taken.push(k);
                 }
                 col.set(ev, value);
             }
@@ -681,16 +681,19 @@ impl Mapping {
             }
         }
 
-        for (key, val, origin) in view.iter() {
-            if taken.contains(key) || expanded.contains(key) {
-                continue;
-            }
-            match origin {
-                Origin::Derived => {}
-                Origin::Attribute | Origin::Resource | Origin::Record => {
-                    ev.attrs.insert(key.to_string(), val.as_text());
-                }
-            }
+        // Built from a list: a map built at once from its entries costs less
+        // than inserting them one by one.
+        let kept: Vec<(String, String)> = view
+            .iter()
+            .filter(|(key, _, origin)| {
+                *origin != Origin::Derived && !taken.contains(key) && !expanded.contains(key)
+            })
+            .map(|(key, val, _)| (key.to_string(), val.as_text()))
+            .collect();
+        if ev.attrs.is_empty() {
+            ev.attrs = kept.into_iter().collect();
+        } else {
+            ev.attrs.extend(kept);
         }
     }
 }
@@ -772,7 +775,7 @@ fn compile_mapping(file: &str, m: MappingSpec) -> Result<Mapping, MappingError> 
     };
     let mut derive = Vec::new();
     for (name, list) in &m.derive {
-        derive.push((name.clone(), sources(list).map_err(&invalid)?));
+        derive.push((format!("@{name}"), sources(list).map_err(&invalid)?));
     }
     let columns_of = |map: &BTreeMap<String, Vec<SourceSpec>>| -> Result<Vec<(Column, Vec<ValueSource>)>, String> {
         map.iter()

@@ -267,10 +267,10 @@ impl Normalizer {
         out
     }
 
-    fn finish(
-        &self,
+    fn finish<'a>(
+        &'a self,
         signal: Signal,
-        view: &mut RecordView<'_>,
+        view: &mut RecordView<'a>,
         tenant: &str,
         time: i64,
         observed_ns: i64,
