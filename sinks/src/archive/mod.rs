@@ -48,10 +48,14 @@ pub trait ArchiveRecord: Sized {
     fn to_batch(records: &[&Self]) -> Result<RecordBatch, SchemaError>;
     /// Reads records back from a batch of any version of the schema.
     fn from_batch(batch: &RecordBatch) -> Result<Vec<Self>, SchemaError>;
+    /// Columns whose values are (nearly) all distinct: written without a
+    /// dictionary, which would only cost a hash of every value.
+    const DISTINCT_COLUMNS: &'static [&'static str] = &[];
 }
 
 impl ArchiveRecord for Event {
     const DIR: &'static str = "events";
+    const DISTINCT_COLUMNS: &'static [&'static str] = &["event_id", "time", "observed_time"];
     fn time(&self) -> i64 {
         self.time
     }

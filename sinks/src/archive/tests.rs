@@ -299,6 +299,21 @@ fn files_carry_the_schema_version_and_read_back_as_plain_strings() {
         DataType::Timestamp(TimeUnit::Nanosecond, Some(_))
     ));
     assert!(matches!(ty("attrs"), DataType::Map(_, _)));
+    // Columns of distinct values have no dictionary; repeated ones keep theirs.
+    let group = b.metadata().row_group(0);
+    let dictionary = |n: &str| {
+        group
+            .columns()
+            .iter()
+            .find(|c| c.column_path().string() == n)
+            .unwrap_or_else(|| panic!("column {n}"))
+            .dictionary_page_offset()
+            .is_some()
+    };
+    for n in ["event_id", "time", "observed_time"] {
+        assert!(!dictionary(n), "{n} has a dictionary page");
+    }
+    assert!(dictionary("tenant") && dictionary("user"));
 }
 
 #[test]

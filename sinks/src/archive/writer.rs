@@ -22,6 +22,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use serde::Serialize;
 
 use super::wal::{self, Wal};
@@ -119,14 +120,17 @@ impl<R: ArchiveRecord> ArchiveWriter<R> {
             "vigil.writer".to_string(),
             format!("vigil-sinks {}", env!("CARGO_PKG_VERSION")),
         ));
-        let props = WriterProperties::builder()
+        let mut props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(
                 ZstdLevel::try_new(cfg.zstd_level)
                     .map_err(|e| ArchiveError::Config(e.to_string()))?,
             ))
             .set_max_row_group_size(cfg.row_group_rows)
-            .set_key_value_metadata(Some(metadata))
-            .build();
+            .set_key_value_metadata(Some(metadata));
+        for column in R::DISTINCT_COLUMNS {
+            props = props.set_column_dictionary_enabled(ColumnPath::from(*column), false);
+        }
+        let props = props.build();
         let wal_dir = cfg.dir.join(".wal").join(R::DIR);
         // Even with the log turned off, a log left by an earlier run is replayed once.
         let wal = if cfg.wal || wal_dir.exists() {
