@@ -303,8 +303,16 @@ where
     let mut event_id = StringBuilder::with_capacity(n, n * 32);
     let [mut tenant, mut source, mut product, mut kind, mut action, mut outcome, mut user, mut session, mut host, mut tool, mut mcp_server, mut connector, mut domain, mut model] =
         std::array::from_fn(|_| DictCol::new(n));
-    let [mut target, mut path, mut command] =
-        std::array::from_fn(|_| StringBuilder::with_capacity(n, n * 16));
+    // Sized exactly: growing a builder copies everything it holds.
+    let (mut target_bytes, mut path_bytes, mut command_bytes) = (0, 0, 0);
+    for e in events.clone() {
+        target_bytes += e.target.as_ref().map_or(0, String::len);
+        path_bytes += e.path.as_ref().map_or(0, String::len);
+        command_bytes += e.command.as_ref().map_or(0, String::len);
+    }
+    let mut target = StringBuilder::with_capacity(n, target_bytes);
+    let mut path = StringBuilder::with_capacity(n, path_bytes);
+    let mut command = StringBuilder::with_capacity(n, command_bytes);
     let mut tokens_in = Int64Builder::with_capacity(n);
     let mut tokens_out = Int64Builder::with_capacity(n);
     let mut interactive = BooleanBuilder::with_capacity(n);
