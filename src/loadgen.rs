@@ -1249,7 +1249,8 @@ pub fn run(args: LoadgenArgs) -> Result<std::process::ExitCode> {
     })
 }
 
-/// prost's owned decode of the pooled requests: the floor vigil is compared with.
+/// prost's owned decode of the pooled requests: the floor vigil is compared
+/// with; and, beside it, the receivers' own read of the same bytes.
 fn floor(pool: &[Encoded], duration: Duration) -> Result<std::process::ExitCode> {
     let decode = |e: &Encoded| -> usize {
         match e.signal {
@@ -1263,9 +1264,31 @@ fn floor(pool: &[Encoded], duration: Duration) -> Result<std::process::ExitCode>
                 .len(),
         }
     };
+    // What the receivers do instead: logs walked in place, spans by prost.
+    let walk = |e: &Encoded| -> usize {
+        match e.signal {
+            Signal::Logs => ingest::wire::decode_logs(&e.bytes)
+                .expect("our own encoding is read")
+                .records(),
+            Signal::Traces => decode(e),
+        }
+    };
     let bytes: usize = pool.iter().map(|e| e.bytes.len()).sum();
     let records: u64 = pool.iter().map(|e| e.records).sum();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let one_thread = |read: &dyn Fn(&Encoded) -> usize| {
+        let per = duration / 2;
+        let t0 = Instant::now();
+        let mut done = 0u64;
+        while t0.elapsed() < per {
+            for e in pool {
+                std::hint::black_box(read(e));
+                done += e.records;
+            }
+        }
+        (done as f64 / t0.elapsed().as_secs_f64()) as u64
+    };
+    let walked = one_thread(&walk);
     let mut results = Vec::new();
     for n in [1, threads] {
         let per = duration / 2;
@@ -1292,12 +1315,13 @@ fn floor(pool: &[Encoded], duration: Duration) -> Result<std::process::ExitCode>
         results.push((n, total));
     }
     println!(
-        "floor: prost decode of {} requests ({} bytes/record): {} records/s on 1 thread, {} records/s on {} threads",
+        "floor: prost decode of {} requests ({} bytes/record): {} records/s on 1 thread, {} records/s on {} threads; receivers' read (logs walked by ingest::wire, spans by prost): {} records/s on 1 thread",
         pool.len(),
         bytes as u64 / records.max(1),
         results[0].1,
         results[1].1,
-        results[1].0
+        results[1].0,
+        walked
     );
     Ok(std::process::ExitCode::SUCCESS)
 }
