@@ -25,7 +25,9 @@ fuzz_target!(|data: &[u8]| {
         let Ok(c) = item else { break };
         let req = match c.payload {
             Payload::Logs(r) => Request::Logs(r),
-            Payload::LogsBytes(_) => unreachable!("capture files are read back as prost requests"),
+            Payload::LogsBytes(_) | Payload::TracesBytes(_) => {
+                unreachable!("capture files are read back as prost requests")
+            }
             Payload::Traces(r) => Request::Traces(r),
             Payload::Metrics(r) => Request::Metrics(r),
         };

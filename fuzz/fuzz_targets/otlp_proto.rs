@@ -2,7 +2,7 @@
 //! gRPC and HTTP receivers get it, decoded as each signal in turn (as a sender
 //! could post any bytes to any of /v1/logs, /v1/traces, /v1/metrics) and
 //! normalized with the default mapping pack. The receivers' own walk of log
-//! bytes (`vigil_ingest::wire`) must read what prost reads, or decline.
+//! and trace bytes (`vigil_ingest::wire`) must read what prost reads, or decline.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -26,8 +26,16 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(e) => assert!(fast.is_none(), "the walk accepted what prost refuses: {e}"),
     }
-    if let Ok(r) = ExportTraceServiceRequest::decode(data) {
-        normalize(n, &Request::Traces(r));
+    let fast = vigil_ingest::wire::decode_traces(data);
+    match ExportTraceServiceRequest::decode(data) {
+        Ok(r) => {
+            if let Some(fast) = fast {
+                let reference = vigil_ingest::otlp::TracesRef::from_prost(&r);
+                assert_eq!(format!("{fast:?}"), format!("{reference:?}"));
+            }
+            normalize(n, &Request::Traces(r));
+        }
+        Err(e) => assert!(fast.is_none(), "the walk accepted what prost refuses: {e}"),
     }
     if let Ok(r) = ExportMetricsServiceRequest::decode(data) {
         normalize(n, &Request::Metrics(r));

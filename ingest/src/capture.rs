@@ -93,6 +93,7 @@ impl CaptureWriter {
             Payload::Logs(r) => (1u8, Cow::Owned(r.encode_to_vec())),
             Payload::LogsBytes(b) => (1u8, Cow::Borrowed(b.as_ref())),
             Payload::Traces(r) => (2u8, Cow::Owned(r.encode_to_vec())),
+            Payload::TracesBytes(b) => (2u8, Cow::Borrowed(b.as_ref())),
             Payload::Metrics(r) => (3u8, Cow::Owned(r.encode_to_vec())),
         };
         if self

@@ -7,6 +7,7 @@
 use std::future::Future;
 
 use std::convert::Infallible;
+use std::marker::PhantomData;
 
 use bytes::{Buf, Bytes};
 use opentelemetry_proto::tonic::collector::logs::v1::{
@@ -18,11 +19,8 @@ use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTracePartialSuccess, ExportTraceServiceResponse,
 };
 use prost::Message;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -92,41 +90,84 @@ impl Otlp {
     }
 }
 
-impl Otlp {
-    /// Logs/Export, on the request's bytes: read by [`crate::wire`] off the
-    /// async runtime, without decoding into prost's types first.
-    async fn export_logs(
-        &self,
-        request: Request<Bytes>,
-    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
-        let tenant = self.tenant(&request, request.get_ref().len(), "log")?;
-        let o = self
-            .run(Payload::LogsBytes(request.into_inner()), tenant)
-            .await?;
-        Ok(Response::new(ExportLogsServiceResponse {
-            partial_success: (o.rejected > 0).then(|| ExportLogsPartialSuccess {
-                rejected_log_records: o.rejected as i64,
-                error_message: o.error.unwrap_or_default(),
-            }),
-        }))
+/// An OTLP service whose requests vigil reads from their bytes ([`crate::wire`]).
+trait BytesExport: Send + Sync + 'static {
+    const NAME: &'static str;
+    const PATH: &'static str;
+    type Response: Message + Send + 'static;
+    fn export(otlp: Otlp, request: Request<Bytes>) -> BoxFuture<Response<Self::Response>, Status>;
+}
+
+struct LogsExport;
+
+impl BytesExport for LogsExport {
+    const NAME: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
+    const PATH: &'static str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+    type Response = ExportLogsServiceResponse;
+
+    fn export(otlp: Otlp, request: Request<Bytes>) -> BoxFuture<Response<Self::Response>, Status> {
+        Box::pin(async move {
+            let tenant = otlp.tenant(&request, request.get_ref().len(), "log")?;
+            let o = otlp
+                .run(Payload::LogsBytes(request.into_inner()), tenant)
+                .await?;
+            Ok(Response::new(ExportLogsServiceResponse {
+                partial_success: (o.rejected > 0).then(|| ExportLogsPartialSuccess {
+                    rejected_log_records: o.rejected as i64,
+                    error_message: o.error.unwrap_or_default(),
+                }),
+            }))
+        })
     }
 }
 
-/// The OTLP logs service, taking each request as bytes (tonic's generated
-/// server would decode it into prost's types before vigil sees it).
-#[derive(Clone)]
-struct LogsBytesServer {
+struct TracesExport;
+
+impl BytesExport for TracesExport {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+    const PATH: &'static str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+    type Response = ExportTraceServiceResponse;
+
+    fn export(otlp: Otlp, request: Request<Bytes>) -> BoxFuture<Response<Self::Response>, Status> {
+        Box::pin(async move {
+            let tenant = otlp.tenant(&request, request.get_ref().len(), "span")?;
+            let o = otlp
+                .run(Payload::TracesBytes(request.into_inner()), tenant)
+                .await?;
+            Ok(Response::new(ExportTraceServiceResponse {
+                partial_success: (o.rejected > 0).then(|| ExportTracePartialSuccess {
+                    rejected_spans: o.rejected as i64,
+                    error_message: o.error.unwrap_or_default(),
+                }),
+            }))
+        })
+    }
+}
+
+/// An OTLP service taking each request as bytes (tonic's generated server
+/// would decode it into prost's types before vigil sees it), with gzip and
+/// the size limit.
+struct BytesServer<E> {
     otlp: Otlp,
     max_decoding_message_size: usize,
+    export: PhantomData<fn() -> E>,
 }
 
-impl NamedService for LogsBytesServer {
-    const NAME: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
+impl<E> Clone for BytesServer<E> {
+    fn clone(&self) -> Self {
+        BytesServer {
+            otlp: self.otlp.clone(),
+            max_decoding_message_size: self.max_decoding_message_size,
+            export: PhantomData,
+        }
+    }
 }
 
-const LOGS_EXPORT_PATH: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+impl<E: BytesExport> NamedService for BytesServer<E> {
+    const NAME: &'static str = E::NAME;
+}
 
-impl Service<http::Request<Body>> for LogsBytesServer {
+impl<E: BytesExport> Service<http::Request<Body>> for BytesServer<E> {
     type Response = http::Response<Body>;
     type Error = Infallible;
     type Future = BoxFuture<Self::Response, Self::Error>;
@@ -136,17 +177,17 @@ impl Service<http::Request<Body>> for LogsBytesServer {
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        if req.uri().path() != LOGS_EXPORT_PATH {
+        if req.uri().path() != E::PATH {
             return Box::pin(async move {
                 Ok(Status::unimplemented("only Export is served here").into_http())
             });
         }
-        let method = LogsExport(self.otlp.clone());
+        let method = Export::<E>(self.otlp.clone(), PhantomData);
         let limit = self.max_decoding_message_size;
         Box::pin(async move {
             let mut accept = EnabledCompressionEncodings::default();
             accept.enable(CompressionEncoding::Gzip);
-            let mut grpc = tonic::server::Grpc::new(BytesCodec)
+            let mut grpc = tonic::server::Grpc::new(BytesCodec::<E::Response>(PhantomData))
                 .apply_compression_config(accept, EnabledCompressionEncodings::default())
                 .apply_max_message_size_config(Some(limit), None);
             Ok(grpc.unary(method, req).await)
@@ -154,29 +195,28 @@ impl Service<http::Request<Body>> for LogsBytesServer {
     }
 }
 
-struct LogsExport(Otlp);
+struct Export<E>(Otlp, PhantomData<fn() -> E>);
 
-impl UnaryService<Bytes> for LogsExport {
-    type Response = ExportLogsServiceResponse;
+impl<E: BytesExport> UnaryService<Bytes> for Export<E> {
+    type Response = E::Response;
     type Future = BoxFuture<Response<Self::Response>, Status>;
 
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
-        let otlp = self.0.clone();
-        Box::pin(async move { otlp.export_logs(request).await })
+        E::export(self.0.clone(), request)
     }
 }
 
 /// Requests as their bytes, responses encoded by prost.
-struct BytesCodec;
+struct BytesCodec<T>(PhantomData<fn() -> T>);
 
-impl Codec for BytesCodec {
-    type Encode = ExportLogsServiceResponse;
+impl<T: Message + Send + 'static> Codec for BytesCodec<T> {
+    type Encode = T;
     type Decode = Bytes;
-    type Encoder = ResponseEncoder;
+    type Encoder = ResponseEncoder<T>;
     type Decoder = BytesDecoder;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ResponseEncoder
+        ResponseEncoder(PhantomData)
     }
 
     fn decoder(&mut self) -> Self::Decoder {
@@ -184,10 +224,10 @@ impl Codec for BytesCodec {
     }
 }
 
-struct ResponseEncoder;
+struct ResponseEncoder<T>(PhantomData<fn() -> T>);
 
-impl Encoder for ResponseEncoder {
-    type Item = ExportLogsServiceResponse;
+impl<T: Message> Encoder for ResponseEncoder<T> {
+    type Item = T;
     type Error = Status;
 
     fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
@@ -205,25 +245,6 @@ impl Decoder for BytesDecoder {
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
         // The frame's bytes, shared rather than copied.
         Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
-}
-
-#[tonic::async_trait]
-impl TraceService for Otlp {
-    async fn export(
-        &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let tenant = self.tenant(&request, request.get_ref().encoded_len(), "span")?;
-        let o = self
-            .run(Payload::Traces(request.into_inner()), tenant)
-            .await?;
-        Ok(Response::new(ExportTraceServiceResponse {
-            partial_success: (o.rejected > 0).then(|| ExportTracePartialSuccess {
-                rejected_spans: o.rejected as i64,
-                error_message: o.error.unwrap_or_default(),
-            }),
-        }))
     }
 }
 
@@ -251,15 +272,16 @@ fn router(ingest: Ingest) -> tonic::transport::server::Router {
     let limit = ingest.max_body_bytes;
     let svc = Otlp(ingest);
     tonic::transport::Server::builder()
-        .add_service(LogsBytesServer {
+        .add_service(BytesServer::<LogsExport> {
             otlp: svc.clone(),
             max_decoding_message_size: limit,
+            export: PhantomData,
         })
-        .add_service(
-            TraceServiceServer::new(svc.clone())
-                .accept_compressed(CompressionEncoding::Gzip)
-                .max_decoding_message_size(limit),
-        )
+        .add_service(BytesServer::<TracesExport> {
+            otlp: svc.clone(),
+            max_decoding_message_size: limit,
+            export: PhantomData,
+        })
         .add_service(
             MetricsServiceServer::new(svc)
                 .accept_compressed(CompressionEncoding::Gzip)

@@ -24,7 +24,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTracePartialSuccess, ExportTraceServiceResponse,
 };
 use prost::Message;
 use serde::Serialize;
@@ -300,12 +300,10 @@ fn decode(signal: Signal, format: Format, body: &Bytes) -> Result<Payload, Strin
         )
     };
     Ok(match (signal, format) {
-        // Read from the bytes by `wire` when normalized; an unreadable body
-        // is then refused with 400 all the same.
+        // Logs and spans are read from the bytes by `wire` when normalized;
+        // an unreadable body is then refused with 400 all the same.
         (Signal::Log, Format::Protobuf) => Payload::LogsBytes(body.clone()),
-        (Signal::Span, Format::Protobuf) => Payload::Traces(
-            ExportTraceServiceRequest::decode(body.as_ref()).map_err(|e| bad(e.to_string()))?,
-        ),
+        (Signal::Span, Format::Protobuf) => Payload::TracesBytes(body.clone()),
         (Signal::Metric, Format::Protobuf) => Payload::Metrics(
             ExportMetricsServiceRequest::decode(body.as_ref()).map_err(|e| bad(e.to_string()))?,
         ),
@@ -449,11 +447,12 @@ mod tests {
         let bytes = |b: &'static [u8]| Bytes::from_static(b);
         assert!(decode(Signal::Log, Format::Json, &bytes(b"{}")).is_ok());
         assert!(decode(Signal::Log, Format::Json, &bytes(b"{\"resourceLogs\": [")).is_err());
-        assert!(decode(
-            Signal::Span,
-            Format::Protobuf,
-            &bytes(b"\xff\xff\xff garbage")
-        )
-        .is_err());
+        // Metrics are decoded here; logs and spans when normalized (Ingest::export).
+        let garbage = bytes(b"\xff\xff\xff garbage");
+        assert!(decode(Signal::Metric, Format::Protobuf, &garbage).is_err());
+        assert!(matches!(
+            decode(Signal::Span, Format::Protobuf, &garbage),
+            Ok(Payload::TracesBytes(_))
+        ));
     }
 }

@@ -45,6 +45,8 @@ pub enum Payload {
     /// allocations, by prost when the walk declines.
     LogsBytes(bytes::Bytes),
     Traces(ExportTraceServiceRequest),
+    /// A trace request as received, read like [`Payload::LogsBytes`].
+    TracesBytes(bytes::Bytes),
     Metrics(ExportMetricsServiceRequest),
 }
 
@@ -52,7 +54,7 @@ impl Payload {
     pub fn signal(&self) -> Signal {
         match self {
             Payload::Logs(_) | Payload::LogsBytes(_) => Signal::Log,
-            Payload::Traces(_) => Signal::Span,
+            Payload::Traces(_) | Payload::TracesBytes(_) => Signal::Span,
             Payload::Metrics(_) => Signal::Metric,
         }
     }
@@ -135,15 +137,22 @@ impl Ingest {
                         normalizer.logs_ref(&req, &tenant, now)
                     }
                     None => {
-                        let req =
-                            ExportLogsServiceRequest::decode(bytes.as_ref()).map_err(|e| {
-                                SubmitError::Invalid(format!(
-                                    "request is not a valid protobuf ExportLogsServiceRequest: {e}"
-                                ))
-                            })?;
+                        let req = prost_decode::<ExportLogsServiceRequest>(bytes)?;
                         let req = otlp::LogsRef::from_prost(&req);
                         admit(req.records())?;
                         normalizer.logs_ref(&req, &tenant, now)
+                    }
+                },
+                Payload::TracesBytes(bytes) => match wire::decode_traces(bytes) {
+                    Some(req) => {
+                        admit(req.records())?;
+                        normalizer.traces_ref(&req, &tenant, now)
+                    }
+                    None => {
+                        let req = prost_decode::<ExportTraceServiceRequest>(bytes)?;
+                        let req = otlp::TracesRef::from_prost(&req);
+                        admit(req.records())?;
+                        normalizer.traces_ref(&req, &tenant, now)
                     }
                 },
                 Payload::Logs(r) => {
@@ -254,6 +263,18 @@ impl Ingest {
             None => Ok(self.tenant.clone()),
         }
     }
+}
+
+/// prost's decode of what the wire walk declined: the request, or why it is
+/// not one (refused as invalid: sending it again will not help).
+fn prost_decode<T: Message + Default>(bytes: &[u8]) -> Result<T, SubmitError> {
+    T::decode(bytes).map_err(|e| {
+        let what = std::any::type_name::<T>()
+            .rsplit("::")
+            .next()
+            .unwrap_or("request");
+        SubmitError::Invalid(format!("request is not a valid protobuf {what}: {e}"))
+    })
 }
 
 /// Nanoseconds since the Unix epoch, now.

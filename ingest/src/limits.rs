@@ -136,6 +136,7 @@ pub fn records_in(payload: &crate::Payload) -> usize {
     use opentelemetry_proto::tonic::metrics::v1::metric::Data;
     match payload {
         crate::Payload::LogsBytes(b) => crate::wire::decode_logs(b).map_or(0, |r| r.records()),
+        crate::Payload::TracesBytes(b) => crate::wire::decode_traces(b).map_or(0, |r| r.records()),
         crate::Payload::Logs(r) => r
             .resource_logs
             .iter()

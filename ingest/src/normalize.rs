@@ -17,7 +17,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span, status};
 
 use crate::mapping::{MappingSet, Signal};
-use crate::otlp::{self, KvRef, LogsRef};
+use crate::otlp::{self, KvRef, LogsRef, TracesRef};
 use crate::record::{Origin, RecordView, Val};
 
 /// Result of normalizing one export request.
@@ -125,14 +125,18 @@ impl Normalizer {
         tenant: &str,
         observed_ns: i64,
     ) -> Normalized {
+        self.traces_ref(&TracesRef::from_prost(req), tenant, observed_ns)
+    }
+
+    /// Normalizes a borrowed trace request (see [`crate::otlp`]).
+    pub fn traces_ref(&self, req: &TracesRef<'_>, tenant: &str, observed_ns: i64) -> Normalized {
         let mut out = Normalized::default();
         let mut view = RecordView::default();
-        for rs in &req.resource_spans {
-            let base = base_view(&resource_attributes(rs.resource.as_ref()));
-            for ss in &rs.scope_spans {
-                let (name, version) = scope_names(ss.scope.as_ref());
-                view.set_parent(with_scope(&base, name, version));
-                for sp in &ss.spans {
+        for rs in &req.resources {
+            let base = base_view(&rs.attributes);
+            for ss in &rs.scopes {
+                view.set_parent(with_scope(&base, ss.name, ss.version));
+                for sp in &ss.records {
                     let time = match pick_time(
                         &[sp.start_time_unix_nano, sp.end_time_unix_nano],
                         observed_ns,
@@ -145,11 +149,7 @@ impl Normalizer {
                     };
                     view.clear();
                     view.insert("@signal".into(), Val::Str("span".into()), Origin::Derived);
-                    view.insert(
-                        "span.name".into(),
-                        Val::Str(sp.name.as_str().into()),
-                        Origin::Record,
-                    );
+                    view.insert("span.name".into(), Val::Str(sp.name.into()), Origin::Record);
                     let kind = match span::SpanKind::try_from(sp.kind) {
                         Ok(span::SpanKind::Internal) => "internal",
                         Ok(span::SpanKind::Server) => "server",
@@ -159,10 +159,7 @@ impl Normalizer {
                         _ => "unspecified",
                     };
                     view.insert("span.kind".into(), Val::Str(kind.into()), Origin::Record);
-                    let (code, message) = match &sp.status {
-                        Some(s) => (s.code, s.message.as_str()),
-                        None => (0, ""),
-                    };
+                    let (code, message) = (sp.status_code, sp.status_message);
                     let status = match status::StatusCode::try_from(code) {
                         Ok(status::StatusCode::Ok) => "ok",
                         Ok(status::StatusCode::Error) => "error",
@@ -186,15 +183,15 @@ impl Normalizer {
                         let ms = (sp.end_time_unix_nano - sp.start_time_unix_nano) as f64 / 1e6;
                         view.insert("span.duration_ms".into(), Val::Double(ms), Origin::Record);
                     }
-                    add_ids(&mut view, &sp.trace_id, &sp.span_id);
+                    add_ids(&mut view, sp.trace_id, sp.span_id);
                     if !sp.parent_span_id.is_empty() {
                         view.insert(
                             "parent_span_id".into(),
-                            Val::Str(hex::encode(&sp.parent_span_id).into()),
+                            Val::Str(hex::encode(sp.parent_span_id).into()),
                             Origin::Record,
                         );
                     }
-                    view.add_attributes("", &otlp::kvs(&sp.attributes), Origin::Attribute);
+                    view.add_attributes("", &sp.attributes, Origin::Attribute);
                     out.events.push(self.finish(
                         Signal::Span,
                         &mut view,

@@ -1,4 +1,4 @@
-//! OTLP log requests as borrowed values: what normalization reads.
+//! OTLP log and trace requests as borrowed values: what normalization reads.
 //!
 //! Strings and bytes borrow from whatever holds the request: prost's decoded
 //! types (HTTP/JSON, captures) through `from_prost`, or the received protobuf
@@ -7,7 +7,9 @@
 //! both decoders give the same events by construction of everything after them.
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
 
 /// An attribute value. `None` in [`KvRef::value`] stands for both an absent
 /// value and an `AnyValue` with no variant set, which OTLP treats alike.
@@ -30,22 +32,65 @@ pub struct KvRef<'a> {
     pub value: Option<AnyRef<'a>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct LogsRef<'a> {
-    pub resources: Vec<ResourceLogsRef<'a>>,
+/// A request: records (log records or spans) under their resource and scope.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestRef<'a, R> {
+    pub resources: Vec<ResourceRef<'a, R>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ResourceLogsRef<'a> {
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResourceRef<'a, R> {
     pub attributes: Vec<KvRef<'a>>,
-    pub scopes: Vec<ScopeLogsRef<'a>>,
+    pub scopes: Vec<ScopeRef<'a, R>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ScopeLogsRef<'a> {
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScopeRef<'a, R> {
     pub name: &'a str,
     pub version: &'a str,
-    pub records: Vec<LogRecordRef<'a>>,
+    pub records: Vec<R>,
+}
+
+pub type LogsRef<'a> = RequestRef<'a, LogRecordRef<'a>>;
+pub type TracesRef<'a> = RequestRef<'a, SpanRef<'a>>;
+
+// Derived Default would ask R: Default, which no request needs.
+impl<R> Default for RequestRef<'_, R> {
+    fn default() -> Self {
+        RequestRef {
+            resources: Vec::new(),
+        }
+    }
+}
+
+impl<R> Default for ResourceRef<'_, R> {
+    fn default() -> Self {
+        ResourceRef {
+            attributes: Vec::new(),
+            scopes: Vec::new(),
+        }
+    }
+}
+
+impl<R> Default for ScopeRef<'_, R> {
+    fn default() -> Self {
+        ScopeRef {
+            name: "",
+            version: "",
+            records: Vec::new(),
+        }
+    }
+}
+
+impl<R> RequestRef<'_, R> {
+    /// Number of records.
+    pub fn records(&self) -> usize {
+        self.resources
+            .iter()
+            .flat_map(|r| &r.scopes)
+            .map(|s| s.records.len())
+            .sum()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -61,55 +106,114 @@ pub struct LogRecordRef<'a> {
     pub event_name: &'a str,
 }
 
+/// A span, with what normalization reads of it (not its events and links).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SpanRef<'a> {
+    pub trace_id: &'a [u8],
+    pub span_id: &'a [u8],
+    pub parent_span_id: &'a [u8],
+    pub name: &'a str,
+    pub kind: i32,
+    pub start_time_unix_nano: u64,
+    pub end_time_unix_nano: u64,
+    pub attributes: Vec<KvRef<'a>>,
+    /// The status code and message; 0 and "" when the span has no status.
+    pub status_code: i32,
+    pub status_message: &'a str,
+}
+
 impl<'a> LogsRef<'a> {
     /// Borrows a prost-decoded request.
     pub fn from_prost(req: &'a ExportLogsServiceRequest) -> Self {
-        LogsRef {
+        RequestRef {
             resources: req
                 .resource_logs
                 .iter()
-                .map(|rl| ResourceLogsRef {
-                    attributes: rl
-                        .resource
-                        .as_ref()
-                        .map(|r| kvs(&r.attributes))
-                        .unwrap_or_default(),
+                .map(|rl| ResourceRef {
+                    attributes: resource(rl.resource.as_ref()),
                     scopes: rl
                         .scope_logs
                         .iter()
-                        .map(|sl| ScopeLogsRef {
-                            name: sl.scope.as_ref().map_or("", |s| s.name.as_str()),
-                            version: sl.scope.as_ref().map_or("", |s| s.version.as_str()),
-                            records: sl
-                                .log_records
-                                .iter()
-                                .map(|r| LogRecordRef {
-                                    time_unix_nano: r.time_unix_nano,
-                                    observed_time_unix_nano: r.observed_time_unix_nano,
-                                    severity_number: r.severity_number,
-                                    severity_text: &r.severity_text,
-                                    body: any(r.body.as_ref()),
-                                    attributes: kvs(&r.attributes),
-                                    trace_id: &r.trace_id,
-                                    span_id: &r.span_id,
-                                    event_name: &r.event_name,
-                                })
-                                .collect(),
+                        .map(|sl| {
+                            let (name, version) = scope(sl.scope.as_ref());
+                            ScopeRef {
+                                name,
+                                version,
+                                records: sl
+                                    .log_records
+                                    .iter()
+                                    .map(|r| LogRecordRef {
+                                        time_unix_nano: r.time_unix_nano,
+                                        observed_time_unix_nano: r.observed_time_unix_nano,
+                                        severity_number: r.severity_number,
+                                        severity_text: &r.severity_text,
+                                        body: any(r.body.as_ref()),
+                                        attributes: kvs(&r.attributes),
+                                        trace_id: &r.trace_id,
+                                        span_id: &r.span_id,
+                                        event_name: &r.event_name,
+                                    })
+                                    .collect(),
+                            }
                         })
                         .collect(),
                 })
                 .collect(),
         }
     }
+}
 
-    /// Number of log records.
-    pub fn records(&self) -> usize {
-        self.resources
-            .iter()
-            .flat_map(|r| &r.scopes)
-            .map(|s| s.records.len())
-            .sum()
+impl<'a> TracesRef<'a> {
+    /// Borrows a prost-decoded request.
+    pub fn from_prost(req: &'a ExportTraceServiceRequest) -> Self {
+        RequestRef {
+            resources: req
+                .resource_spans
+                .iter()
+                .map(|rs| ResourceRef {
+                    attributes: resource(rs.resource.as_ref()),
+                    scopes: rs
+                        .scope_spans
+                        .iter()
+                        .map(|ss| {
+                            let (name, version) = scope(ss.scope.as_ref());
+                            ScopeRef {
+                                name,
+                                version,
+                                records: ss
+                                    .spans
+                                    .iter()
+                                    .map(|sp| SpanRef {
+                                        trace_id: &sp.trace_id,
+                                        span_id: &sp.span_id,
+                                        parent_span_id: &sp.parent_span_id,
+                                        name: &sp.name,
+                                        kind: sp.kind,
+                                        start_time_unix_nano: sp.start_time_unix_nano,
+                                        end_time_unix_nano: sp.end_time_unix_nano,
+                                        attributes: kvs(&sp.attributes),
+                                        status_code: sp.status.as_ref().map_or(0, |s| s.code),
+                                        status_message: sp
+                                            .status
+                                            .as_ref()
+                                            .map_or("", |s| s.message.as_str()),
+                                    })
+                                    .collect(),
+                            }
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
     }
+}
+
+fn resource(resource: Option<&Resource>) -> Vec<KvRef<'_>> {
+    resource.map(|r| kvs(&r.attributes)).unwrap_or_default()
+}
+
+fn scope(scope: Option<&InstrumentationScope>) -> (&str, &str) {
+    scope.map_or(("", ""), |s| (s.name.as_str(), s.version.as_str()))
 }
 
 /// Borrows prost attributes.

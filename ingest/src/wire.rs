@@ -1,4 +1,4 @@
-//! Reads OTLP log requests from their protobuf bytes into the borrowed model
+//! Reads OTLP log and trace requests from their protobuf bytes into the borrowed model
 //! of [`crate::otlp`], without prost's allocation of every string, attribute
 //! and value.
 //!
@@ -11,7 +11,9 @@
 //! the error a sender is told. Tests compare the two on generated and
 //! corrupted requests.
 
-use crate::otlp::{AnyRef, KvRef, LogRecordRef, LogsRef, ResourceLogsRef, ScopeLogsRef};
+use crate::otlp::{
+    AnyRef, KvRef, LogRecordRef, LogsRef, RequestRef, ResourceRef, ScopeRef, SpanRef, TracesRef,
+};
 
 /// Deepest nesting of values read here; deeper requests go to prost, which
 /// allows 100 levels. Flattening stops at 16 ([`crate::record::MAX_DEPTH`]).
@@ -24,11 +26,22 @@ const FIXED32: u8 = 5;
 
 /// Decodes an `ExportLogsServiceRequest`; `None` when prost must decide.
 pub fn decode_logs(buf: &[u8]) -> Option<LogsRef<'_>> {
-    let mut out = LogsRef::default();
+    request(buf, log_record)
+}
+
+/// Decodes an `ExportTraceServiceRequest`; `None` when prost must decide.
+pub fn decode_traces(buf: &[u8]) -> Option<TracesRef<'_>> {
+    request(buf, span)
+}
+
+/// The levels logs and traces share: request -> resource -> scope -> records
+/// (the same field numbers in both).
+fn request<'a, R>(buf: &'a [u8], record: fn(&'a [u8]) -> Option<R>) -> Option<RequestRef<'a, R>> {
+    let mut out = RequestRef::default();
     let mut r = Reader(buf);
     while let Some((field, wire)) = r.tag()? {
         match (field, wire) {
-            (1, LEN) => out.resources.push(resource_logs(r.bytes()?)?),
+            (1, LEN) => out.resources.push(resource_records(r.bytes()?, record)?),
             (1, _) => return None,
             _ => r.skip(wire)?,
         }
@@ -36,8 +49,11 @@ pub fn decode_logs(buf: &[u8]) -> Option<LogsRef<'_>> {
     Some(out)
 }
 
-fn resource_logs(buf: &[u8]) -> Option<ResourceLogsRef<'_>> {
-    let mut out = ResourceLogsRef::default();
+fn resource_records<'a, R>(
+    buf: &'a [u8],
+    record: fn(&'a [u8]) -> Option<R>,
+) -> Option<ResourceRef<'a, R>> {
+    let mut out = ResourceRef::default();
     let mut seen_resource = false;
     let mut r = Reader(buf);
     while let Some((field, wire)) = r.tag()? {
@@ -46,7 +62,7 @@ fn resource_logs(buf: &[u8]) -> Option<ResourceLogsRef<'_>> {
                 seen_resource = true;
                 out.attributes = resource(r.bytes()?)?;
             }
-            (2, LEN) => out.scopes.push(scope_logs(r.bytes()?)?),
+            (2, LEN) => out.scopes.push(scope_records(r.bytes()?, record)?),
             (3, LEN) => {
                 r.str()?; // schema_url
             }
@@ -74,8 +90,11 @@ fn resource(buf: &[u8]) -> Option<Vec<KvRef<'_>>> {
     Some(attributes)
 }
 
-fn scope_logs(buf: &[u8]) -> Option<ScopeLogsRef<'_>> {
-    let mut out = ScopeLogsRef::default();
+fn scope_records<'a, R>(
+    buf: &'a [u8],
+    record: fn(&'a [u8]) -> Option<R>,
+) -> Option<ScopeRef<'a, R>> {
+    let mut out = ScopeRef::default();
     let mut seen_scope = false;
     let mut r = Reader(buf);
     while let Some((field, wire)) = r.tag()? {
@@ -84,7 +103,7 @@ fn scope_logs(buf: &[u8]) -> Option<ScopeLogsRef<'_>> {
                 seen_scope = true;
                 (out.name, out.version) = scope(r.bytes()?)?;
             }
-            (2, LEN) => out.records.push(log_record(r.bytes()?)?),
+            (2, LEN) => out.records.push(record(r.bytes()?)?),
             (3, LEN) => {
                 r.str()?; // schema_url
             }
@@ -142,6 +161,88 @@ fn log_record(buf: &[u8]) -> Option<LogRecordRef<'_>> {
         }
     }
     Some(out)
+}
+
+fn span(buf: &[u8]) -> Option<SpanRef<'_>> {
+    let mut out = SpanRef::default();
+    let mut seen_status = false;
+    let mut r = Reader(buf);
+    while let Some((field, wire)) = r.tag()? {
+        match (field, wire) {
+            (1, LEN) => out.trace_id = r.bytes()?,
+            (2, LEN) => out.span_id = r.bytes()?,
+            (3, LEN) => {
+                r.str()?; // trace_state
+            }
+            (4, LEN) => out.parent_span_id = r.bytes()?,
+            (16, FIXED32) => {
+                r.fixed32()?; // flags
+            }
+            (5, LEN) => out.name = r.str()?,
+            (6, VARINT) => out.kind = r.varint()? as i32,
+            (7, FIXED64) => out.start_time_unix_nano = r.fixed64()?,
+            (8, FIXED64) => out.end_time_unix_nano = r.fixed64()?,
+            (9, LEN) => out.attributes.push(key_value(r.bytes()?, 0)?),
+            (10 | 12 | 14, VARINT) => {
+                r.varint()?; // dropped counts
+            }
+            // Events and links are not normalized, but prost checks them.
+            (11, LEN) => span_event(r.bytes()?)?,
+            (13, LEN) => span_link(r.bytes()?)?,
+            (15, LEN) if !seen_status => {
+                seen_status = true;
+                (out.status_code, out.status_message) = status(r.bytes()?)?;
+            }
+            (1..=16, _) => return None,
+            _ => r.skip(wire)?,
+        }
+    }
+    Some(out)
+}
+
+fn span_event(buf: &[u8]) -> Option<()> {
+    let mut r = Reader(buf);
+    while let Some((field, wire)) = r.tag()? {
+        match (field, wire) {
+            (1, FIXED64) => drop(r.fixed64()?),
+            (2, LEN) => drop(r.str()?),
+            (3, LEN) => drop(key_value(r.bytes()?, 0)?),
+            (4, VARINT) => drop(r.varint()?),
+            (1..=4, _) => return None,
+            _ => r.skip(wire)?,
+        }
+    }
+    Some(())
+}
+
+fn span_link(buf: &[u8]) -> Option<()> {
+    let mut r = Reader(buf);
+    while let Some((field, wire)) = r.tag()? {
+        match (field, wire) {
+            (1 | 2, LEN) => drop(r.bytes()?),
+            (3, LEN) => drop(r.str()?),
+            (4, LEN) => drop(key_value(r.bytes()?, 0)?),
+            (5, VARINT) => drop(r.varint()?),
+            (6, FIXED32) => drop(r.fixed32()?),
+            (1..=6, _) => return None,
+            _ => r.skip(wire)?,
+        }
+    }
+    Some(())
+}
+
+fn status(buf: &[u8]) -> Option<(i32, &str)> {
+    let (mut code, mut message) = (0, "");
+    let mut r = Reader(buf);
+    while let Some((field, wire)) = r.tag()? {
+        match (field, wire) {
+            (2, LEN) => message = r.str()?,
+            (3, VARINT) => code = r.varint()? as i32,
+            (2 | 3, _) => return None,
+            _ => r.skip(wire)?,
+        }
+    }
+    Some((code, message))
 }
 
 fn key_value(buf: &[u8], depth: usize) -> Option<KvRef<'_>> {
@@ -298,11 +399,13 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
     use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::common::v1::{
         any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList,
     };
     use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
     use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{span, ResourceSpans, ScopeSpans, Span, Status};
     use prost::Message;
 
     /// xorshift64*: deterministic, so a failure names its seed.
@@ -399,6 +502,107 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    fn traces(rng: &mut Rng) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: (0..1 + rng.below(2))
+                .map(|_| ResourceSpans {
+                    resource: (rng.below(4) != 0).then(|| Resource {
+                        attributes: attributes(rng, 0),
+                        ..Default::default()
+                    }),
+                    scope_spans: (0..1 + rng.below(2))
+                        .map(|_| ScopeSpans {
+                            scope: (rng.below(3) != 0).then(|| InstrumentationScope {
+                                name: rng.text(),
+                                version: rng.text(),
+                                ..Default::default()
+                            }),
+                            spans: (0..rng.below(4))
+                                .map(|_| Span {
+                                    trace_id: rng.text().into_bytes(),
+                                    span_id: rng.text().into_bytes(),
+                                    trace_state: rng.text(),
+                                    parent_span_id: rng.text().into_bytes(),
+                                    flags: rng.below(3) as u32,
+                                    name: rng.text(),
+                                    kind: rng.below(7) as i32,
+                                    start_time_unix_nano: rng.next() >> rng.below(64),
+                                    end_time_unix_nano: rng.next() >> rng.below(64),
+                                    attributes: attributes(rng, 0),
+                                    dropped_attributes_count: rng.below(2) as u32,
+                                    events: (0..rng.below(3))
+                                        .map(|_| span::Event {
+                                            time_unix_nano: rng.next(),
+                                            name: rng.text(),
+                                            attributes: attributes(rng, 0),
+                                            dropped_attributes_count: rng.below(2) as u32,
+                                        })
+                                        .collect(),
+                                    dropped_events_count: rng.below(2) as u32,
+                                    links: (0..rng.below(2))
+                                        .map(|_| span::Link {
+                                            trace_id: rng.text().into_bytes(),
+                                            span_id: rng.text().into_bytes(),
+                                            trace_state: rng.text(),
+                                            attributes: attributes(rng, 0),
+                                            dropped_attributes_count: rng.below(2) as u32,
+                                            flags: rng.below(2) as u32,
+                                        })
+                                        .collect(),
+                                    dropped_links_count: rng.below(2) as u32,
+                                    status: (rng.below(2) == 0).then(|| Status {
+                                        message: rng.text(),
+                                        code: rng.below(4) as i32,
+                                    }),
+                                })
+                                .collect(),
+                            schema_url: rng.text(),
+                        })
+                        .collect(),
+                    schema_url: rng.text(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The trace walk agrees with prost, or declines.
+    fn traces_agree(bytes: &[u8]) -> Option<bool> {
+        let fast = decode_traces(bytes)?;
+        let reference = ExportTraceServiceRequest::decode(bytes)
+            .unwrap_or_else(|e| panic!("the walk accepted what prost refuses ({e}): {bytes:?}"));
+        Some(format!("{fast:?}") == format!("{:?}", TracesRef::from_prost(&reference)))
+    }
+
+    #[test]
+    fn spans_read_exactly_as_prost_reads_them_whole_or_damaged() {
+        let mut rng = Rng(0x5a4e);
+        let (mut read, mut declined) = (0, 0);
+        for i in 0..3000 {
+            let mut bytes = traces(&mut rng).encode_to_vec();
+            assert_eq!(traces_agree(&bytes), Some(true), "request {i}");
+            if bytes.is_empty() {
+                continue;
+            }
+            let at = rng.below(bytes.len() as u64) as usize;
+            match rng.below(3) {
+                0 => bytes[at] = rng.next() as u8,
+                1 => bytes.truncate(at),
+                _ => bytes.insert(at, rng.next() as u8),
+            }
+            match traces_agree(&bytes) {
+                Some(same) => {
+                    assert!(same, "damaged request {i} read differently: {bytes:?}");
+                    read += 1;
+                }
+                None => declined += 1,
+            }
+        }
+        assert!(
+            read > 100 && declined > 100,
+            "read {read}, declined {declined}"
+        );
     }
 
     /// The walk agrees with prost, or declines: never a different request.

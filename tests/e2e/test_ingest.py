@@ -228,6 +228,14 @@ def test_grpc_bad_input_and_metrics(vigil_factory):
     # Not worth retrying, and the sender is told what is wrong.
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "not a valid protobuf ExportLogsServiceRequest" in e.value.details()
+    raw_spans = ch.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                               request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    with pytest.raises(grpc.RpcError) as e:
+        raw_spans(b"\x0a\x07\x12\x05\x12\x03\x2a\x01\xff", timeout=10)  # a span name that is not UTF-8
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid protobuf ExportTraceServiceRequest" in e.value.details()
+    status, body, _ = post(v.http + "/v1/traces", b"\x0a\x07\x12\x05\x12\x03\x2a\x01\xff")
+    assert status == 400, body
     with pytest.raises(grpc.RpcError) as e:
         raw(b"\x0a" + b"\xff\xff\xff\x0f" + b"x" * (2 << 20), timeout=10)
     # tonic refuses an over-limit message before decoding it, naming the limit.
@@ -247,6 +255,7 @@ def test_grpc_bad_input_and_metrics(vigil_factory):
     assert 'vigil_records_rejected_total{signal="log"} 1' in m
     # The unreadable request is counted as a bad request, as over HTTP.
     assert 'transport="grpc",signal="log",status="bad_request"} 1' in m, m
+    assert 'transport="grpc",signal="span",status="bad_request"} 1' in m, m
     assert v.stop() == 0
     assert duck(f"select count(*) from read_parquet('{events_glob(v)}')")[0][0] == 9
 
