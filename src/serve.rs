@@ -408,6 +408,8 @@ pub fn run(config: Config) -> Result<()> {
 
     let (pipeline, batches) =
         PipelineHandle::channel(config.ingest.queue_batches, config.ingest.submit_timeout);
+    // The archive writes Arrow columns: the receivers' threads build them.
+    let pipeline = pipeline.with_columns();
     // Few slots: a slot holds up to a group commit of events, and a slow
     // detection stage must push back on the archive stage, and so on the
     // senders, rather than pile events up in memory.
@@ -841,18 +843,30 @@ fn archive_stage(
                 // Group commit: whatever else is already queued goes into the
                 // same write-ahead log write and fsync, then every sender is answered.
                 let mut acks = vec![first.ack];
-                let mut events = first.events;
-                while events.len() < GROUP_COMMIT_EVENTS {
+                let mut parts = vec![(first.events, first.columns)];
+                let mut n = parts[0].0.len();
+                while n < GROUP_COMMIT_EVENTS {
                     match batches.try_recv() {
                         Ok(b) => {
                             acks.push(b.ack);
-                            events.extend(b.events);
+                            n += b.events.len();
+                            parts.push((b.events, b.columns));
                         }
                         Err(_) => break,
                     }
                 }
-                let n = events.len() as u64;
-                match writer.write(&events) {
+                let n = n as u64;
+                let written = {
+                    let views: Vec<_> = parts
+                        .iter_mut()
+                        .map(|(events, columns)| (events.as_slice(), columns.take()))
+                        .collect();
+                    writer.write_parts(&views)
+                };
+                let mut parts = parts.into_iter().map(|(events, _)| events);
+                let mut events = parts.next().unwrap_or_default();
+                events.extend(parts.flatten());
+                match written {
                     Ok(()) => {
                         for ack in acks {
                             let _ = ack.send(Ok(()));

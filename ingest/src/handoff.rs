@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use arrow::record_batch::RecordBatch;
 use event::Event;
 use tokio::sync::{mpsc, oneshot};
 
@@ -17,6 +18,10 @@ use tokio::sync::{mpsc, oneshot};
 #[derive(Debug)]
 pub struct IngestBatch {
     pub events: Vec<Event>,
+    /// The same events as Arrow columns (`event::schema`), when the pipeline
+    /// asked for them: built by the thread that normalized the events, while
+    /// they are still in its cache, instead of by the archive's one thread.
+    pub columns: Option<RecordBatch>,
     pub ack: oneshot::Sender<Result<(), String>>,
 }
 
@@ -44,6 +49,7 @@ pub enum SubmitError {
 pub struct PipelineHandle {
     tx: mpsc::Sender<IngestBatch>,
     submit_timeout: Duration,
+    columns: bool,
 }
 
 impl PipelineHandle {
@@ -53,7 +59,22 @@ impl PipelineHandle {
         submit_timeout: Duration,
     ) -> (PipelineHandle, mpsc::Receiver<IngestBatch>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        (PipelineHandle { tx, submit_timeout }, rx)
+        let handle = PipelineHandle {
+            tx,
+            submit_timeout,
+            columns: false,
+        };
+        (handle, rx)
+    }
+
+    /// Batches also carry their events as Arrow columns (what the archive writes).
+    pub fn with_columns(mut self) -> Self {
+        self.columns = true;
+        self
+    }
+
+    pub fn wants_columns(&self) -> bool {
+        self.columns
     }
 
     /// Batches waiting in the queue.
@@ -62,7 +83,11 @@ impl PipelineHandle {
     }
 
     /// Hands the events over and waits until the pipeline has kept them.
-    pub async fn submit(&self, events: Vec<Event>) -> Result<(), SubmitError> {
+    pub async fn submit(
+        &self,
+        events: Vec<Event>,
+        columns: Option<RecordBatch>,
+    ) -> Result<(), SubmitError> {
         if events.is_empty() {
             return Ok(());
         }
@@ -72,7 +97,11 @@ impl PipelineHandle {
             Ok(Err(_)) => return Err(SubmitError::Closed),
             Ok(Ok(p)) => p,
         };
-        permit.send(IngestBatch { events, ack });
+        permit.send(IngestBatch {
+            events,
+            columns,
+            ack,
+        });
         match done.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(msg)) => Err(SubmitError::Unavailable(msg)),
@@ -90,11 +119,11 @@ mod tests {
         let (handle, mut rx) = PipelineHandle::channel(1, Duration::from_millis(50));
         // First batch occupies the only slot; nobody drains it.
         let h = handle.clone();
-        let first = tokio::spawn(async move { h.submit(vec![Event::default()]).await });
+        let first = tokio::spawn(async move { h.submit(vec![Event::default()], None).await });
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(handle.depth(), 1);
         assert_eq!(
-            handle.submit(vec![Event::default()]).await,
+            handle.submit(vec![Event::default()], None).await,
             Err(SubmitError::Busy)
         );
         // Draining and acknowledging lets the first one succeed.
@@ -107,7 +136,7 @@ mod tests {
     async fn storage_failure_is_reported_as_unavailable() {
         let (handle, mut rx) = PipelineHandle::channel(4, Duration::from_millis(50));
         let h = handle.clone();
-        let t = tokio::spawn(async move { h.submit(vec![Event::default()]).await });
+        let t = tokio::spawn(async move { h.submit(vec![Event::default()], None).await });
         let batch = rx.recv().await.expect("batch");
         batch.ack.send(Err("disk full".into())).expect("ack");
         assert_eq!(
@@ -116,7 +145,7 @@ mod tests {
         );
         drop(rx);
         assert_eq!(
-            handle.submit(vec![Event::default()]).await,
+            handle.submit(vec![Event::default()], None).await,
             Err(SubmitError::Closed)
         );
     }

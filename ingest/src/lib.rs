@@ -116,7 +116,8 @@ impl Ingest {
         let normalizer = self.normalizer.clone();
         let limiter = self.limits.clone();
         let capture_tenant = tenant.clone();
-        let (normalized, payload, received_ns) = tokio::task::spawn_blocking(move || {
+        let wants_columns = self.pipeline.wants_columns();
+        let (normalized, columns, payload, received_ns) = tokio::task::spawn_blocking(move || {
             let now = now_ns();
             // Over the tenant's rate, a request is refused before normalization.
             let admit = |records: usize| match &limiter {
@@ -168,7 +169,12 @@ impl Ingest {
                     normalizer.metrics(r, &tenant, now)
                 }
             };
-            Ok((n, payload, now))
+            // The archive's columns, built here while the events are hot in
+            // this thread's cache (and on any core, not the archive's one).
+            let columns = (wants_columns && !n.events.is_empty())
+                .then(|| event::schema::events_to_batch(&n.events).ok())
+                .flatten();
+            Ok((n, columns, payload, now))
         })
         .await
         .map_err(|e| SubmitError::Unavailable(format!("normalization failed: {e}")))
@@ -192,7 +198,7 @@ impl Ingest {
         for e in &events {
             *by_source.entry(e.source.as_str()).or_default() += 1;
         }
-        let result = self.pipeline.submit(events).await;
+        let result = self.pipeline.submit(events, columns).await;
         let status = match &result {
             Ok(()) => "ok",
             Err(SubmitError::Busy) => "busy",

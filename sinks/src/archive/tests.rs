@@ -234,6 +234,50 @@ fn events_round_trip_through_parquet_files() {
 }
 
 #[test]
+fn parts_written_together_use_the_columns_given_and_build_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = EventArchive::open(config(dir.path())).unwrap();
+    let hour = 3600 * SEC;
+    let a: Vec<Event> = (0..3)
+        .map(|n| event(BEFORE_MIDNIGHT + n as i64, n))
+        .collect();
+    // Columns given for `a` are written as given: here those of other events
+    // with the same row count, so the test sees which were used.
+    let stand_in: Vec<Event> = (0..3)
+        .map(|n| event(BEFORE_MIDNIGHT + n as i64, 100 + n))
+        .collect();
+    let given = event::schema::events_to_batch(&stand_in).unwrap();
+    // Across two hours: built here, split by hour, whatever is given.
+    let b = vec![
+        event(BEFORE_MIDNIGHT + 10, 10),
+        event(BEFORE_MIDNIGHT + hour, 11),
+    ];
+    let wrong_size = event::schema::events_to_batch(&a[..1]).unwrap();
+    // Columns of the wrong size are not trusted either.
+    let c = vec![
+        event(BEFORE_MIDNIGHT + 20, 20),
+        event(BEFORE_MIDNIGHT + 21, 21),
+    ];
+    w.write_parts(&[
+        (&a, Some(given)),
+        (&b, Some(event::schema::events_to_batch(&b).unwrap())),
+        (&c, Some(wrong_size)),
+        (&[], None),
+    ])
+    .unwrap();
+    assert_eq!(w.stats().rows_accepted, 7);
+    w.close().unwrap();
+    let mut expected: Vec<Event> = stand_in.into_iter().chain(b).chain(c).collect();
+    expected.sort_by(|x, y| (x.time, &x.event_id).cmp(&(y.time, &y.event_id)));
+    assert_eq!(read_all(dir.path()), expected);
+    assert_eq!(
+        parquet_files(&dir.path().join("events")).len(),
+        2,
+        "one file per hour"
+    );
+}
+
+#[test]
 fn alerts_round_trip_through_parquet_files() {
     let dir = tempfile::tempdir().unwrap();
     let alert = Alert {

@@ -17,6 +17,7 @@ use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_writer::ArrowWriterOptions;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -179,30 +180,59 @@ impl<R: ArchiveRecord> ArchiveWriter<R> {
     /// retry later and push back on the sender meanwhile. Records accepted by
     /// earlier calls are not affected by an error.
     pub fn write(&mut self, records: &[R]) -> Result<(), ArchiveError> {
-        let result = self.write_inner(records, SystemTime::now());
+        self.write_parts(&[(records, None)])
+    }
+
+    /// Accepts several batches at once (one write-ahead log append and
+    /// fsync for all), each with its records as Arrow columns when the caller
+    /// has them ([`ArchiveRecord::to_batch`] of the same records); columns
+    /// are built here otherwise, or when the records span hours. `Ok` and
+    /// `Err` mean what they mean for [`ArchiveWriter::write`], for all parts.
+    pub fn write_parts(
+        &mut self,
+        parts: &[(&[R], Option<RecordBatch>)],
+    ) -> Result<(), ArchiveError> {
+        let result = self.write_inner(parts, SystemTime::now());
         self.note(&result);
         result
     }
 
-    fn write_inner(&mut self, records: &[R], now: SystemTime) -> Result<(), ArchiveError> {
-        let Some(first) = records.first() else {
-            return Ok(());
-        };
-        // Most batches fall in one hour; only split when they do not.
-        let first_hour = hour_of(first.time());
-        let groups: Vec<(i64, Vec<&R>)> = if records.iter().all(|r| hour_of(r.time()) == first_hour)
-        {
-            vec![(first_hour, records.iter().collect())]
-        } else {
-            let mut by_hour: BTreeMap<i64, Vec<&R>> = BTreeMap::new();
-            for r in records {
-                by_hour.entry(hour_of(r.time())).or_default().push(r);
+    fn write_inner(
+        &mut self,
+        parts: &[(&[R], Option<RecordBatch>)],
+        now: SystemTime,
+    ) -> Result<(), ArchiveError> {
+        let mut batches = Vec::with_capacity(parts.len());
+        let mut rows = 0;
+        for (records, columns) in parts {
+            let Some(first) = records.first() else {
+                continue;
+            };
+            rows += records.len();
+            // Most batches fall in one hour; only split when they do not.
+            let first_hour = hour_of(first.time());
+            if records.iter().all(|r| hour_of(r.time()) == first_hour) {
+                match columns {
+                    Some(c) if c.num_rows() == records.len() => {
+                        batches.push((first_hour, c.clone()))
+                    }
+                    _ => {
+                        let refs: Vec<&R> = records.iter().collect();
+                        batches.push((first_hour, R::to_batch(&refs)?));
+                    }
+                }
+            } else {
+                let mut by_hour: BTreeMap<i64, Vec<&R>> = BTreeMap::new();
+                for r in records.iter() {
+                    by_hour.entry(hour_of(r.time())).or_default().push(r);
+                }
+                for (hour, refs) in by_hour {
+                    batches.push((hour, R::to_batch(&refs)?));
+                }
             }
-            by_hour.into_iter().collect()
-        };
-        let mut batches = Vec::with_capacity(groups.len());
-        for (hour, refs) in &groups {
-            batches.push((*hour, R::to_batch(refs)?));
+        }
+        if batches.is_empty() {
+            return Ok(());
         }
         for (hour, _) in &batches {
             if !self.open.contains_key(hour) {
@@ -217,7 +247,7 @@ impl<R: ArchiveRecord> ArchiveWriter<R> {
             wal.append(&buf, now)?;
         }
         // From here the rows are accepted: a failure below is recovered from the log.
-        self.stats.rows_accepted += records.len() as u64;
+        self.stats.rows_accepted += rows as u64;
         let mut lost = None;
         for (hour, batch) in &batches {
             let file = self.open.get_mut(hour).expect("opened above");
