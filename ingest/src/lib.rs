@@ -132,30 +132,31 @@ impl Ingest {
                 None => Ok(()),
             };
             let n = match &payload {
-                Payload::LogsBytes(bytes) => match wire::decode_logs(bytes) {
-                    Some(req) => {
-                        admit(req.records())?;
-                        normalizer.logs_ref(&req, &tenant, now)
-                    }
-                    None => {
-                        let req = prost_decode::<ExportLogsServiceRequest>(bytes)?;
-                        let req = otlp::LogsRef::from_prost(&req);
-                        admit(req.records())?;
-                        normalizer.logs_ref(&req, &tenant, now)
-                    }
-                },
-                Payload::TracesBytes(bytes) => match wire::decode_traces(bytes) {
-                    Some(req) => {
-                        admit(req.records())?;
-                        normalizer.traces_ref(&req, &tenant, now)
-                    }
-                    None => {
-                        let req = prost_decode::<ExportTraceServiceRequest>(bytes)?;
-                        let req = otlp::TracesRef::from_prost(&req);
-                        admit(req.records())?;
-                        normalizer.traces_ref(&req, &tenant, now)
-                    }
-                },
+                Payload::LogsBytes(bytes) => {
+                    // prost's request, when the walk declines, lives here.
+                    let decoded;
+                    let req = match wire::decode_logs(bytes) {
+                        Some(req) => req,
+                        None => {
+                            decoded = prost_decode::<ExportLogsServiceRequest>(bytes)?;
+                            otlp::LogsRef::from_prost(&decoded)
+                        }
+                    };
+                    admit(req.records())?;
+                    normalizer.logs_ref(&req, &tenant, now)
+                }
+                Payload::TracesBytes(bytes) => {
+                    let decoded;
+                    let req = match wire::decode_traces(bytes) {
+                        Some(req) => req,
+                        None => {
+                            decoded = prost_decode::<ExportTraceServiceRequest>(bytes)?;
+                            otlp::TracesRef::from_prost(&decoded)
+                        }
+                    };
+                    admit(req.records())?;
+                    normalizer.traces_ref(&req, &tenant, now)
+                }
                 Payload::Logs(r) => {
                     admit(limits::records_in(&payload))?;
                     normalizer.logs(r, &tenant, now)

@@ -125,86 +125,77 @@ pub struct SpanRef<'a> {
 impl<'a> LogsRef<'a> {
     /// Borrows a prost-decoded request.
     pub fn from_prost(req: &'a ExportLogsServiceRequest) -> Self {
-        RequestRef {
-            resources: req
-                .resource_logs
-                .iter()
-                .map(|rl| ResourceRef {
-                    attributes: resource(rl.resource.as_ref()),
-                    scopes: rl
-                        .scope_logs
-                        .iter()
-                        .map(|sl| {
-                            let (name, version) = scope(sl.scope.as_ref());
-                            ScopeRef {
-                                name,
-                                version,
-                                records: sl
-                                    .log_records
-                                    .iter()
-                                    .map(|r| LogRecordRef {
-                                        time_unix_nano: r.time_unix_nano,
-                                        observed_time_unix_nano: r.observed_time_unix_nano,
-                                        severity_number: r.severity_number,
-                                        severity_text: &r.severity_text,
-                                        body: any(r.body.as_ref()),
-                                        attributes: kvs(&r.attributes),
-                                        trace_id: &r.trace_id,
-                                        span_id: &r.span_id,
-                                        event_name: &r.event_name,
-                                    })
-                                    .collect(),
-                            }
-                        })
-                        .collect(),
-                })
-                .collect(),
-        }
+        borrow(
+            &req.resource_logs,
+            |rl| (rl.resource.as_ref(), &rl.scope_logs),
+            |sl| (sl.scope.as_ref(), &sl.log_records),
+            |r| LogRecordRef {
+                time_unix_nano: r.time_unix_nano,
+                observed_time_unix_nano: r.observed_time_unix_nano,
+                severity_number: r.severity_number,
+                severity_text: &r.severity_text,
+                body: any(r.body.as_ref()),
+                attributes: kvs(&r.attributes),
+                trace_id: &r.trace_id,
+                span_id: &r.span_id,
+                event_name: &r.event_name,
+            },
+        )
     }
 }
 
 impl<'a> TracesRef<'a> {
     /// Borrows a prost-decoded request.
     pub fn from_prost(req: &'a ExportTraceServiceRequest) -> Self {
-        RequestRef {
-            resources: req
-                .resource_spans
-                .iter()
-                .map(|rs| ResourceRef {
-                    attributes: resource(rs.resource.as_ref()),
-                    scopes: rs
-                        .scope_spans
+        borrow(
+            &req.resource_spans,
+            |rs| (rs.resource.as_ref(), &rs.scope_spans),
+            |ss| (ss.scope.as_ref(), &ss.spans),
+            |sp| SpanRef {
+                trace_id: &sp.trace_id,
+                span_id: &sp.span_id,
+                parent_span_id: &sp.parent_span_id,
+                name: &sp.name,
+                kind: sp.kind,
+                start_time_unix_nano: sp.start_time_unix_nano,
+                end_time_unix_nano: sp.end_time_unix_nano,
+                attributes: kvs(&sp.attributes),
+                status_code: sp.status.as_ref().map_or(0, |s| s.code),
+                status_message: sp.status.as_ref().map_or("", |s| s.message.as_str()),
+            },
+        )
+    }
+}
+
+/// The resource and scope levels that logs and traces share, borrowed.
+fn borrow<'a, RP: 'a, SP: 'a, P: 'a, R>(
+    resources: &'a [RP],
+    resource_parts: impl Fn(&'a RP) -> (Option<&'a Resource>, &'a Vec<SP>),
+    scope_parts: impl Fn(&'a SP) -> (Option<&'a InstrumentationScope>, &'a Vec<P>),
+    record: impl Fn(&'a P) -> R,
+) -> RequestRef<'a, R> {
+    RequestRef {
+        resources: resources
+            .iter()
+            .map(|rp| {
+                let (res, scopes) = resource_parts(rp);
+                ResourceRef {
+                    attributes: resource(res),
+                    scopes: scopes
                         .iter()
-                        .map(|ss| {
-                            let (name, version) = scope(ss.scope.as_ref());
+                        .map(|sp| {
+                            let (sc, records) = scope_parts(sp);
+                            let (name, version) = scope(sc);
                             ScopeRef {
                                 name,
                                 version,
-                                records: ss
-                                    .spans
-                                    .iter()
-                                    .map(|sp| SpanRef {
-                                        trace_id: &sp.trace_id,
-                                        span_id: &sp.span_id,
-                                        parent_span_id: &sp.parent_span_id,
-                                        name: &sp.name,
-                                        kind: sp.kind,
-                                        start_time_unix_nano: sp.start_time_unix_nano,
-                                        end_time_unix_nano: sp.end_time_unix_nano,
-                                        attributes: kvs(&sp.attributes),
-                                        status_code: sp.status.as_ref().map_or(0, |s| s.code),
-                                        status_message: sp
-                                            .status
-                                            .as_ref()
-                                            .map_or("", |s| s.message.as_str()),
-                                    })
-                                    .collect(),
+                                records: records.iter().map(&record).collect(),
                             }
                         })
                         .collect(),
-                })
-                .collect(),
-        }
+                }
+            })
+            .collect(),
     }
 }
 

@@ -53,16 +53,27 @@ fn resource_records<'a, R>(
     buf: &'a [u8],
     record: fn(&'a [u8]) -> Option<R>,
 ) -> Option<ResourceRef<'a, R>> {
-    let mut out = ResourceRef::default();
-    let mut seen_resource = false;
+    let (attributes, scopes) = nest(buf, resource, |b| scope_records(b, record))?;
+    Some(ResourceRef {
+        attributes: attributes.unwrap_or_default(),
+        scopes,
+    })
+}
+
+/// ResourceLogs/ResourceSpans and ScopeLogs/ScopeSpans alike: a singular
+/// head (field 1: resource or scope), repeated items (field 2) and a
+/// schema_url (field 3).
+fn nest<'a, H, I>(
+    buf: &'a [u8],
+    head: impl Fn(&'a [u8]) -> Option<H>,
+    item: impl Fn(&'a [u8]) -> Option<I>,
+) -> Option<(Option<H>, Vec<I>)> {
+    let (mut first, mut items) = (None, Vec::new());
     let mut r = Reader(buf);
     while let Some((field, wire)) = r.tag()? {
         match (field, wire) {
-            (1, LEN) if !seen_resource => {
-                seen_resource = true;
-                out.attributes = resource(r.bytes()?)?;
-            }
-            (2, LEN) => out.scopes.push(scope_records(r.bytes()?, record)?),
+            (1, LEN) if first.is_none() => first = Some(head(r.bytes()?)?),
+            (2, LEN) => items.push(item(r.bytes()?)?),
             (3, LEN) => {
                 r.str()?; // schema_url
             }
@@ -70,7 +81,7 @@ fn resource_records<'a, R>(
             _ => r.skip(wire)?,
         }
     }
-    Some(out)
+    Some((first, items))
 }
 
 fn resource(buf: &[u8]) -> Option<Vec<KvRef<'_>>> {
@@ -94,24 +105,13 @@ fn scope_records<'a, R>(
     buf: &'a [u8],
     record: fn(&'a [u8]) -> Option<R>,
 ) -> Option<ScopeRef<'a, R>> {
-    let mut out = ScopeRef::default();
-    let mut seen_scope = false;
-    let mut r = Reader(buf);
-    while let Some((field, wire)) = r.tag()? {
-        match (field, wire) {
-            (1, LEN) if !seen_scope => {
-                seen_scope = true;
-                (out.name, out.version) = scope(r.bytes()?)?;
-            }
-            (2, LEN) => out.records.push(record(r.bytes()?)?),
-            (3, LEN) => {
-                r.str()?; // schema_url
-            }
-            (1..=3, _) => return None,
-            _ => r.skip(wire)?,
-        }
-    }
-    Some(out)
+    let (scope, records) = nest(buf, scope, record)?;
+    let (name, version) = scope.unwrap_or_default();
+    Some(ScopeRef {
+        name,
+        version,
+        records,
+    })
 }
 
 fn scope(buf: &[u8]) -> Option<(&str, &str)> {
