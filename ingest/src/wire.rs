@@ -37,11 +37,19 @@ pub fn decode_traces(buf: &[u8]) -> Option<TracesRef<'_>> {
 /// The levels logs and traces share: request -> resource -> scope -> records
 /// (the same field numbers in both).
 fn request<'a, R>(buf: &'a [u8], record: fn(&'a [u8]) -> Option<R>) -> Option<RequestRef<'a, R>> {
-    let mut out = RequestRef::default();
+    Some(RequestRef {
+        resources: repeated(buf, |b| resource_records(b, record))?,
+    })
+}
+
+/// A message whose one field is a repeated message (field 1): the request,
+/// ArrayValue, KeyValueList.
+fn repeated<'a, T>(buf: &'a [u8], item: impl Fn(&'a [u8]) -> Option<T>) -> Option<Vec<T>> {
+    let mut out = Vec::new();
     let mut r = Reader(buf);
     while let Some((field, wire)) = r.tag()? {
         match (field, wire) {
-            (1, LEN) => out.resources.push(resource_records(r.bytes()?, record)?),
+            (1, LEN) => out.push(item(r.bytes()?)?),
             (1, _) => return None,
             _ => r.skip(wire)?,
         }
@@ -282,30 +290,8 @@ fn any_value(buf: &[u8], depth: usize) -> Option<Option<AnyRef<'_>>> {
             (2, VARINT) => AnyRef::Bool(r.varint()? != 0),
             (3, VARINT) => AnyRef::Int(r.varint()? as i64),
             (4, FIXED64) => AnyRef::Double(f64::from_bits(r.fixed64()?)),
-            (5, LEN) => {
-                let mut values = Vec::new();
-                let mut a = Reader(r.bytes()?);
-                while let Some((field, wire)) = a.tag()? {
-                    match (field, wire) {
-                        (1, LEN) => values.push(any_value(a.bytes()?, depth + 1)?),
-                        (1, _) => return None,
-                        _ => a.skip(wire)?,
-                    }
-                }
-                AnyRef::Array(values)
-            }
-            (6, LEN) => {
-                let mut values = Vec::new();
-                let mut l = Reader(r.bytes()?);
-                while let Some((field, wire)) = l.tag()? {
-                    match (field, wire) {
-                        (1, LEN) => values.push(key_value(l.bytes()?, depth + 1)?),
-                        (1, _) => return None,
-                        _ => l.skip(wire)?,
-                    }
-                }
-                AnyRef::Kvlist(values)
-            }
+            (5, LEN) => AnyRef::Array(repeated(r.bytes()?, |b| any_value(b, depth + 1))?),
+            (6, LEN) => AnyRef::Kvlist(repeated(r.bytes()?, |b| key_value(b, depth + 1))?),
             (7, LEN) => AnyRef::Bytes(r.bytes()?),
             (8, VARINT) => AnyRef::Strindex(r.varint()? as i32),
             (1..=8, _) => return None,
