@@ -131,42 +131,35 @@ impl Ingest {
                 }
                 None => Ok(()),
             };
+            let logs = |req: otlp::LogsRef<'_>| {
+                admit(req.records())?;
+                Ok::<_, SubmitError>(normalizer.logs_ref(&req, &tenant, now))
+            };
+            let traces = |req: otlp::TracesRef<'_>| {
+                admit(req.records())?;
+                Ok::<_, SubmitError>(normalizer.traces_ref(&req, &tenant, now))
+            };
+            // prost's request, when the walk of the bytes declines, lives here.
+            let (decoded_logs, decoded_traces);
             let n = match &payload {
-                Payload::LogsBytes(bytes) => {
-                    // prost's request, when the walk declines, lives here.
-                    let decoded;
-                    let req = match wire::decode_logs(bytes) {
-                        Some(req) => req,
-                        None => {
-                            decoded = prost_decode::<ExportLogsServiceRequest>(bytes)?;
-                            otlp::LogsRef::from_prost(&decoded)
-                        }
-                    };
-                    admit(req.records())?;
-                    normalizer.logs_ref(&req, &tenant, now)
-                }
-                Payload::TracesBytes(bytes) => {
-                    let decoded;
-                    let req = match wire::decode_traces(bytes) {
-                        Some(req) => req,
-                        None => {
-                            decoded = prost_decode::<ExportTraceServiceRequest>(bytes)?;
-                            otlp::TracesRef::from_prost(&decoded)
-                        }
-                    };
-                    admit(req.records())?;
-                    normalizer.traces_ref(&req, &tenant, now)
-                }
-                Payload::Logs(r) => {
-                    admit(limits::records_in(&payload))?;
-                    normalizer.logs(r, &tenant, now)
-                }
-                Payload::Traces(r) => {
-                    admit(limits::records_in(&payload))?;
-                    normalizer.traces(r, &tenant, now)
-                }
+                Payload::LogsBytes(bytes) => logs(match wire::decode_logs(bytes) {
+                    Some(req) => req,
+                    None => {
+                        decoded_logs = prost_decode::<ExportLogsServiceRequest>(bytes)?;
+                        otlp::LogsRef::from_prost(&decoded_logs)
+                    }
+                })?,
+                Payload::TracesBytes(bytes) => traces(match wire::decode_traces(bytes) {
+                    Some(req) => req,
+                    None => {
+                        decoded_traces = prost_decode::<ExportTraceServiceRequest>(bytes)?;
+                        otlp::TracesRef::from_prost(&decoded_traces)
+                    }
+                })?,
+                Payload::Logs(r) => logs(otlp::LogsRef::from_prost(r))?,
+                Payload::Traces(r) => traces(otlp::TracesRef::from_prost(r))?,
                 Payload::Metrics(r) => {
-                    admit(limits::records_in(&payload))?;
+                    admit(limits::data_points_in(r))?;
                     normalizer.metrics(r, &tenant, now)
                 }
             };

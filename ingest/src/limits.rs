@@ -12,6 +12,7 @@ use std::time::Duration;
 use governor::clock::{Clock, DefaultClock};
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use serde::Deserialize;
 
 /// A tenant's limits: records per second with a burst, and the largest request.
@@ -131,39 +132,23 @@ impl TenantLimiter {
     }
 }
 
-/// Records in a request, counted without decoding further.
-pub fn records_in(payload: &crate::Payload) -> usize {
+/// Data points in a metrics request, each of which becomes an event (log
+/// and trace requests count theirs with [`crate::otlp::RequestRef::records`]).
+pub fn data_points_in(req: &ExportMetricsServiceRequest) -> usize {
     use opentelemetry_proto::tonic::metrics::v1::metric::Data;
-    match payload {
-        crate::Payload::LogsBytes(b) => crate::wire::decode_logs(b).map_or(0, |r| r.records()),
-        crate::Payload::TracesBytes(b) => crate::wire::decode_traces(b).map_or(0, |r| r.records()),
-        crate::Payload::Logs(r) => r
-            .resource_logs
-            .iter()
-            .flat_map(|x| &x.scope_logs)
-            .map(|s| s.log_records.len())
-            .sum(),
-        crate::Payload::Traces(r) => r
-            .resource_spans
-            .iter()
-            .flat_map(|x| &x.scope_spans)
-            .map(|s| s.spans.len())
-            .sum(),
-        crate::Payload::Metrics(r) => r
-            .resource_metrics
-            .iter()
-            .flat_map(|x| &x.scope_metrics)
-            .flat_map(|s| &s.metrics)
-            .map(|m| match &m.data {
-                Some(Data::Gauge(g)) => g.data_points.len(),
-                Some(Data::Sum(g)) => g.data_points.len(),
-                Some(Data::Histogram(g)) => g.data_points.len(),
-                Some(Data::ExponentialHistogram(g)) => g.data_points.len(),
-                Some(Data::Summary(g)) => g.data_points.len(),
-                None => 0,
-            })
-            .sum(),
-    }
+    req.resource_metrics
+        .iter()
+        .flat_map(|x| &x.scope_metrics)
+        .flat_map(|s| &s.metrics)
+        .map(|m| match &m.data {
+            Some(Data::Gauge(g)) => g.data_points.len(),
+            Some(Data::Sum(g)) => g.data_points.len(),
+            Some(Data::Histogram(g)) => g.data_points.len(),
+            Some(Data::ExponentialHistogram(g)) => g.data_points.len(),
+            Some(Data::Summary(g)) => g.data_points.len(),
+            None => 0,
+        })
+        .sum()
 }
 
 #[cfg(test)]
