@@ -17,7 +17,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span, status};
 
 use crate::mapping::{MappingSet, Signal};
-use crate::otlp::{self, KvRef, LogsRef, TracesRef};
+use crate::otlp::{self, KvRef, LogRecordRef, LogsRef, RequestRef, SpanRef, TracesRef};
 use crate::record::{Origin, RecordView, Val};
 
 /// Result of normalizing one export request.
@@ -65,54 +65,73 @@ impl Normalizer {
 
     /// Normalizes a borrowed log request (see [`crate::otlp`]).
     pub fn logs_ref(&self, req: &LogsRef<'_>, tenant: &str, observed_ns: i64) -> Normalized {
+        let times = |rec: &LogRecordRef<'_>| [rec.time_unix_nano, rec.observed_time_unix_nano];
+        self.each_record(req, Signal::Log, tenant, observed_ns, times, |view, rec| {
+            view.add_any("body".into(), rec.body.as_ref(), Origin::Record, 0);
+            if !rec.event_name.is_empty() {
+                view.insert(
+                    "event_name".into(),
+                    Val::Str(rec.event_name.into()),
+                    Origin::Record,
+                );
+            }
+            if !rec.severity_text.is_empty() {
+                view.insert(
+                    "severity_text".into(),
+                    Val::Str(rec.severity_text.into()),
+                    Origin::Record,
+                );
+            }
+            if rec.severity_number != 0 {
+                view.insert(
+                    "severity_number".into(),
+                    Val::Int(rec.severity_number as i64),
+                    Origin::Record,
+                );
+            }
+            add_ids(view, rec.trace_id, rec.span_id);
+            view.add_attributes("", &rec.attributes, Origin::Attribute);
+        })
+    }
+
+    /// The walk log and trace requests share: each record's view sits on its
+    /// resource's and scope's (built once), gets the first non-zero of
+    /// `times` as its time (records past 2262 are rejected), its signal, and
+    /// what `fill` adds of the record itself; the mapping makes the event.
+    fn each_record<'a, R>(
+        &'a self,
+        req: &'a RequestRef<'a, R>,
+        signal: Signal,
+        tenant: &str,
+        observed_ns: i64,
+        times: impl Fn(&R) -> [u64; 2],
+        fill: impl Fn(&mut RecordView<'a>, &'a R),
+    ) -> Normalized {
         let mut out = Normalized::default();
         // One view for every record of the request, cleared per record: its
         // table is allocated once (requests often carry a resource per sender).
         let mut view = RecordView::default();
-        for rl in &req.resources {
-            let base = base_view(&rl.attributes);
-            for sl in &rl.scopes {
-                view.set_parent(with_scope(&base, sl.name, sl.version));
-                for rec in &sl.records {
-                    let time = match pick_time(
-                        &[rec.time_unix_nano, rec.observed_time_unix_nano],
-                        observed_ns,
-                    ) {
+        for resource in &req.resources {
+            let base = base_view(&resource.attributes);
+            for scope in &resource.scopes {
+                view.set_parent(with_scope(&base, scope.name, scope.version));
+                for rec in &scope.records {
+                    let time = match pick_time(&times(rec), observed_ns) {
                         Ok(t) => t,
                         Err(e) => {
                             out.reject(e);
                             continue;
                         }
                     };
-                    // Attributes, the record's own fields and what mappings derive or expand.
                     view.clear();
-                    view.insert("@signal".into(), Val::Str("log".into()), Origin::Derived);
-                    view.add_any("body".into(), rec.body.as_ref(), Origin::Record, 0);
-                    if !rec.event_name.is_empty() {
-                        view.insert(
-                            "event_name".into(),
-                            Val::Str(rec.event_name.into()),
-                            Origin::Record,
-                        );
-                    }
-                    if !rec.severity_text.is_empty() {
-                        view.insert(
-                            "severity_text".into(),
-                            Val::Str(rec.severity_text.into()),
-                            Origin::Record,
-                        );
-                    }
-                    if rec.severity_number != 0 {
-                        view.insert(
-                            "severity_number".into(),
-                            Val::Int(rec.severity_number as i64),
-                            Origin::Record,
-                        );
-                    }
-                    add_ids(&mut view, rec.trace_id, rec.span_id);
-                    view.add_attributes("", &rec.attributes, Origin::Attribute);
+                    view.insert(
+                        "@signal".into(),
+                        Val::Str(signal.as_str().into()),
+                        Origin::Derived,
+                    );
+                    fill(&mut view, rec);
                     out.events
-                        .push(self.finish(Signal::Log, &mut view, tenant, time, observed_ns));
+                        .push(self.finish(signal, &mut view, tenant, time, observed_ns));
                 }
             }
         }
@@ -130,79 +149,49 @@ impl Normalizer {
 
     /// Normalizes a borrowed trace request (see [`crate::otlp`]).
     pub fn traces_ref(&self, req: &TracesRef<'_>, tenant: &str, observed_ns: i64) -> Normalized {
-        let mut out = Normalized::default();
-        let mut view = RecordView::default();
-        for rs in &req.resources {
-            let base = base_view(&rs.attributes);
-            for ss in &rs.scopes {
-                view.set_parent(with_scope(&base, ss.name, ss.version));
-                for sp in &ss.records {
-                    let time = match pick_time(
-                        &[sp.start_time_unix_nano, sp.end_time_unix_nano],
-                        observed_ns,
-                    ) {
-                        Ok(t) => t,
-                        Err(e) => {
-                            out.reject(e);
-                            continue;
-                        }
-                    };
-                    view.clear();
-                    view.insert("@signal".into(), Val::Str("span".into()), Origin::Derived);
-                    view.insert("span.name".into(), Val::Str(sp.name.into()), Origin::Record);
-                    let kind = match span::SpanKind::try_from(sp.kind) {
-                        Ok(span::SpanKind::Internal) => "internal",
-                        Ok(span::SpanKind::Server) => "server",
-                        Ok(span::SpanKind::Client) => "client",
-                        Ok(span::SpanKind::Producer) => "producer",
-                        Ok(span::SpanKind::Consumer) => "consumer",
-                        _ => "unspecified",
-                    };
-                    view.insert("span.kind".into(), Val::Str(kind.into()), Origin::Record);
-                    let (code, message) = (sp.status_code, sp.status_message);
-                    let status = match status::StatusCode::try_from(code) {
-                        Ok(status::StatusCode::Ok) => "ok",
-                        Ok(status::StatusCode::Error) => "error",
-                        _ => "unset",
-                    };
-                    view.insert(
-                        "span.status".into(),
-                        Val::Str(status.into()),
-                        Origin::Record,
-                    );
-                    if !message.is_empty() {
-                        view.insert(
-                            "span.status_message".into(),
-                            Val::Str(message.into()),
-                            Origin::Record,
-                        );
-                    }
-                    if sp.end_time_unix_nano >= sp.start_time_unix_nano
-                        && sp.start_time_unix_nano > 0
-                    {
-                        let ms = (sp.end_time_unix_nano - sp.start_time_unix_nano) as f64 / 1e6;
-                        view.insert("span.duration_ms".into(), Val::Double(ms), Origin::Record);
-                    }
-                    add_ids(&mut view, sp.trace_id, sp.span_id);
-                    if !sp.parent_span_id.is_empty() {
-                        view.insert(
-                            "parent_span_id".into(),
-                            Val::Str(hex::encode(sp.parent_span_id).into()),
-                            Origin::Record,
-                        );
-                    }
-                    view.add_attributes("", &sp.attributes, Origin::Attribute);
-                    out.events.push(self.finish(
-                        Signal::Span,
-                        &mut view,
-                        tenant,
-                        time,
-                        observed_ns,
-                    ));
-                }
+        let times = |sp: &SpanRef<'_>| [sp.start_time_unix_nano, sp.end_time_unix_nano];
+        self.each_record(req, Signal::Span, tenant, observed_ns, times, |view, sp| {
+            view.insert("span.name".into(), Val::Str(sp.name.into()), Origin::Record);
+            let kind = match span::SpanKind::try_from(sp.kind) {
+                Ok(span::SpanKind::Internal) => "internal",
+                Ok(span::SpanKind::Server) => "server",
+                Ok(span::SpanKind::Client) => "client",
+                Ok(span::SpanKind::Producer) => "producer",
+                Ok(span::SpanKind::Consumer) => "consumer",
+                _ => "unspecified",
+            };
+            view.insert("span.kind".into(), Val::Str(kind.into()), Origin::Record);
+            let status = match status::StatusCode::try_from(sp.status_code) {
+                Ok(status::StatusCode::Ok) => "ok",
+                Ok(status::StatusCode::Error) => "error",
+                _ => "unset",
+            };
+            view.insert(
+                "span.status".into(),
+                Val::Str(status.into()),
+                Origin::Record,
+            );
+            if !sp.status_message.is_empty() {
+                view.insert(
+                    "span.status_message".into(),
+                    Val::Str(sp.status_message.into()),
+                    Origin::Record,
+                );
             }
-        }
-        out
+            if sp.end_time_unix_nano >= sp.start_time_unix_nano && sp.start_time_unix_nano > 0 {
+                let ms = (sp.end_time_unix_nano - sp.start_time_unix_nano) as f64 / 1e6;
+                view.insert("span.duration_ms".into(), Val::Double(ms), Origin::Record);
+            }
+            add_ids(view, sp.trace_id, sp.span_id);
+            if !sp.parent_span_id.is_empty() {
+                view.insert(
+                    "parent_span_id".into(),
+                    Val::Str(hex::encode(sp.parent_span_id).into()),
+                    Origin::Record,
+                );
+            }
+            view.add_attributes("", &sp.attributes, Origin::Attribute);
+        })
     }
 
     pub fn metrics(
