@@ -44,7 +44,7 @@ impl Otlp {
     fn tenant<T>(
         &self,
         request: &Request<T>,
-        size: usize,
+        size: impl FnOnce(&T) -> usize,
         signal: &str,
     ) -> Result<std::sync::Arc<str>, Status> {
         let authorization = request
@@ -60,6 +60,8 @@ impl Otlp {
                 Status::unauthenticated(refusal.message())
             })?;
         if let Some(limit) = self.0.limits.as_ref().and_then(|l| l.body_limit(&tenant)) {
+            // Measured only when a limit applies: a prost message's size is a walk of it.
+            let size = size(request.get_ref());
             if size > limit {
                 self.0.metrics.request("grpc", signal, "too_large");
                 return Err(Status::out_of_range(format!(
@@ -107,7 +109,7 @@ impl BytesExport for LogsExport {
 
     fn export(otlp: Otlp, request: Request<Bytes>) -> BoxFuture<Response<Self::Response>, Status> {
         Box::pin(async move {
-            let tenant = otlp.tenant(&request, request.get_ref().len(), "log")?;
+            let tenant = otlp.tenant(&request, Bytes::len, "log")?;
             let o = otlp
                 .run(Payload::LogsBytes(request.into_inner()), tenant)
                 .await?;
@@ -130,7 +132,7 @@ impl BytesExport for TracesExport {
 
     fn export(otlp: Otlp, request: Request<Bytes>) -> BoxFuture<Response<Self::Response>, Status> {
         Box::pin(async move {
-            let tenant = otlp.tenant(&request, request.get_ref().len(), "span")?;
+            let tenant = otlp.tenant(&request, Bytes::len, "span")?;
             let o = otlp
                 .run(Payload::TracesBytes(request.into_inner()), tenant)
                 .await?;
@@ -254,7 +256,7 @@ impl MetricsService for Otlp {
         &self,
         request: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        let tenant = self.tenant(&request, request.get_ref().encoded_len(), "metric")?;
+        let tenant = self.tenant(&request, Message::encoded_len, "metric")?;
         let o = self
             .run(Payload::Metrics(request.into_inner()), tenant)
             .await?;
