@@ -856,22 +856,19 @@ fn archive_stage(
                     }
                 }
                 let n = n as u64;
-                let written = {
-                    let views: Vec<_> = parts
-                        .iter_mut()
-                        .map(|(events, columns)| (events.as_slice(), columns.take()))
-                        .collect();
-                    writer.write_parts(&views)
-                };
-                let mut parts = parts.into_iter().map(|(events, _)| events);
-                let mut events = parts.next().unwrap_or_default();
-                events.extend(parts.flatten());
-                match written {
+                let views: Vec<_> = parts
+                    .iter()
+                    .map(|(events, columns)| (events.as_slice(), columns.as_ref()))
+                    .collect();
+                match writer.write_parts(&views) {
                     Ok(()) => {
                         for ack in acks {
                             let _ = ack.send(Ok(()));
                         }
                         pm.events_archived.inc_by(n);
+                        let mut parts = parts.into_iter().map(|(events, _)| events);
+                        let mut events = parts.next().unwrap_or_default();
+                        events.extend(parts.flatten());
                         if engine_tx.send(events).is_err() {
                             error!("the detection stage stopped; events are archived but not detected on");
                         }
@@ -1078,7 +1075,8 @@ fn detect_stage(
                 let held = engine.stats().buffered_events;
                 let alerts = engine.on_idle();
                 // The lateness buffer of a busy stream is large and scattered
-                // between long-lived state; glibc keeps its pages unless asked.
+                // between long-lived state: give its pages back now rather
+                // than when the allocator gets to it.
                 if held >= RETURN_PAGES_AFTER {
                     ingest::memory::release_free_pages();
                 }

@@ -258,10 +258,11 @@ fn parts_written_together_use_the_columns_given_and_build_the_rest() {
         event(BEFORE_MIDNIGHT + 20, 20),
         event(BEFORE_MIDNIGHT + 21, 21),
     ];
+    let b_columns = event::schema::events_to_batch(&b).unwrap();
     w.write_parts(&[
-        (&a, Some(given)),
-        (&b, Some(event::schema::events_to_batch(&b).unwrap())),
-        (&c, Some(wrong_size)),
+        (&a, Some(&given)),
+        (&b, Some(&b_columns)),
+        (&c, Some(&wrong_size)),
         (&[], None),
     ])
     .unwrap();

@@ -190,7 +190,7 @@ impl<R: ArchiveRecord> ArchiveWriter<R> {
     /// `Err` mean what they mean for [`ArchiveWriter::write`], for all parts.
     pub fn write_parts(
         &mut self,
-        parts: &[(&[R], Option<RecordBatch>)],
+        parts: &[(&[R], Option<&RecordBatch>)],
     ) -> Result<(), ArchiveError> {
         let result = self.write_inner(parts, SystemTime::now());
         self.note(&result);
@@ -199,7 +199,7 @@ impl<R: ArchiveRecord> ArchiveWriter<R> {
 
     fn write_inner(
         &mut self,
-        parts: &[(&[R], Option<RecordBatch>)],
+        parts: &[(&[R], Option<&RecordBatch>)],
         now: SystemTime,
     ) -> Result<(), ArchiveError> {
         let mut batches = Vec::with_capacity(parts.len());
@@ -213,8 +213,9 @@ impl<R: ArchiveRecord> ArchiveWriter<R> {
             let first_hour = hour_of(first.time());
             if records.iter().all(|r| hour_of(r.time()) == first_hour) {
                 match columns {
+                    // A batch's columns share their buffers: this copies no data.
                     Some(c) if c.num_rows() == records.len() => {
-                        batches.push((first_hour, c.clone()))
+                        batches.push((first_hour, (*c).clone()))
                     }
                     _ => {
                         let refs: Vec<&R> = records.iter().collect();
