@@ -324,14 +324,12 @@ impl ValueSource {
         if text.is_empty() {
             return None;
         }
+        // Lower-casing never empties a string: the check above holds for both.
         let text = if self.lower {
             text.to_lowercase()
         } else {
             text.into_owned()
         };
-        if text.is_empty() {
-            return None;
-        }
         let taken = if whole { view.key_of(key) } else { None };
         Some((text, taken))
     }

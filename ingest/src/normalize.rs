@@ -11,9 +11,8 @@ use event::Event;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point, Metric};
-use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span, status};
 
 use crate::mapping::{MappingSet, Signal};
@@ -203,9 +202,9 @@ impl Normalizer {
         let mut out = Normalized::default();
         let mut view = RecordView::default();
         for rm in &req.resource_metrics {
-            let base = base_view(&resource_attributes(rm.resource.as_ref()));
+            let base = base_view(&otlp::resource(rm.resource.as_ref()));
             for sm in &rm.scope_metrics {
-                let (name, version) = scope_names(sm.scope.as_ref());
+                let (name, version) = otlp::scope(sm.scope.as_ref());
                 view.set_parent(with_scope(&base, name, version));
                 for m in &sm.metrics {
                     for point in data_points(m) {
@@ -272,16 +271,6 @@ impl Normalizer {
         ev.event_id = ev.compute_id();
         ev
     }
-}
-
-fn resource_attributes(resource: Option<&Resource>) -> Vec<KvRef<'_>> {
-    resource
-        .map(|r| otlp::kvs(&r.attributes))
-        .unwrap_or_default()
-}
-
-fn scope_names(scope: Option<&InstrumentationScope>) -> (&str, &str) {
-    scope.map_or(("", ""), |s| (s.name.as_str(), s.version.as_str()))
 }
 
 fn base_view<'a>(resource: &[KvRef<'a>]) -> Arc<RecordView<'a>> {

@@ -54,34 +54,6 @@ pub struct ScopeRef<'a, R> {
 pub type LogsRef<'a> = RequestRef<'a, LogRecordRef<'a>>;
 pub type TracesRef<'a> = RequestRef<'a, SpanRef<'a>>;
 
-// Derived Default would ask R: Default, which no request needs.
-impl<R> Default for RequestRef<'_, R> {
-    fn default() -> Self {
-        RequestRef {
-            resources: Vec::new(),
-        }
-    }
-}
-
-impl<R> Default for ResourceRef<'_, R> {
-    fn default() -> Self {
-        ResourceRef {
-            attributes: Vec::new(),
-            scopes: Vec::new(),
-        }
-    }
-}
-
-impl<R> Default for ScopeRef<'_, R> {
-    fn default() -> Self {
-        ScopeRef {
-            name: "",
-            version: "",
-            records: Vec::new(),
-        }
-    }
-}
-
 impl<R> RequestRef<'_, R> {
     /// Number of records.
     pub fn records(&self) -> usize {
@@ -199,11 +171,13 @@ fn borrow<'a, RP: 'a, SP: 'a, P: 'a, R>(
     }
 }
 
-fn resource(resource: Option<&Resource>) -> Vec<KvRef<'_>> {
+/// Borrows a prost resource's attributes (none without a resource).
+pub fn resource(resource: Option<&Resource>) -> Vec<KvRef<'_>> {
     resource.map(|r| kvs(&r.attributes)).unwrap_or_default()
 }
 
-fn scope(scope: Option<&InstrumentationScope>) -> (&str, &str) {
+/// A prost scope's name and version ("" without a scope).
+pub fn scope(scope: Option<&InstrumentationScope>) -> (&str, &str) {
     scope.map_or(("", ""), |s| (s.name.as_str(), s.version.as_str()))
 }
 
