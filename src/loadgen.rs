@@ -1276,23 +1276,10 @@ fn floor(pool: &[Encoded], duration: Duration) -> Result<std::process::ExitCode>
     let bytes: usize = pool.iter().map(|e| e.bytes.len()).sum();
     let records: u64 = pool.iter().map(|e| e.records).sum();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let one_thread = |read: &dyn Fn(&Encoded) -> usize| {
+    // Records/s of `read` over the pool on `n` threads at once, summed.
+    let rate_on = |n: usize, read: &(dyn Fn(&Encoded) -> usize + Sync)| -> u64 {
         let per = duration / 2;
-        let t0 = Instant::now();
-        let mut done = 0u64;
-        while t0.elapsed() < per {
-            for e in pool {
-                std::hint::black_box(read(e));
-                done += e.records;
-            }
-        }
-        (done as f64 / t0.elapsed().as_secs_f64()) as u64
-    };
-    let walked = one_thread(&walk);
-    let mut results = Vec::new();
-    for n in [1, threads] {
-        let per = duration / 2;
-        let total: u64 = std::thread::scope(|s| {
+        std::thread::scope(|s| {
             let hs: Vec<_> = (0..n)
                 .map(|_| {
                     s.spawn(|| {
@@ -1300,7 +1287,7 @@ fn floor(pool: &[Encoded], duration: Duration) -> Result<std::process::ExitCode>
                         let mut done = 0u64;
                         while t0.elapsed() < per {
                             for e in pool {
-                                std::hint::black_box(decode(e));
+                                std::hint::black_box(read(e));
                                 done += e.records;
                             }
                         }
@@ -1311,9 +1298,13 @@ fn floor(pool: &[Encoded], duration: Duration) -> Result<std::process::ExitCode>
             hs.into_iter()
                 .map(|h| h.join().expect("decode thread") as u64)
                 .sum()
-        });
-        results.push((n, total));
-    }
+        })
+    };
+    let walked = rate_on(1, &walk);
+    let results: Vec<(usize, u64)> = [1, threads]
+        .into_iter()
+        .map(|n| (n, rate_on(n, &decode)))
+        .collect();
     println!(
         "floor: prost decode of {} requests ({} bytes/record): {} records/s on 1 thread, {} records/s on {} threads; receivers' read (logs walked by ingest::wire, spans by prost): {} records/s on 1 thread",
         pool.len(),
