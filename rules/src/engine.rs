@@ -280,6 +280,8 @@ pub struct Engine {
     /// Per rule, its key list in `keys`.
     key_slot: Vec<usize>,
     keys: EventKeys,
+    /// The attributes rules read, sorted: what held events keep.
+    attr_order: Vec<String>,
     max_seen: Option<i64>,
     watermark: i64,
     next_sweep: i64,
@@ -325,6 +327,8 @@ impl Engine {
             .collect();
         let lateness = i64::try_from(config.allowed_lateness.as_nanos()).unwrap_or(i64::MAX / 4);
         let (keys, key_slot) = EventKeys::new(&ruleset.rules);
+        let mut attr_order: Vec<String> = ruleset.attr_refs.iter().cloned().collect();
+        attr_order.sort_unstable();
         Engine {
             set: ruleset,
             config,
@@ -334,6 +338,7 @@ impl Engine {
             pending: VecDeque::new(),
             key_slot,
             keys,
+            attr_order,
             max_seen: None,
             watermark: i64::MIN,
             next_sweep: i64::MIN,
@@ -363,14 +368,16 @@ impl Engine {
             // Held events keep only the attributes some rule reads; the archive
             // has the rest. Rules name few attributes: look those up rather
             // than hash every attribute of every event.
+            // Both sides are sorted: one merge walk, no hashing, no searching.
             if !e.attrs.is_empty() {
-                let mut kept = BTreeMap::new();
-                for k in self.set.attr_refs.iter() {
-                    if let Some((k, v)) = e.attrs.remove_entry(k.as_str()) {
-                        kept.insert(k, v);
+                let refs = &self.attr_order;
+                let mut i = 0;
+                e.attrs.retain(|k, _| {
+                    while refs.get(i).is_some_and(|r| r.as_str() < k.as_str()) {
+                        i += 1;
                     }
-                }
-                e.attrs = kept;
+                    refs.get(i) == Some(k)
+                });
             }
             incoming.push(e);
         }
@@ -1033,9 +1040,13 @@ mod tests {
 
     #[test]
     fn held_events_keep_only_the_attributes_rules_read() {
-        let yaml = "id: m\ntitle: M\nseverity: low\nkey: [user]\nsummary: '{user}'\ncondition: {attrs.to_mode: bypassPermissions}\n";
+        let yaml = "id: m\ntitle: M\nseverity: low\nkey: [user]\nsummary: '{user} in {attrs.channel}'\ncondition: {attrs.to_mode: bypassPermissions}\n";
         let mut eng = engine(yaml);
         let mut e = ev(T0, EventKind::PermissionModeChange, "a");
+        // Unread keys before, between and after the two that rules read.
+        for k in ["a", "channel", "d", "prompt", "to_mode", "to_mode2", "zz"] {
+            e.attrs.insert(k.into(), format!("v-{k}"));
+        }
         e.attrs.insert("to_mode".into(), "bypassPermissions".into());
         e.attrs.insert("prompt".into(), "x".repeat(10_000));
         assert!(eng.push(vec![e]).is_empty());
@@ -1044,8 +1055,10 @@ mod tests {
             .iter()
             .flat_map(|p| p.attrs.keys().cloned())
             .collect();
-        assert_eq!(held, ["to_mode"]);
-        assert_eq!(eng.finish().len(), 1);
+        assert_eq!(held, ["channel", "to_mode"]);
+        let alerts = eng.finish();
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].summary, "a in v-channel");
     }
 
     #[test]

@@ -49,13 +49,20 @@ pub trait ArchiveRecord: Sized {
     /// Reads records back from a batch of any version of the schema.
     fn from_batch(batch: &RecordBatch) -> Result<Vec<Self>, SchemaError>;
     /// Columns whose values are (nearly) all distinct: written without a
-    /// dictionary, which would only cost a hash of every value.
+    /// dictionary, which would only cost a hash of every value. A dotted
+    /// name is a path to a nested leaf (`attrs.key_value.value`).
     const DISTINCT_COLUMNS: &'static [&'static str] = &[];
+    /// Leaf columns written without min/max statistics: nothing prunes on
+    /// them, and computing them compares every value.
+    const UNSORTED_COLUMNS: &'static [&'static str] = &[];
 }
 
 impl ArchiveRecord for Event {
     const DIR: &'static str = "events";
-    const DISTINCT_COLUMNS: &'static [&'static str] = &["event_id", "time", "observed_time"];
+    const DISTINCT_COLUMNS: &'static [&'static str] =
+        &["event_id", "time", "observed_time", "attrs.key_value.value"];
+    const UNSORTED_COLUMNS: &'static [&'static str] =
+        &["attrs.key_value.key", "attrs.key_value.value"];
     fn time(&self) -> i64 {
         self.time
     }

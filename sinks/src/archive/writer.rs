@@ -22,7 +22,7 @@ use parquet::arrow::arrow_writer::ArrowWriterOptions;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use serde::Serialize;
 
@@ -128,8 +128,13 @@ impl<R: ArchiveRecord> ArchiveWriter<R> {
             ))
             .set_max_row_group_size(cfg.row_group_rows)
             .set_key_value_metadata(Some(metadata));
+        // Dotted names are paths into nested columns (the attribute map's leaves).
+        let path = |column: &str| ColumnPath::new(column.split('.').map(str::to_string).collect());
         for column in R::DISTINCT_COLUMNS {
-            props = props.set_column_dictionary_enabled(ColumnPath::from(*column), false);
+            props = props.set_column_dictionary_enabled(path(column), false);
+        }
+        for column in R::UNSORTED_COLUMNS {
+            props = props.set_column_statistics_enabled(path(column), EnabledStatistics::None);
         }
         let props = props.build();
         let wal_dir = cfg.dir.join(".wal").join(R::DIR);
