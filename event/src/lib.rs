@@ -5,8 +5,11 @@
 //! records live in [`schema`] so that the archive writer and the replay reader
 //! agree on one definition.
 
+pub mod attrs;
 pub mod schema;
 pub mod wire;
+
+pub use attrs::Attrs;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -175,7 +178,7 @@ pub struct Event {
     pub tokens_out: Option<i64>,
     /// A human acted: a prompt, or a permission decision made by a person.
     pub interactive: bool,
-    pub attrs: BTreeMap<String, String>,
+    pub attrs: Attrs,
 }
 
 /// The names of the event's columns, in schema order. Rules may name any of
@@ -269,7 +272,7 @@ impl Event {
             "interactive" => Bool(self.interactive),
             other => {
                 let key = other.strip_prefix("attrs.")?;
-                return self.attrs.get(key).map(|v| Str(v.as_str()));
+                return self.attrs.get(key).map(Str);
             }
         })
     }

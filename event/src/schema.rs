@@ -14,7 +14,7 @@
 //! The archive writer does not store the Arrow schema in the file, so every
 //! reader (DuckDB, pyarrow, Spark, Trino) sees those columns as plain strings.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{
@@ -190,17 +190,18 @@ pub fn alert_schema() -> SchemaRef {
 
 // ---------------------------------------------------------------- writing
 
-/// Builds a `map<string,string>` column from per-row maps.
-fn map_column<'a, I: Iterator<Item = &'a BTreeMap<String, String>> + Clone>(
-    rows: I,
-    len: usize,
-) -> Result<ArrayRef> {
+/// Builds a `map<string,string>` column from each row's entries.
+fn map_column<'a, R, E>(rows: R, len: usize) -> Result<ArrayRef>
+where
+    R: Iterator<Item = E> + Clone,
+    E: IntoIterator<Item = (&'a str, &'a str)>,
+{
     // Sized exactly first: growing the builders copied their bytes over and
     // over, a visible share of the archive thread's time.
     let (mut entries, mut key_bytes, mut value_bytes) = (0, 0, 0);
-    for map in rows.clone() {
-        entries += map.len();
-        for (k, v) in map {
+    for row in rows.clone() {
+        for (k, v) in row {
+            entries += 1;
             key_bytes += k.len();
             value_bytes += v.len();
         }
@@ -210,14 +211,12 @@ fn map_column<'a, I: Iterator<Item = &'a BTreeMap<String, String>> + Clone>(
     let mut keys = StringBuilder::with_capacity(entries, key_bytes);
     let mut values = StringBuilder::with_capacity(entries, value_bytes);
     let mut n = 0i32;
-    for map in rows {
-        for (k, v) in map {
+    for row in rows {
+        for (k, v) in row {
             keys.append_value(k);
             values.append_value(v);
+            n = n.checked_add(1).ok_or_else(overflow)?;
         }
-        n = n
-            .checked_add(i32::try_from(map.len()).map_err(|_| overflow())?)
-            .ok_or_else(overflow)?;
         offsets.push(n);
     }
     let DataType::Struct(fields) = map_entries_field().data_type().clone() else {
@@ -445,7 +444,12 @@ pub fn alert_refs_to_batch(alerts: &[&Alert]) -> Result<RecordBatch> {
         dict(|a| Some(a.severity.as_str())),
         string_list_column(alerts.iter().map(|a| &a.tags))?,
         dict(|a| Some(&a.tenant)),
-        map_column(alerts.iter().map(|a| &a.key), n)?,
+        map_column(
+            alerts
+                .iter()
+                .map(|a| a.key.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+            n,
+        )?,
         dict(|a| a.user.as_deref()),
         dict(|a| a.session.as_deref()),
         dict(|a| a.host.as_deref()),
@@ -651,22 +655,28 @@ struct MapColumn {
 
 impl MapColumn {
     /// Row `i`'s entries; with `keep`, only those keys.
-    fn row(&self, i: usize, keep: Option<&HashSet<String>>) -> BTreeMap<String, String> {
-        if self.nulls.as_ref().is_some_and(|n| n.is_null(i)) {
-            return BTreeMap::new();
-        }
-        let (start, end) = (self.offsets[i] as usize, self.offsets[i + 1] as usize);
+    fn row<'a>(
+        &'a self,
+        i: usize,
+        keep: Option<&'a HashSet<String>>,
+    ) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        let (start, end) = if self.nulls.as_ref().is_some_and(|n| n.is_null(i)) {
+            (0, 0)
+        } else {
+            (self.offsets[i] as usize, self.offsets[i + 1] as usize)
+        };
         (start..end)
-            .filter(|&j| {
+            .filter(move |&j| {
                 self.keys.is_valid(j) && keep.is_none_or(|k| k.contains(self.keys.value(j)))
             })
             .map(|j| {
-                (
-                    self.keys.value(j).to_string(),
-                    opt_str(&self.values, j).unwrap_or_default(),
-                )
+                let value = if self.values.is_valid(j) {
+                    self.values.value(j)
+                } else {
+                    ""
+                };
+                (self.keys.value(j), value)
             })
-            .collect()
     }
 }
 
@@ -995,7 +1005,7 @@ pub fn batch_to_events_filtered(
             interactive: opt_bool(&interactive, i),
             attrs: attrs
                 .as_ref()
-                .map(|m| m.row(i, projection.attrs.as_ref()))
+                .map(|m| m.row(i, projection.attrs.as_ref()).collect())
                 .unwrap_or_default(),
         };
         if !keep(&e) {
@@ -1087,7 +1097,14 @@ pub fn batch_to_alerts(batch: &RecordBatch) -> Result<Vec<Alert>> {
             severity: enum_or_default(&severity, i, Severity::parse),
             tags: tags.as_ref().map(|l| l.row(i)).unwrap_or_default(),
             tenant: str_or_default(&tenant, i),
-            key: key.as_ref().map(|m| m.row(i, None)).unwrap_or_default(),
+            key: key
+                .as_ref()
+                .map(|m| {
+                    m.row(i, None)
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect()
+                })
+                .unwrap_or_default(),
             user: opt_col_str(&user, i),
             session: opt_col_str(&session, i),
             host: opt_col_str(&host, i),

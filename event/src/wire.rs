@@ -82,7 +82,7 @@ mod tests {
             interactive: true,
             ..Default::default()
         };
-        a.attrs.insert("tool_parameters.x".into(), "y".into());
+        a.attrs.insert("tool_parameters.x", "y");
         a.event_id = a.compute_id();
         let b = Event {
             time: 5,

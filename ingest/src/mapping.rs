@@ -424,7 +424,7 @@ impl Column {
                     } else {
                         "tokens_out"
                     };
-                    ev.attrs.insert(name.to_string(), value);
+                    ev.attrs.insert(name, value);
                 }
                 return;
             }
@@ -679,20 +679,15 @@ impl Mapping {
             }
         }
 
-        // Built from a list: a map built at once from its entries costs less
-        // than inserting them one by one.
-        let kept: Vec<(String, String)> = view
-            .iter()
-            .filter(|(key, _, origin)| {
-                *origin != Origin::Derived && !taken.contains(key) && !expanded.contains(key)
-            })
-            .map(|(key, val, _)| (key.to_string(), val.as_text()))
-            .collect();
-        if ev.attrs.is_empty() {
-            ev.attrs = kept.into_iter().collect();
-        } else {
-            ev.attrs.extend(kept);
+        // Every kept key and value is written into the one buffer of the
+        // event's attributes, then sorted once.
+        let mut attrs = std::mem::take(&mut ev.attrs).builder();
+        for (key, val, origin) in view.iter() {
+            if origin != Origin::Derived && !taken.contains(&key) && !expanded.contains(&key) {
+                attrs.push_with(key, |out| val.write_text(out));
+            }
         }
+        ev.attrs = attrs.finish();
     }
 }
 

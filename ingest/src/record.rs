@@ -29,18 +29,25 @@ pub enum Val<'a> {
 
 impl Val<'_> {
     pub fn as_text(&self) -> String {
+        let mut out = String::new();
+        self.write_text(&mut out);
+        out
+    }
+
+    /// Appends the value as text to `out`: numbers in decimal (a double
+    /// as Rust prints it, `NaN` and `inf` included: JSON has neither, and
+    /// this keeps what was sent, readably), booleans as `true`/`false`.
+    pub fn write_text(&self, out: &mut String) {
+        use std::fmt::Write as _;
         match self {
-            Val::Str(s) => s.to_string(),
-            Val::Int(i) => i.to_string(),
-            Val::Double(d) => {
-                if d.is_finite() {
-                    d.to_string()
-                } else {
-                    // JSON has no NaN or infinity; keep what was sent, readably.
-                    format!("{d}")
-                }
+            Val::Str(s) => out.push_str(s),
+            Val::Int(i) => {
+                let _ = write!(out, "{i}");
             }
-            Val::Bool(b) => b.to_string(),
+            Val::Double(d) => {
+                let _ = write!(out, "{d}");
+            }
+            Val::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         }
     }
 

@@ -150,19 +150,10 @@ fn claude_code_read_tool_becomes_a_file_read_with_path_user_and_session() {
     assert!(!e.interactive, "a config decision is not a person acting");
     assert_eq!(e.time, T0 as i64);
     // Nothing dropped: untaken attributes and resource attributes stay.
-    assert_eq!(
-        e.attrs.get("terminal.type").map(String::as_str),
-        Some("iTerm.app")
-    );
-    assert_eq!(
-        e.attrs.get("resource.os.type").map(String::as_str),
-        Some("darwin")
-    );
-    assert_eq!(e.attrs.get("duration_ms").map(String::as_str), Some("35"));
-    assert_eq!(
-        e.attrs.get("event.name").map(String::as_str),
-        Some("tool_result")
-    );
+    assert_eq!(e.attrs.get("terminal.type"), Some("iTerm.app"));
+    assert_eq!(e.attrs.get("resource.os.type"), Some("darwin"));
+    assert_eq!(e.attrs.get("duration_ms"), Some("35"));
+    assert_eq!(e.attrs.get("event.name"), Some("tool_result"));
     assert!(
         !e.attrs.contains_key("user.email"),
         "taken by the user column"
@@ -187,17 +178,10 @@ fn claude_code_bash_carries_the_full_command_and_failure_outcome() {
         "a user_temporary decision is a person acting"
     );
     assert_eq!(
-        e.attrs
-            .get("tool_parameters.dangerouslyDisableSandbox")
-            .map(String::as_str),
+        e.attrs.get("tool_parameters.dangerouslyDisableSandbox"),
         Some("true")
     );
-    assert_eq!(
-        e.attrs
-            .get("tool_parameters.bash_command")
-            .map(String::as_str),
-        Some("crontab")
-    );
+    assert_eq!(e.attrs.get("tool_parameters.bash_command"), Some("crontab"));
 }
 
 #[test]
@@ -214,10 +198,7 @@ fn claude_code_prompts_schedules_modes_and_mcp_tools() {
         json!({"event.name": "permission_mode_changed", "from_mode": "default", "to_mode": "bypassPermissions", "trigger": "shift_tab"}),
     );
     assert_eq!(m.kind, EventKind::PermissionModeChange);
-    assert_eq!(
-        m.attrs.get("to_mode").map(String::as_str),
-        Some("bypassPermissions")
-    );
+    assert_eq!(m.attrs.get("to_mode"), Some("bypassPermissions"));
     let t = claude(
         json!({"event.name": "tool_result", "tool_name": "mcp__slack__slack_post_message", "success": "true"}),
     );
@@ -259,10 +240,7 @@ fn api_key_users_come_from_resource_enduser_id() {
         json!({"event.name": "user_prompt", "session.id": "s", "user.id": "anon-install-123"}),
     );
     assert_eq!(e.user.as_deref(), Some("jdoe@example.com"));
-    assert_eq!(
-        e.attrs.get("resource.department").map(String::as_str),
-        Some("eng")
-    );
+    assert_eq!(e.attrs.get("resource.department"), Some("eng"));
 }
 
 #[test]
@@ -282,9 +260,7 @@ fn genai_gateway_spans_accept_old_and_new_names_and_ignore_caller_supplied_users
     assert_eq!(new.session.as_deref(), Some("sess-oscar-01"));
     assert_eq!(new.user.as_deref(), Some("oscar@example.com"));
     assert_eq!(
-        new.attrs
-            .get("gen_ai.response.finish_reasons")
-            .map(String::as_str),
+        new.attrs.get("gen_ai.response.finish_reasons"),
         Some("[\"stop\"]")
     );
     let old = span(
@@ -297,10 +273,7 @@ fn genai_gateway_spans_accept_old_and_new_names_and_ignore_caller_supplied_users
     assert_eq!((old.tokens_in, old.tokens_out), (Some(10), Some(5)));
     assert_eq!(old.user.as_deref(), Some("u-77"));
     assert_eq!(old.outcome, Outcome::Failure);
-    assert_eq!(
-        old.attrs.get("gen_ai.user").map(String::as_str),
-        Some("forged@evil.com")
-    );
+    assert_eq!(old.attrs.get("gen_ai.user"), Some("forged@evil.com"));
 }
 
 #[test]
@@ -322,9 +295,7 @@ fn mcp_gateway_tool_calls_split_into_connector_writes_and_reads() {
     assert_eq!(post.session.as_deref(), Some("mcp-dana-1"));
     assert_eq!(post.user.as_deref(), Some("dana@example.com"));
     assert_eq!(
-        post.attrs
-            .get("gen_ai.tool.call.arguments.channel_id")
-            .map(String::as_str),
+        post.attrs.get("gen_ai.tool.call.arguments.channel_id"),
         Some("C024BE91L")
     );
     let read = span(
@@ -481,8 +452,8 @@ fn unknown_senders_keep_everything_as_other() {
     );
     assert_eq!((e.source, e.kind), (Source::Unknown, EventKind::Other));
     assert_eq!(e.user.as_deref(), Some("zoe"));
-    assert_eq!(e.attrs.get("body.msg").map(String::as_str), Some("hi"));
-    assert_eq!(e.attrs.get("weird").map(String::as_str), Some("[1,2]"));
+    assert_eq!(e.attrs.get("body.msg"), Some("hi"));
+    assert_eq!(e.attrs.get("weird"), Some("[1,2]"));
 }
 
 #[test]
@@ -528,14 +499,8 @@ fn metric_points_become_metric_events_and_far_future_times_are_rejected() {
     assert_eq!(out.events.len(), 1);
     let m = &out.events[0];
     assert_eq!(m.kind, EventKind::Metric);
-    assert_eq!(
-        m.attrs.get("metric.name").map(String::as_str),
-        Some("claude_code.token.usage")
-    );
-    assert_eq!(
-        m.attrs.get("metric.value").map(String::as_str),
-        Some("1500")
-    );
+    assert_eq!(m.attrs.get("metric.name"), Some("claude_code.token.usage"));
+    assert_eq!(m.attrs.get("metric.value"), Some("1500"));
 }
 
 #[test]

@@ -478,7 +478,7 @@ mod tests {
                     1 => {
                         e.kind = EventKind::ConnectorAction;
                         e.action = Some("send".into());
-                        e.attrs.insert("channel".into(), format!("c{}", next() % 3));
+                        e.attrs.insert("channel", format!("c{}", next() % 3));
                     }
                     2 => e.kind = EventKind::UserPrompt,
                     3 => e.kind = EventKind::ModelCall,
@@ -487,7 +487,7 @@ mod tests {
                         e.command = Some("ls".into());
                     }
                 }
-                e.attrs.insert("noise".into(), "x".repeat(next() % 40));
+                e.attrs.insert("noise", "x".repeat(next() % 40));
                 e.event_id = e.compute_id();
                 e
             })

@@ -113,7 +113,7 @@ fn stream(n: usize, sessions: usize) -> Vec<Event> {
                 17 => {
                     e.kind = EventKind::ToolDecision;
                     e.tool = Some("Bash".into());
-                    e.attrs.insert("decision".into(), "accept".into());
+                    e.attrs.insert("decision", "accept");
                 }
                 18 => {
                     e.source = Source::McpGateway;

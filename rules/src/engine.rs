@@ -373,10 +373,10 @@ impl Engine {
                 let refs = &self.attr_order;
                 let mut i = 0;
                 e.attrs.retain(|k, _| {
-                    while refs.get(i).is_some_and(|r| r.as_str() < k.as_str()) {
+                    while refs.get(i).is_some_and(|r| r.as_str() < k) {
                         i += 1;
                     }
-                    refs.get(i) == Some(k)
+                    refs.get(i).is_some_and(|r| r == k)
                 });
             }
             incoming.push(e);
@@ -1045,15 +1045,15 @@ mod tests {
         let mut e = ev(T0, EventKind::PermissionModeChange, "a");
         // Unread keys before, between and after the two that rules read.
         for k in ["a", "channel", "d", "prompt", "to_mode", "to_mode2", "zz"] {
-            e.attrs.insert(k.into(), format!("v-{k}"));
+            e.attrs.insert(k, format!("v-{k}"));
         }
-        e.attrs.insert("to_mode".into(), "bypassPermissions".into());
-        e.attrs.insert("prompt".into(), "x".repeat(10_000));
+        e.attrs.insert("to_mode", "bypassPermissions");
+        e.attrs.insert("prompt", "x".repeat(10_000));
         assert!(eng.push(vec![e]).is_empty());
         let held: Vec<_> = eng
             .pending
             .iter()
-            .flat_map(|p| p.attrs.keys().cloned())
+            .flat_map(|p| p.attrs.keys().map(str::to_string))
             .collect();
         assert_eq!(held, ["channel", "to_mode"]);
         let alerts = eng.finish();
@@ -1440,8 +1440,8 @@ mod tests {
         for seed in 0..20 {
             let mut events = mixed_stream(seed, 400);
             for (i, e) in events.iter_mut().enumerate() {
-                e.attrs.insert("channel".into(), format!("c{}", i % 3));
-                e.attrs.insert("noise".into(), "x".repeat(i % 7));
+                e.attrs.insert("channel", format!("c{}", i % 3));
+                e.attrs.insert("noise", "x".repeat(i % 7));
             }
             let mut whole = engine(yaml);
             let mut want = Vec::new();

@@ -133,7 +133,7 @@ impl FieldRef {
             FieldRef::TokensIn => e.tokens_in.map(Int),
             FieldRef::TokensOut => e.tokens_out.map(Int),
             FieldRef::Interactive => Some(Bool(e.interactive)),
-            FieldRef::Attr(k) => e.attrs.get(&**k).map(|v| Str(v.as_str())),
+            FieldRef::Attr(k) => e.attrs.get(k).map(Str),
         }
     }
 }

@@ -1,0 +1,404 @@
+//! [`Attrs`]: an event's attributes, sorted by key, in one text buffer.
+//!
+//! Every normalized record carries ten to twenty attributes. Kept as a map of
+//! owned strings, each costs two allocations when the record is normalized
+//! and two frees when the event is dropped, on every record vigil receives.
+//! Here all keys and values share one `String`, with a list of where each
+//! entry lies: two allocations per event, however many attributes.
+
+use std::fmt;
+
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+
+/// Where one entry lies in the text: key `[key, value)`, value `[value, end)`.
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    key: u32,
+    value: u32,
+    end: u32,
+}
+
+/// String attributes of an event: unique keys, iterated in key order (as a
+/// `BTreeMap<String, String>` would be, which is how they serialize).
+#[derive(Clone, Default)]
+pub struct Attrs {
+    text: String,
+    spans: Vec<Span>,
+}
+
+impl Attrs {
+    pub fn new() -> Attrs {
+        Attrs::default()
+    }
+
+    /// Room for `entries` attributes of `bytes` bytes of keys and values in all.
+    pub fn with_capacity(entries: usize, bytes: usize) -> Attrs {
+        Attrs {
+            text: String::with_capacity(bytes),
+            spans: Vec::with_capacity(entries),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Bytes of keys and values held, including any left by replaced values.
+    pub fn text_len(&self) -> usize {
+        self.text.len()
+    }
+
+    fn key_at(&self, s: &Span) -> &str {
+        &self.text[s.key as usize..s.value as usize]
+    }
+
+    fn value_at(&self, s: &Span) -> &str {
+        &self.text[s.value as usize..s.end as usize]
+    }
+
+    fn find(&self, key: &str) -> Result<usize, usize> {
+        self.spans.binary_search_by(|s| self.key_at(s).cmp(key))
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.find(key).ok().map(|i| self.value_at(&self.spans[i]))
+    }
+
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.find(key).is_ok()
+    }
+
+    /// Entries in key order.
+    pub fn iter(&self) -> Iter<'_> {
+        Iter {
+            attrs: self,
+            spans: self.spans.iter(),
+        }
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> + '_ {
+        self.iter().map(|(k, _)| k)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &str> + '_ {
+        self.iter().map(|(_, v)| v)
+    }
+
+    fn append(&mut self, key: &str, value: &str) -> Span {
+        let start = self.text.len();
+        self.text.push_str(key);
+        self.text.push_str(value);
+        let end = self.text.len();
+        assert!(
+            u32::try_from(end).is_ok(),
+            "an event's attributes exceed 4 GiB"
+        );
+        Span {
+            key: start as u32,
+            value: (start + key.len()) as u32,
+            end: end as u32,
+        }
+    }
+
+    /// Sets `key` to `value`, replacing an earlier value.
+    pub fn insert(&mut self, key: impl AsRef<str>, value: impl AsRef<str>) {
+        let (key, value) = (key.as_ref(), value.as_ref());
+        let span = self.append(key, value);
+        match self.find(key) {
+            // The old bytes stay in the buffer until the next `retain`.
+            Ok(i) => self.spans[i] = span,
+            Err(i) => self.spans.insert(i, span),
+        }
+    }
+
+    /// Removes `key`; true when it was there.
+    pub fn remove(&mut self, key: &str) -> bool {
+        match self.find(key) {
+            Ok(i) => {
+                self.spans.remove(i);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Keeps the entries for which `keep(key, value)` holds, visited in key
+    /// order. When any is dropped, the kept ones move to buffers of their
+    /// exact size: what is held for long stays small.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str, &str) -> bool) {
+        let kept: Vec<bool> = self
+            .spans
+            .iter()
+            .map(|s| keep(self.key_at(s), self.value_at(s)))
+            .collect();
+        if kept.iter().all(|k| *k) {
+            return;
+        }
+        let (entries, bytes) = self
+            .spans
+            .iter()
+            .zip(&kept)
+            .filter(|(_, k)| **k)
+            .fold((0, 0), |(n, b), (s, _)| {
+                (n + 1, b + (s.end - s.key) as usize)
+            });
+        let mut out = Attrs::with_capacity(entries, bytes);
+        for (s, _) in self.spans.iter().zip(&kept).filter(|(_, k)| **k) {
+            let span = out.append(self.key_at(s), self.value_at(s));
+            out.spans.push(span);
+        }
+        *self = out;
+    }
+
+    /// Sorts entries pushed in any order by key; of equal keys the one
+    /// pushed last stays, as a map's `insert` would leave it.
+    fn settle(&mut self) {
+        // Stable: equal keys keep their push order, so the last is the newest.
+        let text = &self.text;
+        let key = |s: &Span| &text[s.key as usize..s.value as usize];
+        if self.spans.windows(2).all(|w| key(&w[0]) < key(&w[1])) {
+            return;
+        }
+        self.spans.sort_by(|a, b| key(a).cmp(key(b)));
+        let mut out: Vec<Span> = Vec::with_capacity(self.spans.len());
+        for s in self.spans.drain(..) {
+            match out.last_mut() {
+                Some(last) if key(last) == key(&s) => *last = s,
+                _ => out.push(s),
+            }
+        }
+        self.spans = out;
+    }
+
+    /// Builds attributes from pairs in any order: one buffer for the text,
+    /// one sort of the entries. Of repeated keys the last wins.
+    pub fn from_pairs<K: AsRef<str>, V: AsRef<str>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Attrs {
+        let mut out = Attrs::default();
+        out.extend(pairs);
+        out
+    }
+
+    /// Adds entries in any order, sorted once at [`AttrsBuilder::finish`].
+    pub fn builder(self) -> AttrsBuilder {
+        AttrsBuilder { attrs: self }
+    }
+}
+
+/// Adds entries to [`Attrs`] in any order; [`AttrsBuilder::finish`] sorts
+/// them once. Of repeated keys the last added wins.
+pub struct AttrsBuilder {
+    attrs: Attrs,
+}
+
+impl AttrsBuilder {
+    pub fn push(&mut self, key: &str, value: &str) {
+        let span = self.attrs.append(key, value);
+        self.attrs.spans.push(span);
+    }
+
+    /// Adds `key` with a value that `write` appends to the given buffer.
+    pub fn push_with(&mut self, key: &str, write: impl FnOnce(&mut String)) {
+        let start = self.attrs.text.len();
+        self.attrs.text.push_str(key);
+        write(&mut self.attrs.text);
+        let end = self.attrs.text.len();
+        assert!(
+            u32::try_from(end).is_ok(),
+            "an event's attributes exceed 4 GiB"
+        );
+        self.attrs.spans.push(Span {
+            key: start as u32,
+            value: (start + key.len()) as u32,
+            end: end as u32,
+        });
+    }
+
+    pub fn finish(mut self) -> Attrs {
+        self.attrs.settle();
+        self.attrs
+    }
+}
+
+impl<K: AsRef<str>, V: AsRef<str>> Extend<(K, V)> for Attrs {
+    fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, pairs: I) {
+        let mut b = std::mem::take(self).builder();
+        for (k, v) in pairs {
+            b.push(k.as_ref(), v.as_ref());
+        }
+        *self = b.finish();
+    }
+}
+
+impl<K: AsRef<str>, V: AsRef<str>> FromIterator<(K, V)> for Attrs {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(pairs: I) -> Attrs {
+        Attrs::from_pairs(pairs)
+    }
+}
+
+impl<K: AsRef<str>, V: AsRef<str>, const N: usize> From<[(K, V); N]> for Attrs {
+    fn from(pairs: [(K, V); N]) -> Attrs {
+        Attrs::from_pairs(pairs)
+    }
+}
+
+impl PartialEq for Attrs {
+    fn eq(&self, other: &Attrs) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Attrs {}
+
+impl fmt::Debug for Attrs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+/// Entries of [`Attrs`] in key order.
+#[derive(Clone)]
+pub struct Iter<'a> {
+    attrs: &'a Attrs,
+    spans: std::slice::Iter<'a, Span>,
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let s = self.spans.next()?;
+        Some((self.attrs.key_at(s), self.attrs.value_at(s)))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.spans.size_hint()
+    }
+}
+
+impl ExactSizeIterator for Iter<'_> {}
+
+impl<'a> IntoIterator for &'a Attrs {
+    type Item = (&'a str, &'a str);
+    type IntoIter = Iter<'a>;
+
+    fn into_iter(self) -> Iter<'a> {
+        self.iter()
+    }
+}
+
+impl Serialize for Attrs {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.len()))?;
+        for (k, v) in self {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Attrs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Attrs, D::Error> {
+        struct Entries;
+        impl<'de> Visitor<'de> for Entries {
+            type Value = Attrs;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of strings")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Attrs, A::Error> {
+                let mut b = Attrs::default().builder();
+                while let Some((k, v)) =
+                    map.next_entry::<std::borrow::Cow<'de, str>, std::borrow::Cow<'de, str>>()?
+                {
+                    b.push(&k, &v);
+                }
+                Ok(b.finish())
+            }
+        }
+        d.deserialize_map(Entries)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// Random operations on `Attrs` and on a `BTreeMap` give the same map.
+    #[test]
+    fn behaves_as_a_sorted_map() {
+        let mut seed = 7u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..300 {
+            let mut a = Attrs::new();
+            let mut m: BTreeMap<String, String> = BTreeMap::new();
+            let pairs: Vec<(String, String)> = (0..next() % 12)
+                .map(|_| {
+                    (
+                        format!("k{}", next() % 9),
+                        "v".repeat((next() % 4) as usize),
+                    )
+                })
+                .collect();
+            a.extend(pairs.iter().cloned());
+            m.extend(pairs.iter().cloned());
+            for _ in 0..next() % 6 {
+                let k = format!("k{}", next() % 9);
+                match next() % 3 {
+                    0 => {
+                        let v = format!("x{}", next() % 100);
+                        a.insert(&k, &v);
+                        m.insert(k, v);
+                    }
+                    1 => assert_eq!(a.remove(&k), m.remove(&k).is_some()),
+                    _ => {
+                        let drop_digit = (next() % 9).to_string();
+                        a.retain(|k, _| !k.ends_with(&drop_digit));
+                        m.retain(|k, _| !k.ends_with(&drop_digit));
+                    }
+                }
+            }
+            let got: Vec<(&str, &str)> = a.iter().collect();
+            let want: Vec<(&str, &str)> = m.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            assert_eq!(got, want, "from {pairs:?}");
+            assert_eq!(a.len(), m.len());
+            for (k, v) in &m {
+                assert_eq!(a.get(k), Some(v.as_str()));
+            }
+            assert_eq!(a.get("absent"), None);
+        }
+    }
+
+    #[test]
+    fn retain_shrinks_to_what_is_kept() {
+        let mut a: Attrs = [("prompt", "x".repeat(10_000)), ("to_mode", "plan".into())].into();
+        a.insert("to_mode", "bypassPermissions");
+        a.retain(|k, _| k == "to_mode");
+        assert_eq!(a.text_len(), "to_modebypassPermissions".len());
+        assert_eq!(a.get("to_mode"), Some("bypassPermissions"));
+    }
+
+    #[test]
+    fn serializes_as_a_map_and_reads_back() {
+        let a: Attrs = [("b", "2"), ("a", "1"), ("b", "3")].into();
+        let json = serde_json::to_string(&a).unwrap();
+        assert_eq!(json, r#"{"a":"1","b":"3"}"#);
+        let back: Attrs = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, a);
+        let err = serde_json::from_str::<Attrs>(r#"{"a":1}"#).unwrap_err();
+        assert!(err.to_string().contains("string"), "{err}");
+    }
+}
