@@ -198,6 +198,12 @@ pub struct AttrsBuilder {
 }
 
 impl AttrsBuilder {
+    /// Room for `entries` more entries of `bytes` bytes of text in all.
+    pub fn reserve(&mut self, entries: usize, bytes: usize) {
+        self.attrs.spans.reserve(entries);
+        self.attrs.text.reserve(bytes);
+    }
+
     pub fn push(&mut self, key: &str, value: &str) {
         let span = self.attrs.append(key, value);
         self.attrs.spans.push(span);

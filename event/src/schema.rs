@@ -18,14 +18,15 @@ use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, BooleanBuilder, Int32Array, Int64Array, Int64Builder, ListArray,
-    MapArray, RecordBatch, StringArray, StringBuilder, StringDictionaryBuilder, StructArray,
-    TimestampNanosecondBuilder,
+    Array, ArrayRef, BooleanArray, BooleanBuilder, DictionaryArray, Int32Array, Int32Builder,
+    Int64Array, Int64Builder, ListArray, MapArray, RecordBatch, StringArray, StringBuilder,
+    StructArray, TimestampNanosecondBuilder,
 };
 use arrow::buffer::{NullBuffer, OffsetBuffer};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Fields, Int32Type, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::{
     Alert, Event, EventKind, Evidence, Outcome, Severity, Source, ALERT_SCHEMA_VERSION,
@@ -267,18 +268,58 @@ fn string_list_column<'a>(rows: impl Iterator<Item = &'a Vec<String>> + Clone) -
     )?))
 }
 
-struct DictCol(StringDictionaryBuilder<Int32Type>);
+/// A dictionary-encoded string column over values that outlive it: the
+/// index borrows them instead of copying each one to hash it, and a value
+/// equal to the previous one (records of one request share their user,
+/// session, host, ...) is not looked up at all.
+struct DictCol<'a> {
+    keys: Int32Builder,
+    values: StringBuilder,
+    index: HashMap<&'a str, i32>,
+    last: Option<(&'a str, i32)>,
+}
 
-impl DictCol {
+impl<'a> DictCol<'a> {
     fn new(len: usize) -> Self {
-        DictCol(StringDictionaryBuilder::with_capacity(len, 64, 1024))
+        DictCol {
+            keys: Int32Builder::with_capacity(len),
+            values: StringBuilder::with_capacity(64, 1024),
+            index: HashMap::default(),
+            last: None,
+        }
     }
+
     #[inline]
-    fn push(&mut self, v: Option<&str>) {
-        self.0.append_option(v);
+    fn push(&mut self, v: Option<&'a str>) -> Result<()> {
+        let Some(v) = v else {
+            self.keys.append_null();
+            return Ok(());
+        };
+        let key = match self.last {
+            Some((l, k)) if l == v => k,
+            _ => {
+                let k = match self.index.get(v) {
+                    Some(&k) => k,
+                    None => {
+                        let k = i32::try_from(self.index.len()).map_err(|_| overflow())?;
+                        self.values.append_value(v);
+                        self.index.insert(v, k);
+                        k
+                    }
+                };
+                self.last = Some((v, k));
+                k
+            }
+        };
+        self.keys.append_value(key);
+        Ok(())
     }
-    fn finish(mut self) -> ArrayRef {
-        Arc::new(self.0.finish())
+
+    fn finish(mut self) -> Result<ArrayRef> {
+        Ok(Arc::new(DictionaryArray::<Int32Type>::try_new(
+            self.keys.finish(),
+            Arc::new(self.values.finish()),
+        )?))
     }
 }
 
@@ -319,23 +360,23 @@ where
         time.append_value(e.time);
         observed.append_value(e.observed_time);
         event_id.append_value(&e.event_id);
-        tenant.push(Some(&e.tenant));
-        source.push(Some(e.source.as_str()));
-        product.push(e.product.as_deref());
-        kind.push(Some(e.kind.as_str()));
-        action.push(e.action.as_deref());
-        outcome.push(Some(e.outcome.as_str()));
-        user.push(e.user.as_deref());
-        session.push(e.session.as_deref());
-        host.push(e.host.as_deref());
-        tool.push(e.tool.as_deref());
-        mcp_server.push(e.mcp_server.as_deref());
-        connector.push(e.connector.as_deref());
+        tenant.push(Some(&e.tenant))?;
+        source.push(Some(e.source.as_str()))?;
+        product.push(e.product.as_deref())?;
+        kind.push(Some(e.kind.as_str()))?;
+        action.push(e.action.as_deref())?;
+        outcome.push(Some(e.outcome.as_str()))?;
+        user.push(e.user.as_deref())?;
+        session.push(e.session.as_deref())?;
+        host.push(e.host.as_deref())?;
+        tool.push(e.tool.as_deref())?;
+        mcp_server.push(e.mcp_server.as_deref())?;
+        connector.push(e.connector.as_deref())?;
         target.append_option(e.target.as_deref());
-        domain.push(e.domain.as_deref());
+        domain.push(e.domain.as_deref())?;
         path.append_option(e.path.as_deref());
         command.append_option(e.command.as_deref());
-        model.push(e.model.as_deref());
+        model.push(e.model.as_deref())?;
         tokens_in.append_option(e.tokens_in);
         tokens_out.append_option(e.tokens_out);
         interactive.append_value(e.interactive);
@@ -345,23 +386,23 @@ where
         Arc::new(time.finish()),
         Arc::new(observed.finish()),
         Arc::new(event_id.finish()),
-        tenant.finish(),
-        source.finish(),
-        product.finish(),
-        kind.finish(),
-        action.finish(),
-        outcome.finish(),
-        user.finish(),
-        session.finish(),
-        host.finish(),
-        tool.finish(),
-        mcp_server.finish(),
-        connector.finish(),
+        tenant.finish()?,
+        source.finish()?,
+        product.finish()?,
+        kind.finish()?,
+        action.finish()?,
+        outcome.finish()?,
+        user.finish()?,
+        session.finish()?,
+        host.finish()?,
+        tool.finish()?,
+        mcp_server.finish()?,
+        connector.finish()?,
         Arc::new(target.finish()),
-        domain.finish(),
+        domain.finish()?,
         Arc::new(path.finish()),
         Arc::new(command.finish()),
-        model.finish(),
+        model.finish()?,
         Arc::new(tokens_in.finish()),
         Arc::new(tokens_out.finish()),
         Arc::new(interactive.finish()),
@@ -383,9 +424,11 @@ pub fn alert_refs_to_batch(alerts: &[&Alert]) -> Result<RecordBatch> {
         alerts.iter().for_each(|a| b.append_value(f(a)));
         Arc::new(b.finish())
     };
-    let dict = |f: fn(&Alert) -> Option<&str>| -> ArrayRef {
+    let dict = |f: fn(&Alert) -> Option<&str>| -> Result<ArrayRef> {
         let mut b = DictCol::new(n);
-        alerts.iter().for_each(|a| b.push(f(a)));
+        for a in alerts {
+            b.push(f(a))?;
+        }
         b.finish()
     };
     let string = |f: fn(&Alert) -> &str| -> ArrayRef {
@@ -439,20 +482,20 @@ pub fn alert_refs_to_batch(alerts: &[&Alert]) -> Result<RecordBatch> {
                 .map(|a| Some(i32::try_from(a.schema_version).unwrap_or(i32::MAX)))
                 .collect::<Int32Array>(),
         ),
-        dict(|a| Some(&a.rule_id)),
-        dict(|a| Some(&a.title)),
-        dict(|a| Some(a.severity.as_str())),
+        dict(|a| Some(&a.rule_id))?,
+        dict(|a| Some(&a.title))?,
+        dict(|a| Some(a.severity.as_str()))?,
         string_list_column(alerts.iter().map(|a| &a.tags))?,
-        dict(|a| Some(&a.tenant)),
+        dict(|a| Some(&a.tenant))?,
         map_column(
             alerts
                 .iter()
                 .map(|a| a.key.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
             n,
         )?,
-        dict(|a| a.user.as_deref()),
-        dict(|a| a.session.as_deref()),
-        dict(|a| a.host.as_deref()),
+        dict(|a| a.user.as_deref())?,
+        dict(|a| a.session.as_deref())?,
+        dict(|a| a.host.as_deref())?,
         int(|a| a.count),
         int(|a| a.suppressed),
         string_list_column(alerts.iter().map(|a| &a.event_ids))?,
@@ -1157,6 +1200,34 @@ fn read_evidence(c: &Columns<'_>, len: usize) -> Result<Vec<Evidence>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dictionary_columns_keep_every_value_in_order() {
+        let input = [
+            Some("a"),
+            Some("a"),
+            None,
+            Some("b"),
+            Some("a"),
+            None,
+            Some("c"),
+            Some("b"),
+        ];
+        let mut col = DictCol::new(input.len());
+        for v in input {
+            col.push(v).unwrap();
+        }
+        let array = col.finish().unwrap();
+        let back = cast(&array, &DataType::Utf8).unwrap();
+        let back = back.as_any().downcast_ref::<StringArray>().unwrap();
+        let got: Vec<Option<&str>> = back.iter().collect();
+        assert_eq!(got, input);
+        let dict = array
+            .as_any()
+            .downcast_ref::<DictionaryArray<Int32Type>>()
+            .unwrap();
+        assert_eq!(dict.values().len(), 3, "each distinct value once");
+    }
 
     fn event(i: i64) -> Event {
         let mut e = Event {

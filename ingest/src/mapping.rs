@@ -681,9 +681,21 @@ impl Mapping {
 
         // Every kept key and value is written into the one buffer of the
         // event's attributes, then sorted once.
-        let mut attrs = std::mem::take(&mut ev.attrs).builder();
+        let keep = |key: &str, origin: Origin| {
+            origin != Origin::Derived && !taken.contains(&key) && !expanded.contains(&key)
+        };
+        // Sized first: growing the buffer copied it over several times.
+        let (mut entries, mut bytes) = (0, 0);
         for (key, val, origin) in view.iter() {
-            if origin != Origin::Derived && !taken.contains(&key) && !expanded.contains(&key) {
+            if keep(key, origin) {
+                entries += 1;
+                bytes += key.len() + val.text_len_hint();
+            }
+        }
+        let mut attrs = std::mem::take(&mut ev.attrs).builder();
+        attrs.reserve(entries, bytes);
+        for (key, val, origin) in view.iter() {
+            if keep(key, origin) {
                 attrs.push_with(key, |out| val.write_text(out));
             }
         }

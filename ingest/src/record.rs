@@ -51,6 +51,17 @@ impl Val<'_> {
         }
     }
 
+    /// About the bytes [`Val::write_text`] writes, to size buffers: exact for
+    /// strings, the longest an integer can be, a usual length for a double.
+    pub fn text_len_hint(&self) -> usize {
+        match self {
+            Val::Str(s) => s.len(),
+            Val::Int(_) => 20,
+            Val::Double(_) => 24,
+            Val::Bool(_) => 5,
+        }
+    }
+
     /// The value as text, borrowed when it is a string.
     pub fn text(&self) -> Cow<'_, str> {
         match self {
