@@ -781,7 +781,11 @@ pub(crate) async fn serve_receivers(
 }
 
 /// Most events written (and fsync'd) together when several requests wait.
-const GROUP_COMMIT_EVENTS: usize = 16 * 1024;
+/// Small groups keep the stages overlapping: with 16k, every waiting request
+/// went into one commit, all senders waited for it together, and the
+/// receivers then idled while the archive wrote (174k records/s at 16
+/// connections, against 205k with 2k on the same build).
+const GROUP_COMMIT_EVENTS: usize = 2 * 1024;
 
 /// Batches waiting between the archive and the detection stage.
 const DETECT_QUEUE_BATCHES: usize = 4;
