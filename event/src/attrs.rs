@@ -139,20 +139,25 @@ impl Attrs {
         if kept.iter().all(|k| *k) {
             return;
         }
-        let (entries, bytes) = self
+        let spans: Vec<Span> = self
             .spans
             .iter()
             .zip(&kept)
             .filter(|(_, k)| **k)
-            .fold((0, 0), |(n, b), (s, _)| {
-                (n + 1, b + (s.end - s.key) as usize)
-            });
-        let mut out = Attrs::with_capacity(entries, bytes);
-        for (s, _) in self.spans.iter().zip(&kept).filter(|(_, k)| **k) {
+            .map(|(s, _)| *s)
+            .collect();
+        *self = self.copy_of(&spans);
+    }
+
+    /// The entries at `spans` (in that order), in buffers of their exact size.
+    fn copy_of(&self, spans: &[Span]) -> Attrs {
+        let bytes = spans.iter().map(|s| (s.end - s.key) as usize).sum();
+        let mut out = Attrs::with_capacity(spans.len(), bytes);
+        for s in spans {
             let span = out.append(self.key_at(s), self.value_at(s));
             out.spans.push(span);
         }
-        *self = out;
+        out
     }
 
     /// Sorts entries pushed in any order by key; of equal keys the one
@@ -229,6 +234,24 @@ impl AttrsBuilder {
     pub fn finish(mut self) -> Attrs {
         self.attrs.settle();
         self.attrs
+    }
+
+    /// A builder to reuse: [`AttrsBuilder::take_compact`] leaves it empty
+    /// with its room kept.
+    pub fn scratch() -> AttrsBuilder {
+        AttrsBuilder {
+            attrs: Attrs::default(),
+        }
+    }
+
+    /// The entries so far, sorted, in buffers of their exact size (text in
+    /// key order); the builder is emptied and keeps its room for the next.
+    pub fn take_compact(&mut self) -> Attrs {
+        self.attrs.settle();
+        let out = self.attrs.copy_of(&self.attrs.spans);
+        self.attrs.text.clear();
+        self.attrs.spans.clear();
+        out
     }
 }
 
@@ -395,6 +418,21 @@ mod tests {
         a.retain(|k, _| k == "to_mode");
         assert_eq!(a.text_len(), "to_modebypassPermissions".len());
         assert_eq!(a.get("to_mode"), Some("bypassPermissions"));
+    }
+
+    #[test]
+    fn a_scratch_builder_hands_out_exact_buffers_and_is_reused() {
+        let mut b = AttrsBuilder::scratch();
+        b.reserve(4, 1000);
+        b.push("z", "1");
+        b.push("a", "22");
+        b.push("z", "333");
+        let a = b.take_compact();
+        assert_eq!(a.iter().collect::<Vec<_>>(), [("a", "22"), ("z", "333")]);
+        assert_eq!(a.text_len(), "a22z333".len());
+        b.push("m", "x");
+        let next = b.take_compact();
+        assert_eq!(next.iter().collect::<Vec<_>>(), [("m", "x")]);
     }
 
     #[test]

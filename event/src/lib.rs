@@ -285,7 +285,6 @@ impl Event {
     /// Computes the stable id from everything but `observed_time` and the id itself.
     /// The same record normalized twice (live, or replayed) gets the same id.
     pub fn compute_id(&self) -> String {
-        use std::fmt::Write as _;
         thread_local! {
             static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
@@ -297,9 +296,8 @@ impl Event {
         }
         BUF.with_borrow_mut(|buf| {
             buf.clear();
-            let mut text = String::new();
-            let _ = write!(text, "{}", self.time);
-            put(buf, &text);
+            let mut int = itoa::Buffer::new();
+            put(buf, int.format(self.time));
             put(buf, &self.tenant);
             put(buf, self.source.as_str());
             put(buf, self.kind.as_str());
@@ -321,20 +319,33 @@ impl Event {
             ] {
                 put(buf, v.as_deref().unwrap_or("\u{0}"));
             }
-            text.clear();
-            let _ = write!(
-                text,
-                "{:?}/{:?}/{}",
-                self.tokens_in, self.tokens_out, self.interactive
-            );
-            put(buf, &text);
+            // As `format!("{:?}/{:?}/{}", tokens_in, tokens_out, interactive)`
+            // writes it ("Some(12)/None/true"), without the formatter.
+            let at = buf.len();
+            buf.extend_from_slice(&[0; 8]);
+            for tokens in [self.tokens_in, self.tokens_out] {
+                match tokens {
+                    Some(n) => {
+                        buf.extend_from_slice(b"Some(");
+                        buf.extend_from_slice(int.format(n).as_bytes());
+                        buf.extend_from_slice(b")/");
+                    }
+                    None => buf.extend_from_slice(b"None/"),
+                }
+            }
+            buf.extend_from_slice(if self.interactive { b"true" } else { b"false" });
+            let len = (buf.len() - at - 8) as u64;
+            buf[at..at + 8].copy_from_slice(&len.to_le_bytes());
             for (k, v) in &self.attrs {
                 put(buf, k);
                 put(buf, v);
             }
-            let mut id = String::with_capacity(32);
-            let _ = write!(id, "{:032x}", xxhash_rust::xxh3::xxh3_128(buf));
-            id
+            let digest = xxhash_rust::xxh3::xxh3_128(buf);
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            (0..32)
+                .rev()
+                .map(|i| HEX[(digest >> (i * 4)) as usize & 0xf] as char)
+                .collect()
         })
     }
 }
@@ -562,6 +573,70 @@ mod tests {
         e.tokens_in = Some(12);
         e.interactive = true;
         assert_eq!(e.compute_id(), "02315c087a75453944af0afffd0ec2ec");
+    }
+
+    /// The id as the formatter-based version computed it, part by part.
+    fn reference_id(e: &Event) -> String {
+        let mut buf = Vec::new();
+        let mut put = |s: &str| {
+            buf.extend_from_slice(&(s.len() as u64).to_le_bytes());
+            buf.extend_from_slice(s.as_bytes());
+        };
+        put(&e.time.to_string());
+        put(&e.tenant);
+        put(e.source.as_str());
+        put(e.kind.as_str());
+        put(e.outcome.as_str());
+        for v in [
+            &e.product,
+            &e.action,
+            &e.user,
+            &e.session,
+            &e.host,
+            &e.tool,
+            &e.mcp_server,
+            &e.connector,
+            &e.target,
+            &e.domain,
+            &e.path,
+            &e.command,
+            &e.model,
+        ] {
+            put(v.as_deref().unwrap_or("\u{0}"));
+        }
+        put(&format!(
+            "{:?}/{:?}/{}",
+            e.tokens_in, e.tokens_out, e.interactive
+        ));
+        for (k, v) in &e.attrs {
+            put(k);
+            put(v);
+        }
+        format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&buf))
+    }
+
+    #[test]
+    fn event_ids_match_the_formatted_reference() {
+        let mut seed = 11u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut leading_zero = false;
+        for i in 0..2000 {
+            let mut e = sample();
+            e.time = (next() as i64) >> (next() % 64);
+            e.tokens_in = (next() % 3 != 0).then(|| next() as i64 >> (next() % 64));
+            e.tokens_out = (next() % 3 == 0).then(|| -(next() as i64 % 1000));
+            e.interactive = next() % 2 == 0;
+            e.attrs.insert("n", i.to_string());
+            let id = e.compute_id();
+            assert_eq!(id, reference_id(&e));
+            leading_zero |= id.starts_with('0');
+        }
+        assert!(leading_zero, "some digest starts with a zero nibble");
     }
 
     #[test]

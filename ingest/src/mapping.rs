@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use std::path::{Path, PathBuf};
 
+use event::attrs::AttrsBuilder;
 use event::{Event, EventKind, Outcome, Source};
 use regex::Regex;
 use serde::Deserialize;
@@ -681,25 +682,23 @@ impl Mapping {
 
         // Every kept key and value is written into the one buffer of the
         // event's attributes, then sorted once.
-        let keep = |key: &str, origin: Origin| {
-            origin != Origin::Derived && !taken.contains(&key) && !expanded.contains(&key)
-        };
-        // Sized first: growing the buffer copied it over several times.
-        let (mut entries, mut bytes) = (0, 0);
-        for (key, val, origin) in view.iter() {
-            if keep(key, origin) {
-                entries += 1;
-                bytes += key.len() + val.text_len_hint();
-            }
+        // Written into this thread's scratch buffer (whose room stays from
+        // record to record), then copied out at their exact size.
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<AttrsBuilder> =
+                std::cell::RefCell::new(AttrsBuilder::scratch());
         }
-        let mut attrs = std::mem::take(&mut ev.attrs).builder();
-        attrs.reserve(entries, bytes);
-        for (key, val, origin) in view.iter() {
-            if keep(key, origin) {
-                attrs.push_with(key, |out| val.write_text(out));
+        SCRATCH.with_borrow_mut(|attrs| {
+            for (key, value) in &ev.attrs {
+                attrs.push(key, value);
             }
-        }
-        ev.attrs = attrs.finish();
+            for (key, val, origin) in view.iter() {
+                if origin != Origin::Derived && !taken.contains(&key) && !expanded.contains(&key) {
+                    attrs.push_with(key, |out| val.write_text(out));
+                }
+            }
+            ev.attrs = attrs.take_compact();
+        });
     }
 }
 

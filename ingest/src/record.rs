@@ -41,24 +41,11 @@ impl Val<'_> {
         use std::fmt::Write as _;
         match self {
             Val::Str(s) => out.push_str(s),
-            Val::Int(i) => {
-                let _ = write!(out, "{i}");
-            }
+            Val::Int(i) => out.push_str(itoa::Buffer::new().format(*i)),
             Val::Double(d) => {
                 let _ = write!(out, "{d}");
             }
             Val::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        }
-    }
-
-    /// About the bytes [`Val::write_text`] writes, to size buffers: exact for
-    /// strings, the longest an integer can be, a usual length for a double.
-    pub fn text_len_hint(&self) -> usize {
-        match self {
-            Val::Str(s) => s.len(),
-            Val::Int(_) => 20,
-            Val::Double(_) => 24,
-            Val::Bool(_) => 5,
         }
     }
 
