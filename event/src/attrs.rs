@@ -364,13 +364,7 @@ mod tests {
     /// Random operations on `Attrs` and on a `BTreeMap` give the same map.
     #[test]
     fn behaves_as_a_sorted_map() {
-        let mut seed = 7u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::xorshift(7);
         for _ in 0..300 {
             let mut a = Attrs::new();
             let mut m: BTreeMap<String, String> = BTreeMap::new();

@@ -350,6 +350,17 @@ impl Event {
     }
 }
 
+/// A small deterministic generator for the crate's randomized tests.
+#[cfg(test)]
+pub(crate) fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    }
+}
+
 /// How bad an alert is; ordered from least to most severe.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
@@ -617,13 +628,7 @@ mod tests {
 
     #[test]
     fn event_ids_match_the_formatted_reference() {
-        let mut seed = 11u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = xorshift(11);
         let mut leading_zero = false;
         for i in 0..2000 {
             let mut e = sample();

@@ -346,29 +346,20 @@ fn files_carry_the_schema_version_and_read_back_as_plain_strings() {
     assert!(matches!(ty("attrs"), DataType::Map(_, _)));
     // Columns of distinct values have no dictionary; repeated ones keep theirs.
     let group = b.metadata().row_group(0);
-    let dictionary = |n: &str| {
+    let column = |n: &str| {
         group
             .columns()
             .iter()
             .find(|c| c.column_path().string() == n)
             .unwrap_or_else(|| panic!("column {n}"))
-            .dictionary_page_offset()
-            .is_some()
     };
+    let dictionary = |n: &str| column(n).dictionary_page_offset().is_some();
     for n in ["event_id", "time", "observed_time", "attrs.key_value.value"] {
         assert!(!dictionary(n), "{n} has a dictionary page");
     }
     assert!(dictionary("tenant") && dictionary("user") && dictionary("attrs.key_value.key"));
     // Min/max where readers prune on them, not on the attribute map.
-    let statistics = |n: &str| {
-        group
-            .columns()
-            .iter()
-            .find(|c| c.column_path().string() == n)
-            .unwrap_or_else(|| panic!("column {n}"))
-            .statistics()
-            .is_some()
-    };
+    let statistics = |n: &str| column(n).statistics().is_some();
     for n in ["attrs.key_value.key", "attrs.key_value.value"] {
         assert!(!statistics(n), "{n} has statistics");
     }
