@@ -633,9 +633,9 @@ mod tests {
         for i in 0..2000 {
             let mut e = sample();
             e.time = (next() as i64) >> (next() % 64);
-            e.tokens_in = (next() % 3 != 0).then(|| next() as i64 >> (next() % 64));
-            e.tokens_out = (next() % 3 == 0).then(|| -(next() as i64 % 1000));
-            e.interactive = next() % 2 == 0;
+            e.tokens_in = (!next().is_multiple_of(3)).then(|| next() as i64 >> (next() % 64));
+            e.tokens_out = next().is_multiple_of(3).then(|| -(next() as i64 % 1000));
+            e.interactive = next().is_multiple_of(2);
             e.attrs.insert("n", i.to_string());
             let id = e.compute_id();
             assert_eq!(id, reference_id(&e));
