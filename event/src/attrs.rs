@@ -85,10 +85,6 @@ impl Attrs {
         self.iter().map(|(k, _)| k)
     }
 
-    pub fn values(&self) -> impl Iterator<Item = &str> + '_ {
-        self.iter().map(|(_, v)| v)
-    }
-
     fn append(&mut self, key: &str, value: &str) -> Span {
         let start = self.text.len();
         self.text.push_str(key);
@@ -131,22 +127,15 @@ impl Attrs {
     /// order. When any is dropped, the kept ones move to buffers of their
     /// exact size: what is held for long stays small.
     pub fn retain(&mut self, mut keep: impl FnMut(&str, &str) -> bool) {
-        let kept: Vec<bool> = self
+        let kept: Vec<Span> = self
             .spans
             .iter()
-            .map(|s| keep(self.key_at(s), self.value_at(s)))
+            .filter(|s| keep(self.key_at(s), self.value_at(s)))
+            .copied()
             .collect();
-        if kept.iter().all(|k| *k) {
-            return;
+        if kept.len() < self.spans.len() {
+            *self = self.copy_of(&kept);
         }
-        let spans: Vec<Span> = self
-            .spans
-            .iter()
-            .zip(&kept)
-            .filter(|(_, k)| **k)
-            .map(|(s, _)| *s)
-            .collect();
-        *self = self.copy_of(&spans);
     }
 
     /// The entries at `spans` (in that order), in buffers of their exact size.
@@ -170,14 +159,14 @@ impl Attrs {
             return;
         }
         self.spans.sort_by(|a, b| key(a).cmp(key(b)));
-        let mut out: Vec<Span> = Vec::with_capacity(self.spans.len());
-        for s in self.spans.drain(..) {
-            match out.last_mut() {
-                Some(last) if key(last) == key(&s) => *last = s,
-                _ => out.push(s),
+        // `later` is dropped when it repeats `earlier`'s key: it wins first.
+        self.spans.dedup_by(|later, earlier| {
+            let same = key(later) == key(earlier);
+            if same {
+                *earlier = *later;
             }
-        }
-        self.spans = out;
+            same
+        });
     }
 
     /// Builds attributes from pairs in any order: one buffer for the text,
@@ -203,12 +192,6 @@ pub struct AttrsBuilder {
 }
 
 impl AttrsBuilder {
-    /// Room for `entries` more entries of `bytes` bytes of text in all.
-    pub fn reserve(&mut self, entries: usize, bytes: usize) {
-        self.attrs.spans.reserve(entries);
-        self.attrs.text.reserve(bytes);
-    }
-
     pub fn push(&mut self, key: &str, value: &str) {
         let span = self.attrs.append(key, value);
         self.attrs.spans.push(span);
@@ -417,7 +400,6 @@ mod tests {
     #[test]
     fn a_scratch_builder_hands_out_exact_buffers_and_is_reused() {
         let mut b = AttrsBuilder::scratch();
-        b.reserve(4, 1000);
         b.push("z", "1");
         b.push("a", "22");
         b.push("z", "333");
