@@ -450,22 +450,30 @@ mod tests {
             .collect()
     }
 
+    fn resource(rng: &mut Rng) -> Option<Resource> {
+        (rng.below(4) != 0).then(|| Resource {
+            attributes: attributes(rng, 0),
+            dropped_attributes_count: rng.below(2) as u32,
+            ..Default::default()
+        })
+    }
+
+    fn scope(rng: &mut Rng) -> Option<InstrumentationScope> {
+        (rng.below(3) != 0).then(|| InstrumentationScope {
+            name: rng.text(),
+            version: rng.text(),
+            ..Default::default()
+        })
+    }
+
     fn request(rng: &mut Rng) -> ExportLogsServiceRequest {
         ExportLogsServiceRequest {
             resource_logs: (0..1 + rng.below(2))
                 .map(|_| ResourceLogs {
-                    resource: (rng.below(4) != 0).then(|| Resource {
-                        attributes: attributes(rng, 0),
-                        dropped_attributes_count: rng.below(2) as u32,
-                        ..Default::default()
-                    }),
+                    resource: resource(rng),
                     scope_logs: (0..1 + rng.below(2))
                         .map(|_| ScopeLogs {
-                            scope: (rng.below(3) != 0).then(|| InstrumentationScope {
-                                name: rng.text(),
-                                version: rng.text(),
-                                ..Default::default()
-                            }),
+                            scope: scope(rng),
                             log_records: (0..rng.below(4))
                                 .map(|_| LogRecord {
                                     time_unix_nano: rng.next() >> rng.below(64),
@@ -494,17 +502,10 @@ mod tests {
         ExportTraceServiceRequest {
             resource_spans: (0..1 + rng.below(2))
                 .map(|_| ResourceSpans {
-                    resource: (rng.below(4) != 0).then(|| Resource {
-                        attributes: attributes(rng, 0),
-                        ..Default::default()
-                    }),
+                    resource: resource(rng),
                     scope_spans: (0..1 + rng.below(2))
                         .map(|_| ScopeSpans {
-                            scope: (rng.below(3) != 0).then(|| InstrumentationScope {
-                                name: rng.text(),
-                                version: rng.text(),
-                                ..Default::default()
-                            }),
+                            scope: scope(rng),
                             spans: (0..rng.below(4))
                                 .map(|_| Span {
                                     trace_id: rng.text().into_bytes(),
@@ -553,23 +554,38 @@ mod tests {
         }
     }
 
-    /// The trace walk agrees with prost, or declines.
-    fn traces_agree(bytes: &[u8]) -> Option<bool> {
-        let fast = decode_traces(bytes)?;
-        let reference = ExportTraceServiceRequest::decode(bytes)
+    /// The walk's reading of `bytes` (`fast`) agrees with prost's, or the
+    /// walk declined: never a different request. `view` borrows prost's
+    /// request as the walk's model, as Debug text (so NaN doubles compare equal).
+    fn agree<F: std::fmt::Debug, P: Message + Default>(
+        fast: Option<F>,
+        bytes: &[u8],
+        view: impl Fn(&P) -> String,
+    ) -> Option<bool> {
+        let fast = fast?;
+        let reference = P::decode(bytes)
             .unwrap_or_else(|e| panic!("the walk accepted what prost refuses ({e}): {bytes:?}"));
-        Some(format!("{fast:?}") == format!("{:?}", TracesRef::from_prost(&reference)))
+        Some(format!("{fast:?}") == view(&reference))
     }
 
-    #[test]
-    fn spans_read_exactly_as_prost_reads_them_whole_or_damaged() {
-        let mut rng = Rng(0x5a4e);
-        let (mut read, mut declined) = (0, 0);
-        for i in 0..3000 {
-            let mut bytes = traces(&mut rng).encode_to_vec();
-            assert_eq!(traces_agree(&bytes), Some(true), "request {i}");
+    fn agrees(bytes: &[u8]) -> Option<bool> {
+        agree(decode_logs(bytes), bytes, |r| {
+            format!("{:?}", LogsRef::from_prost(r))
+        })
+    }
+
+    fn traces_agree(bytes: &[u8]) -> Option<bool> {
+        agree(decode_traces(bytes), bytes, |r| {
+            format!("{:?}", TracesRef::from_prost(r))
+        })
+    }
+
+    /// Damages `bytes` in up to `hits` places (a byte changed, the rest cut
+    /// off, a byte inserted); stops early when nothing is left.
+    fn damage(rng: &mut Rng, bytes: &mut Vec<u8>, hits: u64) {
+        for _ in 0..hits {
             if bytes.is_empty() {
-                continue;
+                return;
             }
             let at = rng.below(bytes.len() as u64) as usize;
             match rng.below(3) {
@@ -577,7 +593,21 @@ mod tests {
                 1 => bytes.truncate(at),
                 _ => bytes.insert(at, rng.next() as u8),
             }
-            match traces_agree(&bytes) {
+        }
+    }
+
+    /// Counts damaged requests the walk read (each the same as prost's
+    /// reading, or the test fails) and those it declined.
+    fn read_or_declined(
+        rng: &mut Rng,
+        requests: u32,
+        mut damaged: impl FnMut(&mut Rng) -> Vec<u8>,
+        agree: fn(&[u8]) -> Option<bool>,
+    ) {
+        let (mut read, mut declined) = (0, 0);
+        for i in 0..requests {
+            let bytes = damaged(rng);
+            match agree(&bytes) {
                 Some(same) => {
                     assert!(same, "damaged request {i} read differently: {bytes:?}");
                     read += 1;
@@ -585,19 +615,23 @@ mod tests {
                 None => declined += 1,
             }
         }
+        // Both branches ran: some damage still leaves a valid request.
         assert!(
             read > 100 && declined > 100,
             "read {read}, declined {declined}"
         );
     }
 
-    /// The walk agrees with prost, or declines: never a different request.
-    fn agrees(bytes: &[u8]) -> Option<bool> {
-        let fast = decode_logs(bytes)?;
-        let reference = ExportLogsServiceRequest::decode(bytes)
-            .unwrap_or_else(|e| panic!("the walk accepted what prost refuses ({e}): {bytes:?}"));
-        // Debug text, so that NaN doubles compare equal.
-        Some(format!("{fast:?}") == format!("{:?}", LogsRef::from_prost(&reference)))
+    #[test]
+    fn spans_read_exactly_as_prost_reads_them_whole_or_damaged() {
+        let mut rng = Rng(0x5a4e);
+        let whole_then_damaged = |rng: &mut Rng| {
+            let mut bytes = traces(rng).encode_to_vec();
+            assert_eq!(traces_agree(&bytes), Some(true), "{bytes:?}");
+            damage(rng, &mut bytes, 1);
+            bytes
+        };
+        read_or_declined(&mut rng, 3000, whole_then_damaged, traces_agree);
     }
 
     #[test]
@@ -612,36 +646,13 @@ mod tests {
     #[test]
     fn damaged_requests_are_read_as_prost_reads_them_or_left_to_prost() {
         let mut rng = Rng(0xbad);
-        let (mut read, mut declined) = (0, 0);
-        for i in 0..3000 {
-            let mut bytes = request(&mut rng).encode_to_vec();
-            if bytes.is_empty() {
-                continue;
-            }
-            for _ in 0..1 + rng.below(3) {
-                let at = rng.below(bytes.len() as u64) as usize;
-                match rng.below(3) {
-                    0 => bytes[at] = rng.next() as u8,
-                    1 => bytes.truncate(at),
-                    _ => bytes.insert(at, rng.next() as u8),
-                }
-                if bytes.is_empty() {
-                    break;
-                }
-            }
-            match agrees(&bytes) {
-                Some(same) => {
-                    assert!(same, "damaged request {i} read differently: {bytes:?}");
-                    read += 1;
-                }
-                None => declined += 1,
-            }
-        }
-        // Both branches ran: some damage still leaves a valid request.
-        assert!(
-            read > 100 && declined > 100,
-            "read {read}, declined {declined}"
-        );
+        let damaged = |rng: &mut Rng| {
+            let mut bytes = request(rng).encode_to_vec();
+            let hits = 1 + rng.below(3);
+            damage(rng, &mut bytes, hits);
+            bytes
+        };
+        read_or_declined(&mut rng, 3000, damaged, agrees);
     }
 
     /// `bytes` as field `field` of a message (length-delimited).
