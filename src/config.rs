@@ -143,8 +143,11 @@ pub struct EngineSection {
     pub max_keys_per_rule: usize,
     /// Most evidence events attached to one alert.
     pub max_evidence: usize,
-    /// Most events held for the watermark (about 1-2 KB each): the engine's memory bound.
+    /// Most events held for the watermark.
     pub max_buffered_events: usize,
+    /// Most memory (MiB) the events held for the watermark may take: the
+    /// engine's memory bound, which caps the lateness honoured under load.
+    pub max_buffered_mib: usize,
     /// At start, replay this much of the newest archived events to rebuild the
     /// rules' state (0s: start empty). Cover the longest rule window (2h unattended).
     #[serde(with = "rules::config::duration_text")]
@@ -160,6 +163,7 @@ impl Default for EngineSection {
             max_keys_per_rule: d.max_keys_per_rule,
             max_evidence: d.max_evidence,
             max_buffered_events: d.max_buffered_events,
+            max_buffered_mib: d.max_buffered_mib,
             restore_window: Duration::from_secs(3 * 3600),
         }
     }
@@ -172,6 +176,7 @@ impl EngineSection {
             max_keys_per_rule: self.max_keys_per_rule,
             max_evidence: self.max_evidence,
             max_buffered_events: self.max_buffered_events,
+            max_buffered_mib: self.max_buffered_mib,
         }
     }
 }

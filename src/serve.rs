@@ -91,6 +91,7 @@ struct PipelineMetrics {
     late_events: Gauge,
     forced_releases: Gauge,
     buffered_events: Gauge,
+    buffered_bytes: Gauge,
     state_keys: Family<RuleLabel, Gauge>,
     suppressed: Family<RuleLabel, Gauge>,
     watermark_seconds: Gauge,
@@ -146,8 +147,13 @@ impl PipelineMetrics {
             self.buffered_events.clone(),
         );
         r.register(
+            "vigil_engine_buffered_bytes",
+            "estimated memory of the events waiting for the watermark (bounded by engine.max_buffered_mib)",
+            self.buffered_bytes.clone(),
+        );
+        r.register(
             "vigil_engine_forced_releases",
-            "times engine.max_buffered_events released held events before their watermark",
+            "times engine.max_buffered_events or engine.max_buffered_mib released held events before their watermark",
             self.forced_releases.clone(),
         );
         r.register(
@@ -1114,6 +1120,7 @@ fn detect_stage(
             pm.late_events.set(s.late_events as i64);
             pm.forced_releases.set(s.forced_releases as i64);
             pm.buffered_events.set(s.buffered_events as i64);
+            pm.buffered_bytes.set(s.buffered_bytes as i64);
             pm.watermark_seconds
                 .set(s.watermark.map_or(0, |w| w / 1_000_000_000));
             for r in &s.rules {

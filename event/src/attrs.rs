@@ -53,6 +53,12 @@ impl Attrs {
         self.text.len()
     }
 
+    /// Bytes of keys, values and entry spans: what the attributes take on the
+    /// heap, counted from their contents (not the buffers' spare capacity).
+    pub fn heap_size(&self) -> usize {
+        self.text.len() + self.spans.len() * std::mem::size_of::<Span>()
+    }
+
     fn key_at(&self, s: &Span) -> &str {
         &self.text[s.key as usize..s.value as usize]
     }

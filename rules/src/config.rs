@@ -172,10 +172,17 @@ pub struct EngineConfig {
     /// Most evidence events attached to one alert.
     #[serde(default = "default_max_evidence")]
     pub max_evidence: usize,
-    /// Most events held for the watermark (memory bound, about 1-2 KB each);
-    /// past it the oldest are processed at once and the watermark moves up.
+    /// Most events held for the watermark; past it the oldest are processed
+    /// at once and the watermark moves up.
     #[serde(default = "default_max_buffered")]
     pub max_buffered_events: usize,
+    /// Most memory (MiB) the events held for the watermark may take, as
+    /// estimated from their contents (about 0.5-1 KB each); past it, as for
+    /// `max_buffered_events`. The lateness honoured under load is this budget
+    /// over (event rate x event size): 256 MiB keeps the default 30 s up to
+    /// about 10,000 events/s.
+    #[serde(default = "default_max_buffered_mib")]
+    pub max_buffered_mib: usize,
 }
 
 impl Default for EngineConfig {
@@ -185,6 +192,7 @@ impl Default for EngineConfig {
             max_keys_per_rule: default_max_keys(),
             max_evidence: default_max_evidence(),
             max_buffered_events: default_max_buffered(),
+            max_buffered_mib: default_max_buffered_mib(),
         }
     }
 }
@@ -197,6 +205,9 @@ fn default_max_keys() -> usize {
 }
 fn default_max_buffered() -> usize {
     1_000_000
+}
+fn default_max_buffered_mib() -> usize {
+    256
 }
 fn default_max_evidence() -> usize {
     20

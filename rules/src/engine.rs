@@ -30,6 +30,37 @@ const FOLDED_GRACE_NS: i64 = 86_400 * 1_000_000_000;
 const MAX_EVENT_IDS: usize = 100;
 
 /// Order of an event waiting for the watermark against `(time, id)`.
+/// What a held event takes in memory, estimated from its contents alone (so
+/// the same events give the same forced releases, live or replayed): the
+/// event itself, and each string's bytes plus the allocator's overhead.
+pub fn held_size(e: &Event) -> usize {
+    const ALLOC: usize = 16;
+    let text = |s: &Option<String>| s.as_ref().map_or(0, |s| s.len() + ALLOC);
+    std::mem::size_of::<Event>()
+        + e.event_id.len()
+        + e.tenant.len()
+        + 2 * ALLOC
+        + [
+            &e.product,
+            &e.action,
+            &e.user,
+            &e.session,
+            &e.host,
+            &e.tool,
+            &e.mcp_server,
+            &e.connector,
+            &e.target,
+            &e.domain,
+            &e.path,
+            &e.command,
+            &e.model,
+        ]
+        .into_iter()
+        .map(text)
+        .sum::<usize>()
+        + e.attrs.heap_size()
+}
+
 fn cmp_key(p: &Event, time: i64, id: &str) -> Ordering {
     p.time.cmp(&time).then_with(|| p.event_id.as_str().cmp(id))
 }
@@ -252,10 +283,13 @@ pub struct EngineStats {
     pub events_processed: u64,
     /// Events older than the watermark on arrival, dropped from detection.
     pub late_events: u64,
-    /// Times `max_buffered_events` made the engine release held events early.
+    /// Times `max_buffered_events` or `max_buffered_mib` made the engine
+    /// release held events early.
     pub forced_releases: u64,
     /// Events waiting for the watermark.
     pub buffered_events: usize,
+    /// Their estimated size in memory (see [`held_size`]).
+    pub buffered_bytes: usize,
     pub alerts: u64,
     pub suppressed: u64,
     /// Current watermark (ns since the epoch), `None` before the first event.
@@ -277,6 +311,8 @@ pub struct Engine {
     /// events are dropped right after they are run, and kinds keep only the
     /// fields they need (see `kinds::Kept`).
     pending: VecDeque<Event>,
+    /// [`held_size`] of all of `pending`.
+    pending_bytes: usize,
     /// Per rule, its key list in `keys`.
     key_slot: Vec<usize>,
     keys: EventKeys,
@@ -336,6 +372,7 @@ impl Engine {
             runtimes,
             by_kind,
             pending: VecDeque::new(),
+            pending_bytes: 0,
             key_slot,
             keys,
             attr_order,
@@ -379,6 +416,7 @@ impl Engine {
                     refs.get(i).is_some_and(|r| r == k)
                 });
             }
+            self.pending_bytes += held_size(&e);
             incoming.push(e);
         }
         self.hold(incoming);
@@ -386,25 +424,54 @@ impl Engine {
             return Vec::new();
         };
         let mut out = self.advance(max.saturating_sub(self.lateness));
-        // Memory bound: past `max_buffered_events`, the oldest held events are
-        // processed now, as if the watermark had reached them; what arrives
-        // behind that point later counts as late. Deterministic for a given input.
-        let limit = self.config.max_buffered_events.max(1);
-        if self.pending.len() > limit {
-            let excess = self.pending.len() - limit;
-            let forced = self.pending[excess].time;
+        // Memory bound: past `max_buffered_events` or `max_buffered_mib`, the
+        // oldest held events are processed now, as if the watermark had
+        // reached them; what arrives behind that point later counts as late.
+        // Deterministic for a given input: sizes come from contents.
+        let excess = self.excess();
+        if excess > 0 {
             self.forced += 1;
-            out.extend(self.advance(forced));
+            if let Some(e) = self.pending.get(excess) {
+                out.extend(self.advance(e.time));
+            }
             // Events sharing that time stay held; release them too if still over.
-            while self.pending.len() > limit {
+            while self.over_bound() {
                 let e = self
                     .pending
                     .pop_front()
-                    .expect("over the limit, so not empty");
+                    .expect("over the bound, so not empty");
+                self.pending_bytes -= held_size(&e);
                 self.process(&e, &mut out);
             }
         }
         out
+    }
+
+    fn byte_bound(&self) -> usize {
+        self.config.max_buffered_mib.max(1).saturating_mul(1 << 20)
+    }
+
+    fn over_bound(&self) -> bool {
+        self.pending.len() > self.config.max_buffered_events.max(1)
+            || self.pending_bytes > self.byte_bound()
+    }
+
+    /// How many of the oldest held events must go for both bounds to hold.
+    fn excess(&self) -> usize {
+        let mut n = self
+            .pending
+            .len()
+            .saturating_sub(self.config.max_buffered_events.max(1));
+        let bound = self.byte_bound();
+        if self.pending_bytes > bound {
+            let mut bytes =
+                self.pending_bytes - self.pending.range(..n).map(held_size).sum::<usize>();
+            while bytes > bound && n < self.pending.len() {
+                bytes -= held_size(&self.pending[n]);
+                n += 1;
+            }
+        }
+        n
     }
 
     /// What a reader of archived events needs for these rules: the columns
@@ -544,6 +611,7 @@ impl Engine {
             late_events: self.late,
             forced_releases: self.forced,
             buffered_events: self.pending.len(),
+            buffered_bytes: self.pending_bytes,
             alerts: rules.iter().map(|r| r.alerts).sum(),
             suppressed: rules.iter().map(|r| r.suppressed).sum(),
             watermark: (self.watermark != i64::MIN).then_some(self.watermark),
@@ -623,6 +691,7 @@ impl Engine {
         report.dropped = by_id.into_keys().collect();
         report.dropped.sort();
         self.pending = snap.pending;
+        self.pending_bytes = self.pending.iter().map(held_size).sum();
         self.max_seen = snap.max_seen;
         self.watermark = snap.watermark;
         self.next_sweep = snap.next_sweep;
@@ -641,6 +710,7 @@ impl Engine {
         let due = self.pending.partition_point(|p| p.time < watermark);
         let pending = std::mem::take(&mut self.pending);
         for e in pending.range(..due) {
+            self.pending_bytes -= held_size(e);
             self.process(e, &mut out);
         }
         self.pending = pending;
@@ -1030,6 +1100,48 @@ mod tests {
         eng.push(vec![ev(T0, EventKind::FileRead, "z")]);
         assert_eq!(eng.stats().late_events, 1);
         assert_eq!(eng.finish().len(), 3);
+    }
+
+    #[test]
+    fn the_byte_bound_releases_the_oldest_events_early() {
+        let mut eng = Engine::new(
+            set(MATCH),
+            EngineConfig {
+                max_buffered_mib: 1,
+                ..EngineConfig::default()
+            },
+        );
+        // 40 events of ~100 KB of path each: about ten fit in 1 MiB.
+        let events: Vec<Event> = (0..40)
+            .map(|i| {
+                let mut e = ev(T0 + i * S / 10, EventKind::FileRead, &format!("u{i:02}"));
+                e.path = Some(format!("/{i}/{}", "x".repeat(100_000)));
+                e.event_id = e.compute_id();
+                e
+            })
+            .collect();
+        let out = eng.push(events);
+        let s = eng.stats();
+        assert!(s.buffered_bytes <= 1 << 20, "{}", s.buffered_bytes);
+        assert!(
+            s.buffered_events >= 9 && s.buffered_events <= 10,
+            "{}",
+            s.buffered_events
+        );
+        assert_eq!(s.forced_releases, 1);
+        // The oldest went first, in order, and nothing was lost.
+        let released: Vec<String> = out.iter().map(|a| a.user.clone().unwrap()).collect();
+        let expect: Vec<String> = (0..40 - s.buffered_events)
+            .map(|i| format!("u{i:02}"))
+            .collect();
+        assert_eq!(released, expect);
+        assert_eq!(
+            s.buffered_bytes,
+            eng.pending.iter().map(held_size).sum::<usize>()
+        );
+        let rest = eng.finish();
+        assert_eq!(rest.len(), s.buffered_events);
+        assert_eq!(eng.stats().buffered_bytes, 0);
     }
 
     #[test]
