@@ -228,6 +228,8 @@ pub struct ArchiveSection {
     pub wal: Option<bool>,
     /// fsync the write-ahead log for every batch.
     pub wal_fsync: Option<bool>,
+    /// Write the write-ahead log with direct I/O, past the page cache.
+    pub wal_direct_io: Option<bool>,
 }
 
 impl ArchiveSection {
@@ -250,6 +252,9 @@ impl ArchiveSection {
         }
         if let Some(v) = self.wal_fsync {
             c.wal_fsync = v;
+        }
+        if let Some(v) = self.wal_direct_io {
+            c.wal_direct_io = v;
         }
         c
     }

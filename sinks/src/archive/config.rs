@@ -36,6 +36,10 @@ pub struct ArchiveConfig {
     /// fsync the write-ahead log once per `write` call. Off, a batch survives a
     /// process crash (`kill -9`) but not a power loss or kernel crash.
     pub wal_fsync: bool,
+    /// Write the write-ahead log with direct I/O (Linux, where the file
+    /// system allows it): it skips the page cache, which the log is never
+    /// read from unless vigil crashed. Off, or refused, it goes through the cache.
+    pub wal_direct_io: bool,
     /// Start a new write-ahead log segment past this size; whole segments are
     /// deleted once every file they cover is renamed.
     pub wal_segment_bytes: u64,
@@ -53,6 +57,7 @@ impl Default for ArchiveConfig {
             retention_days: None,
             wal: true,
             wal_fsync: true,
+            wal_direct_io: true,
             wal_segment_bytes: 256 * 1024 * 1024,
         }
     }

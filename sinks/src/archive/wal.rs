@@ -6,9 +6,17 @@
 //! `[u16 length][part path relative to the record folder][Arrow IPC stream of
 //! one batch]`. A torn or corrupt tail (power loss mid-append) ends the
 //! reading of that segment; everything before it is used.
+//!
+//! Appends go straight to the disk (`O_DIRECT`) where the file system allows
+//! it. Through the page cache, copying the log into the cache and writing it
+//! back cost the archive thread about as much CPU as encoding the Parquet
+//! files; direct I/O takes a fifth of that. Direct writes are whole blocks at
+//! block offsets, so each append is padded with zeros to the next block, with
+//! at least a header's worth of them: a reader meeting a header of zeros
+//! skips to the next block.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{ErrorKind, IoSlice, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -20,9 +28,25 @@ use super::ArchiveError;
 
 const HEADER: usize = 4 + 8;
 
+/// Direct I/O moves whole blocks, from memory aligned like them, to file
+/// offsets aligned like them. 4 KiB is the block size of the file systems
+/// vigil runs on and a multiple of the disks' logical sector size.
+const BLOCK: usize = 4096;
+
+#[derive(Clone, Copy)]
+#[repr(C, align(4096))]
+struct Block([u8; BLOCK]);
+
+/// Most blocks handed to the kernel in one call (a Linux `IOV_MAX` of 1024).
+const MAX_IOVECS: usize = 1024;
+
 pub(crate) struct Wal {
     dir: PathBuf,
     fsync: bool,
+    /// Open new segments for direct I/O; cleared when the file system refuses it.
+    direct: bool,
+    /// The padded copy of an append, for direct I/O.
+    blocks: Vec<Block>,
     /// The segment appended to; `None` after a failed append that could not be
     /// rolled back, until a new segment opens.
     active: Option<Segment>,
@@ -35,6 +59,8 @@ struct Segment {
     file: File,
     len: u64,
     opened: SystemTime,
+    /// Opened with `O_DIRECT`: appends are padded whole blocks.
+    direct: bool,
 }
 
 /// One entry read back: the part file (relative path) and its batch.
@@ -45,13 +71,16 @@ pub(crate) struct WalEntry {
 
 impl Wal {
     /// Opens the log folder; existing segments are left for [`Wal::segments`] to replay.
-    pub(crate) fn open(dir: PathBuf, fsync: bool) -> Result<Self, ArchiveError> {
+    /// `direct`: write segments with direct I/O where the file system allows it.
+    pub(crate) fn open(dir: PathBuf, fsync: bool, direct: bool) -> Result<Self, ArchiveError> {
         fs::create_dir_all(&dir)
             .map_err(ArchiveError::io("create write-ahead log folder", &dir))?;
         let next_seq = list_segments(&dir)?.last().map_or(0, |(seq, _)| seq + 1);
         Ok(Wal {
             dir,
             fsync,
+            direct: direct && cfg!(target_os = "linux"),
+            blocks: Vec::new(),
             active: None,
             next_seq,
         })
@@ -113,20 +142,37 @@ impl Wal {
             self.start_segment(now)?;
         }
         let seg = self.active.as_mut().expect("a segment was just opened");
-        let result = seg
-            .file
-            .write_all(bytes)
-            .and_then(|()| {
-                if self.fsync {
+        let written = if seg.direct {
+            let n = pad_blocks(&mut self.blocks, bytes);
+            match write_blocks(&seg.file, &self.blocks[..n]) {
+                // Refused by the file system or the disk (alignment, O_DIRECT
+                // itself): this and later segments go through the page cache.
+                Err(e) if e.kind() == ErrorKind::InvalidInput && seg.len == 0 => {
+                    tracing::warn!(path = %seg.path.display(), error = %e, "write-ahead log: direct I/O refused, writing through the page cache");
+                    self.direct = false;
+                    seg.direct = false;
+                    reopen_buffered(seg)
+                        .and_then(|()| seg.file.write_all(bytes))
+                        .map(|()| bytes.len())
+                }
+                r => r.map(|()| n * BLOCK),
+            }
+        } else {
+            seg.file.write_all(bytes).map(|()| bytes.len())
+        };
+        let result = written
+            .and_then(|n| {
+                let synced = if self.fsync {
                     seg.file.sync_data()
                 } else {
                     Ok(())
-                }
+                };
+                synced.map(|()| n)
             })
             .map_err(ArchiveError::io("append to write-ahead log", &seg.path));
         match result {
-            Ok(()) => {
-                seg.len += bytes.len() as u64;
+            Ok(n) => {
+                seg.len += n as u64;
                 Ok(())
             }
             Err(e) => {
@@ -150,11 +196,17 @@ impl Wal {
     fn start_segment(&mut self, now: SystemTime) -> Result<(), ArchiveError> {
         let seq = self.next_seq;
         let path = self.dir.join(format!("wal-{seq:012}.log"));
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(ArchiveError::io("create write-ahead log segment", &path))?;
+        let mut direct = self.direct;
+        let file = match open_segment(&path, direct) {
+            Err(e) if direct && e.kind() == ErrorKind::InvalidInput => {
+                tracing::warn!(path = %path.display(), error = %e, "write-ahead log: the file system refuses direct I/O, writing through the page cache");
+                self.direct = false;
+                direct = false;
+                open_segment(&path, false)
+            }
+            r => r,
+        }
+        .map_err(ArchiveError::io("create write-ahead log segment", &path))?;
         sync_dir(&self.dir)?;
         self.next_seq = seq + 1;
         self.active = Some(Segment {
@@ -163,6 +215,7 @@ impl Wal {
             file,
             len: 0,
             opened: now,
+            direct,
         });
         Ok(())
     }
@@ -181,6 +234,102 @@ impl Wal {
         }
         Ok(())
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests stand in for a file system that refuses direct I/O: at open, or
+    /// at the first write (any file system this machine has accepts it).
+    static REFUSE_DIRECT: std::cell::Cell<Option<Refuse>> = const { std::cell::Cell::new(None) };
+}
+
+#[cfg(test)]
+#[derive(Clone, Copy, PartialEq)]
+enum Refuse {
+    Open,
+    Write,
+}
+
+/// A refusal of direct I/O, as the kernel gives it (EINVAL).
+#[cfg(test)]
+fn refused(at: Refuse, direct: bool) -> std::io::Result<()> {
+    match REFUSE_DIRECT.get() {
+        Some(r) if r == at && direct => Err(ErrorKind::InvalidInput.into()),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(not(test))]
+fn refused(_: Refuse, _: bool) -> std::io::Result<()> {
+    Ok(())
+}
+
+#[cfg(not(test))]
+enum Refuse {
+    Open,
+    Write,
+}
+
+fn open_segment(path: &Path, direct: bool) -> std::io::Result<File> {
+    refused(Refuse::Open, direct)?;
+    let mut options = OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(target_os = "linux")]
+    if direct {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_DIRECT);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = direct;
+    options.open(path)
+}
+
+/// After direct I/O was refused on an empty segment: the same file, through the page cache.
+fn reopen_buffered(seg: &mut Segment) -> std::io::Result<()> {
+    seg.file = open_segment(&seg.path, false)?;
+    Ok(())
+}
+
+/// Copies `bytes` into whole blocks followed by zeros, with at least
+/// [`HEADER`] zero bytes after them unless they end on a block boundary:
+/// where a reader looks for the next header it finds zeros, and skips to the
+/// next block. Returns the number of blocks used.
+fn pad_blocks(blocks: &mut Vec<Block>, bytes: &[u8]) -> usize {
+    let mut len = bytes.len().next_multiple_of(BLOCK);
+    if len - bytes.len() != 0 && len - bytes.len() < HEADER {
+        len += BLOCK;
+    }
+    let n = len / BLOCK;
+    if blocks.len() < n {
+        blocks.resize(n, Block([0; BLOCK]));
+    }
+    let mut rest = bytes;
+    for block in &mut blocks[..n] {
+        let take = rest.len().min(BLOCK);
+        block.0[..take].copy_from_slice(&rest[..take]);
+        block.0[take..].fill(0);
+        rest = &rest[take..];
+    }
+    n
+}
+
+/// Writes whole blocks with as few system calls as the kernel takes (one
+/// per [`MAX_IOVECS`] blocks), resuming after a short write.
+fn write_blocks(mut file: &File, blocks: &[Block]) -> std::io::Result<()> {
+    refused(Refuse::Write, true)?;
+    for chunk in blocks.chunks(MAX_IOVECS) {
+        let mut slices: Vec<IoSlice> = chunk.iter().map(|b| IoSlice::new(&b.0)).collect();
+        let mut slices = &mut slices[..];
+        while !slices.is_empty() {
+            match file.write_vectored(slices) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => IoSlice::advance_slices(&mut slices, n),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
 }
 
 fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, ArchiveError> {
@@ -209,6 +358,11 @@ pub(crate) fn read_segment(path: &Path) -> Result<Vec<WalEntry>, ArchiveError> {
     let mut out = Vec::new();
     let mut pos = 0;
     while pos < bytes.len() {
+        // Padding after a direct append (or a block never written): go on at the next block.
+        if bytes[pos..].iter().take(HEADER).all(|&b| b == 0) {
+            pos = (pos / BLOCK + 1) * BLOCK;
+            continue;
+        }
         match decode_entry(&bytes[pos..]) {
             Some((entry, used)) => {
                 out.push(entry);
@@ -249,4 +403,151 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), ArchiveError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(ArchiveError::io("fsync folder", dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, Int64Array};
+
+    use super::*;
+
+    fn batch(rows: i64) -> RecordBatch {
+        let col: ArrayRef = Arc::new(Int64Array::from_iter_values(0..rows));
+        RecordBatch::try_from_iter([("n", col)]).unwrap()
+    }
+
+    /// A part name that makes the encoded entry end `residue` bytes past a block boundary.
+    fn part_for_residue(residue: usize) -> String {
+        let mut buf = Vec::new();
+        Wal::encode(&mut buf, "p", &batch(3)).unwrap();
+        let shift = (residue + BLOCK - buf.len() % BLOCK) % BLOCK;
+        format!("p{}", "x".repeat(shift))
+    }
+
+    fn append_entries(wal: &mut Wal, entries: &[(String, RecordBatch)]) {
+        let mut buf = Vec::new();
+        for (part, b) in entries {
+            Wal::encode(&mut buf, part, b).unwrap();
+        }
+        wal.append(&buf, SystemTime::now()).unwrap();
+    }
+
+    fn check_read_back(path: &Path, expect: &[(String, RecordBatch)]) {
+        let got = read_segment(path).unwrap();
+        let got: Vec<(String, RecordBatch)> = got.into_iter().map(|e| (e.part, e.batch)).collect();
+        assert_eq!(got.len(), expect.len());
+        for (g, e) in got.iter().zip(expect) {
+            assert_eq!(g, e);
+        }
+    }
+
+    #[test]
+    fn direct_appends_are_whole_blocks_and_read_back_whatever_their_padding() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = Wal::open(dir.path().to_path_buf(), true, true).unwrap();
+        // Entries ending on a boundary, one byte short of it, with exactly a
+        // header's room before it, one byte less than that, and far from it.
+        let mut expect = Vec::new();
+        for residue in [0, BLOCK - 1, BLOCK - HEADER, BLOCK - HEADER + 1, 100] {
+            let entry = (part_for_residue(residue), batch(3));
+            append_entries(&mut wal, std::slice::from_ref(&entry));
+            expect.push(entry);
+        }
+        // Several entries in one append, and a large one.
+        let before_last = wal.active_len();
+        let two = [
+            ("a".to_string(), batch(1)),
+            ("b".to_string(), batch(70_000)),
+        ];
+        append_entries(&mut wal, &two);
+        expect.extend(two);
+        let path = wal.active.as_ref().unwrap().path.clone();
+        let len = fs::metadata(&path).unwrap().len();
+        assert_eq!(len, wal.active_len());
+        if cfg!(target_os = "linux") {
+            // Direct I/O on this file system (tempdir: ext4, xfs or btrfs on
+            // the machines vigil is built on): every append is whole blocks.
+            assert!(
+                wal.active.as_ref().unwrap().direct,
+                "direct I/O refused in {}",
+                dir.path().display()
+            );
+            assert_eq!(len % BLOCK as u64, 0);
+        }
+        check_read_back(&path, &expect);
+
+        // A block that was never written (zeros) ends the log quietly; an
+        // append torn in its first entry ends it with what precedes.
+        let f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.set_len(len + BLOCK as u64).unwrap();
+        check_read_back(&path, &expect);
+        f.set_len(before_last + (HEADER + 100) as u64).unwrap();
+        check_read_back(&path, &expect[..expect.len() - 2]);
+    }
+
+    #[test]
+    fn without_direct_io_entries_are_not_padded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = Wal::open(dir.path().to_path_buf(), false, false).unwrap();
+        let entries = [("a".to_string(), batch(5)), ("b".to_string(), batch(7))];
+        let mut buf = Vec::new();
+        for (p, b) in &entries {
+            Wal::encode(&mut buf, p, b).unwrap();
+        }
+        wal.append(&buf, SystemTime::now()).unwrap();
+        let path = wal.active.as_ref().unwrap().path.clone();
+        assert_eq!(fs::metadata(&path).unwrap().len(), buf.len() as u64);
+        check_read_back(&path, &entries);
+    }
+
+    #[test]
+    fn a_file_system_refusing_direct_io_gets_buffered_writes() {
+        if !cfg!(target_os = "linux") {
+            eprintln!("skipped: direct I/O is only used on Linux");
+            return;
+        }
+        for at in [Refuse::Open, Refuse::Write] {
+            REFUSE_DIRECT.set(Some(at));
+            let dir = tempfile::tempdir().unwrap();
+            let mut wal = Wal::open(dir.path().to_path_buf(), true, true).unwrap();
+            let entries = [("a".to_string(), batch(5))];
+            append_entries(&mut wal, &entries);
+            assert!(!wal.direct && !wal.active.as_ref().unwrap().direct);
+            let path = wal.active.as_ref().unwrap().path.clone();
+            // Written once, unpadded, through the page cache.
+            let mut buf = Vec::new();
+            Wal::encode(&mut buf, "a", &batch(5)).unwrap();
+            assert_eq!(fs::metadata(&path).unwrap().len(), buf.len() as u64);
+            check_read_back(&path, &entries);
+            // Later segments do not try again.
+            wal.rotate(SystemTime::now()).unwrap();
+            append_entries(&mut wal, &entries);
+            assert!(!wal.active.as_ref().unwrap().direct);
+            REFUSE_DIRECT.set(None);
+        }
+    }
+
+    #[test]
+    fn padding_leaves_room_for_a_header_of_zeros() {
+        let mut blocks = Vec::new();
+        for len in [
+            1,
+            BLOCK - HEADER,
+            BLOCK - HEADER + 1,
+            BLOCK - 1,
+            BLOCK,
+            BLOCK + 1,
+        ] {
+            let bytes = vec![7u8; len];
+            let n = pad_blocks(&mut blocks, &bytes);
+            let gap = n * BLOCK - len;
+            assert!(gap == 0 || gap >= HEADER, "{len}: gap {gap}");
+            assert!(gap < BLOCK + HEADER, "{len}: gap {gap}");
+            let flat: Vec<u8> = blocks[..n].iter().flat_map(|b| b.0).collect();
+            assert_eq!(&flat[..len], &bytes[..]);
+            assert!(flat[len..].iter().all(|&b| b == 0));
+        }
+    }
 }

@@ -140,7 +140,7 @@ impl<R: ArchiveRecord> ArchiveWriter<R> {
         let wal_dir = cfg.dir.join(".wal").join(R::DIR);
         // Even with the log turned off, a log left by an earlier run is replayed once.
         let wal = if cfg.wal || wal_dir.exists() {
-            Some(Wal::open(wal_dir, cfg.wal_fsync)?)
+            Some(Wal::open(wal_dir, cfg.wal_fsync, cfg.wal_direct_io)?)
         } else {
             None
         };
