@@ -631,3 +631,20 @@ fn the_projected_reader_orders_row_groups_by_their_statistics_or_their_hour() {
         .sum();
     assert_eq!(n, 13);
 }
+
+#[test]
+fn reused_buffers_keep_their_room_unless_one_use_was_huge() {
+    use super::writer::{keep_room, KEEP_ROOM};
+    let mut small: Vec<u8> = Vec::with_capacity(1 << 20);
+    small.extend_from_slice(&[1; 1000]);
+    keep_room(&mut small);
+    assert!(small.capacity() >= 1 << 20 && small.len() == 1000);
+    let mut huge: Vec<u8> = Vec::with_capacity(64 << 20);
+    huge.extend_from_slice(&[1; 1000]);
+    keep_room(&mut huge);
+    assert!(huge.is_empty() && huge.capacity() <= KEEP_ROOM, "{}", huge.capacity());
+    // Counted in bytes, whatever the element.
+    let mut blocks: Vec<[u8; 4096]> = Vec::with_capacity(4096);
+    keep_room(&mut blocks);
+    assert!(blocks.capacity() <= KEEP_ROOM / 4096);
+}

@@ -170,6 +170,7 @@ impl Wal {
                 synced.map(|()| n)
             })
             .map_err(ArchiveError::io("append to write-ahead log", &seg.path));
+        super::writer::keep_room(&mut self.blocks);
         match result {
             Ok(n) => {
                 seg.len += n as u64;

@@ -92,6 +92,9 @@ pub struct ArchiveWriter<R: ArchiveRecord> {
     props: WriterProperties,
     open: HashMap<i64, OpenFile>,
     wal: Option<Wal>,
+    /// The entries of one append, reused: grown anew for every batch, it
+    /// was copied over and over on the way to a megabyte.
+    wal_buf: Vec<u8>,
     /// Parts that failed, with the first write-ahead log segment they need.
     pending: BTreeMap<String, u64>,
     stats: ArchiveStats,
@@ -157,6 +160,7 @@ impl<R: ArchiveRecord> ArchiveWriter<R> {
                 healthy: true,
                 ..Default::default()
             },
+            wal_buf: Vec::new(),
             failing: false,
             run_id: format!("{}-{:x}", started.as_millis(), std::process::id()),
             next_part: 0,
@@ -246,11 +250,13 @@ impl<R: ArchiveRecord> ArchiveWriter<R> {
             }
         }
         if let Some(wal) = self.wal.as_mut() {
-            let mut buf = Vec::new();
+            let buf = &mut self.wal_buf;
+            buf.clear();
             for (hour, batch) in &batches {
-                Wal::encode(&mut buf, &self.open[hour].rel, batch)?;
+                Wal::encode(buf, &self.open[hour].rel, batch)?;
             }
-            wal.append(&buf, now)?;
+            wal.append(buf, now)?;
+            keep_room(buf);
         }
         // From here the rows are accepted: a failure below is recovered from the log.
         self.stats.rows_accepted += rows as u64;
@@ -729,4 +735,17 @@ pub(crate) fn partition_dirs(dir: &Path) -> Result<Vec<PathBuf>, ArchiveError> {
         out.extend(hours);
     }
     Ok(out)
+}
+
+/// Room kept in a reused buffer after a use: enough for the group commits of
+/// a busy stream, not what one huge request needed.
+pub(crate) const KEEP_ROOM: usize = 8 << 20;
+
+/// Gives back the room of a reused buffer past [`KEEP_ROOM`].
+pub(crate) fn keep_room<T>(buf: &mut Vec<T>) {
+    let keep = KEEP_ROOM / std::mem::size_of::<T>().max(1);
+    if buf.capacity() > keep {
+        buf.clear();
+        buf.shrink_to(keep);
+    }
 }
