@@ -17,7 +17,7 @@ use event::{Event, EventKind, Outcome, Source};
 use regex::Regex;
 use serde::Deserialize;
 
-use crate::record::{Origin, RecordView, Val};
+use crate::record::{Key, Origin, RecordView, Val};
 
 /// The default mapping pack, embedded at build time.
 pub const DEFAULT_PACK: &[(&str, &str)] = &[
@@ -240,11 +240,7 @@ enum Pred {
     All(Vec<Pred>),
     Any(Vec<Pred>),
     Not(Box<Pred>),
-    Field {
-        key: String,
-        test: Test,
-        nocase: bool,
-    },
+    Field { key: Key, test: Test, nocase: bool },
     True,
 }
 
@@ -267,7 +263,7 @@ impl Pred {
             Pred::Any(ps) => ps.iter().any(|p| p.eval(view)),
             Pred::Not(p) => !p.eval(view),
             Pred::Field { key, test, nocase } => {
-                let val = view.get(key);
+                let val = view.get_key(key);
                 if let Test::Exists(want) = test {
                     return val.is_some() == *want;
                 }
@@ -298,7 +294,7 @@ impl Pred {
 
 #[derive(Debug)]
 struct ValueSource {
-    field: Option<String>,
+    field: Option<Key>,
     literal: Option<String>,
     regex: Option<Regex>,
     lower: bool,
@@ -311,8 +307,8 @@ impl ValueSource {
         if let Some(lit) = &self.literal {
             return Some((lit.clone(), None));
         }
-        let key = self.field.as_deref()?;
-        let val = view.get(key)?;
+        let key = self.field.as_ref()?;
+        let val = view.get_key(key)?;
         // Borrowed until the value is known to be kept: most sources miss.
         let mut text = val.text();
         let mut whole = true;
@@ -854,7 +850,7 @@ fn compile_mapping(file: &str, m: MappingSpec) -> Result<Mapping, MappingError> 
 fn compile_source(s: &SourceSpec) -> Result<ValueSource, String> {
     Ok(match s {
         SourceSpec::Key(k) => ValueSource {
-            field: Some(k.clone()),
+            field: Some(Key::new(k.as_str())),
             literal: None,
             regex: None,
             lower: false,
@@ -864,7 +860,7 @@ fn compile_source(s: &SourceSpec) -> Result<ValueSource, String> {
                 return Err("a source needs exactly one of `field` or `value`".into());
             }
             ValueSource {
-                field: f.field.clone(),
+                field: f.field.as_deref().map(Key::new),
                 literal: f.value.clone(),
                 regex: f
                     .regex
@@ -931,7 +927,7 @@ fn compile_pred(p: &PredSpec) -> Result<Pred, String> {
         (Some(field), false) => {
             for test in tests {
                 parts.push(Pred::Field {
-                    key: field.clone(),
+                    key: Key::new(field.as_str()),
                     test,
                     nocase: p.nocase,
                 });

@@ -7,8 +7,9 @@
 //! `span.name`, `span.kind`, `span.status`, `metric.name`, `metric.value`, ...).
 //! Derived values that mappings compute start with `@` and never reach `attrs`.
 
-use rustc_hash::FxHashMap as HashMap;
+use hashbrown::HashTable;
 use std::borrow::Cow;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use crate::otlp::{AnyRef, KvRef};
@@ -110,15 +111,51 @@ pub enum Origin {
     Derived,
 }
 
+/// The hash of a view key; [`Key`] keeps it with the name so that lookups
+/// of the mapping's fixed keys hash nothing.
+pub fn hash_key(key: &str) -> u64 {
+    rustc_hash::FxBuildHasher.hash_one(key)
+}
+
+/// A key a mapping looks up in every record, hashed once when it is compiled.
+#[derive(Debug, Clone)]
+pub struct Key {
+    name: String,
+    hash: u64,
+}
+
+impl Key {
+    pub fn new(name: impl Into<String>) -> Key {
+        let name = name.into();
+        let hash = hash_key(&name);
+        Key { name, hash }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.name
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Entry<'a> {
+    key: Cow<'a, str>,
+    hash: u64,
+    val: Val<'a>,
+    origin: Origin,
+}
+
 /// The flat view of one record. Keys are unique per level; the order of
-/// `iter` is the map's (what the view feeds, `attrs`, is sorted by key).
+/// `iter` is the table's (what the view feeds, `attrs`, is sorted by key).
 ///
 /// A view may sit on a shared parent (the resource and scope of a batch of
 /// records), so what every record of a request has in common is built once.
+/// A lookup hashes its key once for all levels (and not at all for a
+/// [`Key`]): most lookups miss the record's own level and go on to its
+/// scope's and resource's.
 #[derive(Debug, Default, Clone)]
 pub struct RecordView<'a> {
     parent: Option<Arc<RecordView<'a>>>,
-    values: HashMap<Cow<'a, str>, (Val<'a>, Origin)>,
+    values: HashTable<Entry<'a>>,
 }
 
 impl<'a> RecordView<'a> {
@@ -128,7 +165,7 @@ impl<'a> RecordView<'a> {
     pub fn on(parent: Arc<RecordView<'a>>, capacity: usize) -> Self {
         RecordView {
             parent: Some(parent),
-            values: HashMap::with_capacity_and_hasher(capacity, Default::default()),
+            values: HashTable::with_capacity(capacity),
         }
     }
 
@@ -142,44 +179,75 @@ impl<'a> RecordView<'a> {
         self.parent = Some(parent);
     }
 
-    pub fn get(&self, key: &str) -> Option<&Val<'a>> {
-        match self.values.get(key) {
-            Some((v, _)) => Some(v),
-            None => self.parent.as_ref()?.get(key),
+    /// The entry of `key` (whose hash is `hash`) at this level or a parent's.
+    fn find(&self, key: &str, hash: u64) -> Option<&Entry<'a>> {
+        let mut view = self;
+        loop {
+            if let Some(e) = view.values.find(hash, |e| e.key == key) {
+                return Some(e);
+            }
+            view = view.parent.as_deref()?;
         }
     }
 
+    pub fn get(&self, key: &str) -> Option<&Val<'a>> {
+        self.find(key, hash_key(key)).map(|e| &e.val)
+    }
+
+    /// [`RecordView::get`] of a key hashed in advance.
+    pub fn get_key(&self, key: &Key) -> Option<&Val<'a>> {
+        self.find(&key.name, key.hash).map(|e| &e.val)
+    }
+
     /// The stored key equal to `key`, when present.
-    pub fn key_of(&self, key: &str) -> Option<&str> {
-        match self.values.get_key_value(key) {
-            Some((k, _)) => Some(k.as_ref()),
-            None => self.parent.as_ref()?.key_of(key),
-        }
+    pub fn key_of(&self, key: &Key) -> Option<&str> {
+        self.find(&key.name, key.hash).map(|e| e.key.as_ref())
     }
 
     /// Duplicate attribute keys: the last one wins, as in the OTel SDKs.
     pub fn insert(&mut self, key: Cow<'a, str>, val: Val<'a>, origin: Origin) {
-        self.values.insert(key, (val, origin));
+        let hash = hash_key(&key);
+        match self
+            .values
+            .entry(hash, |e| e.key == key, |e: &Entry<'a>| e.hash)
+        {
+            hashbrown::hash_table::Entry::Occupied(mut o) => {
+                let e = o.get_mut();
+                e.val = val;
+                e.origin = origin;
+            }
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(Entry {
+                    key,
+                    hash,
+                    val,
+                    origin,
+                });
+            }
+        }
     }
 
     /// Keys and values, the parent's first; a key set here hides the parent's.
-    pub fn iter(&self) -> Box<dyn Iterator<Item = (&str, &Val<'a>, Origin)> + '_> {
-        let own = self.values.iter().map(|(k, (v, o))| (k.as_ref(), v, *o));
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Val<'a>, Origin)> + '_ {
+        self.entries().map(|e| (e.key.as_ref(), &e.val, e.origin))
+    }
+
+    /// The entries of this view and its parents, the parent's first, hidden
+    /// keys left out.
+    fn entries(&self) -> Box<dyn Iterator<Item = &Entry<'a>> + '_> {
+        let own = self.values.iter();
         match &self.parent {
             None => Box::new(own),
             Some(p) => Box::new(
-                p.iter()
-                    .filter(|(k, _, _)| !self.values.contains_key(*k))
+                p.entries()
+                    .filter(|e| self.values.find(e.hash, |o| o.key == e.key).is_none())
                     .chain(own),
             ),
         }
     }
 
     pub fn origin(&self, key: &str) -> Option<Origin> {
-        match self.values.get(key) {
-            Some((_, o)) => Some(*o),
-            None => self.parent.as_ref()?.origin(key),
-        }
+        self.find(key, hash_key(key)).map(|e| e.origin)
     }
 
     /// Adds OTLP attributes under `prefix` (empty for record attributes).
@@ -378,7 +446,6 @@ mod tests {
 
     #[test]
     fn flattens_maps_and_name_value_lists() {
-        let mut view = RecordView::default();
         let event_data = AnyValue {
             value: Some(any_value::Value::ArrayValue(ArrayValue {
                 values: vec![
@@ -395,6 +462,7 @@ mod tests {
             kv("event_data", event_data),
         ]);
         let body = otlp::any(Some(&body));
+        let mut view = RecordView::default();
         view.add_any("body".into(), body.as_ref(), Origin::Record, 0);
         assert_eq!(view.get("body.channel"), Some(&Val::Str("Security".into())));
         assert_eq!(
@@ -460,8 +528,8 @@ mod tests {
 
     #[test]
     fn duplicate_keys_keep_the_last_value_once() {
-        let mut view = RecordView::default();
         let attrs = [kv("a", s("1")), kv("a", s("2"))];
+        let mut view = RecordView::default();
         view.add_attributes("", &otlp::kvs(&attrs), Origin::Attribute);
         assert_eq!(view.iter().count(), 1);
         assert_eq!(view.get("a"), Some(&Val::Str("2".into())));

@@ -642,7 +642,11 @@ fn reused_buffers_keep_their_room_unless_one_use_was_huge() {
     let mut huge: Vec<u8> = Vec::with_capacity(64 << 20);
     huge.extend_from_slice(&[1; 1000]);
     keep_room(&mut huge);
-    assert!(huge.is_empty() && huge.capacity() <= KEEP_ROOM, "{}", huge.capacity());
+    assert!(
+        huge.is_empty() && huge.capacity() <= KEEP_ROOM,
+        "{}",
+        huge.capacity()
+    );
     // Counted in bytes, whatever the element.
     let mut blocks: Vec<[u8; 4096]> = Vec::with_capacity(4096);
     keep_room(&mut blocks);
