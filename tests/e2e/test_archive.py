@@ -148,3 +148,59 @@ def test_archive_that_cannot_be_written_pushes_back_and_recovers(vigil_factory):
     assert v.stop() == 0
     counts = dict(duck(f"select user, count(*) from read_parquet('{events_glob(v)}') group by 1"))
     assert counts == {"ok@example.com": 3, "blocked@example.com": 2}
+
+
+def _padded_logs(n, user, t):
+    """`n` records of about 2 KB each (a long attribute), so a small disk fills in a few requests."""
+    body = json.loads(json_logs(n, user, t))
+    for rec in body["resourceLogs"][0]["scopeLogs"][0]["logRecords"]:
+        rec["attributes"].append({"key": "note", "value": {"stringValue": f"{user} " + "x" * 2000}})
+    return json.dumps(body).encode()
+
+
+def test_a_full_disk_refuses_new_data_clearly_and_keeps_every_accepted_record(vigil_factory, tmp_path):
+    # A real full disk: a 4 MiB tmpfs (direct I/O included) under the archive.
+    # Mounting needs root, which is how CI runs.
+    import os
+    import subprocess
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)]).returncode:
+        import pytest
+        pytest.skip("needs root to mount a small tmpfs as a full disk")
+    try:
+        filler = disk / "filler"
+        filler.write_bytes(b"\0" * (2 << 20))
+        v = vigil_factory(config={"archive": {"dir": str(disk / "archive")}})
+        accepted, refused = [], None
+        for i in range(400):
+            user = f"full{i:03}@example.com"
+            status, body, headers = post(v.http + "/v1/logs", _padded_logs(20, user, T0 + i), "application/json")
+            if status == 200:
+                accepted.append(user)
+                continue
+            refused = (status, body, headers)
+            break
+        assert refused, "the disk never filled"
+        status, body, headers = refused
+        assert status == 503 and headers.get("retry-after"), (status, body)
+        assert "No space left on device" in json.loads(body)["message"], body
+        assert len(accepted) >= 3, accepted
+        try:
+            urllib.request.urlopen(v.http + "/readyz", timeout=5)
+            raise AssertionError("ready while the disk is full")
+        except urllib.error.HTTPError as e:
+            assert e.code == 503
+        # Room again: the refused batch is sent again and accepted.
+        filler.unlink()
+        time.sleep(1)
+        user = f"full{len(accepted):03}@example.com"
+        assert post(v.http + "/v1/logs", _padded_logs(20, user, T0 + len(accepted)), "application/json")[0] == 200
+        accepted.append(user)
+        v.wait_ready(timeout=15)
+        assert v.stop() == 0, v.log()
+        assert "No space left on device" in v.log()
+        counts = dict(duck(f"select user, count(*) from read_parquet('{disk}/archive/events/**/*.parquet') group by 1"))
+        assert counts == {u: 20 for u in accepted}
+    finally:
+        subprocess.run(["umount", "-l", str(disk)])
