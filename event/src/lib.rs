@@ -141,6 +141,11 @@ str_enum!(Outcome {
 /// Times are nanoseconds since the Unix epoch, UTC. Optional strings are `None`
 /// when the sender did not say; attributes that no column takes stay in `attrs`
 /// (resource attributes prefixed `resource.`).
+/// A short text field of an event: kept inline up to 24 bytes (users,
+/// sessions, tools, actions, products nearly always fit), so most events
+/// need no allocation for them.
+pub type Text = compact_str::CompactString;
+
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Event {
@@ -152,28 +157,28 @@ pub struct Event {
     pub observed_time: i64,
     /// Stable hash of the normalized content: the same record gets the same id on every replay.
     pub event_id: String,
-    pub tenant: String,
+    pub tenant: Text,
     pub source: Source,
     /// `service.name` of the sender.
-    pub product: Option<String>,
+    pub product: Option<Text>,
     pub kind: EventKind,
     /// Verb: `send`, `post`, `delete`, `read`, `write`, `create`, `connect`, `execute`, ...
-    pub action: Option<String>,
+    pub action: Option<Text>,
     pub outcome: Outcome,
-    pub user: Option<String>,
-    pub session: Option<String>,
-    pub host: Option<String>,
-    pub tool: Option<String>,
-    pub mcp_server: Option<String>,
-    pub connector: Option<String>,
+    pub user: Option<Text>,
+    pub session: Option<Text>,
+    pub host: Option<Text>,
+    pub tool: Option<Text>,
+    pub mcp_server: Option<Text>,
+    pub connector: Option<Text>,
     /// URL (or address) reached.
-    pub target: Option<String>,
+    pub target: Option<Text>,
     /// Host part of `target`, or the server reached.
-    pub domain: Option<String>,
-    pub path: Option<String>,
+    pub domain: Option<Text>,
+    pub path: Option<Text>,
     /// Command line of a process start or a shell tool call.
-    pub command: Option<String>,
-    pub model: Option<String>,
+    pub command: Option<Text>,
+    pub model: Option<Text>,
     pub tokens_in: Option<i64>,
     pub tokens_out: Option<i64>,
     /// A human acted: a prompt, or a permission decision made by a person.
@@ -243,7 +248,7 @@ impl Event {
     /// field is absent (an unset optional column or a missing attribute).
     pub fn field(&self, name: &str) -> Option<FieldValue<'_>> {
         use FieldValue::*;
-        fn opt(v: &Option<String>) -> Option<FieldValue<'_>> {
+        fn opt(v: &Option<Text>) -> Option<FieldValue<'_>> {
             v.as_deref().map(FieldValue::Str)
         }
         Some(match name {
@@ -423,11 +428,11 @@ impl Evidence {
             event_id: e.event_id.clone(),
             time: e.time,
             kind: e.kind,
-            action: e.action.clone(),
-            tool: e.tool.clone(),
-            path: e.path.clone(),
-            domain: e.domain.clone(),
-            command: e.command.clone(),
+            action: e.action.as_deref().map(str::to_owned),
+            tool: e.tool.as_deref().map(str::to_owned),
+            path: e.path.as_deref().map(str::to_owned),
+            domain: e.domain.as_deref().map(str::to_owned),
+            command: e.command.as_deref().map(str::to_owned),
         }
     }
 }

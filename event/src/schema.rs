@@ -29,7 +29,7 @@ use arrow::error::ArrowError;
 use rustc_hash::FxHashMap as HashMap;
 
 use crate::{
-    Alert, Event, EventKind, Evidence, Outcome, Severity, Source, ALERT_SCHEMA_VERSION,
+    Alert, Event, EventKind, Evidence, Outcome, Severity, Source, Text, ALERT_SCHEMA_VERSION,
     EVENT_SCHEMA_VERSION,
 };
 
@@ -346,9 +346,9 @@ where
     // Sized exactly: growing a builder copies everything it holds.
     let (mut target_bytes, mut path_bytes, mut command_bytes) = (0, 0, 0);
     for e in events.clone() {
-        target_bytes += e.target.as_ref().map_or(0, String::len);
-        path_bytes += e.path.as_ref().map_or(0, String::len);
-        command_bytes += e.command.as_ref().map_or(0, String::len);
+        target_bytes += e.target.as_ref().map_or(0, |s| s.len());
+        path_bytes += e.path.as_ref().map_or(0, |s| s.len());
+        command_bytes += e.command.as_ref().map_or(0, |s| s.len());
     }
     let mut target = StringBuilder::with_capacity(n, target_bytes);
     let mut path = StringBuilder::with_capacity(n, path_bytes);
@@ -858,6 +858,10 @@ fn opt_string(c: &Option<StrCol>, i: usize) -> Option<String> {
     c.as_ref().and_then(|c| c.get(i)).map(str::to_string)
 }
 
+fn opt_text(c: &Option<StrCol>, i: usize) -> Option<Text> {
+    c.as_ref().and_then(|c| c.get(i)).map(Text::from)
+}
+
 fn parsed<T: Default>(c: &Option<StrCol>, i: usize, parse: fn(&str) -> Option<T>) -> T {
     c.as_ref()
         .and_then(|c| c.get(i))
@@ -911,13 +915,13 @@ struct Phased {
 }
 
 impl Phased {
-    fn now(&self, i: usize) -> Option<String> {
-        opt_string(&self.now, i)
+    fn now(&self, i: usize) -> Option<Text> {
+        opt_text(&self.now, i)
     }
 
-    fn fill(&self, slot: &mut Option<String>, i: usize) {
+    fn fill(&self, slot: &mut Option<Text>, i: usize) {
         if self.later.is_some() {
-            *slot = opt_string(&self.later, i);
+            *slot = opt_text(&self.later, i);
         }
     }
 }
@@ -1025,7 +1029,7 @@ pub fn batch_to_events_filtered(
         let mut e = Event {
             time: time.value(i),
             observed_time: opt_int(&observed, i).unwrap_or(0),
-            event_id: event_id.now(i).unwrap_or_default(),
+            event_id: event_id.now(i).map(String::from).unwrap_or_default(),
             tenant: tenant.now(i).unwrap_or_default(),
             source: parsed(&source, i, Source::parse),
             product: product.now(i),
@@ -1059,7 +1063,7 @@ pub fn batch_to_events_filtered(
             e.event_id = opt_string(&event_id.later, i).unwrap_or_default();
         }
         if tenant.later.is_some() {
-            e.tenant = opt_string(&tenant.later, i).unwrap_or_default();
+            e.tenant = opt_text(&tenant.later, i).unwrap_or_default();
         }
         for (col, slot) in [
             (&product, &mut e.product),
@@ -1243,10 +1247,10 @@ mod tests {
             },
             action: (i % 3 == 0).then(|| "read".into()),
             outcome: Outcome::Success,
-            user: Some(format!("user{}@example.com", i % 4)),
+            user: Some(format!("user{}@example.com", i % 4).into()),
             session: Some("s-1".into()),
             tool: Some("Read".into()),
-            path: Some(format!("/home/u/file{i}.rs")),
+            path: Some(format!("/home/u/file{i}.rs").into()),
             tokens_in: (i % 2 == 1).then_some(i * 10),
             interactive: i % 5 == 0,
             attrs: [

@@ -18,6 +18,7 @@ use regex::Regex;
 use serde::Deserialize;
 
 use crate::record::{Key, Origin, RecordView, Val};
+use event::Text;
 
 /// The default mapping pack, embedded at build time.
 pub const DEFAULT_PACK: &[(&str, &str)] = &[
@@ -303,9 +304,9 @@ struct ValueSource {
 impl ValueSource {
     /// The value and, when it came whole from a view key, that key (it is then
     /// taken by the column and not repeated in `attrs`).
-    fn extract<'v>(&self, view: &'v RecordView<'_>) -> Option<(String, Option<&'v str>)> {
+    fn extract<'v>(&self, view: &'v RecordView<'_>) -> Option<(Text, Option<&'v str>)> {
         if let Some(lit) = &self.literal {
-            return Some((lit.clone(), None));
+            return Some((Text::from(lit.as_str()), None));
         }
         let key = self.field.as_ref()?;
         let val = view.get_key(key)?;
@@ -322,10 +323,11 @@ impl ValueSource {
             return None;
         }
         // Lower-casing never empties a string: the check above holds for both.
+        // Short values (most) stay inline in the event: no allocation.
         let text = if self.lower {
-            text.to_lowercase()
+            Text::from(text.to_lowercase())
         } else {
-            text.into_owned()
+            Text::from(text.as_ref())
         };
         let taken = if whole { view.key_of(key) } else { None };
         Some((text, taken))
@@ -388,7 +390,7 @@ impl Column {
         })
     }
 
-    fn set(self, ev: &mut Event, value: String) {
+    fn set(self, ev: &mut Event, value: Text) {
         let slot = match self {
             Column::Product => &mut ev.product,
             Column::Action => &mut ev.action,
@@ -628,7 +630,7 @@ impl Mapping {
                 fill_column(*col, sources, ev);
             }
             if let Some(a) = &case.action {
-                ev.action = Some(a.clone());
+                ev.action = Some(Text::from(a.as_str()));
             }
             interactive |= case.interactive;
             ev.kind = match case.kind {
@@ -636,7 +638,7 @@ impl Mapping {
                 KindChoice::FromVerb => {
                     let verb = ev.tool.as_deref().and_then(|t| set.verb_of(t));
                     if ev.action.is_none() {
-                        ev.action = verb.map(|(a, _)| a.to_string());
+                        ev.action = verb.map(|(a, _)| Text::from(a));
                     }
                     if verb.is_some_and(|(_, writes)| writes) {
                         EventKind::ConnectorAction
@@ -653,10 +655,13 @@ impl Mapping {
 
         // Generic completion that every source family wants.
         if ev.domain.is_none() {
-            ev.domain = ev.target.as_deref().and_then(host_of);
+            ev.domain = ev.target.as_deref().and_then(host_of).map(Text::from);
         }
         if let Some(d) = &mut ev.domain {
-            *d = d.trim_end_matches('.').to_ascii_lowercase();
+            let t = d.trim_end_matches('.');
+            if t.len() != d.len() || t.bytes().any(|b| b.is_ascii_uppercase()) {
+                *d = Text::from(t.to_ascii_lowercase());
+            }
         }
         let names_a_connector = ev.kind == EventKind::ConnectorAction
             || (ev.mcp_server.is_some()
@@ -668,11 +673,11 @@ impl Mapping {
                     ev.mcp_server.as_deref(),
                     ev.tool.as_deref(),
                 ])
-                .map(str::to_string);
+                .map(Text::from);
         }
         if ev.product.is_none() {
             if let Some(Val::Str(s)) = view.get("resource.service.name") {
-                ev.product = Some(s.to_string());
+                ev.product = Some(Text::from(s.as_ref()));
             }
         }
 

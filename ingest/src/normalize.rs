@@ -263,7 +263,7 @@ impl Normalizer {
         let mut ev = Event {
             time,
             observed_time: observed_ns,
-            tenant: tenant.to_string(),
+            tenant: event::Text::from(tenant),
             ..Default::default()
         };
         // The generic mapping has no condition, so one always applies.

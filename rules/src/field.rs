@@ -106,7 +106,7 @@ impl FieldRef {
     pub(crate) fn get<'a>(&self, e: &'a Event) -> Option<FieldValue<'a>> {
         use FieldValue::{Bool, Int, Str};
         #[inline]
-        fn opt(v: &Option<String>) -> Option<FieldValue<'_>> {
+        fn opt(v: &Option<event::Text>) -> Option<FieldValue<'_>> {
             v.as_deref().map(Str)
         }
         match self {

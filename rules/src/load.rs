@@ -671,14 +671,14 @@ mod tests {
             user: Some("u".into()),
             session: Some("s".into()),
             host: Some("h".into()),
-            command: Some(format!("{}!", "a".repeat(100_000))),
+            command: Some(format!("{}!", "a".repeat(100_000)).into()),
             ..Default::default()
         };
         e.event_id = e.compute_id();
         let mut alerts = engine.push(vec![e.clone()]);
         alerts.extend(engine.finish());
         assert!(alerts.is_empty(), "the trailing ! never matches");
-        e.command = Some("a".repeat(100_000));
+        e.command = Some("a".repeat(100_000).into());
         e.time += 60_000_000_000;
         e.event_id = e.compute_id();
         let mut alerts = engine.push(vec![e]);

@@ -285,7 +285,7 @@ pub(crate) fn test_events(t: &TestDoc) -> Result<Vec<Event>, String> {
             }
         }
         if e.tenant.is_empty() {
-            e.tenant = event::DEFAULT_TENANT.to_string();
+            e.tenant = event::DEFAULT_TENANT.into();
         }
         let given_id = (!e.event_id.is_empty()).then(|| e.event_id.clone());
         for n in 0..repeat.clamp(1, 100_000) {

@@ -61,9 +61,9 @@ fn stream(n: usize) -> Vec<Event> {
                 } else {
                     Outcome::Success
                 },
-                user: Some(format!("user{u}@example.com")),
-                session: Some(format!("7f3c9a2e-1b4d-4e8f-9a6b-{session:012x}")),
-                host: Some(format!("mbp-user{u}")),
+                user: Some(format!("user{u}@example.com").into()),
+                session: Some(format!("7f3c9a2e-1b4d-4e8f-9a6b-{session:012x}").into()),
+                host: Some(format!("mbp-user{u}").into()),
                 ..Default::default()
             };
             let mut attrs = vec![
@@ -123,14 +123,15 @@ fn stream(n: usize) -> Vec<Event> {
                     e.tool = Some(tools[t].into());
                     match tools[t] {
                         "Bash" => {
-                            e.command = Some(format!(
-                                "cargo test -p crate{} -- --nocapture",
-                                (r >> 40) % 30
-                            ))
+                            e.command = Some(
+                                format!("cargo test -p crate{} -- --nocapture", (r >> 40) % 30)
+                                    .into(),
+                            )
                         }
                         "WebFetch" => {
-                            e.target =
-                                Some(format!("https://docs.rs/crate{}/latest/", (r >> 40) % 50));
+                            e.target = Some(
+                                format!("https://docs.rs/crate{}/latest/", (r >> 40) % 50).into(),
+                            );
                             e.domain = Some("docs.rs".into());
                         }
                         "mcp__slack__slack_post_message" => {
@@ -139,11 +140,14 @@ fn stream(n: usize) -> Vec<Event> {
                             e.action = Some("post".into());
                         }
                         _ => {
-                            e.path = Some(format!(
-                                "/Users/user{u}/src/project{}/src/module{}.rs",
-                                (r >> 40) % 5,
-                                (r >> 44) % 200
-                            ))
+                            e.path = Some(
+                                format!(
+                                    "/Users/user{u}/src/project{}/src/module{}.rs",
+                                    (r >> 40) % 5,
+                                    (r >> 44) % 200
+                                )
+                                .into(),
+                            )
                         }
                     }
                     attrs.push(("event.name", "tool_result".into()));

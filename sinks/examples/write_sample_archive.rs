@@ -25,7 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 },
                 user: Some("gina@example.com".into()),
                 session: Some("s-1".into()),
-                path: (i % 2 == 0).then(|| format!("/Users/gina/file{i}")),
+                path: (i % 2 == 0).then(|| format!("/Users/gina/file{i}").into()),
                 tokens_in: (i % 2 == 1).then_some(100 * i),
                 attrs: [("terminal.type".to_string(), "iTerm.app".to_string())].into(),
                 ..Default::default()

@@ -37,7 +37,7 @@ impl Kept {
         let len = e.event_id.len()
             + opts
                 .iter()
-                .map(|o| o.as_ref().map_or(0, String::len))
+                .map(|o| o.as_ref().map_or(0, |s| s.len()))
                 .sum::<usize>();
         let mut text = String::with_capacity(len);
         let mut ends = [0u32; 6];
@@ -327,7 +327,7 @@ mod tests {
             event_id: "abc".into(),
             kind: EventKind::FileRead,
             tool: Some("Read".into()),
-            path: Some(String::new()),
+            path: Some(String::new().into()),
             command: Some("cat é".into()),
             user: Some("u".into()),
             ..Default::default()

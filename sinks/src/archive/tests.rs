@@ -21,7 +21,7 @@ fn event(time: i64, n: u32) -> Event {
         user: Some("gina@example.com".into()),
         session: Some("s-1".into()),
         tool: Some("Read".into()),
-        path: Some(format!("/repo/src/file{n}.rs")),
+        path: Some(format!("/repo/src/file{n}.rs").into()),
         attrs: [
             ("event.name".to_string(), "tool_result".to_string()),
             ("seq".to_string(), n.to_string()),
