@@ -177,10 +177,10 @@ pub struct EngineConfig {
     #[serde(default = "default_max_buffered")]
     pub max_buffered_events: usize,
     /// Most memory (MiB) the events held for the watermark may take, as
-    /// estimated from their contents (about 0.5-1 KB each); past it, as for
+    /// estimated from their contents (about 0.6 KB each); past it, as for
     /// `max_buffered_events`. The lateness honoured under load is this budget
     /// over (event rate x event size): 256 MiB keeps the default 30 s up to
-    /// about 10,000 events/s.
+    /// about 15,000 events/s.
     #[serde(default = "default_max_buffered_mib")]
     pub max_buffered_mib: usize,
 }
