@@ -287,6 +287,25 @@ impl Event {
         EVENT_FIELDS.contains(&name) || name.strip_prefix("attrs.").is_some_and(|k| !k.is_empty())
     }
 
+    /// The optional text columns, in schema order (product to model).
+    pub fn text_fields(&self) -> [&Option<Text>; 13] {
+        [
+            &self.product,
+            &self.action,
+            &self.user,
+            &self.session,
+            &self.host,
+            &self.tool,
+            &self.mcp_server,
+            &self.connector,
+            &self.target,
+            &self.domain,
+            &self.path,
+            &self.command,
+            &self.model,
+        ]
+    }
+
     /// Computes the stable id from everything but `observed_time` and the id itself.
     /// The same record normalized twice (live, or replayed) gets the same id.
     pub fn compute_id(&self) -> String {
@@ -307,21 +326,7 @@ impl Event {
             put(buf, self.source.as_str());
             put(buf, self.kind.as_str());
             put(buf, self.outcome.as_str());
-            for v in [
-                &self.product,
-                &self.action,
-                &self.user,
-                &self.session,
-                &self.host,
-                &self.tool,
-                &self.mcp_server,
-                &self.connector,
-                &self.target,
-                &self.domain,
-                &self.path,
-                &self.command,
-                &self.model,
-            ] {
+            for v in self.text_fields() {
                 put(buf, v.as_deref().unwrap_or("\u{0}"));
             }
             // As `format!("{:?}/{:?}/{}", tokens_in, tokens_out, interactive)`
@@ -603,21 +608,7 @@ mod tests {
         put(e.source.as_str());
         put(e.kind.as_str());
         put(e.outcome.as_str());
-        for v in [
-            &e.product,
-            &e.action,
-            &e.user,
-            &e.session,
-            &e.host,
-            &e.tool,
-            &e.mcp_server,
-            &e.connector,
-            &e.target,
-            &e.domain,
-            &e.path,
-            &e.command,
-            &e.model,
-        ] {
+        for v in e.text_fields() {
             put(v.as_deref().unwrap_or("\u{0}"));
         }
         put(&format!(

@@ -43,24 +43,7 @@ pub fn held_size(e: &Event) -> usize {
         + e.event_id.len()
         + ALLOC
         + heap(e.tenant.len())
-        + [
-            &e.product,
-            &e.action,
-            &e.user,
-            &e.session,
-            &e.host,
-            &e.tool,
-            &e.mcp_server,
-            &e.connector,
-            &e.target,
-            &e.domain,
-            &e.path,
-            &e.command,
-            &e.model,
-        ]
-        .into_iter()
-        .map(text)
-        .sum::<usize>()
+        + e.text_fields().into_iter().map(text).sum::<usize>()
         + e.attrs.heap_size()
 }
 
