@@ -29,7 +29,6 @@ const SWEEP_EVERY_NS: i64 = 60 * 1_000_000_000;
 const FOLDED_GRACE_NS: i64 = 86_400 * 1_000_000_000;
 const MAX_EVENT_IDS: usize = 100;
 
-/// Order of an event waiting for the watermark against `(time, id)`.
 /// What a held event takes in memory, estimated from its contents alone (so
 /// the same events give the same forced releases, live or replayed): the
 /// event itself, and the bytes of each string kept outside it plus the
@@ -47,6 +46,7 @@ pub fn held_size(e: &Event) -> usize {
         + e.attrs.heap_size()
 }
 
+/// Order of an event waiting for the watermark against `(time, id)`.
 fn cmp_key(p: &Event, time: i64, id: &str) -> Ordering {
     p.time.cmp(&time).then_with(|| p.event_id.as_str().cmp(id))
 }
