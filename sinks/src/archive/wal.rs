@@ -244,7 +244,7 @@ thread_local! {
     static REFUSE_DIRECT: std::cell::Cell<Option<Refuse>> = const { std::cell::Cell::new(None) };
 }
 
-#[cfg(test)]
+/// Where direct I/O can be refused (tests stand in for a file system that does).
 #[derive(Clone, Copy, PartialEq)]
 enum Refuse {
     Open,
@@ -263,12 +263,6 @@ fn refused(at: Refuse, direct: bool) -> std::io::Result<()> {
 #[cfg(not(test))]
 fn refused(_: Refuse, _: bool) -> std::io::Result<()> {
     Ok(())
-}
-
-#[cfg(not(test))]
-enum Refuse {
-    Open,
-    Write,
 }
 
 fn open_segment(path: &Path, direct: bool) -> std::io::Result<File> {
