@@ -113,7 +113,7 @@ pub enum Origin {
 
 /// The hash of a view key; [`Key`] keeps it with the name so that lookups
 /// of the mapping's fixed keys hash nothing.
-pub fn hash_key(key: &str) -> u64 {
+fn hash_key(key: &str) -> u64 {
     rustc_hash::FxBuildHasher.hash_one(key)
 }
 
@@ -129,10 +129,6 @@ impl Key {
         let name = name.into();
         let hash = hash_key(&name);
         Key { name, hash }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.name
     }
 }
 
@@ -246,10 +242,6 @@ impl<'a> RecordView<'a> {
         }
     }
 
-    pub fn origin(&self, key: &str) -> Option<Origin> {
-        self.find(key, hash_key(key)).map(|e| e.origin)
-    }
-
     /// Adds OTLP attributes under `prefix` (empty for record attributes).
     pub fn add_attributes(&mut self, prefix: &str, attrs: &[KvRef<'a>], origin: Origin) {
         for kv in attrs {
@@ -316,14 +308,19 @@ impl<'a> RecordView<'a> {
     /// Parses a JSON-string value (Claude Code's `tool_parameters`) and adds its
     /// members as `key.<member>`. Returns false when the value is not a JSON object.
     pub fn expand_json(&mut self, key: &str) -> bool {
-        let Some(Val::Str(text)) = self.get(key) else {
+        let Some(Entry {
+            val: Val::Str(text),
+            origin,
+            ..
+        }) = self.find(key, hash_key(key))
+        else {
             return false;
         };
+        let origin = *origin;
         let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(text)
         else {
             return false;
         };
-        let origin = self.origin(key).unwrap_or(Origin::Attribute);
         for (k, v) in map {
             self.add_json(format!("{key}.{k}").into(), &v, origin, 0);
         }
