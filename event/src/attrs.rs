@@ -92,9 +92,14 @@ impl Attrs {
     }
 
     fn append(&mut self, key: &str, value: &str) -> Span {
+        self.append_with(key, |text| text.push_str(value))
+    }
+
+    /// Appends `key` and the value `write` adds to the text; where they lie.
+    fn append_with(&mut self, key: &str, write: impl FnOnce(&mut String)) -> Span {
         let start = self.text.len();
         self.text.push_str(key);
-        self.text.push_str(value);
+        write(&mut self.text);
         let end = self.text.len();
         assert!(
             u32::try_from(end).is_ok(),
@@ -185,6 +190,30 @@ impl Attrs {
         out
     }
 
+    /// Builds attributes from `entries` given in strictly ascending key
+    /// order, each value appended to the text by `write`; `bytes` is the
+    /// room to reserve for keys and values. `None` as soon as a key is not
+    /// greater than the one before (out of order or repeated): the caller
+    /// sorts and tries again. No sort and no second copy: the receivers
+    /// build every event's attributes this way.
+    pub fn from_ascending<'k, T>(
+        entries: impl ExactSizeIterator<Item = (&'k str, T)>,
+        bytes: usize,
+        mut write: impl FnMut(T, &mut String),
+    ) -> Option<Attrs> {
+        let mut out = Attrs::with_capacity(entries.len(), bytes);
+        let mut prev: Option<&str> = None;
+        for (key, value) in entries {
+            if prev.is_some_and(|p| p >= key) {
+                return None;
+            }
+            prev = Some(key);
+            let span = out.append_with(key, |text| write(value, text));
+            out.spans.push(span);
+        }
+        Some(out)
+    }
+
     /// Adds entries in any order, sorted once at [`AttrsBuilder::finish`].
     pub fn builder(self) -> AttrsBuilder {
         AttrsBuilder { attrs: self }
@@ -203,44 +232,9 @@ impl AttrsBuilder {
         self.attrs.spans.push(span);
     }
 
-    /// Adds `key` with a value that `write` appends to the given buffer.
-    pub fn push_with(&mut self, key: &str, write: impl FnOnce(&mut String)) {
-        let start = self.attrs.text.len();
-        self.attrs.text.push_str(key);
-        write(&mut self.attrs.text);
-        let end = self.attrs.text.len();
-        assert!(
-            u32::try_from(end).is_ok(),
-            "an event's attributes exceed 4 GiB"
-        );
-        self.attrs.spans.push(Span {
-            key: start as u32,
-            value: (start + key.len()) as u32,
-            end: end as u32,
-        });
-    }
-
     pub fn finish(mut self) -> Attrs {
         self.attrs.settle();
         self.attrs
-    }
-
-    /// A builder to reuse: [`AttrsBuilder::take_compact`] leaves it empty
-    /// with its room kept.
-    pub fn scratch() -> AttrsBuilder {
-        AttrsBuilder {
-            attrs: Attrs::default(),
-        }
-    }
-
-    /// The entries so far, sorted, in buffers of their exact size (text in
-    /// key order); the builder is emptied and keeps its room for the next.
-    pub fn take_compact(&mut self) -> Attrs {
-        self.attrs.settle();
-        let out = self.attrs.copy_of(&self.attrs.spans);
-        self.attrs.text.clear();
-        self.attrs.spans.clear();
-        out
     }
 }
 
@@ -404,17 +398,21 @@ mod tests {
     }
 
     #[test]
-    fn a_scratch_builder_hands_out_exact_buffers_and_is_reused() {
-        let mut b = AttrsBuilder::scratch();
-        b.push("z", "1");
-        b.push("a", "22");
-        b.push("z", "333");
-        let a = b.take_compact();
-        assert_eq!(a.iter().collect::<Vec<_>>(), [("a", "22"), ("z", "333")]);
-        assert_eq!(a.text_len(), "a22z333".len());
-        b.push("m", "x");
-        let next = b.take_compact();
-        assert_eq!(next.iter().collect::<Vec<_>>(), [("m", "x")]);
+    fn built_from_ascending_entries_or_refused() {
+        let write = |v: i64, out: &mut String| out.push_str(&v.to_string());
+        let a = Attrs::from_ascending([("a", 1), ("b", 22), ("c", 3)].into_iter(), 0, write)
+            .expect("ascending");
+        assert_eq!(a, Attrs::from([("c", "3"), ("a", "1"), ("b", "22")]));
+        assert_eq!(a.get("b"), Some("22"));
+        assert_eq!(a.text_len(), "a1b22c3".len());
+        for refused in [
+            [("a", 1), ("c", 2), ("b", 3)],
+            [("a", 1), ("b", 2), ("b", 3)],
+        ] {
+            assert!(Attrs::from_ascending(refused.into_iter(), 8, write).is_none());
+        }
+        let empty = Attrs::from_ascending(std::iter::empty::<(&str, i64)>(), 0, write);
+        assert!(empty.is_some_and(|a| a.is_empty()));
     }
 
     #[test]

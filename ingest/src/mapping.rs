@@ -12,10 +12,10 @@ use std::collections::BTreeMap;
 
 use std::path::{Path, PathBuf};
 
-use event::attrs::AttrsBuilder;
 use event::{Event, EventKind, Outcome, Source};
 use regex::Regex;
 use serde::Deserialize;
+use smallvec::SmallVec;
 
 use crate::record::{Key, Origin, RecordView, Val};
 use event::Text;
@@ -681,26 +681,117 @@ impl Mapping {
             }
         }
 
-        // Every kept key and value is written into the one buffer of the
-        // event's attributes, then sorted once.
-        // Written into this thread's scratch buffer (whose room stays from
-        // record to record), then copied out at their exact size.
-        thread_local! {
-            static SCRATCH: std::cell::RefCell<AttrsBuilder> =
-                std::cell::RefCell::new(AttrsBuilder::scratch());
+        // The kept keys and values become the event's attributes, in key order.
+        let pre = std::mem::take(&mut ev.attrs);
+        let mut entries: SmallVec<[(&str, AttrValue<'_, '_>); 32]> = SmallVec::new();
+        let mut shape = Shape::default();
+        for (key, value) in &pre {
+            shape.add(key, crate::record::hash_key(key), value.len());
+            entries.push((key, AttrValue::Text(value)));
         }
-        SCRATCH.with_borrow_mut(|attrs| {
-            for (key, value) in &ev.attrs {
-                attrs.push(key, value);
+        view.for_each(|key, hash, val, origin| {
+            if origin != Origin::Derived && !taken.contains(&key) && !expanded.contains(&key) {
+                shape.add(key, hash, val.text_len_hint());
+                entries.push((key, AttrValue::View(val)));
             }
-            for (key, val, origin) in view.iter() {
-                if origin != Origin::Derived && !taken.contains(&key) && !expanded.contains(&key) {
-                    attrs.push_with(key, |out| val.write_text(out));
-                }
-            }
-            ev.attrs = attrs.take_compact();
         });
+        ev.attrs = sorted_attrs(&entries, shape);
     }
+}
+
+/// A value of an event's attributes: one set by a column, or one of the view.
+#[derive(Clone, Copy)]
+enum AttrValue<'v, 'a> {
+    Text(&'v str),
+    View(&'v Val<'a>),
+}
+
+impl AttrValue<'_, '_> {
+    fn write(self, out: &mut String) {
+        match self {
+            AttrValue::Text(t) => out.push_str(t),
+            AttrValue::View(v) => v.write_text(out),
+        }
+    }
+}
+
+/// What the attributes of a record look like: a fingerprint of their keys'
+/// hashes in the order the view visits them, and the bytes they need.
+#[derive(Default, Clone, Copy)]
+struct Shape {
+    print: u64,
+    bytes: usize,
+}
+
+impl Shape {
+    fn add(&mut self, key: &str, hash: u64, value_len: usize) {
+        self.print = (self.print.rotate_left(5) ^ hash).wrapping_mul(0x517c_c1b7_2722_0a95);
+        self.bytes += key.len() + value_len;
+    }
+}
+
+/// Sorting orders remembered per shape, in a few slots by fingerprint.
+const ORDER_SLOTS: usize = 16;
+/// Records with more attributes than this are sorted every time.
+const MAX_REMEMBERED: usize = 256;
+
+#[derive(Default)]
+struct Order {
+    print: u64,
+    len: usize,
+    /// Indices into the entries, in key order, repeated keys left out.
+    perm: Vec<u32>,
+}
+
+/// The entries (the first of repeated keys set by a column, then the
+/// view's, whose keys are unique) as attributes in key order; of repeated
+/// keys the last wins.
+///
+/// Records of one shape (a source's event type) visit their keys in the
+/// same order, so the order that sorted the last record of that shape is
+/// tried first. `Attrs::from_ascending` checks it key by key as it builds,
+/// so a wrong guess (a fingerprint collision) costs a sort, never a wrong
+/// map: most records are not sorted at all.
+fn sorted_attrs(entries: &[(&str, AttrValue<'_, '_>)], shape: Shape) -> event::Attrs {
+    thread_local! {
+        static ORDERS: std::cell::RefCell<Vec<Order>> = std::cell::RefCell::new(
+            (0..ORDER_SLOTS).map(|_| Order::default()).collect(),
+        );
+    }
+    let build = |perm: &[u32]| {
+        event::Attrs::from_ascending(
+            perm.iter().map(|&i| entries[i as usize]),
+            shape.bytes,
+            AttrValue::write,
+        )
+    };
+    ORDERS.with_borrow_mut(|orders| {
+        let slot = &mut orders[shape.print as usize % ORDER_SLOTS];
+        if slot.print == shape.print && slot.len == entries.len() {
+            if let Some(attrs) = build(&slot.perm) {
+                return attrs;
+            }
+        }
+        let mut perm: Vec<u32> = (0..entries.len() as u32).collect();
+        // Stable: of equal keys the later stays after the earlier, and wins.
+        perm.sort_by(|a, b| entries[*a as usize].0.cmp(entries[*b as usize].0));
+        perm.dedup_by(|later, earlier| {
+            let same = entries[*later as usize].0 == entries[*earlier as usize].0;
+            if same {
+                *earlier = *later;
+            }
+            same
+        });
+        let attrs = build(&perm).expect("sorted keys without repeats are ascending");
+        if entries.len() <= MAX_REMEMBERED {
+            *slot = Order {
+                print: shape.print,
+                len: entries.len(),
+                perm,
+            };
+        }
+        attrs
+    })
 }
 
 /// Splits a tool name into lower-case words: `chat.postMessage` -> chat, post, message.
@@ -956,6 +1047,46 @@ fn compile_pred(p: &PredSpec) -> Result<Pred, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A remembered order that does not fit (as after a fingerprint
+    /// collision) is caught and the entries are sorted; repeated keys keep
+    /// the last value.
+    #[test]
+    fn attributes_come_out_sorted_whatever_order_was_remembered() {
+        let one = Val::Int(1);
+        let two = Val::Str("2".into());
+        let shape = Shape {
+            print: 42,
+            bytes: 0,
+        };
+        let pairs = |a: event::Attrs| {
+            a.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+        };
+        let first = [
+            ("b", AttrValue::View(&one)),
+            ("a", AttrValue::Text("x")),
+            ("c", AttrValue::View(&two)),
+        ];
+        assert_eq!(pairs(sorted_attrs(&first, shape)), ["a=x", "b=1", "c=2"]);
+        // Same fingerprint and length, other keys in another order.
+        let second = [
+            ("z", AttrValue::Text("26")),
+            ("y", AttrValue::View(&one)),
+            ("m", AttrValue::Text("13")),
+        ];
+        assert_eq!(pairs(sorted_attrs(&second, shape)), ["m=13", "y=1", "z=26"]);
+        assert_eq!(pairs(sorted_attrs(&first, shape)), ["a=x", "b=1", "c=2"]);
+        let repeated = [
+            ("k", AttrValue::Text("column")),
+            ("a", AttrValue::View(&one)),
+            ("k", AttrValue::View(&two)),
+        ];
+        for _ in 0..2 {
+            assert_eq!(pairs(sorted_attrs(&repeated, shape)), ["a=1", "k=2"]);
+        }
+    }
 
     #[test]
     fn every_optional_event_column_can_be_set_by_a_mapping() {

@@ -50,6 +50,17 @@ impl Val<'_> {
         }
     }
 
+    /// About how many bytes [`Val::write_text`] appends: exact for a string,
+    /// room for most numbers otherwise.
+    pub fn text_len_hint(&self) -> usize {
+        match self {
+            Val::Str(s) => s.len(),
+            Val::Int(_) => 20,
+            Val::Double(_) => 24,
+            Val::Bool(_) => 5,
+        }
+    }
+
     /// The value as text, borrowed when it is a string.
     pub fn text(&self) -> Cow<'_, str> {
         match self {
@@ -113,7 +124,7 @@ pub enum Origin {
 
 /// The hash of a view key; [`Key`] keeps it with the name so that lookups
 /// of the mapping's fixed keys hash nothing.
-fn hash_key(key: &str) -> u64 {
+pub(crate) fn hash_key(key: &str) -> u64 {
     rustc_hash::FxBuildHasher.hash_one(key)
 }
 
@@ -223,22 +234,25 @@ impl<'a> RecordView<'a> {
         }
     }
 
-    /// Keys and values, the parent's first; a key set here hides the parent's.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &Val<'a>, Origin)> + '_ {
-        self.entries().map(|e| (e.key.as_ref(), &e.val, e.origin))
+    /// Calls `f` with each key of this view and its parents (the parents'
+    /// first), its hash, value and origin; a key set at a lower level hides
+    /// a parent's. The order is the tables': it repeats for records whose
+    /// keys are the same and were added in the same order.
+    pub fn for_each<'s>(&'s self, mut f: impl FnMut(&'s str, u64, &'s Val<'a>, Origin)) {
+        self.visit(&|_, _| false, &mut |e| f(&e.key, e.hash, &e.val, e.origin));
     }
 
-    /// The entries of this view and its parents, the parent's first, hidden
-    /// keys left out.
-    fn entries(&self) -> Box<dyn Iterator<Item = &Entry<'a>> + '_> {
-        let own = self.values.iter();
-        match &self.parent {
-            None => Box::new(own),
-            Some(p) => Box::new(
-                p.entries()
-                    .filter(|e| self.values.find(e.hash, |o| o.key == e.key).is_none())
-                    .chain(own),
-            ),
+    /// [`RecordView::for_each`] of the entries not `hidden` by a lower level.
+    fn visit<'s>(&'s self, hidden: &dyn Fn(&str, u64) -> bool, f: &mut dyn FnMut(&'s Entry<'a>)) {
+        if let Some(parent) = &self.parent {
+            let below =
+                |k: &str, h: u64| hidden(k, h) || self.values.find(h, |e| e.key == k).is_some();
+            parent.visit(&below, f);
+        }
+        for e in &self.values {
+            if !hidden(&e.key, e.hash) {
+                f(e);
+            }
         }
     }
 
@@ -482,8 +496,9 @@ mod tests {
         let v = otlp::any(Some(&v));
         let mut view = RecordView::default();
         view.add_any("a".into(), v.as_ref(), Origin::Attribute, 0);
-        assert_eq!(view.iter().count(), 1);
-        let (key, val, _) = view.iter().next().unwrap();
+        let entries = entries(&view);
+        assert_eq!(entries.len(), 1);
+        let (key, val, _) = &entries[0];
         assert_eq!(key.matches(".k").count(), MAX_DEPTH);
         assert_eq!(val, &Val::Str("<nested too deep>".into()));
     }
@@ -528,7 +543,43 @@ mod tests {
         let attrs = [kv("a", s("1")), kv("a", s("2"))];
         let mut view = RecordView::default();
         view.add_attributes("", &otlp::kvs(&attrs), Origin::Attribute);
-        assert_eq!(view.iter().count(), 1);
+        assert_eq!(entries(&view).len(), 1);
         assert_eq!(view.get("a"), Some(&Val::Str("2".into())));
+    }
+
+    fn entries<'a>(view: &RecordView<'a>) -> Vec<(String, Val<'a>, Origin)> {
+        let mut out = Vec::new();
+        view.for_each(|k, h, v, o| {
+            assert_eq!(h, hash_key(k), "{k}");
+            out.push((k.to_string(), v.clone(), o));
+        });
+        out
+    }
+
+    #[test]
+    fn every_level_is_visited_once_and_lower_levels_hide_higher_ones() {
+        let mut resource = RecordView::default();
+        resource.insert("host".into(), Val::Str("r".into()), Origin::Resource);
+        resource.insert("shared".into(), Val::Str("r".into()), Origin::Resource);
+        let mut scope = RecordView::on(Arc::new(resource), 2);
+        scope.insert("shared".into(), Val::Str("s".into()), Origin::Record);
+        scope.insert("scope.name".into(), Val::Str("s".into()), Origin::Record);
+        let mut record = RecordView::on(Arc::new(scope), 4);
+        record.insert("scope.name".into(), Val::Int(1), Origin::Attribute);
+        record.insert("own".into(), Val::Bool(true), Origin::Attribute);
+        let mut got = entries(&record);
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            got,
+            [
+                ("host".to_string(), Val::Str("r".into()), Origin::Resource),
+                ("own".to_string(), Val::Bool(true), Origin::Attribute),
+                ("scope.name".to_string(), Val::Int(1), Origin::Attribute),
+                ("shared".to_string(), Val::Str("s".into()), Origin::Record),
+            ]
+        );
+        // Parents come first: the record's own keys are the last two.
+        let order = entries(&record);
+        assert!(order[2..].iter().all(|(_, _, o)| *o == Origin::Attribute));
     }
 }

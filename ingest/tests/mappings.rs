@@ -546,3 +546,54 @@ fn user_mappings_override_defaults_by_name() {
     assert!(err.contains("broken.yaml:3"), "{err}");
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// Records of several shapes in one request (other keys, the same keys
+/// sent in another order, a column's leftover colliding with an attribute)
+/// get the attributes each gets alone, on a fresh receiver thread: the
+/// orders the receivers remember from record to record change nothing.
+#[test]
+fn attributes_of_mixed_records_match_each_record_normalized_alone() {
+    let shapes = [
+        json!({"event.name": "tool_result", "tool_name": "Read", "b": "1", "a": "2"}),
+        json!({"event.name": "tool_result", "a": "2", "tool_name": "Read", "b": "1"}),
+        json!({"event.name": "api_request", "model": "m", "input_tokens": "lots", "tokens_in": "sent", "z": 1.5}),
+        json!({"event.name": "user_prompt", "prompt_length": 12, "zz": true, "aa": "x"}),
+    ];
+    let record = |i: usize| LogRecord {
+        time_unix_nano: T0 + i as u64,
+        body: Some(any(&json!("claude_code.event"))),
+        attributes: kvs(&shapes[i % shapes.len()]),
+        ..Default::default()
+    };
+    let request = |records: Vec<LogRecord>| ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(Resource {
+                attributes: kvs(&json!({"service.name": "claude-code", "os.type": "linux"})),
+                ..Default::default()
+            }),
+            scope_logs: vec![ScopeLogs {
+                log_records: records,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let n = normalizer();
+    let mixed = n.logs(&request((0..40).map(record).collect()), "default", 1);
+    assert_eq!(mixed.events.len(), 40);
+    for (i, ev) in mixed.events.iter().enumerate() {
+        let keys: Vec<&str> = ev.attrs.keys().collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:?}");
+        let alone = std::thread::scope(|s| {
+            s.spawn(|| n.logs(&request(vec![record(i)]), "default", 1))
+                .join()
+                .unwrap()
+        });
+        assert_eq!(ev.attrs, alone.events[0].attrs, "record {i}");
+    }
+    let collided = &mixed.events[2];
+    assert_eq!(collided.tokens_in, None);
+    assert_eq!(collided.attrs.get("tokens_in"), Some("sent"));
+    assert_eq!(collided.attrs.get("z"), Some("1.5"));
+    assert_eq!(mixed.events[3].attrs.get("zz"), Some("true"));
+}
