@@ -20,6 +20,7 @@ pub mod memory;
 pub mod metrics;
 pub mod normalize;
 pub mod otlp;
+pub mod pattern;
 pub mod record;
 pub mod tls;
 pub mod wire;
@@ -283,4 +284,23 @@ pub fn now_ns() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
+}
+
+/// xorshift64*: deterministic, so a failing randomized test names its seed.
+#[cfg(test)]
+pub(crate) mod test_rng {
+    pub struct Rng(pub u64);
+
+    impl Rng {
+        pub fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        pub fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+    }
 }

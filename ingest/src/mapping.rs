@@ -17,6 +17,7 @@ use regex::Regex;
 use serde::Deserialize;
 use smallvec::SmallVec;
 
+use crate::pattern::Pattern;
 use crate::record::{Key, Origin, RecordView, Val};
 use event::Text;
 
@@ -297,7 +298,7 @@ impl Pred {
 struct ValueSource {
     field: Option<Key>,
     literal: Option<String>,
-    regex: Option<Regex>,
+    pattern: Option<Pattern>,
     lower: bool,
 }
 
@@ -313,10 +314,11 @@ impl ValueSource {
         // Borrowed until the value is known to be kept: most sources miss.
         let mut text = val.text();
         let mut whole = true;
-        if let Some(re) = &self.regex {
-            let caps = re.captures(&text)?;
-            let part = caps.name("value").or_else(|| caps.get(0))?.as_str();
-            text = std::borrow::Cow::Owned(part.to_string());
+        if let Some(pattern) = &self.pattern {
+            text = match text {
+                std::borrow::Cow::Borrowed(t) => std::borrow::Cow::Borrowed(pattern.value(t)?),
+                std::borrow::Cow::Owned(t) => std::borrow::Cow::Owned(pattern.value(&t)?.into()),
+            };
             whole = false;
         }
         if text.is_empty() {
@@ -948,7 +950,7 @@ fn compile_source(s: &SourceSpec) -> Result<ValueSource, String> {
         SourceSpec::Key(k) => ValueSource {
             field: Some(Key::new(k.as_str())),
             literal: None,
-            regex: None,
+            pattern: None,
             lower: false,
         },
         SourceSpec::Full(f) => {
@@ -958,10 +960,10 @@ fn compile_source(s: &SourceSpec) -> Result<ValueSource, String> {
             ValueSource {
                 field: f.field.as_deref().map(Key::new),
                 literal: f.value.clone(),
-                regex: f
+                pattern: f
                     .regex
                     .as_deref()
-                    .map(Regex::new)
+                    .map(Pattern::new)
                     .transpose()
                     .map_err(|e| e.to_string())?,
                 lower: f.lower,

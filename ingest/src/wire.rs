@@ -394,18 +394,12 @@ mod tests {
     use opentelemetry_proto::tonic::trace::v1::{span, ResourceSpans, ScopeSpans, Span, Status};
     use prost::Message;
 
-    /// xorshift64*: deterministic, so a failure names its seed.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n.max(1)
-        }
+    use crate::test_rng::Rng;
+
+    trait Texts {
+        fn text(&mut self) -> String;
+    }
+    impl Texts for Rng {
         fn text(&mut self) -> String {
             const PARTS: &[&str] = &["", "a", "session.id", "ü", "~/.ssh/id_rsa", "日本", " x "];
             (0..self.below(3))
