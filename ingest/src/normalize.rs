@@ -129,8 +129,14 @@ impl Normalizer {
                         Origin::Derived,
                     );
                     fill(&mut view, rec);
-                    out.events
-                        .push(self.finish(signal, &mut view, tenant, time, observed_ns));
+                    self.finish(
+                        signal,
+                        &mut view,
+                        &mut out.events,
+                        tenant,
+                        time,
+                        observed_ns,
+                    );
                 }
             }
         }
@@ -238,13 +244,14 @@ impl Normalizer {
                             view.insert(k.into(), v, Origin::Record);
                         }
                         view.add_attributes("", &otlp::kvs(point.attributes), Origin::Attribute);
-                        out.events.push(self.finish(
+                        self.finish(
                             Signal::Metric,
                             &mut view,
+                            &mut out.events,
                             tenant,
                             time,
                             observed_ns,
-                        ));
+                        );
                     }
                 }
             }
@@ -252,24 +259,28 @@ impl Normalizer {
         out
     }
 
+    /// Maps the record into a new event at the end of `events`, filled where
+    /// it lies: an event is a few hundred bytes, and building it aside
+    /// first cost a copy of each.
     fn finish<'a>(
         &'a self,
         signal: Signal,
         view: &mut RecordView<'a>,
+        events: &mut Vec<Event>,
         tenant: &str,
         time: i64,
         observed_ns: i64,
-    ) -> Event {
-        let mut ev = Event {
+    ) {
+        events.push(Event {
             time,
             observed_time: observed_ns,
             tenant: event::Text::from(tenant),
             ..Default::default()
-        };
+        });
+        let ev = events.last_mut().expect("just pushed");
         // The generic mapping has no condition, so one always applies.
-        let _ = self.mappings.apply(signal, view, &mut ev);
+        let _ = self.mappings.apply(signal, view, ev);
         ev.event_id = ev.compute_id();
-        ev
     }
 }
 
