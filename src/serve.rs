@@ -419,7 +419,7 @@ pub fn run(config: Config) -> Result<()> {
     // Few slots: a slot holds up to a group commit of events, and a slow
     // detection stage must push back on the archive stage, and so on the
     // senders, rather than pile events up in memory.
-    let (engine_tx, engine_rx) = sync_channel::<Vec<Event>>(DETECT_QUEUE_BATCHES);
+    let (engine_tx, engine_rx) = sync_channel::<Vec<Vec<Event>>>(DETECT_QUEUE_BATCHES);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -828,7 +828,7 @@ fn archive_stage(
     rt: tokio::runtime::Handle,
     mut batches: mpsc::Receiver<IngestBatch>,
     mut writer: ArchiveWriter<Event>,
-    engine_tx: SyncSender<Vec<Event>>,
+    engine_tx: SyncSender<Vec<Vec<Event>>>,
     control: &StageControl,
     health: &Health,
     pm: &PipelineMetrics,
@@ -876,9 +876,9 @@ fn archive_stage(
                             let _ = ack.send(Ok(()));
                         }
                         pm.events_archived.inc_by(n);
-                        let mut parts = parts.into_iter().map(|(events, _)| events);
-                        let mut events = parts.next().unwrap_or_default();
-                        events.extend(parts.flatten());
+                        // Each request's events as they are: the engine takes
+                        // them one by one, so merging them would only copy each.
+                        let events = parts.into_iter().map(|(events, _)| events).collect();
                         if engine_tx.send(events).is_err() {
                             error!("the detection stage stopped; events are archived but not detected on");
                         }
@@ -1038,7 +1038,7 @@ impl DetectSetup {
 
 fn detect_stage(
     mut engine: rules::Engine,
-    events: Receiver<Vec<Event>>,
+    events: Receiver<Vec<Vec<Event>>>,
     mut outputs: AlertOutputs,
     setup: DetectSetup,
     health: &Health,
@@ -1077,7 +1077,7 @@ fn detect_stage(
             Ok(batch) => {
                 idle_released = false;
                 last_batch = Instant::now();
-                (engine.push(batch), false)
+                (engine.push_parts(batch), false)
             }
             // A quiet stream: release what waits for the watermark so timers fire.
             Err(RecvTimeoutError::Timeout) if !idle_released && last_batch.elapsed() >= idle => {
