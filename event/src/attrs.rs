@@ -138,14 +138,17 @@ impl Attrs {
     /// order. When any is dropped, the kept ones move to buffers of their
     /// exact size: what is held for long stays small.
     pub fn retain(&mut self, mut keep: impl FnMut(&str, &str) -> bool) {
-        let kept: Vec<Span> = self
-            .spans
-            .iter()
-            .filter(|s| keep(self.key_at(s), self.value_at(s)))
-            .copied()
-            .collect();
-        if kept.len() < self.spans.len() {
-            *self = self.copy_of(&kept);
+        let before = self.spans.len();
+        let text = &self.text;
+        // In place: no list of the kept entries is allocated.
+        self.spans.retain(|s| {
+            keep(
+                &text[s.key as usize..s.value as usize],
+                &text[s.value as usize..s.end as usize],
+            )
+        });
+        if self.spans.len() < before {
+            *self = self.copy_of(&self.spans);
         }
     }
 

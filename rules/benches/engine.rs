@@ -74,6 +74,22 @@ fn stream(n: usize, sessions: usize) -> Vec<Event> {
                 product: Some("claude-code".into()),
                 user: Some(user.into()),
                 session: Some(format!("sess-{s}").into()),
+                // What a Claude Code record keeps beside its columns once
+                // normalized (rules read few of them; the engine drops the rest).
+                attrs: event::Attrs::from([
+                    ("body", "claude_code.tool_result"),
+                    ("event.name", "tool_result"),
+                    ("event.sequence", "42"),
+                    ("organization.id", "5f0c1e9a-8d2b-4c1f-9a77-2b8e4d1c0a11"),
+                    ("resource.host.arch", "arm64"),
+                    ("resource.os.type", "darwin"),
+                    ("resource.service.name", "claude-code"),
+                    ("resource.service.version", "2.1.230"),
+                    ("severity_number", "9"),
+                    ("severity_text", "INFO"),
+                    ("terminal.type", "iTerm.app"),
+                    ("user.account_uuid", "acc-7"),
+                ]),
                 ..Default::default()
             };
             match rnd() % 20 {

@@ -46,6 +46,11 @@ pub fn held_size(e: &Event) -> usize {
         + e.attrs.heap_size()
 }
 
+/// A bit for the length of `name` (names of 63 bytes or more share the last).
+fn len_bit(name: &str) -> u64 {
+    1 << name.len().min(63)
+}
+
 /// Order of an event waiting for the watermark against `(time, id)`.
 fn cmp_key(p: &Event, time: i64, id: &str) -> Ordering {
     p.time.cmp(&time).then_with(|| p.event_id.as_str().cmp(id))
@@ -304,6 +309,9 @@ pub struct Engine {
     keys: EventKeys,
     /// The attributes rules read, sorted: what held events keep.
     attr_order: Vec<String>,
+    /// The lengths of those names ([`len_bit`]): most attributes of an
+    /// event are dropped on their length alone, with no comparison.
+    attr_lens: u64,
     max_seen: Option<i64>,
     watermark: i64,
     next_sweep: i64,
@@ -351,6 +359,7 @@ impl Engine {
         let (keys, key_slot) = EventKeys::new(&ruleset.rules);
         let mut attr_order: Vec<String> = ruleset.attr_refs.iter().cloned().collect();
         attr_order.sort_unstable();
+        let attr_lens = attr_order.iter().fold(0, |m, k| m | len_bit(k));
         Engine {
             set: ruleset,
             config,
@@ -362,6 +371,7 @@ impl Engine {
             key_slot,
             keys,
             attr_order,
+            attr_lens,
             max_seen: None,
             watermark: i64::MIN,
             next_sweep: i64::MIN,
@@ -406,8 +416,12 @@ impl Engine {
             // Both sides are sorted: one merge walk, no hashing, no searching.
             if !e.attrs.is_empty() {
                 let refs = &self.attr_order;
+                let lens = self.attr_lens;
                 let mut i = 0;
                 e.attrs.retain(|k, _| {
+                    if lens & len_bit(k) == 0 {
+                        return false;
+                    }
                     while refs.get(i).is_some_and(|r| r.as_str() < k) {
                         i += 1;
                     }
@@ -1180,8 +1194,12 @@ mod tests {
         let yaml = "id: m\ntitle: M\nseverity: low\nkey: [user]\nsummary: '{user} in {attrs.channel}'\ncondition: {attrs.to_mode: bypassPermissions}\n";
         let mut eng = engine(yaml);
         let mut e = ev(T0, EventKind::PermissionModeChange, "a");
-        // Unread keys before, between and after the two that rules read.
-        for k in ["a", "channel", "d", "prompt", "to_mode", "to_mode2", "zz"] {
+        // Unread keys before, between and after the two that rules read,
+        // some as long as a read one.
+        let long = "l".repeat(70);
+        for k in [
+            "a", "channel", "d", "prompt", "to_mode", "to_mode2", "tx_mode", &long, "zz",
+        ] {
             e.attrs.insert(k, format!("v-{k}"));
         }
         e.attrs.insert("to_mode", "bypassPermissions");
