@@ -262,7 +262,7 @@ impl<'a> RecordView<'a> {
             let key = if prefix.is_empty() {
                 Cow::Borrowed(kv.key)
             } else {
-                Cow::Owned(format!("{prefix}{}", kv.key))
+                Cow::Owned(joined(prefix, "", kv.key))
             };
             self.add_any(key, kv.value.as_ref(), origin, 0);
         }
@@ -294,7 +294,7 @@ impl<'a> RecordView<'a> {
             AnyRef::Kvlist(list) => {
                 for kv in list {
                     self.add_any(
-                        format!("{key}.{}", kv.key).into(),
+                        joined(&key, ".", kv.key).into(),
                         kv.value.as_ref(),
                         origin,
                         depth + 1,
@@ -304,7 +304,7 @@ impl<'a> RecordView<'a> {
             AnyRef::Array(values) => {
                 if let Some(pairs) = name_value_pairs(values) {
                     for (name, v) in pairs {
-                        self.add_any(format!("{key}.{name}").into(), v, origin, depth + 1);
+                        self.add_any(joined(&key, ".", name).into(), v, origin, depth + 1);
                     }
                 } else {
                     let json = serde_json::Value::Array(
@@ -336,7 +336,7 @@ impl<'a> RecordView<'a> {
             return false;
         };
         for (k, v) in map {
-            self.add_json(format!("{key}.{k}").into(), &v, origin, 0);
+            self.add_json(joined(key, ".", &k).into(), &v, origin, 0);
         }
         true
     }
@@ -361,11 +361,21 @@ impl<'a> RecordView<'a> {
             J::Array(_) => self.insert(key, Val::Str(v.to_string().into()), origin),
             J::Object(map) => {
                 for (k, inner) in map {
-                    self.add_json(format!("{key}.{k}").into(), inner, origin, depth + 1);
+                    self.add_json(joined(&key, ".", k).into(), inner, origin, depth + 1);
                 }
             }
         }
     }
+}
+
+/// `a`, `sep` and `b` in one string of their exact size (`format!` was a
+/// visible cost for the keys of every nested value).
+fn joined(a: &str, sep: &str, b: &str) -> String {
+    let mut out = String::with_capacity(a.len() + sep.len() + b.len());
+    out.push_str(a);
+    out.push_str(sep);
+    out.push_str(b);
+    out
 }
 
 /// `[{name: A, value: 1}, {name: B, value: 2}]` as pairs, when every element has that shape.
