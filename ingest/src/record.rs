@@ -163,6 +163,14 @@ struct Entry<'a> {
 pub struct RecordView<'a> {
     parent: Option<Arc<RecordView<'a>>>,
     values: HashTable<Entry<'a>>,
+    /// One bit per key's hash ([`bloom_bit`]): most lookups miss most
+    /// levels, and this turns nearly all of those misses away unprobed.
+    bloom: u64,
+}
+
+/// The bit of a key's hash in a level's `bloom` (from the hash's top bits).
+fn bloom_bit(hash: u64) -> u64 {
+    1 << (hash >> 58)
 }
 
 impl<'a> RecordView<'a> {
@@ -173,12 +181,14 @@ impl<'a> RecordView<'a> {
         RecordView {
             parent: Some(parent),
             values: HashTable::with_capacity(capacity),
+            bloom: 0,
         }
     }
 
     /// Forgets this view's own keys (not the parent's), keeping the room it has.
     pub fn clear(&mut self) {
         self.values.clear();
+        self.bloom = 0;
     }
 
     /// Puts this view on another parent (the next resource or scope).
@@ -186,11 +196,19 @@ impl<'a> RecordView<'a> {
         self.parent = Some(parent);
     }
 
+    /// The entry of `key` (whose hash is `hash`) at this level only.
+    fn own(&self, key: &str, hash: u64) -> Option<&Entry<'a>> {
+        if self.bloom & bloom_bit(hash) == 0 {
+            return None;
+        }
+        self.values.find(hash, |e| e.key == key)
+    }
+
     /// The entry of `key` (whose hash is `hash`) at this level or a parent's.
     fn find(&self, key: &str, hash: u64) -> Option<&Entry<'a>> {
         let mut view = self;
         loop {
-            if let Some(e) = view.values.find(hash, |e| e.key == key) {
+            if let Some(e) = view.own(key, hash) {
                 return Some(e);
             }
             view = view.parent.as_deref()?;
@@ -214,6 +232,7 @@ impl<'a> RecordView<'a> {
     /// Duplicate attribute keys: the last one wins, as in the OTel SDKs.
     pub fn insert(&mut self, key: Cow<'a, str>, val: Val<'a>, origin: Origin) {
         let hash = hash_key(&key);
+        self.bloom |= bloom_bit(hash);
         match self
             .values
             .entry(hash, |e| e.key == key, |e: &Entry<'a>| e.hash)
@@ -245,8 +264,7 @@ impl<'a> RecordView<'a> {
     /// [`RecordView::for_each`] of the entries not `hidden` by a lower level.
     fn visit<'s>(&'s self, hidden: &dyn Fn(&str, u64) -> bool, f: &mut dyn FnMut(&'s Entry<'a>)) {
         if let Some(parent) = &self.parent {
-            let below =
-                |k: &str, h: u64| hidden(k, h) || self.values.find(h, |e| e.key == k).is_some();
+            let below = |k: &str, h: u64| hidden(k, h) || self.own(k, h).is_some();
             parent.visit(&below, f);
         }
         for e in &self.values {
@@ -564,6 +582,47 @@ mod tests {
             out.push((k.to_string(), v.clone(), o));
         });
         out
+    }
+
+    /// A level reused record after record acts as a map whose last insert
+    /// wins, and a parent's keys are found through it unless it hides them.
+    #[test]
+    fn a_reused_level_acts_as_a_map() {
+        let mut rng = crate::test_rng::Rng(0x71e3);
+        let mut resource = RecordView::default();
+        resource.insert("shared".into(), Val::Int(-1), Origin::Resource);
+        resource.insert("resource.only".into(), Val::Int(-2), Origin::Resource);
+        let mut view = RecordView::on(Arc::new(resource), 4);
+        for round in 0..60 {
+            view.clear();
+            let mut model: std::collections::BTreeMap<String, i64> = Default::default();
+            let pool = 1 + rng.below(100);
+            for _ in 0..rng.below(150) {
+                let key = match rng.below(10) {
+                    0 => "shared".to_string(),
+                    _ => format!("k{}", rng.below(pool)),
+                };
+                let v = rng.below(1000) as i64;
+                model.insert(key.clone(), v);
+                view.insert(key.into(), Val::Int(v), Origin::Attribute);
+            }
+            let mut seen = std::collections::BTreeMap::new();
+            view.for_each(|k, _, v, _| {
+                let Val::Int(i) = v else { panic!("{v:?}") };
+                assert!(seen.insert(k.to_string(), *i).is_none(), "{k} twice");
+            });
+            let mut want = model.clone();
+            want.entry("shared".into()).or_insert(-1);
+            want.insert("resource.only".into(), -2);
+            assert_eq!(seen, want, "round {round}");
+            for (k, v) in &want {
+                assert_eq!(view.get(k), Some(&Val::Int(*v)), "round {round}: {k}");
+                assert_eq!(view.get_key(&Key::new(k.as_str())), Some(&Val::Int(*v)));
+            }
+            for absent in ["absent", "k-1", "resource.other"] {
+                assert_eq!(view.get(absent), None);
+            }
+        }
     }
 
     #[test]
