@@ -20,9 +20,9 @@ fuzz_target!(|data: &[u8]| {
         Origin::Attribute,
     );
     view.expand_json("tool_parameters");
-    for (k, v, _) in view.iter() {
+    view.for_each(|k, _, v, _| {
         let _ = (k.len(), v.as_text());
-    }
+    });
     let n = default_normalizer();
     for tool in ["Bash", "WebFetch", "mcp__github__create_issue"] {
         normalize(n, &Request::Logs(tool_result(tool, text)));
