@@ -310,7 +310,7 @@ impl ValueSource {
             return Some((Text::from(lit.as_str()), None));
         }
         let key = self.field.as_ref()?;
-        let val = view.get_key(key)?;
+        let (stored, val) = view.entry_of(key)?;
         // Borrowed until the value is known to be kept: most sources miss.
         let mut text = val.text();
         let mut whole = true;
@@ -331,7 +331,7 @@ impl ValueSource {
         } else {
             Text::from(text.as_ref())
         };
-        let taken = if whole { view.key_of(key) } else { None };
+        let taken = whole.then_some(stored);
         Some((text, taken))
     }
 }

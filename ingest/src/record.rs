@@ -224,9 +224,10 @@ impl<'a> RecordView<'a> {
         self.find(&key.name, key.hash).map(|e| &e.val)
     }
 
-    /// The stored key equal to `key`, when present.
-    pub fn key_of(&self, key: &Key) -> Option<&str> {
-        self.find(&key.name, key.hash).map(|e| e.key.as_ref())
+    /// [`RecordView::get_key`] with the stored key equal to `key`.
+    pub fn entry_of(&self, key: &Key) -> Option<(&str, &Val<'a>)> {
+        self.find(&key.name, key.hash)
+            .map(|e| (e.key.as_ref(), &e.val))
     }
 
     /// Duplicate attribute keys: the last one wins, as in the OTel SDKs.
