@@ -327,7 +327,19 @@ impl<'a> Reader<'a> {
         Some(Some((field, (key & 7) as u8)))
     }
 
+    #[inline]
     fn varint(&mut self) -> Option<u64> {
+        // One byte: nearly every tag and length of a log record.
+        if let Some((&byte, rest)) = self.0.split_first() {
+            if byte < 0x80 {
+                self.0 = rest;
+                return Some(u64::from(byte));
+            }
+        }
+        self.varint_long()
+    }
+
+    fn varint_long(&mut self) -> Option<u64> {
         let mut value = 0u64;
         for (i, byte) in self.0.iter().take(10).enumerate() {
             // The tenth byte may only carry the top bit of a u64.
