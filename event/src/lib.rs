@@ -136,16 +136,16 @@ str_enum!(Outcome {
     Unknown => "unknown",
 });
 
-/// One normalized record: every OTLP log record and span becomes exactly one.
-///
-/// Times are nanoseconds since the Unix epoch, UTC. Optional strings are `None`
-/// when the sender did not say; attributes that no column takes stay in `attrs`
-/// (resource attributes prefixed `resource.`).
 /// A short text field of an event: kept inline up to 24 bytes (users,
 /// sessions, tools, actions, products nearly always fit), so most events
 /// need no allocation for them.
 pub type Text = compact_str::CompactString;
 
+/// One normalized record: every OTLP log record and span becomes exactly one.
+///
+/// Times are nanoseconds since the Unix epoch, UTC. Optional strings are `None`
+/// when the sender did not say; attributes that no column takes stay in `attrs`
+/// (resource attributes prefixed `resource.`).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Event {

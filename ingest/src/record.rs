@@ -151,8 +151,9 @@ struct Entry<'a> {
     origin: Origin,
 }
 
-/// The flat view of one record. Keys are unique per level; the order of
-/// `iter` is the table's (what the view feeds, `attrs`, is sorted by key).
+/// The flat view of one record. Keys are unique per level; `for_each`
+/// visits them in the tables' order (what the view feeds, `attrs`, is sorted
+/// by key).
 ///
 /// A view may sit on a shared parent (the resource and scope of a batch of
 /// records), so what every record of a request has in common is built once.
