@@ -1029,7 +1029,7 @@ pub fn batch_to_events_filtered(
         let mut e = Event {
             time: time.value(i),
             observed_time: opt_int(&observed, i).unwrap_or(0),
-            event_id: event_id.now(i).map(String::from).unwrap_or_default(),
+            event_id: opt_string(&event_id.now, i).unwrap_or_default(),
             tenant: tenant.now(i).unwrap_or_default(),
             source: parsed(&source, i, Source::parse),
             product: product.now(i),

@@ -109,13 +109,7 @@ impl Normalizer {
         let mut out = Normalized::default();
         // Room for every record's event at once: growing the vector moved
         // the events made so far, a few hundred bytes each, again and again.
-        out.events.reserve(
-            req.resources
-                .iter()
-                .flat_map(|r| &r.scopes)
-                .map(|s| s.records.len())
-                .sum(),
-        );
+        out.events.reserve(req.records());
         // One view for every record of the request, cleared per record: its
         // table is allocated once (requests often carry a resource per sender).
         let mut view = RecordView::default();
