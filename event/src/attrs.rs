@@ -172,15 +172,7 @@ impl Attrs {
         if self.spans.windows(2).all(|w| key(&w[0]) < key(&w[1])) {
             return;
         }
-        self.spans.sort_by(|a, b| key(a).cmp(key(b)));
-        // `later` is dropped when it repeats `earlier`'s key: it wins first.
-        self.spans.dedup_by(|later, earlier| {
-            let same = key(later) == key(earlier);
-            if same {
-                *earlier = *later;
-            }
-            same
-        });
+        sort_last_wins(&mut self.spans, key);
     }
 
     /// Builds attributes from pairs in any order: one buffer for the text,
@@ -221,6 +213,21 @@ impl Attrs {
     pub fn builder(self) -> AttrsBuilder {
         AttrsBuilder { attrs: self }
     }
+}
+
+/// Sorts `items` by `key` and, of items with equal keys, keeps the one that
+/// came last, as a map's `insert` would leave them.
+pub fn sort_last_wins<'k, T>(items: &mut Vec<T>, key: impl Fn(&T) -> &'k str) {
+    // Stable: equal keys keep their order, so the last is the newest.
+    items.sort_by(|a, b| key(a).cmp(key(b)));
+    // `later` is dropped when it repeats `earlier`'s key: it wins first.
+    items.dedup_by(|later, earlier| {
+        let same = key(later) == key(earlier);
+        if same {
+            std::mem::swap(later, earlier);
+        }
+        same
+    });
 }
 
 /// Adds entries to [`Attrs`] in any order; [`AttrsBuilder::finish`] sorts

@@ -775,15 +775,7 @@ fn sorted_attrs(entries: &[(&str, AttrValue<'_, '_>)], shape: Shape) -> event::A
             }
         }
         let mut perm: Vec<u32> = (0..entries.len() as u32).collect();
-        // Stable: of equal keys the later stays after the earlier, and wins.
-        perm.sort_by(|a, b| entries[*a as usize].0.cmp(entries[*b as usize].0));
-        perm.dedup_by(|later, earlier| {
-            let same = entries[*later as usize].0 == entries[*earlier as usize].0;
-            if same {
-                *earlier = *later;
-            }
-            same
-        });
+        event::attrs::sort_last_wins(&mut perm, |i| entries[*i as usize].0);
         let attrs = build(&perm).expect("sorted keys without repeats are ascending");
         if entries.len() <= MAX_REMEMBERED {
             *slot = Order {
