@@ -3,13 +3,14 @@ partitioning): events and alerts field by field, partitions on event time,
 nothing lost on SIGTERM or SIGKILL, and back-pressure when the disk refuses."""
 import json
 import signal
+import subprocess
 import threading
 import time
 import urllib.request
 
 import pyarrow.dataset as ds
 
-from conftest import alerts_glob, duck, events_glob, send_scenario, scenario_dir
+from conftest import VIGIL_BIN, alerts_glob, duck, events_glob, send_scenario, scenario_dir
 from test_ingest import T0, json_logs, post
 
 
@@ -123,6 +124,26 @@ def test_sigkill_under_load_leaves_only_whole_files_and_loses_nothing_acknowledg
     # Nothing acknowledged is lost; a request in flight at the kill may be kept
     # without its answer having reached the sender (at most one per sender).
     assert accepted[0] <= total <= accepted[0] + 3 * 200, (total, accepted[0])
+
+
+def test_files_roll_by_size_under_concurrent_load_and_keep_every_record(vigil_factory):
+    # Under load the archive stage writes several requests at once (a group
+    # commit); files that fill up in the middle of one are finished after it.
+    v = vigil_factory(config={"archive": {"max_file_bytes": 300_000}})
+    out = subprocess.run(
+        [VIGIL_BIN, "loadgen", "--endpoint", v.grpc, "--batch", "500", "--concurrency", "8",
+         "--duration", "4s", "--json"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["accepted"] > 0 and report["failed"] == 0 and report["refused_requests"] == 0, report
+    assert v.stop() == 0, v.log()
+    assert "panicked" not in v.log()
+    files = list((v.archive / "events").rglob("*.parquet"))
+    assert len(files) >= 3, files
+    total, distinct = duck(f"select count(*), count(distinct event_id) from read_parquet('{events_glob(v)}')")[0]
+    assert total == distinct == report["accepted"], (total, distinct, report)
 
 
 def test_archive_that_cannot_be_written_pushes_back_and_recovers(vigil_factory):

@@ -187,6 +187,71 @@ fn files_roll_by_size() {
 }
 
 #[test]
+fn a_file_filling_up_in_the_middle_of_a_group_commit_is_finished_after_it() {
+    // Several requests of one hour reach the archive in one call (a group
+    // commit); the file reaches its size limit on the first of them.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ArchiveConfig {
+        max_file_bytes: 1,
+        ..config(dir.path())
+    };
+    let mut w = EventArchive::open(cfg).unwrap();
+    let parts: Vec<Vec<Event>> = (0..3)
+        .map(|p| (0..2).map(|n| event(BEFORE_MIDNIGHT, 2 * p + n)).collect())
+        .collect();
+    let views: Vec<(&[Event], Option<&RecordBatch>)> =
+        parts.iter().map(|p| (p.as_slice(), None)).collect();
+    w.write_parts(&views).unwrap();
+    assert_eq!(w.stats().rows_accepted, 6);
+    assert_eq!(
+        w.stats().files_committed,
+        1,
+        "finished once every part is in it"
+    );
+    w.close().unwrap();
+    assert_eq!(read_all(dir.path()).len(), 6);
+}
+
+/// A batch the log refuses is not accepted: rows accepted before it are
+/// archived once, its own only when the sender retries.
+#[test]
+fn a_batch_the_log_refuses_leaves_no_row() {
+    for size in [3, 1000] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = EventArchive::open(config(dir.path())).unwrap();
+        let earlier: Vec<Event> = (0..5).map(|n| event(BEFORE_MIDNIGHT, n)).collect();
+        w.write(&earlier).unwrap();
+        // The refused batch has rows for the open file and for a new hour.
+        let refused: Vec<Event> = (0..size as u32)
+            .map(|n| event(BEFORE_MIDNIGHT + (n % 2) as i64 * 3600 * SEC, 1000 + n))
+            .collect();
+        w.fail_wal_appends(true);
+        let err = w.write(&refused).unwrap_err();
+        assert!(err.to_string().contains("write-ahead log"), "{size}: {err}");
+        assert_eq!(w.stats().rows_accepted, 5, "{size}");
+        assert!(!w.is_healthy(), "{size}");
+        assert!(w.stats().open_rows <= 5, "{size}: no open file counts them");
+        // The disk comes back: the sender retries and the earlier rows are rebuilt.
+        w.fail_wal_appends(false);
+        w.write(&refused).unwrap();
+        w.tick(SystemTime::now()).unwrap();
+        w.close().unwrap();
+        let mut want: Vec<Event> = earlier.into_iter().chain(refused).collect();
+        want.sort_by(|x, y| (x.time, &x.event_id).cmp(&(y.time, &y.event_id)));
+        assert_eq!(
+            read_all(dir.path()),
+            want,
+            "{size}: every accepted row exactly once"
+        );
+        assert_eq!(
+            files(&dir.path().join(".wal")),
+            Vec::<String>::new(),
+            "{size}"
+        );
+    }
+}
+
+#[test]
 fn too_many_open_partitions_close_the_oldest() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = ArchiveConfig {
@@ -200,8 +265,18 @@ fn too_many_open_partitions_close_the_oldest() {
     }
     assert_eq!(w.stats().open_files, 2);
     assert_eq!(w.stats().files_committed, 2);
+    // One call spanning more hours than the limit keeps every file it writes
+    // to open until it is done; the next call closes the extra ones.
+    let span: Vec<Event> = (0..3)
+        .map(|h| event(BEFORE_MIDNIGHT - (10 + h) * 3600 * SEC, 10 + h as u32))
+        .collect();
+    w.write(&span).unwrap();
+    assert_eq!(w.stats().open_files, 3);
+    w.write(&[event(BEFORE_MIDNIGHT - 20 * 3600 * SEC, 20)])
+        .unwrap();
+    assert_eq!(w.stats().open_files, 2);
     w.close().unwrap();
-    assert_eq!(read_all(dir.path()).len(), 4);
+    assert_eq!(read_all(dir.path()).len(), 8);
 }
 
 #[test]

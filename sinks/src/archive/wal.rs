@@ -51,6 +51,9 @@ pub(crate) struct Wal {
     /// rolled back, until a new segment opens.
     active: Option<Segment>,
     next_seq: u64,
+    /// Tests stand in for a disk that fails every append.
+    #[cfg(test)]
+    pub(crate) fail_appends: bool,
 }
 
 struct Segment {
@@ -83,6 +86,8 @@ impl Wal {
             blocks: Vec::new(),
             active: None,
             next_seq,
+            #[cfg(test)]
+            fail_appends: false,
         })
     }
 
@@ -142,6 +147,12 @@ impl Wal {
             self.start_segment(now)?;
         }
         let seg = self.active.as_mut().expect("a segment was just opened");
+        #[cfg(test)]
+        if self.fail_appends {
+            return Err(ArchiveError::io("append to write-ahead log", &seg.path)(
+                std::io::Error::other("the test's disk fails"),
+            ));
+        }
         let written = if seg.direct {
             let n = pad_blocks(&mut self.blocks, bytes);
             match write_blocks(&seg.file, &self.blocks[..n]) {

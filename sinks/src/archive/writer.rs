@@ -244,9 +244,10 @@ impl<R: ArchiveRecord> ArchiveWriter<R> {
         if batches.is_empty() {
             return Ok(());
         }
-        for (hour, _) in &batches {
+        let hours: BTreeSet<i64> = batches.iter().map(|(hour, _)| *hour).collect();
+        for hour in &hours {
             if !self.open.contains_key(hour) {
-                self.open_file(*hour, now)?;
+                self.open_file(*hour, &hours, now)?;
             }
         }
         if let Some(wal) = self.wal.as_mut() {
@@ -258,25 +259,37 @@ impl<R: ArchiveRecord> ArchiveWriter<R> {
             wal.append(buf, now)?;
             keep_room(buf);
         }
+        let written: Vec<_> = batches
+            .iter()
+            .map(|(hour, batch)| {
+                let file = self.open.get_mut(hour).expect("every hour's file is open");
+                file.writer.write(batch)
+            })
+            .collect();
         // From here the rows are accepted: a failure below is recovered from the log.
         self.stats.rows_accepted += rows as u64;
         let mut lost = None;
-        for (hour, batch) in &batches {
-            let file = self.open.get_mut(hour).expect("opened above");
-            match file.writer.write(batch) {
-                Ok(()) => file.rows += batch.num_rows() as u64,
-                Err(e) => {
-                    let file = self.open.remove(hour).expect("present");
-                    let err = ArchiveError::parquet(&file.tmp)(e);
-                    if let Some(err) = self.fail_file(file, err) {
-                        lost = Some(err);
-                    }
-                    continue;
+        for ((hour, batch), result) in batches.iter().zip(written) {
+            let Some(file) = self.open.get_mut(hour) else {
+                continue; // its file failed on an earlier part of this call
+            };
+            if let Err(e) = result {
+                let file = self.open.remove(hour).expect("present");
+                let err = ArchiveError::parquet(&file.tmp)(e);
+                if let Some(err) = self.fail_file(file, err) {
+                    lost = Some(err);
                 }
+                continue;
             }
-            if (file.writer.bytes_written() + file.writer.in_progress_size()) as u64
-                >= self.cfg.max_file_bytes
-            {
+            file.rows += batch.num_rows() as u64;
+        }
+        // Files past their size limit are finished once every part is in them.
+        for hour in &hours {
+            let full = self.open.get(hour).is_some_and(|file| {
+                (file.writer.bytes_written() + file.writer.in_progress_size()) as u64
+                    >= self.cfg.max_file_bytes
+            });
+            if full {
                 let file = self.open.remove(hour).expect("present");
                 if let Err(e) = self.commit(file) {
                     lost.get_or_insert(e);
@@ -391,6 +404,12 @@ impl<R: ArchiveRecord> ArchiveWriter<R> {
         s
     }
 
+    /// Tests stand in for a disk that fails every log append.
+    #[cfg(test)]
+    pub(crate) fn fail_wal_appends(&mut self, fail: bool) {
+        self.wal.as_mut().expect("the log is on").fail_appends = fail;
+    }
+
     /// False after a failed operation, until one succeeds with nothing left to recover.
     pub fn is_healthy(&self) -> bool {
         !self.failing && self.pending.is_empty()
@@ -413,15 +432,26 @@ impl<R: ArchiveRecord> ArchiveWriter<R> {
         }
     }
 
-    fn open_file(&mut self, hour: i64, now: SystemTime) -> Result<(), ArchiveError> {
-        if self.open.len() >= self.cfg.max_open_files {
+    /// Opens the file of `hour`. At the open-file limit the files opened
+    /// first are closed, but not those the call at hand writes to (`busy`):
+    /// a call spanning more hours than the limit passes it until the next call.
+    fn open_file(
+        &mut self,
+        hour: i64,
+        busy: &BTreeSet<i64>,
+        now: SystemTime,
+    ) -> Result<(), ArchiveError> {
+        while self.open.len() >= self.cfg.max_open_files {
             // Evict the file opened first: its partition is the least likely to get more rows soon.
-            let oldest = self
+            let Some(oldest) = self
                 .open
                 .iter()
+                .filter(|(h, _)| !busy.contains(h))
                 .min_by_key(|(_, f)| f.opened)
                 .map(|(h, _)| *h)
-                .expect("not empty");
+            else {
+                break;
+            };
             let file = self.open.remove(&oldest).expect("present");
             if let Err(e) = self.commit(file) {
                 tracing::error!(record = R::DIR, error = %e, "closing the oldest archive file failed");
