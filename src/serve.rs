@@ -102,6 +102,10 @@ struct PipelineMetrics {
     kafka_spool_alerts: Gauge,
     kafka_spool_bytes: Gauge,
     kafka_connected: Gauge,
+    /// Seconds each stage spent working (not waiting for input): a rate near
+    /// 1 says that stage is what limits the pipeline.
+    archive_busy: Counter<f64, AtomicU64>,
+    detect_busy: Counter<f64, AtomicU64>,
 }
 
 impl PipelineMetrics {
@@ -120,6 +124,16 @@ impl PipelineMetrics {
             "vigil_archive_errors",
             "archive writes that failed; the sender was answered 503",
             self.archive_errors.clone(),
+        );
+        r.register(
+            "vigil_archive_busy_seconds",
+            "seconds the archive stage spent writing (log, Parquet) rather than waiting for batches; a rate near 1 means it limits the pipeline",
+            self.archive_busy.clone(),
+        );
+        r.register(
+            "vigil_detect_busy_seconds",
+            "seconds the detection stage spent running rules and writing alerts rather than waiting for events; a rate near 1 means it limits the pipeline",
+            self.detect_busy.clone(),
         );
         r.register(
             "vigil_archive_healthy",
@@ -865,12 +879,15 @@ fn archive_stage(
                         Err(_) => break,
                     }
                 }
+                let started = Instant::now();
                 let n = n as u64;
                 let views: Vec<_> = parts
                     .iter()
                     .map(|(events, columns)| (events.as_slice(), columns.as_ref()))
                     .collect();
-                match writer.write_parts(&views) {
+                let written = writer.write_parts(&views);
+                pm.archive_busy.inc_by(started.elapsed().as_secs_f64());
+                match written {
                     Ok(()) => {
                         for ack in acks {
                             let _ = ack.send(Ok(()));
@@ -900,6 +917,7 @@ fn archive_stage(
             if let Err(e) = writer.tick(SystemTime::now()) {
                 error!(error = %e, "archive maintenance failed");
             }
+            pm.archive_busy.inc_by(last_tick.elapsed().as_secs_f64());
         }
         let healthy = writer.is_healthy();
         pm.archive_healthy.set(healthy as i64);
@@ -1073,7 +1091,9 @@ fn detect_stage(
                 }
             }
         }
-        let (alerts, done) = match events.recv_timeout(idle.min(Duration::from_secs(1))) {
+        let next = events.recv_timeout(idle.min(Duration::from_secs(1)));
+        let working = Instant::now();
+        let (alerts, done) = match next {
             Ok(batch) => {
                 idle_released = false;
                 last_batch = Instant::now();
@@ -1111,6 +1131,7 @@ fn detect_stage(
         emitted += alerts.len() as u64;
         pending.local.extend(alerts);
         outputs.deliver(&mut pending, health, pm);
+        pm.detect_busy.inc_by(working.elapsed().as_secs_f64());
         if last_tick.elapsed() >= Duration::from_millis(500) || done {
             last_tick = Instant::now();
             if let Err(e) = outputs.archive.tick(SystemTime::now()) {

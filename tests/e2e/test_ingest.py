@@ -4,6 +4,7 @@ pyarrow as an auditor would, holds the normalized events field by field. Bad
 input gets the right status and loses nothing that was accepted."""
 import gzip
 import json
+import re
 import threading
 import time
 import urllib.error
@@ -218,6 +219,7 @@ def test_grpc_bad_input_and_metrics(vigil_factory):
     from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
     from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
+    started = time.time()
     v = vigil_factory(config={"ingest": {"max_body_bytes": 1 << 20}})
     ch = grpc.insecure_channel(f"127.0.0.1:{v.grpc_port}")
     stub = logs_service_pb2_grpc.LogsServiceStub(ch)
@@ -256,6 +258,11 @@ def test_grpc_bad_input_and_metrics(vigil_factory):
     # The unreadable request is counted as a bad request, as over HTTP.
     assert 'transport="grpc",signal="log",status="bad_request"} 1' in m, m
     assert 'transport="grpc",signal="span",status="bad_request"} 1' in m, m
+    # Each stage says how long it worked: some time, and less than it has run.
+    for stage in ("archive", "detect"):
+        busy = re.search(rf"^vigil_{stage}_busy_seconds_total (\S+)$", m, re.M)
+        assert busy, m
+        assert 0 < float(busy.group(1)) < time.time() - started, busy.group(0)
     assert v.stop() == 0
     assert duck(f"select count(*) from read_parquet('{events_glob(v)}')")[0][0] == 9
 
