@@ -71,6 +71,12 @@ pub(crate) struct Shared {
     pub(crate) status: Arc<Status>,
     pub(crate) spool_full: AtomicU64,
     stop_at: Mutex<Option<Instant>>,
+    /// Tests stand in for a fatal producer error (set: the loop raises one)
+    /// and for a client that cannot be created (the next this many attempts fail).
+    #[cfg(test)]
+    pub(crate) inject_fatal: std::sync::atomic::AtomicBool,
+    #[cfg(test)]
+    pub(crate) failing_creates: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -81,6 +87,10 @@ impl Shared {
             status,
             spool_full: AtomicU64::new(0),
             stop_at: Mutex::new(None),
+            #[cfg(test)]
+            inject_fatal: Default::default(),
+            #[cfg(test)]
+            failing_creates: Default::default(),
         }
     }
 
@@ -259,8 +269,12 @@ impl DeliveryLoop {
             };
             self.producer().poll(wait);
             self.handle_reports();
+            #[cfg(test)]
+            self.inject_fatal_error();
             if let Some((code, reason)) = self.producer().client().fatal_error() {
-                self.restart_producer(&format!("{code:?}: {reason}"));
+                if !self.restart_producer(&format!("{code:?}: {reason}")) {
+                    break; // stopping without a producer: what is unsent stays spooled
+                }
             }
             if self.rewind && self.in_flight == 0 {
                 self.rewind = false;
@@ -293,7 +307,7 @@ impl DeliveryLoop {
             }
         }
         self.persist(true);
-        if self.in_flight > 0 {
+        if self.in_flight > 0 && self.producer.is_some() {
             tracing::info!(
                 in_flight = self.in_flight,
                 "kafka output stopping; unacknowledged alerts stay in the spool"
@@ -431,8 +445,11 @@ impl DeliveryLoop {
     }
 
     /// After a fatal error (e.g. the idempotent producer's sequence broke) the
-    /// producer is unusable: settle what it holds and start a new one.
-    fn restart_producer(&mut self, reason: &str) {
+    /// producer is unusable: settle what it holds and start a new one. A new
+    /// one that cannot be created is retried with backoff (the alerts wait in
+    /// the spool and /readyz says why) until it can, or until the output is
+    /// stopped: then `false`, and the loop ends without a producer.
+    fn restart_producer(&mut self, reason: &str) -> bool {
         tracing::error!(
             reason,
             "kafka producer hit a fatal error; starting a new one"
@@ -450,12 +467,59 @@ impl DeliveryLoop {
         drop(self.producer.take());
         self.in_flight = 0;
         self.rewind = true;
-        match create_producer(&self.config, self.shared.status.clone()) {
-            Ok(p) => self.producer = Some(p),
-            Err(e) => {
-                // The same configuration created a producer before; this is not expected.
-                tracing::error!(error = %e, "cannot recreate the kafka producer");
-                panic!("cannot recreate the kafka producer: {e}");
+        // Until a new producer reaches a broker, none is connected.
+        self.shared.status.set_connected(false);
+        let mut wait = MIN_BACKOFF;
+        loop {
+            match self.create_producer() {
+                Ok(p) => {
+                    self.producer = Some(p);
+                    return true;
+                }
+                Err(e) => {
+                    // The same configuration created a producer before: out of
+                    // threads, memory or file descriptors, which may pass.
+                    tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot recreate the kafka producer; alerts wait in the spool");
+                    self.shared
+                        .status
+                        .set_error(format!("cannot recreate the producer: {e}"));
+                }
+            }
+            let spool = self.shared.lock_spool();
+            if self.shared.stop_at().is_some() {
+                return false;
+            }
+            let _ = self.shared.wake.wait_timeout(spool, wait);
+            wait = (wait * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    fn create_producer(&self) -> Result<BaseProducer<DeliveryContext>, KafkaError> {
+        #[cfg(test)]
+        if self
+            .shared
+            .failing_creates
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(KafkaError::Client("the test refuses to create it".into()));
+        }
+        create_producer(&self.config, self.shared.status.clone())
+    }
+
+    /// Raises a fabricated fatal error in the producer when a test asks for one.
+    #[cfg(test)]
+    fn inject_fatal_error(&self) {
+        if self.shared.inject_fatal.swap(false, Ordering::Relaxed) {
+            use rdkafka::bindings::{rd_kafka_resp_err_t, rd_kafka_test_fatal_error};
+            // SAFETY: librdkafka's documented test hook, on the live client handle
+            // this loop owns; the reason is a NUL-terminated static string.
+            unsafe {
+                rd_kafka_test_fatal_error(
+                    self.producer().client().native_ptr(),
+                    rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                    c"injected by a test".as_ptr(),
+                );
             }
         }
     }

@@ -362,6 +362,82 @@ fn alerts_whose_delivery_timed_out_are_resent_in_order_once_the_broker_is_back()
     assert_exactly_once_in_order(&sent, &consume(port, 40));
 }
 
+/// Waits until the publisher reports an error containing `text`.
+fn wait_for_error(publisher: &AlertPublisher, text: &str) -> bool {
+    wait_for(Duration::from_secs(20), || {
+        publisher
+            .stats()
+            .last_error
+            .is_some_and(|e| e.contains(text))
+    })
+}
+
+#[test]
+fn a_fatal_producer_error_gets_a_new_producer_even_after_failed_attempts() {
+    let tansu = tansu_or_skip!();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _broker = TestBroker::start(&tansu, port);
+    let mut publisher = AlertPublisher::start(&config(port, dir.path())).unwrap();
+    let sent = alerts(40);
+    publisher.publish(&sent[..20]).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(60), || publisher.stats().spooled == 0),
+        "{:?}",
+        publisher.stats()
+    );
+    // The producer breaks, and the first two new ones cannot be created.
+    publisher.shared.failing_creates.store(2, Ordering::Relaxed);
+    publisher.shared.inject_fatal.store(true, Ordering::Relaxed);
+    assert!(
+        wait_for_error(&publisher, "cannot recreate the producer"),
+        "{:?}",
+        publisher.stats()
+    );
+    assert!(!publisher.stats().connected, "no producer, no connection");
+    publisher.publish(&sent[20..]).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(60), || publisher.stats().spooled == 0),
+        "{:?}",
+        publisher.stats()
+    );
+    assert_eq!(publisher.shared.failing_creates.load(Ordering::Relaxed), 0);
+    let stats = publisher.close(Duration::from_secs(5));
+    assert_eq!(stats.acknowledged, 40, "{stats:?}");
+    assert!(stats.connected, "{stats:?}");
+    assert_exactly_once_in_order(&sent, &consume(port, 40));
+}
+
+#[test]
+fn stopping_while_no_producer_can_be_created_keeps_the_alerts_spooled() {
+    let tansu = tansu_or_skip!();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _broker = TestBroker::start(&tansu, port);
+    let mut publisher = AlertPublisher::start(&config(port, dir.path())).unwrap();
+    publisher
+        .shared
+        .failing_creates
+        .store(usize::MAX, Ordering::Relaxed);
+    publisher.shared.inject_fatal.store(true, Ordering::Relaxed);
+    assert!(wait_for_error(&publisher, "cannot recreate the producer"));
+    let sent = alerts(3);
+    publisher.publish(&sent).unwrap();
+    let closing = Instant::now();
+    let stats = publisher.close(Duration::from_millis(200));
+    assert!(closing.elapsed() < Duration::from_secs(3));
+    assert_eq!((stats.acknowledged, stats.spooled), (0, 3), "{stats:?}");
+    // The next start delivers them.
+    let publisher = AlertPublisher::start(&config(port, dir.path())).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(60), || publisher.stats().spooled == 0),
+        "{:?}",
+        publisher.stats()
+    );
+    publisher.close(Duration::from_secs(5));
+    assert_exactly_once_in_order(&sent, &consume(port, 3));
+}
+
 #[test]
 fn full_spool_refuses_alerts_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
