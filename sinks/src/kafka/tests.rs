@@ -362,14 +362,23 @@ fn alerts_whose_delivery_timed_out_are_resent_in_order_once_the_broker_is_back()
     assert_exactly_once_in_order(&sent, &consume(port, 40));
 }
 
-/// Waits until the publisher reports an error containing `text`.
-fn wait_for_error(publisher: &AlertPublisher, text: &str) -> bool {
-    wait_for(Duration::from_secs(20), || {
+/// Raises a fatal error in the publisher's producer, with the next
+/// `failing_creates` attempts to create a new one refused, and waits until
+/// the publisher reports the refusal.
+fn break_producer(publisher: &AlertPublisher, failing_creates: usize) {
+    let shared = &publisher.shared;
+    shared
+        .failing_creates
+        .store(failing_creates, Ordering::Relaxed);
+    shared.inject_fatal.store(true, Ordering::Relaxed);
+    let reported = wait_for(Duration::from_secs(20), || {
         publisher
             .stats()
             .last_error
-            .is_some_and(|e| e.contains(text))
-    })
+            .is_some_and(|e| e.contains("cannot recreate the producer"))
+    });
+    assert!(reported, "{:?}", publisher.stats());
+    assert!(!publisher.stats().connected, "no producer, no connection");
 }
 
 #[test]
@@ -387,14 +396,7 @@ fn a_fatal_producer_error_gets_a_new_producer_even_after_failed_attempts() {
         publisher.stats()
     );
     // The producer breaks, and the first two new ones cannot be created.
-    publisher.shared.failing_creates.store(2, Ordering::Relaxed);
-    publisher.shared.inject_fatal.store(true, Ordering::Relaxed);
-    assert!(
-        wait_for_error(&publisher, "cannot recreate the producer"),
-        "{:?}",
-        publisher.stats()
-    );
-    assert!(!publisher.stats().connected, "no producer, no connection");
+    break_producer(&publisher, 2);
     publisher.publish(&sent[20..]).unwrap();
     assert!(
         wait_for(Duration::from_secs(60), || publisher.stats().spooled == 0),
@@ -415,12 +417,7 @@ fn stopping_while_no_producer_can_be_created_keeps_the_alerts_spooled() {
     let port = free_port();
     let _broker = TestBroker::start(&tansu, port);
     let mut publisher = AlertPublisher::start(&config(port, dir.path())).unwrap();
-    publisher
-        .shared
-        .failing_creates
-        .store(usize::MAX, Ordering::Relaxed);
-    publisher.shared.inject_fatal.store(true, Ordering::Relaxed);
-    assert!(wait_for_error(&publisher, "cannot recreate the producer"));
+    break_producer(&publisher, usize::MAX);
     let sent = alerts(3);
     publisher.publish(&sent).unwrap();
     let closing = Instant::now();
