@@ -259,21 +259,14 @@ impl<R: ArchiveRecord> ArchiveWriter<R> {
             wal.append(buf, now)?;
             keep_room(buf);
         }
-        let written: Vec<_> = batches
-            .iter()
-            .map(|(hour, batch)| {
-                let file = self.open.get_mut(hour).expect("every hour's file is open");
-                file.writer.write(batch)
-            })
-            .collect();
         // From here the rows are accepted: a failure below is recovered from the log.
         self.stats.rows_accepted += rows as u64;
         let mut lost = None;
-        for ((hour, batch), result) in batches.iter().zip(written) {
+        for (hour, batch) in &batches {
             let Some(file) = self.open.get_mut(hour) else {
                 continue; // its file failed on an earlier part of this call
             };
-            if let Err(e) = result {
+            if let Err(e) = file.writer.write(batch) {
                 let file = self.open.remove(hour).expect("present");
                 let err = ArchiveError::parquet(&file.tmp)(e);
                 if let Some(err) = self.fail_file(file, err) {

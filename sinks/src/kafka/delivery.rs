@@ -307,7 +307,7 @@ impl DeliveryLoop {
             }
         }
         self.persist(true);
-        if self.in_flight > 0 && self.producer.is_some() {
+        if self.in_flight > 0 {
             tracing::info!(
                 in_flight = self.in_flight,
                 "kafka output stopping; unacknowledged alerts stay in the spool"
