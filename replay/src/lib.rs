@@ -34,6 +34,8 @@ pub enum ReplayError {
     Capture(#[from] ingest::capture::CaptureError),
     #[error("writing alerts: {0}")]
     Output(String),
+    #[error("reading {group} failed: the reader panicked: {message}")]
+    ReaderPanic { group: String, message: String },
 }
 
 /// Where the replay is, for progress reports.
@@ -129,43 +131,15 @@ pub fn replay_archive(
     };
     let mut emit =
         |alerts: Vec<Alert>, summary: &mut Summary| emit_replayed(alerts, summary, &mut on_alerts);
-    let window = Window::new(workers);
-    let claim = std::sync::atomic::AtomicUsize::new(0);
-    std::thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        for _ in 0..workers {
-            let (tx, reader, rules, claim, window) = (tx.clone(), &reader, &rules, &claim, &window);
-            scope.spawn(move || loop {
-                let i = claim.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= groups || !window.wait_for(i) {
-                    break;
-                }
-                // Events no rule can act on go on as times only, so the
-                // engine's thread neither runs nor frees them.
-                let read = reader.read_row_group(i, |e| rules.may_act_on(e));
-                if tx.send((i, read)).is_err() {
-                    break;
-                }
-            });
-        }
-        drop(tx);
-        // Whatever way this returns, readers waiting for the window go home.
-        let _close = window.closer();
-        let mut ready = BTreeMap::new();
-        let mut held = Reorder::default();
-        for next in 0..groups {
-            let batches = loop {
-                if let Some(r) = ready.remove(&next) {
-                    break r;
-                }
-                match rx.recv() {
-                    Ok((i, r)) => {
-                        ready.insert(i, r);
-                    }
-                    Err(_) => unreachable!("row group {next} is claimed by a live reader"),
-                }
-            }?;
-            window.advance(next + 1);
+    let mut held = Reorder::default();
+    read_in_order(
+        groups,
+        workers,
+        // Events no rule can act on go on as times only, so the engine's
+        // thread neither runs nor frees them.
+        |i| Ok(reader.read_row_group(i, |e| rules.may_act_on(e))?),
+        |i| reader.describe_row_group(i),
+        |next, batches| {
             let alerts = held.release(reader.earliest(next), true, engine, &mut summary);
             emit(alerts, &mut summary)?;
             on_progress(summary.progress(started.elapsed()));
@@ -180,16 +154,84 @@ pub fn replay_archive(
                 emit(alerts, &mut summary)?;
                 on_progress(summary.progress(started.elapsed()));
             }
-        }
-        let alerts = held.release(i64::MAX, true, engine, &mut summary);
-        emit(alerts, &mut summary)?;
-        Ok::<(), ReplayError>(())
-    })?;
+            Ok(())
+        },
+    )?;
+    let alerts = held.release(i64::MAX, true, engine, &mut summary);
+    emit(alerts, &mut summary)?;
     let alerts = engine.finish();
     emit(alerts, &mut summary)?;
     summary.elapsed = started.elapsed();
     on_progress(summary.progress(summary.elapsed));
     Ok(summary)
+}
+
+/// Reads row groups `0..groups` on `workers` threads with `read` and hands
+/// each to `take` in order, on this thread. A reader that panics (parquet-rs
+/// on a damaged file, say) ends the replay with an error naming the row group
+/// (`describe`) and the panic, instead of taking the replay down.
+fn read_in_order<R: Send>(
+    groups: usize,
+    workers: usize,
+    read: impl Fn(usize) -> Result<R, ReplayError> + Sync,
+    describe: impl Fn(usize) -> String + Sync,
+    mut take: impl FnMut(usize, R) -> Result<(), ReplayError>,
+) -> Result<(), ReplayError> {
+    let window = Window::new(workers);
+    let claim = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..workers {
+            let (tx, read, describe, claim, window) =
+                (tx.clone(), &read, &describe, &claim, &window);
+            scope.spawn(move || loop {
+                let i = claim.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= groups || !window.wait_for(i) {
+                    break;
+                }
+                let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(i)))
+                    .unwrap_or_else(|panic| {
+                        Err(ReplayError::ReaderPanic {
+                            group: describe(i),
+                            message: panic_message(panic.as_ref()),
+                        })
+                    });
+                if tx.send((i, got)).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(tx);
+        // Whatever way this returns, readers waiting for the window go home.
+        let _close = window.closer();
+        let mut ready = BTreeMap::new();
+        for next in 0..groups {
+            let got = loop {
+                if let Some(r) = ready.remove(&next) {
+                    break r;
+                }
+                // Every group is sent by the reader that claimed it, panic
+                // or not, unless the replay is already over.
+                let (i, r) = rx.recv().map_err(|_| ReplayError::ReaderPanic {
+                    group: describe(next),
+                    message: "its reader stopped without a result".into(),
+                })?;
+                ready.insert(i, r);
+            }?;
+            window.advance(next + 1);
+            take(next, got)?;
+        }
+        Ok(())
+    })
+}
+
+/// The text of a panic's payload (`panic!` with a literal or a format).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// Reader threads at most, whatever the core count.
@@ -595,6 +637,59 @@ mod tests {
         assert_eq!(
             s.events,
             events.iter().filter(|e| e.time >= from).count() as u64
+        );
+    }
+
+    #[test]
+    fn row_groups_reach_the_engine_in_order_whichever_reader_finishes_first() {
+        let mut taken = Vec::new();
+        read_in_order(
+            40,
+            4,
+            |i| {
+                // Later groups finish first now and then.
+                std::thread::sleep(std::time::Duration::from_micros(
+                    ((40 - i) % 7) as u64 * 200,
+                ));
+                Ok(i * 10)
+            },
+            |i| format!("group {i}"),
+            |i, r| {
+                taken.push((i, r));
+                Ok(())
+            },
+        )
+        .expect("reads");
+        let want: Vec<(usize, usize)> = (0..40).map(|i| (i, i * 10)).collect();
+        assert_eq!(taken, want);
+    }
+
+    #[test]
+    fn a_reader_that_panics_is_an_error_naming_its_row_group() {
+        let mut taken = Vec::new();
+        let err = read_in_order(
+            12,
+            3,
+            |i| {
+                if i == 5 {
+                    panic!("index out of bounds: the len is 3 but the index is {i}");
+                }
+                Ok(i)
+            },
+            |i| format!("row group {i} of part-x.parquet"),
+            |i, _| {
+                taken.push(i);
+                Ok(())
+            },
+        )
+        .expect_err("the panic ends the replay");
+        let text = err.to_string();
+        assert!(text.contains("row group 5 of part-x.parquet"), "{text}");
+        assert!(text.contains("the len is 3 but the index is 5"), "{text}");
+        assert_eq!(
+            taken,
+            vec![0, 1, 2, 3, 4],
+            "groups before it still went in order"
         );
     }
 

@@ -305,6 +305,12 @@ impl ProjectedReader {
     /// Decodes row group `i`, in batches of up to 8,192 rows; events that
     /// `keep` refuses come as times only (see
     /// [`event::schema::batch_to_events_filtered`]).
+    /// Row group `i` as a reader names it: its place in its file, and the file.
+    pub fn describe_row_group(&self, i: usize) -> String {
+        let g = &self.groups[i];
+        format!("row group {} of {}", g.index, g.path.display())
+    }
+
     pub fn read_row_group(
         &self,
         i: usize,
