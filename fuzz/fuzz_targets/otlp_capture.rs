@@ -25,7 +25,10 @@ fuzz_target!(|data: &[u8]| {
         let Ok(c) = item else { break };
         let req = match c.payload {
             Payload::Logs(r) => Request::Logs(r),
-            Payload::LogsBytes(_) | Payload::TracesBytes(_) => {
+            Payload::LogsBytes(_)
+            | Payload::TracesBytes(_)
+            | Payload::LogsJson(_)
+            | Payload::TracesJson(_) => {
                 unreachable!("capture files are read back as prost requests")
             }
             Payload::Traces(r) => Request::Traces(r),

@@ -27,15 +27,8 @@ pub fn default_normalizer() -> &'static Normalizer {
     })
 }
 
-/// Same as the private `from_json` of `ingest/src/http.rs` (kept in step by hand).
-pub fn from_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, String> {
-    // An empty JSON object is a valid, empty request.
-    let trimmed = body.iter().filter(|b| !b.is_ascii_whitespace()).count();
-    if trimmed == 2 && body.contains(&b'{') {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(body).map_err(|e| e.to_string())
-}
+/// The HTTP receiver's reference decoding of an OTLP/JSON body.
+pub use vigil_ingest::json_decode as from_json;
 
 /// A request of any signal, as a receiver would hand it to normalization.
 pub enum Request {

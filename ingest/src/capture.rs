@@ -29,6 +29,8 @@ const MAX_RECORD: u32 = 256 << 20;
 pub enum CaptureError {
     #[error("capture {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("capture: a JSON request that was accepted does not decode: {message}")]
+    Json { message: String },
     #[error("capture {path}: not a vigil capture file")]
     NotCapture { path: PathBuf },
     #[error("capture {path}: record {index} is corrupt: {message}")]
@@ -37,6 +39,15 @@ pub enum CaptureError {
         index: u64,
         message: String,
     },
+}
+
+/// The protobuf encoding of an accepted OTLP/JSON body.
+fn json_to_protobuf<T: prost::Message + serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+) -> Result<Vec<u8>, CaptureError> {
+    crate::json_decode::<T>(body)
+        .map(|r| r.encode_to_vec())
+        .map_err(|message| CaptureError::Json { message })
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CaptureError + '_ {
@@ -94,6 +105,15 @@ impl CaptureWriter {
             Payload::LogsBytes(b) => (1u8, Cow::Borrowed(b.as_ref())),
             Payload::Traces(r) => (2u8, Cow::Owned(r.encode_to_vec())),
             Payload::TracesBytes(b) => (2u8, Cow::Borrowed(b.as_ref())),
+            // Captures hold protobuf: a JSON body is kept as the request it decodes to.
+            Payload::LogsJson(b) => (
+                1u8,
+                Cow::Owned(json_to_protobuf::<ExportLogsServiceRequest>(b)?),
+            ),
+            Payload::TracesJson(b) => (
+                2u8,
+                Cow::Owned(json_to_protobuf::<ExportTraceServiceRequest>(b)?),
+            ),
             Payload::Metrics(r) => (3u8, Cow::Owned(r.encode_to_vec())),
         };
         if self
@@ -270,6 +290,40 @@ mod tests {
             Payload::Logs(r) => r.resource_logs[0].scope_logs[0].log_records.len(),
             _ => 0,
         }
+    }
+
+    #[test]
+    fn json_requests_are_captured_as_the_protobuf_they_decode_to() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = CaptureWriter::open(dir.path(), 1 << 20).expect("open");
+        let body = br#"{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"timeUnixNano":"7","body":{"stringValue":"a \"quoted\" body"}}]}]}]}"#;
+        w.append(
+            "acme",
+            1,
+            &Payload::LogsJson(bytes::Bytes::from_static(body)),
+        )
+        .expect("append");
+        let bad = Payload::LogsJson(bytes::Bytes::from_static(b"{\"resourceLogs\": ["));
+        assert!(matches!(
+            w.append("acme", 2, &bad),
+            Err(CaptureError::Json { .. })
+        ));
+        w.close().expect("close");
+        let files = capture_files(&[dir.path().to_path_buf()]).expect("list");
+        let got: Vec<Captured> = CaptureReader::open(&files[0])
+            .expect("open")
+            .collect::<Result<_, _>>()
+            .expect("read");
+        assert_eq!(got.len(), 1);
+        let Payload::Logs(r) = &got[0].payload else {
+            panic!("logs")
+        };
+        let rec = &r.resource_logs[0].scope_logs[0].log_records[0];
+        assert_eq!(rec.time_unix_nano, 7);
+        assert_eq!(
+            crate::otlp::any(rec.body.as_ref()),
+            Some(crate::otlp::AnyRef::Str("a \"quoted\" body"))
+        );
     }
 
     #[test]

@@ -284,42 +284,21 @@ async fn export(
 }
 
 fn decode(signal: Signal, format: Format, body: &Bytes) -> Result<Payload, String> {
-    let what = match signal {
-        Signal::Log => "ExportLogsServiceRequest",
-        Signal::Span => "ExportTraceServiceRequest",
-        Signal::Metric => "ExportMetricsServiceRequest",
-    };
-    let bad = |e: String| {
-        format!(
-            "body is not a valid {} {what}: {e}",
-            if format == Format::Json {
-                "JSON"
-            } else {
-                "protobuf"
-            }
-        )
-    };
     Ok(match (signal, format) {
         // Logs and spans are read from the bytes by `wire` when normalized;
         // an unreadable body is then refused with 400 all the same.
         (Signal::Log, Format::Protobuf) => Payload::LogsBytes(body.clone()),
         (Signal::Span, Format::Protobuf) => Payload::TracesBytes(body.clone()),
         (Signal::Metric, Format::Protobuf) => Payload::Metrics(
-            ExportMetricsServiceRequest::decode(body.as_ref()).map_err(|e| bad(e.to_string()))?,
+            ExportMetricsServiceRequest::decode(body.as_ref()).map_err(|e| {
+                format!("body is not a valid protobuf ExportMetricsServiceRequest: {e}")
+            })?,
         ),
-        (Signal::Log, Format::Json) => Payload::Logs(from_json(body).map_err(bad)?),
-        (Signal::Span, Format::Json) => Payload::Traces(from_json(body).map_err(bad)?),
-        (Signal::Metric, Format::Json) => Payload::Metrics(from_json(body).map_err(bad)?),
+        // Likewise for JSON (`crate::json`), with the reference's error.
+        (Signal::Log, Format::Json) => Payload::LogsJson(body.clone()),
+        (Signal::Span, Format::Json) => Payload::TracesJson(body.clone()),
+        (Signal::Metric, Format::Json) => Payload::Metrics(crate::json_decode(body)?),
     })
-}
-
-fn from_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, String> {
-    // An empty JSON object is a valid, empty request.
-    let trimmed = body.iter().filter(|b| !b.is_ascii_whitespace()).count();
-    if trimmed == 2 && body.contains(&b'{') {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(body).map_err(|e| e.to_string())
 }
 
 fn success(format: Format, signal: Signal, outcome: &ExportOutcome) -> Response {
@@ -411,6 +390,7 @@ fn gunzip_limited(body: &[u8], limit: usize) -> Result<Vec<u8>, GunzipError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
     use std::io::Write;
 
     #[test]
@@ -437,16 +417,30 @@ mod tests {
             "body":{"stringValue":"claude_code.user_prompt"},"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174",
             "attributes":[{"key":"prompt_length","value":{"intValue":"42"}},{"key":"n","value":{"intValue":7}}],"someFutureField":1}]}]}]}"#;
         let body = Bytes::from_static(body);
-        let Payload::Logs(req) = decode(Signal::Log, Format::Json, &body).expect("decodes") else {
+        // Logs and spans are decoded when normalized (Ingest::export): by
+        // `crate::json`, else by the reference, which both read this one.
+        let Payload::LogsJson(json) = decode(Signal::Log, Format::Json, &body).expect("decodes")
+        else {
             panic!("logs")
         };
+        let req: ExportLogsServiceRequest =
+            crate::json_decode(&json).expect("the reference reads it");
         let rec = &req.resource_logs[0].scope_logs[0].log_records[0];
         assert_eq!(rec.time_unix_nano, 1_773_154_800_000_000_000);
         assert_eq!(rec.trace_id.len(), 16);
         assert_eq!(rec.attributes.len(), 2);
+        let arena = bumpalo::Bump::new();
+        let fast = crate::json::decode_logs(&json, &arena).expect("the fast path reads it");
+        assert_eq!(fast, crate::otlp::LogsRef::from_prost(&req));
+        assert!(crate::json_decode::<ExportLogsServiceRequest>(b"{}").is_ok());
+        assert!(crate::json_decode::<ExportLogsServiceRequest>(b"{\"resourceLogs\": [").is_err());
         let bytes = |b: &'static [u8]| Bytes::from_static(b);
-        assert!(decode(Signal::Log, Format::Json, &bytes(b"{}")).is_ok());
-        assert!(decode(Signal::Log, Format::Json, &bytes(b"{\"resourceLogs\": [")).is_err());
+        assert!(decode(
+            Signal::Metric,
+            Format::Json,
+            &bytes(b"{\"resourceMetrics\": [")
+        )
+        .is_err());
         // Metrics are decoded here; logs and spans when normalized (Ingest::export).
         let garbage = bytes(b"\xff\xff\xff garbage");
         assert!(decode(Signal::Metric, Format::Protobuf, &garbage).is_err());

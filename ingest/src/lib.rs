@@ -14,6 +14,7 @@ pub mod capture;
 pub mod grpc;
 pub mod handoff;
 pub mod http;
+pub mod json;
 pub mod limits;
 pub mod mapping;
 pub mod memory;
@@ -48,14 +49,19 @@ pub enum Payload {
     Traces(ExportTraceServiceRequest),
     /// A trace request as received, read like [`Payload::LogsBytes`].
     TracesBytes(bytes::Bytes),
+    /// An OTLP/JSON log request as received: read by [`json`] with strings
+    /// borrowed from the body, by opentelemetry-proto's serde when it declines.
+    LogsJson(bytes::Bytes),
+    /// An OTLP/JSON trace request as received, read like [`Payload::LogsJson`].
+    TracesJson(bytes::Bytes),
     Metrics(ExportMetricsServiceRequest),
 }
 
 impl Payload {
     pub fn signal(&self) -> Signal {
         match self {
-            Payload::Logs(_) | Payload::LogsBytes(_) => Signal::Log,
-            Payload::Traces(_) | Payload::TracesBytes(_) => Signal::Span,
+            Payload::Logs(_) | Payload::LogsBytes(_) | Payload::LogsJson(_) => Signal::Log,
+            Payload::Traces(_) | Payload::TracesBytes(_) | Payload::TracesJson(_) => Signal::Span,
             Payload::Metrics(_) => Signal::Metric,
         }
     }
@@ -140,8 +146,10 @@ impl Ingest {
                 admit(req.records())?;
                 Ok::<_, SubmitError>(normalizer.traces_ref(&req, &tenant, now))
             };
-            // prost's request, when the walk of the bytes declines, lives here.
+            // prost's request, when the walk of the bytes declines, lives
+            // here; so do the strings a JSON body has to unescape.
             let (decoded_logs, decoded_traces);
+            let arena = bumpalo::Bump::new();
             let n = match &payload {
                 Payload::LogsBytes(bytes) => logs(match wire::decode_logs(bytes) {
                     Some(req) => req,
@@ -154,6 +162,22 @@ impl Ingest {
                     Some(req) => req,
                     None => {
                         decoded_traces = prost_decode::<ExportTraceServiceRequest>(bytes)?;
+                        otlp::TracesRef::from_prost(&decoded_traces)
+                    }
+                })?,
+                Payload::LogsJson(body) => logs(match json::decode_logs(body, &arena) {
+                    Some(req) => req,
+                    None => {
+                        decoded_logs = json_decode::<ExportLogsServiceRequest>(body)
+                            .map_err(SubmitError::Invalid)?;
+                        otlp::LogsRef::from_prost(&decoded_logs)
+                    }
+                })?,
+                Payload::TracesJson(body) => traces(match json::decode_traces(body, &arena) {
+                    Some(req) => req,
+                    None => {
+                        decoded_traces = json_decode::<ExportTraceServiceRequest>(body)
+                            .map_err(SubmitError::Invalid)?;
                         otlp::TracesRef::from_prost(&decoded_traces)
                     }
                 })?,
@@ -275,6 +299,24 @@ fn prost_decode<T: Message + Default>(bytes: &[u8]) -> Result<T, SubmitError> {
             .next()
             .unwrap_or("request");
         SubmitError::Invalid(format!("request is not a valid protobuf {what}: {e}"))
+    })
+}
+
+/// Decodes an OTLP/JSON request with opentelemetry-proto's serde: the
+/// reference [`json`] is tested against, and what reads what it declines.
+/// The error says what a sender did wrong.
+pub fn json_decode<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, String> {
+    // An empty JSON object is a valid, empty request.
+    let trimmed = body.iter().filter(|b| !b.is_ascii_whitespace()).count();
+    if trimmed == 2 && body.contains(&b'{') {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        let what = std::any::type_name::<T>()
+            .rsplit("::")
+            .next()
+            .unwrap_or("request");
+        format!("body is not a valid JSON {what}: {e}")
     })
 }
 

@@ -394,7 +394,7 @@ impl<'a> Reader<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -413,14 +413,23 @@ mod tests {
     }
     impl Texts for Rng {
         fn text(&mut self) -> String {
-            const PARTS: &[&str] = &["", "a", "session.id", "ü", "~/.ssh/id_rsa", "日本", " x "];
+            const PARTS: &[&str] = &[
+                "",
+                "a",
+                "session.id",
+                "ü",
+                "~/.ssh/id_rsa",
+                "日本",
+                " x ",
+                "{\"q\": \"\\n\"}",
+            ];
             (0..self.below(3))
                 .map(|_| PARTS[self.below(PARTS.len() as u64) as usize])
                 .collect()
         }
     }
 
-    fn value(rng: &mut Rng, depth: usize) -> AnyValue {
+    pub(crate) fn value(rng: &mut Rng, depth: usize) -> AnyValue {
         use any_value::Value as V;
         let pick = if depth > 3 {
             rng.below(5)
@@ -446,7 +455,7 @@ mod tests {
         }
     }
 
-    fn attributes(rng: &mut Rng, depth: usize) -> Vec<KeyValue> {
+    pub(crate) fn attributes(rng: &mut Rng, depth: usize) -> Vec<KeyValue> {
         (0..rng.below(5))
             .map(|_| KeyValue {
                 key: rng.text(),
@@ -456,7 +465,7 @@ mod tests {
             .collect()
     }
 
-    fn resource(rng: &mut Rng) -> Option<Resource> {
+    pub(crate) fn resource(rng: &mut Rng) -> Option<Resource> {
         (rng.below(4) != 0).then(|| Resource {
             attributes: attributes(rng, 0),
             dropped_attributes_count: rng.below(2) as u32,
@@ -464,7 +473,7 @@ mod tests {
         })
     }
 
-    fn scope(rng: &mut Rng) -> Option<InstrumentationScope> {
+    pub(crate) fn scope(rng: &mut Rng) -> Option<InstrumentationScope> {
         (rng.below(3) != 0).then(|| InstrumentationScope {
             name: rng.text(),
             version: rng.text(),
@@ -472,7 +481,7 @@ mod tests {
         })
     }
 
-    fn request(rng: &mut Rng) -> ExportLogsServiceRequest {
+    pub(crate) fn request(rng: &mut Rng) -> ExportLogsServiceRequest {
         ExportLogsServiceRequest {
             resource_logs: (0..1 + rng.below(2))
                 .map(|_| ResourceLogs {
@@ -504,7 +513,7 @@ mod tests {
         }
     }
 
-    fn traces(rng: &mut Rng) -> ExportTraceServiceRequest {
+    pub(crate) fn traces(rng: &mut Rng) -> ExportTraceServiceRequest {
         ExportTraceServiceRequest {
             resource_spans: (0..1 + rng.below(2))
                 .map(|_| ResourceSpans {
@@ -588,7 +597,7 @@ mod tests {
 
     /// Damages `bytes` in up to `hits` places (a byte changed, the rest cut
     /// off, a byte inserted); stops early when nothing is left.
-    fn damage(rng: &mut Rng, bytes: &mut Vec<u8>, hits: u64) {
+    pub(crate) fn damage(rng: &mut Rng, bytes: &mut Vec<u8>, hits: u64) {
         for _ in 0..hits {
             if bytes.is_empty() {
                 return;

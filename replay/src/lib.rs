@@ -402,7 +402,10 @@ pub fn replay_otlp(
             let c = captured?;
             let n = match &c.payload {
                 ingest::Payload::Logs(r) => normalizer.logs(r, &c.tenant, c.received_ns),
-                ingest::Payload::LogsBytes(_) | ingest::Payload::TracesBytes(_) => {
+                ingest::Payload::LogsBytes(_)
+                | ingest::Payload::TracesBytes(_)
+                | ingest::Payload::LogsJson(_)
+                | ingest::Payload::TracesJson(_) => {
                     unreachable!("capture files are read back as prost requests")
                 }
                 ingest::Payload::Traces(r) => normalizer.traces(r, &c.tenant, c.received_ns),

