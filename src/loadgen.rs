@@ -44,7 +44,11 @@ use tonic::Code;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Protocol {
     Grpc,
+    /// OTLP/HTTP with protobuf bodies.
     Http,
+    /// OTLP/HTTP with JSON bodies (what Portkey, Cloudflare's gateway and
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL=http/json` agents send).
+    HttpJson,
 }
 
 #[derive(Args, Debug)]
@@ -52,7 +56,7 @@ pub struct LoadgenArgs {
     /// OTLP endpoint: the gRPC address (4317) or the HTTP base URL (4318).
     #[arg(long, default_value = "http://127.0.0.1:4317")]
     endpoint: String,
-    /// Transport: gRPC (tonic) or HTTP with protobuf bodies.
+    /// Transport: gRPC (tonic), HTTP with protobuf bodies, or HTTP with OTLP JSON bodies.
     #[arg(long, value_enum, default_value = "grpc")]
     protocol: Protocol,
     /// Target records per second; 0 sends as fast as vigil answers.
@@ -214,10 +218,17 @@ struct Encoded {
     signal: Signal,
     records: u64,
     bytes: Bytes,
-    /// Byte offsets of the fixed64 timestamps (MARK + offset).
+    /// Byte offsets of the timestamps (MARK + offset): fixed64 in
+    /// protobuf, 19 decimal digits in JSON.
     stamps: Vec<usize>,
+    json: bool,
     /// Largest timestamp offset: the request's last record.
     span_ns: u64,
+}
+
+/// Where `needle` first occurs in `hay`.
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -256,7 +267,50 @@ impl Encoded {
             records,
             bytes: Bytes::from(bytes),
             stamps,
+            json: false,
             span_ns,
+        }
+    }
+
+    /// The same request as OTLP JSON (lowerCamelCase keys, times as
+    /// decimal strings, ids in hex), as an `http/json` exporter sends it.
+    fn into_json(self) -> Encoded {
+        let bytes = match self.signal {
+            Signal::Logs => serde_json::to_vec(
+                &ExportLogsServiceRequest::decode(self.bytes).expect("loadgen's own encoding"),
+            ),
+            Signal::Traces => serde_json::to_vec(
+                &ExportTraceServiceRequest::decode(self.bytes).expect("loadgen's own encoding"),
+            ),
+        }
+        .expect("OTLP requests serialize to JSON");
+        // Every time is a quoted 19-digit number: `"timeUnixNano":"1000..."`.
+        let mut stamps = Vec::with_capacity(self.records as usize * 2);
+        let key = b"UnixNano\":\"";
+        let mut i = 0;
+        while let Some(at) = find(&bytes[i..], key) {
+            let p = i + at + key.len();
+            let digits = bytes
+                .get(p..p + 19)
+                .filter(|d| d.iter().all(u8::is_ascii_digit));
+            let v = digits.and_then(|d| std::str::from_utf8(d).ok()?.parse::<u64>().ok());
+            if v.is_some_and(|v| (MARK..MARK + (1 << 40)).contains(&v))
+                && bytes.get(p + 19) == Some(&b'"')
+            {
+                stamps.push(p);
+            }
+            i = p;
+        }
+        debug_assert_eq!(
+            stamps.len() as u64,
+            self.records * 2,
+            "two timestamps per record"
+        );
+        Encoded {
+            bytes: Bytes::from(bytes),
+            stamps,
+            json: true,
+            ..self
         }
     }
 
@@ -265,8 +319,19 @@ impl Encoded {
         let base = end_ns.saturating_sub(self.span_ns);
         let mut out = self.bytes.to_vec();
         for &p in &self.stamps {
-            let v = u64::from_le_bytes(out[p..p + 8].try_into().expect("8 bytes"));
-            out[p..p + 8].copy_from_slice(&(v - MARK + base).to_le_bytes());
+            if self.json {
+                let v: u64 = std::str::from_utf8(&out[p..p + 19])
+                    .ok()
+                    .and_then(|d| d.parse().ok())
+                    .expect("19 digits found when encoded");
+                // Any time from 2001 to 2286 has 19 digits: the width stays.
+                let shifted = format!("{:019}", v - MARK + base);
+                assert_eq!(shifted.len(), 19, "event times from 2001 to 2286");
+                out[p..p + 19].copy_from_slice(shifted.as_bytes());
+            } else {
+                let v = u64::from_le_bytes(out[p..p + 8].try_into().expect("8 bytes"));
+                out[p..p + 8].copy_from_slice(&(v - MARK + base).to_le_bytes());
+            }
         }
         Bytes::from(out)
     }
@@ -830,6 +895,7 @@ enum Client {
     Http {
         base: String,
         sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        json: bool,
     },
 }
 
@@ -844,7 +910,7 @@ impl Client {
                     .with_context(|| format!("connecting to {endpoint}"))?;
                 Ok(Client::Grpc(tonic::client::Grpc::new(channel)))
             }
-            Protocol::Http => {
+            Protocol::Http | Protocol::HttpJson => {
                 let uri: tonic::codegen::http::Uri = endpoint.parse().context("bad --endpoint")?;
                 let host = uri.host().context("--endpoint without a host")?.to_string();
                 let port = uri.port_u16().unwrap_or(80);
@@ -859,6 +925,7 @@ impl Client {
                 Ok(Client::Http {
                     base: format!("{}://{host}:{port}", uri.scheme_str().unwrap_or("http")),
                     sender,
+                    json: protocol == Protocol::HttpJson,
                 })
             }
         }
@@ -908,13 +975,20 @@ impl Client {
                     Err(s) => Outcome::Failed(format!("{:?}: {}", s.code(), s.message())),
                 }
             }
-            Client::Http { base, sender } => {
+            Client::Http { base, sender, json } => {
                 let path = match signal {
                     Signal::Logs => "/v1/logs",
                     Signal::Traces => "/v1/traces",
                 };
                 let req = hyper::Request::post(format!("{base}{path}"))
-                    .header("content-type", "application/x-protobuf")
+                    .header(
+                        "content-type",
+                        if *json {
+                            "application/json"
+                        } else {
+                            "application/x-protobuf"
+                        },
+                    )
                     .body(Full::new(body))
                     .expect("a well-formed request");
                 if let Err(e) = sender.ready().await {
@@ -931,13 +1005,22 @@ impl Client {
                 };
                 match status {
                     200 => {
+                        // The answer comes in the request's content type.
+                        fn read<T: prost::Message + Default + serde::de::DeserializeOwned>(
+                            body: Bytes,
+                            json: bool,
+                        ) -> Option<T> {
+                            if json {
+                                serde_json::from_slice(&body).ok()
+                            } else {
+                                T::decode(body).ok()
+                            }
+                        }
                         let rejected = match signal {
-                            Signal::Logs => ExportLogsServiceResponse::decode(body)
-                                .ok()
+                            Signal::Logs => read::<ExportLogsServiceResponse>(body, *json)
                                 .and_then(|r| r.partial_success)
                                 .map_or(0, |p| p.rejected_log_records),
-                            Signal::Traces => ExportTraceServiceResponse::decode(body)
-                                .ok()
+                            Signal::Traces => read::<ExportTraceServiceResponse>(body, *json)
                                 .and_then(|r| r.partial_success)
                                 .map_or(0, |p| p.rejected_spans),
                         };
@@ -1009,6 +1092,15 @@ pub fn run(args: LoadgenArgs) -> Result<std::process::ExitCode> {
             args.sweep,
         )
     };
+    let json = args.protocol == Protocol::HttpJson;
+    let next = move |g: &mut Generator| {
+        let e = g.next_request();
+        if json {
+            e.into_json()
+        } else {
+            e
+        }
+    };
     if args.floor {
         let mut g = make_gen();
         let pool: Vec<Encoded> = (0..args.pool.max(1)).map(|_| g.next_request()).collect();
@@ -1035,7 +1127,7 @@ pub fn run(args: LoadgenArgs) -> Result<std::process::ExitCode> {
             .name("loadgen-encode".into())
             .spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    if tx.blocking_send(g.next_request()).is_err() {
+                    if tx.blocking_send(next(&mut g)).is_err() {
                         break;
                     }
                 }
@@ -1043,7 +1135,7 @@ pub fn run(args: LoadgenArgs) -> Result<std::process::ExitCode> {
         (Requests::Stream(tokio::sync::Mutex::new(rx)), Some(handle))
     } else {
         let mut g = make_gen();
-        let pool = (0..args.pool).map(|_| g.next_request()).collect::<Vec<_>>();
+        let pool = (0..args.pool).map(|_| next(&mut g)).collect::<Vec<_>>();
         (Requests::Pool(pool), None)
     };
     let requests = Arc::new(requests);
@@ -1530,6 +1622,35 @@ mod tests {
         assert!(recs
             .iter()
             .all(|r| r.observed_time_unix_nano == r.time_unix_nano));
+    }
+
+    #[test]
+    fn json_requests_are_the_same_requests_shifted_the_same_way() {
+        let mut g = generator(3, "agent=50,ai_gateway=25,mcp_gateway=25");
+        let end = 1_773_154_800_000_000_000;
+        for _ in 0..6 {
+            let e = g.next_request();
+            let proto = e.at(end);
+            let json = e.into_json();
+            assert_eq!(json.stamps.len() as u64, json.records * 2);
+            let body = json.at(end);
+            match json.signal {
+                Signal::Logs => assert_eq!(
+                    serde_json::from_slice::<ExportLogsServiceRequest>(&body).unwrap(),
+                    ExportLogsServiceRequest::decode(proto).unwrap()
+                ),
+                Signal::Traces => assert_eq!(
+                    serde_json::from_slice::<ExportTraceServiceRequest>(&body).unwrap(),
+                    ExportTraceServiceRequest::decode(proto).unwrap()
+                ),
+            }
+            // What vigil's OTLP/JSON reader takes without the reference.
+            let arena = ingest::json::Bump::new();
+            match json.signal {
+                Signal::Logs => assert!(ingest::json::decode_logs(&body, &arena).is_some()),
+                Signal::Traces => assert!(ingest::json::decode_traces(&body, &arena).is_some()),
+            }
+        }
     }
 
     #[test]
