@@ -53,48 +53,28 @@ def sdk_send(endpoint, protocol, logs=(), spans=()):
 
 
 def sdk_send_json(endpoint, logs, spans):
-    """What an OTLP/JSON exporter (`OTEL_EXPORTER_OTLP_PROTOCOL=http/json`) sends:
-    the SDK's records, encoded by its OTLP encoder, in the OTLP JSON mapping
-    (lowerCamelCase, enums as numbers, 64-bit numbers as strings, ids in hex)."""
-    import base64
-    from google.protobuf import json_format
+    """The same SDK calls as `sdk_send`, through OTLP/JSON exporters."""
     from opentelemetry._logs import LogRecord, SeverityNumber
-    from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
-    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
     from opentelemetry.sdk._logs import LoggerProvider
-    from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+    from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from opentelemetry.trace import SpanKind
 
-    def hex_ids(node):
-        if isinstance(node, dict):
-            return {k: base64.b64decode(v).hex() if k in ("traceId", "spanId", "parentSpanId") else hex_ids(v)
-                    for k, v in node.items()}
-        return [hex_ids(x) for x in node] if isinstance(node, list) else node
-
-    def send(path, request):
-        body = json.dumps(hex_ids(json_format.MessageToDict(request, use_integers_for_enums=True))).encode()
-        status, answer, _ = post(endpoint + path, body, "application/json")
-        assert status == 200, answer
+    from otlp_json import JsonLogExporter, JsonSpanExporter
 
     for res, body, attrs, t in logs:
-        memory = InMemoryLogRecordExporter()
         lp = LoggerProvider(resource=Resource.create(res))
-        lp.add_log_record_processor(SimpleLogRecordProcessor(memory))
+        lp.add_log_record_processor(SimpleLogRecordProcessor(JsonLogExporter(endpoint + "/v1/logs")))
         lp.get_logger("test").emit(LogRecord(timestamp=int(t * 1e9), observed_timestamp=int(t * 1e9),
                                              severity_number=SeverityNumber.INFO, body=body, attributes=attrs))
-        send("/v1/logs", encode_logs(memory.get_finished_logs()))
         lp.shutdown()
     for res, name, attrs, t in spans:
-        memory = InMemorySpanExporter()
         tp = TracerProvider(resource=Resource.create(res))
-        tp.add_span_processor(SimpleSpanProcessor(memory))
+        tp.add_span_processor(SimpleSpanProcessor(JsonSpanExporter(endpoint + "/v1/traces")))
         sp = tp.get_tracer("test").start_span(name, kind=SpanKind.CLIENT, start_time=int(t * 1e9), attributes=attrs)
         sp.end(end_time=int(t * 1e9) + 5_000_000)
-        send("/v1/traces", encode_spans(memory.get_finished_spans()))
         tp.shutdown()
 
 

@@ -5,6 +5,7 @@ import subprocess
 
 import pytest
 
+import otlp_json
 from conftest import ROOT, VIGIL_BIN, scenario_dir, send_scenario
 
 # The shared acceptance scenarios, plus our own of the same format that vary
@@ -38,11 +39,14 @@ def check(scenario, alerts):
 
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
-@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("protocol", ["http", "grpc", "http-json"])
 def test_scenario_raises_exactly_its_expected_alerts(vigil_factory, path, protocol):
     scenario = json.loads(path.read_text())
     v = vigil_factory(config=scenario.get("config") or {})
-    send_scenario([path], v.http if protocol == "http" else v.grpc, protocol)
+    if protocol == "http-json":
+        otlp_json.send_scenario([path], v.http)
+    else:
+        send_scenario([path], v.grpc if protocol == "grpc" else v.http, protocol)
     want = len(scenario.get("expect", []))
     alerts = v.wait_alerts(until=lambda a: len(a) >= want)
     assert v.stop() == 0, v.log()
