@@ -124,6 +124,7 @@ impl Ingest {
         let limiter = self.limits.clone();
         let capture_tenant = tenant.clone();
         let wants_columns = self.pipeline.wants_columns();
+        let metrics = self.metrics.clone();
         let (normalized, columns, payload, received_ns) = tokio::task::spawn_blocking(move || {
             let now = now_ns();
             // Over the tenant's rate, a request is refused before normalization.
@@ -155,6 +156,7 @@ impl Ingest {
                     Some(req) => req,
                     None => {
                         decoded_logs = prost_decode::<ExportLogsServiceRequest>(bytes)?;
+                        metrics.reference_decode("protobuf", "log");
                         otlp::LogsRef::from_prost(&decoded_logs)
                     }
                 })?,
@@ -162,6 +164,7 @@ impl Ingest {
                     Some(req) => req,
                     None => {
                         decoded_traces = prost_decode::<ExportTraceServiceRequest>(bytes)?;
+                        metrics.reference_decode("protobuf", "span");
                         otlp::TracesRef::from_prost(&decoded_traces)
                     }
                 })?,
@@ -170,6 +173,7 @@ impl Ingest {
                     None => {
                         decoded_logs = json_decode::<ExportLogsServiceRequest>(body)
                             .map_err(SubmitError::Invalid)?;
+                        metrics.reference_decode("json", "log");
                         otlp::LogsRef::from_prost(&decoded_logs)
                     }
                 })?,
@@ -178,6 +182,7 @@ impl Ingest {
                     None => {
                         decoded_traces = json_decode::<ExportTraceServiceRequest>(body)
                             .map_err(SubmitError::Invalid)?;
+                        metrics.reference_decode("json", "span");
                         otlp::TracesRef::from_prost(&decoded_traces)
                     }
                 })?,

@@ -23,12 +23,21 @@ pub struct RequestLabels {
     pub status: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FormatLabels {
+    pub format: String,
+    pub signal: String,
+}
+
 /// What the receivers count. Cloning shares the counters.
 #[derive(Clone, Debug, Default)]
 pub struct IngestMetrics {
     pub records_received: Family<SignalSource, Counter>,
     pub records_rejected: Family<SignalLabel, Counter>,
     pub requests: Family<RequestLabels, Counter>,
+    /// Log and trace requests the fast readers (`wire`, `json`) left to the
+    /// reference decoders, which read them.
+    pub reference_decodes: Family<FormatLabels, Counter>,
     pub batches_submitted: Counter,
     pub capture_errors: Counter,
 }
@@ -51,6 +60,11 @@ impl IngestMetrics {
             self.requests.clone(),
         );
         registry.register(
+            "vigil_requests_decoded_by_reference",
+            "log and trace requests the receivers' fast readers left to prost or serde (a slower path), by format and signal",
+            self.reference_decodes.clone(),
+        );
+        registry.register(
             "vigil_batches_submitted",
             "batches handed to the pipeline",
             self.batches_submitted.clone(),
@@ -60,6 +74,16 @@ impl IngestMetrics {
             "accepted requests that could not be written to the capture files",
             self.capture_errors.clone(),
         );
+    }
+
+    /// A request read by the reference decoder after the fast reader declined it.
+    pub fn reference_decode(&self, format: &str, signal: &str) {
+        self.reference_decodes
+            .get_or_create(&FormatLabels {
+                format: format.into(),
+                signal: signal.into(),
+            })
+            .inc();
     }
 
     pub fn request(&self, transport: &str, signal: &str, status: &str) {

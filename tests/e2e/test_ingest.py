@@ -187,9 +187,15 @@ def test_otlp_json_is_accepted_and_answered_in_json(vigil_factory):
     assert status == 200
     bare = json.dumps({"resourceLogs": [{"scopeLogs": [{"logRecords": [{"body": {"stringValue": "hello"}}]}]}]}).encode()
     assert post(v.http + "/v1/logs", bare, "application/json")[0] == 200
+    by_reference = lambda: re.findall(r'^vigil_requests_decoded_by_reference_total\{format="json",signal="log"\} (\d+)', v.metrics(), re.M)
+    assert by_reference() == [], "the JSON reader read all of those"
+    # A bytes value is left to the reference decoder: accepted all the same, and counted.
+    raw = json.dumps({"resourceLogs": [{"scopeLogs": [{"logRecords": [{"body": {"bytesValue": "aGk="}}]}]}]}).encode()
+    assert post(v.http + "/v1/logs", raw, "application/json")[0] == 200
+    assert by_reference() == ["1"]
     assert v.stop() == 0
     counts = dict(duck(f"select coalesce(user, '-'), count(*) from read_parquet('{events_glob(v)}') group by 1"))
-    assert counts == {"json@example.com": 3, "gz@example.com": 2, "-": 1}
+    assert counts == {"json@example.com": 3, "gz@example.com": 2, "-": 2}
 
 
 def test_bad_input_gets_clear_errors_and_keeps_what_was_accepted(vigil_factory):
