@@ -9,7 +9,7 @@
 //! (it is a flattened struct) before reading it. This reader accepts only
 //! what it reads exactly as the reference does and answers `None` for
 //! anything else (a `null`, a repeated key, a bytes value, an id with a
-//! `0x`, span events or links, any malformed input); the caller then decodes
+//! `0x`, any malformed input); the caller then decodes
 //! with the reference, which yields the same request or the error a sender
 //! is told. Tests compare the two on generated and corrupted requests.
 
@@ -513,7 +513,7 @@ impl<'de> Visitor<'de> for Int {
     }
 }
 
-/// A list that must be empty (span events and links, entity refs: not read here).
+/// A list that must be empty (a resource's entity refs: not read here).
 struct Empty;
 
 impl<'de> DeserializeSeed<'de> for Empty {
@@ -806,7 +806,7 @@ impl<'de: 'a, 'a> Visitor<'de> for LogSeed<'a> {
     }
 }
 
-/// A span (its events and links only when empty).
+/// A span (its events and links are checked, not kept).
 struct SpanSeed<'a>(&'a Bump);
 
 impl<'de: 'a, 'a> DeserializeSeed<'de> for SpanSeed<'a> {
@@ -876,7 +876,7 @@ impl<'de: 'a, 'a> Visitor<'de> for SpanSeed<'a> {
                 }
                 "events" => {
                     seen.once::<A::Error>(11)?;
-                    map.next_value_seed(Empty)?;
+                    map.next_value_seed(Checked(arena, Nested::Event))?;
                 }
                 "droppedEventsCount" => {
                     seen.once::<A::Error>(12)?;
@@ -884,7 +884,7 @@ impl<'de: 'a, 'a> Visitor<'de> for SpanSeed<'a> {
                 }
                 "links" => {
                     seen.once::<A::Error>(13)?;
-                    map.next_value_seed(Empty)?;
+                    map.next_value_seed(Checked(arena, Nested::Link))?;
                 }
                 "droppedLinksCount" => {
                     seen.once::<A::Error>(14)?;
@@ -902,6 +902,99 @@ impl<'de: 'a, 'a> Visitor<'de> for SpanSeed<'a> {
             }
         }
         Ok(s)
+    }
+}
+
+/// What a span holds that normalization does not read.
+#[derive(Clone, Copy)]
+enum Nested {
+    Event,
+    Link,
+}
+
+/// A span's events or links: read as the reference reads them (so that what
+/// it refuses is declined here too), then dropped.
+#[derive(Clone, Copy)]
+struct Checked<'a>(&'a Bump, Nested);
+
+impl<'de: 'a, 'a> DeserializeSeed<'de> for Checked<'a> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de: 'a, 'a> Visitor<'de> for Checked<'a> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of span events or links")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(CheckedItem(self))?.is_some() {}
+        Ok(())
+    }
+}
+
+/// One span event or link.
+struct CheckedItem<'a>(Checked<'a>);
+
+impl<'de: 'a, 'a> DeserializeSeed<'de> for CheckedItem<'a> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de: 'a, 'a> Visitor<'de> for CheckedItem<'a> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a span event or link object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let Checked(arena, nested) = self.0;
+        let mut seen = Seen::default();
+        while let Some(key) = map.next_key_seed(Text(arena))? {
+            match (nested, key) {
+                (_, "attributes") => {
+                    seen.once::<A::Error>(0)?;
+                    map.next_value_seed(Kvs(arena))?;
+                }
+                (_, "droppedAttributesCount") => {
+                    seen.once::<A::Error>(1)?;
+                    map.next_value::<u32>()?;
+                }
+                (Nested::Event, "timeUnixNano") => {
+                    seen.once::<A::Error>(2)?;
+                    map.next_value_seed(Nanos)?;
+                }
+                (Nested::Event, "name") | (Nested::Link, "traceState") => {
+                    seen.once::<A::Error>(3)?;
+                    map.next_value_seed(Text(arena))?;
+                }
+                (Nested::Link, "traceId") => {
+                    seen.once::<A::Error>(4)?;
+                    map.next_value_seed(Hex(arena))?;
+                }
+                (Nested::Link, "spanId") => {
+                    seen.once::<A::Error>(5)?;
+                    map.next_value_seed(Hex(arena))?;
+                }
+                (Nested::Link, "flags") => {
+                    seen.once::<A::Error>(6)?;
+                    map.next_value::<u32>()?;
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1025,6 +1118,31 @@ mod tests {
         serde_json::to_vec(&req).expect("serializes")
     }
 
+    fn traces_body(rng: &mut Rng) -> Vec<u8> {
+        let mut req = traces(rng);
+        for r in &mut req.resource_spans {
+            if let Some(res) = &mut r.resource {
+                mostly_readable(rng, &mut res.attributes);
+            }
+        }
+        for s in req
+            .resource_spans
+            .iter_mut()
+            .flat_map(|r| &mut r.scope_spans)
+        {
+            for span in &mut s.spans {
+                mostly_readable(rng, &mut span.attributes);
+                for e in &mut span.events {
+                    mostly_readable(rng, &mut e.attributes);
+                }
+                for l in &mut span.links {
+                    mostly_readable(rng, &mut l.attributes);
+                }
+            }
+        }
+        serde_json::to_vec(&req).expect("serializes")
+    }
+
     /// Runs `agree` over `n` bodies; every body read must agree. Returns how
     /// many were read and how many declined.
     fn count(
@@ -1056,32 +1174,7 @@ mod tests {
         let (read, declined) = count(2000, || logs_body(&mut rng), logs_agree);
         assert!(read > 1000, "read {read}, declined {declined}");
         let mut rng = Rng(0x7ace);
-        let (read, declined) = count(
-            2000,
-            || {
-                let mut req = traces(&mut rng);
-                // Span events and links are left to the reference: most spans have none.
-                for r in &mut req.resource_spans {
-                    if let Some(res) = &mut r.resource {
-                        mostly_readable(&mut rng, &mut res.attributes);
-                    }
-                }
-                for s in req
-                    .resource_spans
-                    .iter_mut()
-                    .flat_map(|r| &mut r.scope_spans)
-                {
-                    for span in &mut s.spans {
-                        if rng.below(8) != 0 {
-                            (span.events, span.links) = (vec![], vec![]);
-                        }
-                        mostly_readable(&mut rng, &mut span.attributes);
-                    }
-                }
-                serde_json::to_vec(&req).expect("serializes")
-            },
-            traces_agree,
-        );
+        let (read, declined) = count(2000, || traces_body(&mut rng), traces_agree);
         assert!(read > 1000, "read {read}, declined {declined}");
     }
 
@@ -1103,6 +1196,19 @@ mod tests {
         assert!(
             read > 100 && declined > 100,
             "read {read}, declined {declined}"
+        );
+        let (read, declined) = count(
+            4000,
+            || {
+                let mut body = traces_body(&mut rng);
+                damage(&mut rng2, &mut body, 1);
+                body
+            },
+            traces_agree,
+        );
+        assert!(
+            read > 100 && declined > 100,
+            "spans: read {read}, declined {declined}"
         );
     }
 
@@ -1209,7 +1315,14 @@ mod tests {
         let spans = r#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"name":"tools/call x","kind":3,
             "startTimeUnixNano":"5","status":{"code":2,"message":"boom"},"events":[],"links":[]}]}]}]}"#;
         assert_eq!(traces_agree(spans.as_bytes()), Some(true));
-        let with_event = spans.replace(r#""events":[]"#, r#""events":[{"name":"e"}]"#);
-        assert!(decode_traces(with_event.as_bytes(), &Bump::new()).is_none());
+        // Events and links are checked as the reference checks them.
+        let with_event = spans.replace(
+            r#""events":[]"#,
+            r#""events":[{"name":"gen_ai.content.prompt","timeUnixNano":"9","attributes":[{"key":"k","value":{"stringValue":"v"}}]}]"#,
+        );
+        assert_eq!(traces_agree(with_event.as_bytes()), Some(true));
+        let bad_link = spans.replace(r#""links":[]"#, r#""links":[{"traceId":"abc"}]"#);
+        assert!(decode_traces(bad_link.as_bytes(), &Bump::new()).is_none());
+        assert!(crate::json_decode::<ExportTraceServiceRequest>(bad_link.as_bytes()).is_err());
     }
 }
