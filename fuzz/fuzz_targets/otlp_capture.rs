@@ -25,10 +25,15 @@ fuzz_target!(|data: &[u8]| {
         let Ok(c) = item else { break };
         let req = match c.payload {
             Payload::Logs(r) => Request::Logs(r),
-            Payload::LogsBytes(_)
-            | Payload::TracesBytes(_)
-            | Payload::LogsJson(_)
-            | Payload::TracesJson(_) => {
+            Payload::LogsJson(body) => match vigil_fuzz::from_json(&body) {
+                Ok(r) => Request::Logs(r),
+                Err(_) => continue,
+            },
+            Payload::TracesJson(body) => match vigil_fuzz::from_json(&body) {
+                Ok(r) => Request::Traces(r),
+                Err(_) => continue,
+            },
+            Payload::LogsBytes(_) | Payload::TracesBytes(_) => {
                 unreachable!("capture files are read back as prost requests")
             }
             Payload::Traces(r) => Request::Traces(r),

@@ -1,11 +1,13 @@
-//! OTLP capture files: every export request vigil accepted, as protobuf, so an
-//! incident can be replayed exactly through normalization and rules
+//! OTLP capture files: every export request vigil accepted, as it came
+//! (protobuf, or OTLP/JSON bodies as JSON), so an incident can be replayed
+//! exactly through normalization and rules
 //! (`vigil serve --capture DIR`, `vigil replay --otlp FILE...`).
 //!
 //! A capture file is `capture-<start ns>-<seq>.otlp`: a header line
 //! `VIGILCAP1\n`, then records of
-//! `[signal: u8 (1 logs, 2 traces, 3 metrics)][tenant len: u16 LE][tenant]
-//! [received ns: i64 LE][len: u32 LE][Export*ServiceRequest protobuf]`.
+//! `[signal: u8 (1 logs, 2 traces, 3 metrics; 4 logs, 5 traces in JSON)]
+//! [tenant len: u16 LE][tenant][received ns: i64 LE][len: u32 LE]
+//! [Export*ServiceRequest protobuf, or its OTLP/JSON body]`.
 //! Files roll past a size; a file being written is named `.capture-*.tmp` and
 //! renamed when rolled or closed, so a reader never sees half a file.
 
@@ -29,8 +31,6 @@ const MAX_RECORD: u32 = 256 << 20;
 pub enum CaptureError {
     #[error("capture {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("capture: a JSON request that was accepted does not decode: {message}")]
-    Json { message: String },
     #[error("capture {path}: not a vigil capture file")]
     NotCapture { path: PathBuf },
     #[error("capture {path}: record {index} is corrupt: {message}")]
@@ -39,15 +39,6 @@ pub enum CaptureError {
         index: u64,
         message: String,
     },
-}
-
-/// The protobuf encoding of an accepted OTLP/JSON body.
-fn json_to_protobuf<T: prost::Message + serde::de::DeserializeOwned + Default>(
-    body: &[u8],
-) -> Result<Vec<u8>, CaptureError> {
-    crate::json_decode::<T>(body)
-        .map(|r| r.encode_to_vec())
-        .map_err(|message| CaptureError::Json { message })
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CaptureError + '_ {
@@ -105,15 +96,8 @@ impl CaptureWriter {
             Payload::LogsBytes(b) => (1u8, Cow::Borrowed(b.as_ref())),
             Payload::Traces(r) => (2u8, Cow::Owned(r.encode_to_vec())),
             Payload::TracesBytes(b) => (2u8, Cow::Borrowed(b.as_ref())),
-            // Captures hold protobuf: a JSON body is kept as the request it decodes to.
-            Payload::LogsJson(b) => (
-                1u8,
-                Cow::Owned(json_to_protobuf::<ExportLogsServiceRequest>(b)?),
-            ),
-            Payload::TracesJson(b) => (
-                2u8,
-                Cow::Owned(json_to_protobuf::<ExportTraceServiceRequest>(b)?),
-            ),
+            Payload::LogsJson(b) => (4u8, Cow::Borrowed(b.as_ref())),
+            Payload::TracesJson(b) => (5u8, Cow::Borrowed(b.as_ref())),
             Payload::Metrics(r) => (3u8, Cow::Owned(r.encode_to_vec())),
         };
         if self
@@ -248,6 +232,9 @@ impl Iterator for CaptureReader {
             1 => ExportLogsServiceRequest::decode(body.as_slice()).map(Payload::Logs),
             2 => ExportTraceServiceRequest::decode(body.as_slice()).map(Payload::Traces),
             3 => ExportMetricsServiceRequest::decode(body.as_slice()).map(Payload::Metrics),
+            // JSON is read (and checked) when it is normalized again.
+            4 => Ok(Payload::LogsJson(body.into())),
+            5 => Ok(Payload::TracesJson(body.into())),
             other => return Some(Err(self.corrupt(format!("unknown signal {other}")))),
         };
         let item = match payload {
@@ -293,37 +280,35 @@ mod tests {
     }
 
     #[test]
-    fn json_requests_are_captured_as_the_protobuf_they_decode_to() {
+    fn json_requests_are_captured_as_they_came() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut w = CaptureWriter::open(dir.path(), 1 << 20).expect("open");
-        let body = br#"{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"timeUnixNano":"7","body":{"stringValue":"a \"quoted\" body"}}]}]}]}"#;
+        let body: &[u8] = br#"{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"timeUnixNano":"7","body":{"stringValue":"a \"quoted\" body"}}]}]}]}"#;
+        let spans: &[u8] = br#"{"resourceSpans":[]}"#;
         w.append(
             "acme",
             1,
             &Payload::LogsJson(bytes::Bytes::from_static(body)),
         )
         .expect("append");
-        let bad = Payload::LogsJson(bytes::Bytes::from_static(b"{\"resourceLogs\": ["));
-        assert!(matches!(
-            w.append("acme", 2, &bad),
-            Err(CaptureError::Json { .. })
-        ));
+        w.append("acme", 2, &logs(2)).expect("append");
+        w.append(
+            "acme",
+            3,
+            &Payload::TracesJson(bytes::Bytes::from_static(spans)),
+        )
+        .expect("append");
         w.close().expect("close");
         let files = capture_files(&[dir.path().to_path_buf()]).expect("list");
         let got: Vec<Captured> = CaptureReader::open(&files[0])
             .expect("open")
             .collect::<Result<_, _>>()
             .expect("read");
-        assert_eq!(got.len(), 1);
-        let Payload::Logs(r) = &got[0].payload else {
-            panic!("logs")
-        };
-        let rec = &r.resource_logs[0].scope_logs[0].log_records[0];
-        assert_eq!(rec.time_unix_nano, 7);
-        assert_eq!(
-            crate::otlp::any(rec.body.as_ref()),
-            Some(crate::otlp::AnyRef::Str("a \"quoted\" body"))
-        );
+        assert_eq!(got.len(), 3);
+        assert!(matches!(&got[0].payload, Payload::LogsJson(b) if b.as_ref() == body));
+        assert_eq!(count(&got[1].payload), 2);
+        assert!(matches!(&got[2].payload, Payload::TracesJson(b) if b.as_ref() == spans));
+        assert_eq!((got[0].received_ns, got[2].tenant.as_str()), (1, "acme"));
     }
 
     #[test]

@@ -21,6 +21,9 @@ use serde::de::{
     DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor,
 };
 
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+
 use crate::otlp::{
     AnyRef, KvRef, LogRecordRef, LogsRef, RequestRef, ResourceRef, ScopeRef, SpanRef, TracesRef,
 };
@@ -43,6 +46,38 @@ pub fn decode_traces<'a>(body: &'a [u8], arena: &'a Bump) -> Option<TracesRef<'a
             Record::Log(_) => None,
         })
     })?
+}
+
+/// Reads an OTLP/JSON log body with this reader, else with the reference
+/// (calling `by_reference` then), and hands the request to `f`. The error is
+/// the reference's, for the sender.
+pub fn with_logs<T>(
+    body: &[u8],
+    by_reference: impl FnOnce(),
+    f: impl FnOnce(LogsRef<'_>) -> T,
+) -> Result<T, String> {
+    let arena = Bump::new();
+    if let Some(req) = decode_logs(body, &arena) {
+        return Ok(f(req));
+    }
+    let decoded: ExportLogsServiceRequest = crate::json_decode(body)?;
+    by_reference();
+    Ok(f(LogsRef::from_prost(&decoded)))
+}
+
+/// [`with_logs`] for an OTLP/JSON trace body.
+pub fn with_traces<T>(
+    body: &[u8],
+    by_reference: impl FnOnce(),
+    f: impl FnOnce(TracesRef<'_>) -> T,
+) -> Result<T, String> {
+    let arena = Bump::new();
+    if let Some(req) = decode_traces(body, &arena) {
+        return Ok(f(req));
+    }
+    let decoded: ExportTraceServiceRequest = crate::json_decode(body)?;
+    by_reference();
+    Ok(f(TracesRef::from_prost(&decoded)))
 }
 
 fn request<'a>(body: &'a [u8], level: Level<'a>) -> Option<RequestRef<'a, Record<'a>>> {

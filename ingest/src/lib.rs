@@ -147,10 +147,8 @@ impl Ingest {
                 admit(req.records())?;
                 Ok::<_, SubmitError>(normalizer.traces_ref(&req, &tenant, now))
             };
-            // prost's request, when the walk of the bytes declines, lives
-            // here; so do the strings a JSON body has to unescape.
+            // prost's request, when the walk of the bytes declines, lives here.
             let (decoded_logs, decoded_traces);
-            let arena = bumpalo::Bump::new();
             let n = match &payload {
                 Payload::LogsBytes(bytes) => logs(match wire::decode_logs(bytes) {
                     Some(req) => req,
@@ -168,24 +166,14 @@ impl Ingest {
                         otlp::TracesRef::from_prost(&decoded_traces)
                     }
                 })?,
-                Payload::LogsJson(body) => logs(match json::decode_logs(body, &arena) {
-                    Some(req) => req,
-                    None => {
-                        decoded_logs = json_decode::<ExportLogsServiceRequest>(body)
-                            .map_err(SubmitError::Invalid)?;
-                        metrics.reference_decode("json", "log");
-                        otlp::LogsRef::from_prost(&decoded_logs)
-                    }
-                })?,
-                Payload::TracesJson(body) => traces(match json::decode_traces(body, &arena) {
-                    Some(req) => req,
-                    None => {
-                        decoded_traces = json_decode::<ExportTraceServiceRequest>(body)
-                            .map_err(SubmitError::Invalid)?;
-                        metrics.reference_decode("json", "span");
-                        otlp::TracesRef::from_prost(&decoded_traces)
-                    }
-                })?,
+                Payload::LogsJson(body) => {
+                    json::with_logs(body, || metrics.reference_decode("json", "log"), logs)
+                        .map_err(SubmitError::Invalid)??
+                }
+                Payload::TracesJson(body) => {
+                    json::with_traces(body, || metrics.reference_decode("json", "span"), traces)
+                        .map_err(SubmitError::Invalid)??
+                }
                 Payload::Logs(r) => logs(otlp::LogsRef::from_prost(r))?,
                 Payload::Traces(r) => traces(otlp::TracesRef::from_prost(r))?,
                 Payload::Metrics(r) => {

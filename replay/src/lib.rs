@@ -34,6 +34,8 @@ pub enum ReplayError {
     Capture(#[from] ingest::capture::CaptureError),
     #[error("writing alerts: {0}")]
     Output(String),
+    #[error("reading captured OTLP: {0}")]
+    CapturedJson(String),
     #[error("reading {group} failed: the reader panicked: {message}")]
     ReaderPanic { group: String, message: String },
 }
@@ -402,10 +404,20 @@ pub fn replay_otlp(
             let c = captured?;
             let n = match &c.payload {
                 ingest::Payload::Logs(r) => normalizer.logs(r, &c.tenant, c.received_ns),
-                ingest::Payload::LogsBytes(_)
-                | ingest::Payload::TracesBytes(_)
-                | ingest::Payload::LogsJson(_)
-                | ingest::Payload::TracesJson(_) => {
+                // OTLP/JSON bodies are kept as they came, and read as `vigil serve` reads them.
+                ingest::Payload::LogsJson(body) => ingest::json::with_logs(
+                    body,
+                    || {},
+                    |r| normalizer.logs_ref(&r, &c.tenant, c.received_ns),
+                )
+                .map_err(ReplayError::CapturedJson)?,
+                ingest::Payload::TracesJson(body) => ingest::json::with_traces(
+                    body,
+                    || {},
+                    |r| normalizer.traces_ref(&r, &c.tenant, c.received_ns),
+                )
+                .map_err(ReplayError::CapturedJson)?,
+                ingest::Payload::LogsBytes(_) | ingest::Payload::TracesBytes(_) => {
                     unreachable!("capture files are read back as prost requests")
                 }
                 ingest::Payload::Traces(r) => normalizer.traces(r, &c.tenant, c.received_ns),
