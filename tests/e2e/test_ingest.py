@@ -189,8 +189,9 @@ def test_otlp_json_is_accepted_and_answered_in_json(vigil_factory):
     assert post(v.http + "/v1/logs", bare, "application/json")[0] == 200
     by_reference = lambda: re.findall(r'^vigil_requests_decoded_by_reference_total\{format="json",signal="log"\} (\d+)', v.metrics(), re.M)
     assert by_reference() == [], "the JSON reader read all of those"
-    # A bytes value is left to the reference decoder: accepted all the same, and counted.
-    raw = json.dumps({"resourceLogs": [{"scopeLogs": [{"logRecords": [{"body": {"bytesValue": "aGk="}}]}]}]}).encode()
+    # A value with two kinds set (the reference keeps the last) is left to
+    # the reference decoder: accepted all the same, and counted.
+    raw = json.dumps({"resourceLogs": [{"scopeLogs": [{"logRecords": [{"body": {"stringValue": "a", "intValue": "1"}}]}]}]}).encode()
     assert post(v.http + "/v1/logs", raw, "application/json")[0] == 200
     assert by_reference() == ["1"]
     assert v.stop() == 0
