@@ -5,6 +5,8 @@
 //! reference (serde_json into the opentelemetry-proto types) reads, or decline.
 #![no_main]
 
+use std::fmt::Debug;
+
 use libfuzzer_sys::fuzz_target;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -16,27 +18,49 @@ use vigil_ingest::otlp::{LogsRef, TracesRef};
 fuzz_target!(|data: &[u8]| {
     let n = default_normalizer();
     let arena = Bump::new();
-    let fast = json::decode_logs(data, &arena);
-    match from_json::<ExportLogsServiceRequest>(data) {
-        Ok(r) => {
-            if let Some(fast) = fast {
-                assert_eq!(format!("{fast:?}"), format!("{:?}", LogsRef::from_prost(&r)));
-            }
-            normalize(n, &Request::Logs(r));
-        }
-        Err(e) => assert!(fast.is_none(), "read what the reference refuses: {e}"),
+    let logs = reference_reading(
+        json::decode_logs(data, &arena),
+        data,
+        |r: &ExportLogsServiceRequest| format!("{:?}", LogsRef::from_prost(r)),
+    );
+    if let Some(r) = logs {
+        normalize(n, &Request::Logs(r));
     }
-    let fast = json::decode_traces(data, &arena);
-    match from_json::<ExportTraceServiceRequest>(data) {
-        Ok(r) => {
-            if let Some(fast) = fast {
-                assert_eq!(format!("{fast:?}"), format!("{:?}", TracesRef::from_prost(&r)));
-            }
-            normalize(n, &Request::Traces(r));
-        }
-        Err(e) => assert!(fast.is_none(), "read what the reference refuses: {e}"),
+    let traces = reference_reading(
+        json::decode_traces(data, &arena),
+        data,
+        |r: &ExportTraceServiceRequest| format!("{:?}", TracesRef::from_prost(r)),
+    );
+    if let Some(r) = traces {
+        normalize(n, &Request::Traces(r));
     }
     if let Ok(r) = from_json::<ExportMetricsServiceRequest>(data) {
         normalize(n, &Request::Metrics(r));
     }
 });
+
+/// The reference's request from `data`, after checking that the JSON
+/// reader's reading (`fast`) is the same request (`view` renders the
+/// reference's the reader's way, as Debug text so NaN doubles compare equal)
+/// or that the reader declined.
+fn reference_reading<F: Debug, P: serde::de::DeserializeOwned + Default>(
+    fast: Option<F>,
+    data: &[u8],
+    view: impl Fn(&P) -> String,
+) -> Option<P> {
+    match from_json::<P>(data) {
+        Ok(r) => {
+            if let Some(fast) = fast {
+                assert_eq!(format!("{fast:?}"), view(&r));
+            }
+            Some(r)
+        }
+        Err(e) => {
+            assert!(
+                fast.is_none(),
+                "the JSON reader read what the reference refuses: {e}"
+            );
+            None
+        }
+    }
+}

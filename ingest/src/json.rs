@@ -28,24 +28,19 @@ use crate::otlp::{
     AnyRef, KvRef, LogRecordRef, LogsRef, RequestRef, ResourceRef, ScopeRef, SpanRef, TracesRef,
 };
 
+use std::marker::PhantomData;
+
 /// Decodes an OTLP/JSON `ExportLogsServiceRequest`; `None` when the reference must decide.
 pub fn decode_logs<'a>(body: &'a [u8], arena: &'a Bump) -> Option<LogsRef<'a>> {
-    request(body, Level::new(arena, true)).map(|r| {
-        r.map_records(|r| match r {
-            Record::Log(l) => Some(l),
-            Record::Span(_) => None,
-        })
-    })?
+    read(
+        body,
+        obj(Request(Level::new(arena, &LOGS, LogRecord(arena)))),
+    )
 }
 
 /// Decodes an OTLP/JSON `ExportTraceServiceRequest`; `None` when the reference must decide.
 pub fn decode_traces<'a>(body: &'a [u8], arena: &'a Bump) -> Option<TracesRef<'a>> {
-    request(body, Level::new(arena, false)).map(|r| {
-        r.map_records(|r| match r {
-            Record::Span(s) => Some(s),
-            Record::Log(_) => None,
-        })
-    })?
+    read(body, obj(Request(Level::new(arena, &TRACES, Span(arena)))))
 }
 
 /// Reads an OTLP/JSON log body with this reader, else with the reference
@@ -80,298 +75,198 @@ pub fn with_traces<T>(
     Ok(f(TracesRef::from_prost(&decoded)))
 }
 
-fn request<'a>(body: &'a [u8], level: Level<'a>) -> Option<RequestRef<'a, Record<'a>>> {
+/// The whole body as `seed` reads it, with nothing but whitespace after.
+fn read<'a, S: DeserializeSeed<'a>>(body: &'a [u8], seed: S) -> Option<S::Value> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let req = Seed(level, Part::Request).deserialize(&mut de).ok()?;
+    let value = seed.deserialize(&mut de).ok()?;
     de.end().ok()?;
-    match req {
-        Parsed::Request(r) => Some(r),
-        _ => None,
-    }
+    Some(value)
 }
 
-/// A log record or a span, while the levels above them are read alike.
-#[derive(Debug)]
-enum Record<'a> {
-    Log(LogRecordRef<'a>),
-    Span(SpanRef<'a>),
+/// One JSON object of a request, read key by key into `Out`.
+trait Object<'a>: Copy {
+    type Out;
+    /// What the object is, for serde's messages.
+    const WHAT: &'static str;
+    fn read<'de: 'a, A: MapAccess<'de>>(self, map: A) -> Result<Self::Out, A::Error>;
 }
 
-impl<'a> RequestRef<'a, Record<'a>> {
-    fn map_records<R>(self, f: impl Fn(Record<'a>) -> Option<R>) -> Option<RequestRef<'a, R>> {
-        let mut resources = Vec::with_capacity(self.resources.len());
-        for r in self.resources {
-            let mut scopes = Vec::with_capacity(r.scopes.len());
-            for s in r.scopes {
-                let records = s.records.into_iter().map(&f).collect::<Option<Vec<R>>>()?;
-                scopes.push(ScopeRef {
-                    name: s.name,
-                    version: s.version,
-                    records,
-                });
-            }
-            resources.push(ResourceRef {
-                attributes: r.attributes,
-                scopes,
-            });
-        }
-        Some(RequestRef { resources })
-    }
+/// One JSON list of a request, read item by item into `Out`.
+trait List<'a>: Copy {
+    type Out;
+    const WHAT: &'static str;
+    fn read<'de: 'a, A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Out, A::Error>;
 }
 
-/// The names of one signal's levels, and the arena.
-#[derive(Clone, Copy)]
-struct Level<'a> {
-    arena: &'a Bump,
-    resources: &'static str,
-    scopes: &'static str,
-    records: &'static str,
-    logs: bool,
+/// The serde seed of an [`Object`].
+struct Obj<'a, O>(O, PhantomData<&'a ()>);
+
+fn obj<'a, O: Object<'a>>(o: O) -> Obj<'a, O> {
+    Obj(o, PhantomData)
 }
 
-impl<'a> Level<'a> {
-    fn new(arena: &'a Bump, logs: bool) -> Self {
-        let (resources, scopes, records) = if logs {
-            ("resourceLogs", "scopeLogs", "logRecords")
-        } else {
-            ("resourceSpans", "scopeSpans", "spans")
-        };
-        Level {
-            arena,
-            resources,
-            scopes,
-            records,
-            logs,
-        }
-    }
-}
+impl<'de: 'a, 'a, O: Object<'a>> DeserializeSeed<'de> for Obj<'a, O> {
+    type Value = O::Out;
 
-/// What a [`Seed`] reads.
-#[derive(Clone, Copy)]
-enum Part {
-    Request,
-    Resources,
-    Scopes,
-    Records,
-    Resource,
-    Scope,
-}
-
-enum Parsed<'a> {
-    Request(RequestRef<'a, Record<'a>>),
-    Resources(Vec<ResourceRef<'a, Record<'a>>>),
-    Scopes(Vec<ScopeRef<'a, Record<'a>>>),
-    Records(Vec<Record<'a>>),
-    Resource(Vec<KvRef<'a>>),
-    Scope(&'a str, &'a str),
-}
-
-/// Reads one part of a request.
-struct Seed<'a>(Level<'a>, Part);
-
-impl<'de: 'a, 'a> DeserializeSeed<'de> for Seed<'a> {
-    type Value = Parsed<'a>;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Parsed<'a>, D::Error> {
-        match self.1 {
-            Part::Resources | Part::Scopes | Part::Records => d.deserialize_seq(self),
-            _ => d.deserialize_map(self),
-        }
-    }
-}
-
-impl<'de: 'a, 'a> Visitor<'de> for Seed<'a> {
-    type Value = Parsed<'a>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an OTLP/JSON request")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Parsed<'a>, A::Error> {
-        let Seed(level, part) = self;
-        let hint = seq.size_hint().unwrap_or(0).min(4096);
-        Ok(match part {
-            Part::Resources => {
-                let mut out = Vec::with_capacity(hint);
-                while let Some(r) = seq.next_element_seed(Owner(level, true))? {
-                    out.push(r.into_resource());
-                }
-                Parsed::Resources(out)
-            }
-            Part::Scopes => {
-                let mut out = Vec::with_capacity(hint);
-                while let Some(s) = seq.next_element_seed(Owner(level, false))? {
-                    out.push(s.into_scope());
-                }
-                Parsed::Scopes(out)
-            }
-            Part::Records => {
-                let mut out = Vec::with_capacity(hint);
-                if level.logs {
-                    while let Some(r) = seq.next_element_seed(LogSeed(level.arena))? {
-                        out.push(Record::Log(r));
-                    }
-                } else {
-                    while let Some(s) = seq.next_element_seed(SpanSeed(level.arena))? {
-                        out.push(Record::Span(s));
-                    }
-                }
-                Parsed::Records(out)
-            }
-            _ => return Err(A::Error::custom("not a list")),
-        })
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Parsed<'a>, A::Error> {
-        let Seed(level, part) = self;
-        let mut seen = Seen::default();
-        match part {
-            Part::Request => {
-                let mut resources = Vec::new();
-                while let Some(key) = map.next_key_seed(Text(level.arena))? {
-                    if key == level.resources {
-                        seen.once::<A::Error>(0)?;
-                        if let Parsed::Resources(r) =
-                            map.next_value_seed(Seed(level, Part::Resources))?
-                        {
-                            resources = r;
-                        }
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-                Ok(Parsed::Request(RequestRef { resources }))
-            }
-            Part::Resource => {
-                let mut attributes = Vec::new();
-                while let Some(key) = map.next_key_seed(Text(level.arena))? {
-                    match key {
-                        "attributes" => {
-                            seen.once::<A::Error>(0)?;
-                            attributes = map.next_value_seed(Kvs(level.arena))?;
-                        }
-                        "droppedAttributesCount" => {
-                            seen.once::<A::Error>(1)?;
-                            map.next_value::<u32>()?;
-                        }
-                        "entityRefs" => {
-                            seen.once::<A::Error>(2)?;
-                            map.next_value_seed(Empty)?;
-                        }
-                        _ => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
-                    }
-                }
-                Ok(Parsed::Resource(attributes))
-            }
-            Part::Scope => {
-                let (mut name, mut version) = ("", "");
-                while let Some(key) = map.next_key_seed(Text(level.arena))? {
-                    match key {
-                        "name" => {
-                            seen.once::<A::Error>(0)?;
-                            name = map.next_value_seed(Text(level.arena))?;
-                        }
-                        "version" => {
-                            seen.once::<A::Error>(1)?;
-                            version = map.next_value_seed(Text(level.arena))?;
-                        }
-                        "attributes" => {
-                            seen.once::<A::Error>(2)?;
-                            map.next_value_seed(Kvs(level.arena))?;
-                        }
-                        "droppedAttributesCount" => {
-                            seen.once::<A::Error>(3)?;
-                            map.next_value::<u32>()?;
-                        }
-                        _ => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
-                    }
-                }
-                Ok(Parsed::Scope(name, version))
-            }
-            _ => Err(A::Error::custom("not an object")),
-        }
-    }
-}
-
-/// A resource with its scopes (`ResourceLogs`), or a scope with its records (`ScopeLogs`).
-struct Owner<'a>(Level<'a>, bool);
-
-enum Owned<'a> {
-    Resource(ResourceRef<'a, Record<'a>>),
-    Scope(ScopeRef<'a, Record<'a>>),
-}
-
-impl<'a> Owned<'a> {
-    fn into_resource(self) -> ResourceRef<'a, Record<'a>> {
-        match self {
-            Owned::Resource(r) => r,
-            Owned::Scope(_) => unreachable!("resources are read as resources"),
-        }
-    }
-
-    fn into_scope(self) -> ScopeRef<'a, Record<'a>> {
-        match self {
-            Owned::Scope(s) => s,
-            Owned::Resource(_) => unreachable!("scopes are read as scopes"),
-        }
-    }
-}
-
-impl<'de: 'a, 'a> DeserializeSeed<'de> for Owner<'a> {
-    type Value = Owned<'a>;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Owned<'a>, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<O::Out, D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'de: 'a, 'a> Visitor<'de> for Owner<'a> {
-    type Value = Owned<'a>;
+impl<'de: 'a, 'a, O: Object<'a>> Visitor<'de> for Obj<'a, O> {
+    type Value = O::Out;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a resource or scope object")
+        f.write_str(O::WHAT)
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Owned<'a>, A::Error> {
-        let Owner(level, resource) = self;
-        let (head, items) = if resource {
-            ("resource", level.scopes)
-        } else {
-            ("scope", level.records)
-        };
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<O::Out, A::Error> {
+        self.0.read(map)
+    }
+}
+
+/// The serde seed of a [`List`].
+struct Seq<'a, L>(L, PhantomData<&'a ()>);
+
+fn seq<'a, L: List<'a>>(l: L) -> Seq<'a, L> {
+    Seq(l, PhantomData)
+}
+
+impl<'de: 'a, 'a, L: List<'a>> DeserializeSeed<'de> for Seq<'a, L> {
+    type Value = L::Out;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<L::Out, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de: 'a, 'a, L: List<'a>> Visitor<'de> for Seq<'a, L> {
+    type Value = L::Out;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(L::WHAT)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<L::Out, A::Error> {
+        self.0.read(seq)
+    }
+}
+
+/// A list of objects of one kind.
+#[derive(Clone, Copy)]
+struct Many<O>(O);
+
+impl<'a, O: Object<'a>> List<'a> for Many<O> {
+    type Out = Vec<O::Out>;
+    const WHAT: &'static str = "a list";
+
+    fn read<'de: 'a, A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Out, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(item) = seq.next_element_seed(obj(self.0))? {
+            out.push(item);
+        }
+        Ok(out)
+    }
+}
+
+/// A list that must be empty (a resource's entity refs: not read here).
+#[derive(Clone, Copy)]
+struct Empty;
+
+impl<'a> List<'a> for Empty {
+    type Out = ();
+    const WHAT: &'static str = "an empty list";
+
+    fn read<'de: 'a, A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        match seq.next_element::<IgnoredAny>()? {
+            None => Ok(()),
+            Some(_) => Err(A::Error::custom("not read here")),
+        }
+    }
+}
+
+/// The key names of one signal's levels.
+struct Names {
+    resources: &'static str,
+    scopes: &'static str,
+    records: &'static str,
+}
+
+const LOGS: Names = Names {
+    resources: "resourceLogs",
+    scopes: "scopeLogs",
+    records: "logRecords",
+};
+
+const TRACES: Names = Names {
+    resources: "resourceSpans",
+    scopes: "scopeSpans",
+    records: "spans",
+};
+
+/// What every level of a request needs: the arena, the signal's key names,
+/// and how its records are read (`R`: a log record or a span).
+#[derive(Clone, Copy)]
+struct Level<'a, R> {
+    arena: &'a Bump,
+    names: &'static Names,
+    record: R,
+}
+
+impl<'a, R> Level<'a, R> {
+    fn new(arena: &'a Bump, names: &'static Names, record: R) -> Self {
+        Level {
+            arena,
+            names,
+            record,
+        }
+    }
+}
+
+/// The request: `{"resourceLogs": [...]}` or `{"resourceSpans": [...]}`.
+#[derive(Clone, Copy)]
+struct Request<'a, R>(Level<'a, R>);
+
+impl<'a, R: Object<'a>> Object<'a> for Request<'a, R> {
+    type Out = RequestRef<'a, R::Out>;
+    const WHAT: &'static str = "an OTLP/JSON request";
+
+    fn read<'de: 'a, A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Out, A::Error> {
+        let level = self.0;
         let mut seen = Seen::default();
-        let (mut attributes, mut name, mut version) = (Vec::new(), "", "");
-        let (mut scopes, mut records) = (Vec::new(), Vec::new());
+        let mut resources = Vec::new();
         while let Some(key) = map.next_key_seed(Text(level.arena))? {
-            if key == head {
+            if key == level.names.resources {
                 seen.once::<A::Error>(0)?;
-                let part = if resource {
-                    Part::Resource
-                } else {
-                    Part::Scope
-                };
-                match map.next_value_seed(Nullable(Seed(level, part)))? {
-                    Some(Parsed::Resource(a)) => attributes = a,
-                    Some(Parsed::Scope(n, v)) => (name, version) = (n, v),
-                    None => {}
-                    Some(_) => return Err(A::Error::custom("unexpected part")),
-                }
-            } else if key == items {
+                resources = map.next_value_seed(seq(Many(Resource(level))))?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(RequestRef { resources })
+    }
+}
+
+/// `ResourceLogs` / `ResourceSpans`: a resource and its scopes.
+#[derive(Clone, Copy)]
+struct Resource<'a, R>(Level<'a, R>);
+
+impl<'a, R: Object<'a>> Object<'a> for Resource<'a, R> {
+    type Out = ResourceRef<'a, R::Out>;
+    const WHAT: &'static str = "a resource object";
+
+    fn read<'de: 'a, A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Out, A::Error> {
+        let level = self.0;
+        let mut seen = Seen::default();
+        let (mut attributes, mut scopes) = (Vec::new(), Vec::new());
+        while let Some(key) = map.next_key_seed(Text(level.arena))? {
+            if key == "resource" {
+                seen.once::<A::Error>(0)?;
+                let head = map.next_value_seed(Nullable(obj(ResourceHead(level.arena))))?;
+                attributes = head.unwrap_or_default();
+            } else if key == level.names.scopes {
                 seen.once::<A::Error>(1)?;
-                let part = if resource {
-                    Part::Scopes
-                } else {
-                    Part::Records
-                };
-                match map.next_value_seed(Seed(level, part))? {
-                    Parsed::Scopes(s) => scopes = s,
-                    Parsed::Records(r) => records = r,
-                    _ => return Err(A::Error::custom("unexpected part")),
-                }
+                scopes = map.next_value_seed(seq(Many(Scope(level))))?;
             } else if key == "schemaUrl" {
                 seen.once::<A::Error>(2)?;
                 map.next_value_seed(Text(level.arena))?;
@@ -379,15 +274,114 @@ impl<'de: 'a, 'a> Visitor<'de> for Owner<'a> {
                 map.next_value::<IgnoredAny>()?;
             }
         }
-        Ok(if resource {
-            Owned::Resource(ResourceRef { attributes, scopes })
-        } else {
-            Owned::Scope(ScopeRef {
-                name,
-                version,
-                records,
-            })
+        Ok(ResourceRef { attributes, scopes })
+    }
+}
+
+/// `ScopeLogs` / `ScopeSpans`: a scope and its records.
+#[derive(Clone, Copy)]
+struct Scope<'a, R>(Level<'a, R>);
+
+impl<'a, R: Object<'a>> Object<'a> for Scope<'a, R> {
+    type Out = ScopeRef<'a, R::Out>;
+    const WHAT: &'static str = "a scope object";
+
+    fn read<'de: 'a, A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Out, A::Error> {
+        let level = self.0;
+        let mut seen = Seen::default();
+        let ((mut name, mut version), mut records) = (("", ""), Vec::new());
+        while let Some(key) = map.next_key_seed(Text(level.arena))? {
+            if key == "scope" {
+                seen.once::<A::Error>(0)?;
+                let head = map.next_value_seed(Nullable(obj(ScopeHead(level.arena))))?;
+                (name, version) = head.unwrap_or(("", ""));
+            } else if key == level.names.records {
+                seen.once::<A::Error>(1)?;
+                records = map.next_value_seed(seq(Many(level.record)))?;
+            } else if key == "schemaUrl" {
+                seen.once::<A::Error>(2)?;
+                map.next_value_seed(Text(level.arena))?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(ScopeRef {
+            name,
+            version,
+            records,
         })
+    }
+}
+
+/// A `Resource`: its attributes.
+#[derive(Clone, Copy)]
+struct ResourceHead<'a>(&'a Bump);
+
+impl<'a> Object<'a> for ResourceHead<'a> {
+    type Out = Vec<KvRef<'a>>;
+    const WHAT: &'static str = "a resource";
+
+    fn read<'de: 'a, A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Out, A::Error> {
+        let mut seen = Seen::default();
+        let mut attributes = Vec::new();
+        while let Some(key) = map.next_key_seed(Text(self.0))? {
+            match key {
+                "attributes" => {
+                    seen.once::<A::Error>(0)?;
+                    attributes = map.next_value_seed(seq(Many(Kv(self.0))))?;
+                }
+                "droppedAttributesCount" => {
+                    seen.once::<A::Error>(1)?;
+                    map.next_value::<u32>()?;
+                }
+                "entityRefs" => {
+                    seen.once::<A::Error>(2)?;
+                    map.next_value_seed(seq(Empty))?;
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(attributes)
+    }
+}
+
+/// An `InstrumentationScope`: its name and version.
+#[derive(Clone, Copy)]
+struct ScopeHead<'a>(&'a Bump);
+
+impl<'a> Object<'a> for ScopeHead<'a> {
+    type Out = (&'a str, &'a str);
+    const WHAT: &'static str = "a scope";
+
+    fn read<'de: 'a, A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Out, A::Error> {
+        let mut seen = Seen::default();
+        let (mut name, mut version) = ("", "");
+        while let Some(key) = map.next_key_seed(Text(self.0))? {
+            match key {
+                "name" => {
+                    seen.once::<A::Error>(0)?;
+                    name = map.next_value_seed(Text(self.0))?;
+                }
+                "version" => {
+                    seen.once::<A::Error>(1)?;
+                    version = map.next_value_seed(Text(self.0))?;
+                }
+                "attributes" => {
+                    seen.once::<A::Error>(2)?;
+                    map.next_value_seed(seq(Many(Kv(self.0))))?;
+                }
+                "droppedAttributesCount" => {
+                    seen.once::<A::Error>(3)?;
+                    map.next_value::<u32>()?;
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok((name, version))
     }
 }
 
@@ -486,149 +480,64 @@ impl<'de: 'a, 'a> DeserializeSeed<'de> for Hex<'a> {
     }
 }
 
-/// A u64 as a number or a decimal string (`timeUnixNano`), as the reference reads it.
-struct Nanos;
+/// An integer sent as a number or as a decimal string, as the reference
+/// reads it: `timeUnixNano` and the like as u64, `intValue` as i64.
+struct Number<T>(std::marker::PhantomData<T>);
 
-impl<'de> DeserializeSeed<'de> for Nanos {
-    type Value = u64;
+/// A u64 time (`timeUnixNano`).
+const NANOS: Number<u64> = Number(std::marker::PhantomData);
+/// An i64 (`intValue`).
+const INT: Number<i64> = Number(std::marker::PhantomData);
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<u64, D::Error> {
+impl<'de, T> DeserializeSeed<'de> for Number<T>
+where
+    T: TryFrom<u64> + TryFrom<i64> + std::str::FromStr,
+    <T as TryFrom<u64>>::Error: fmt::Display,
+    <T as TryFrom<i64>>::Error: fmt::Display,
+    <T as std::str::FromStr>::Err: fmt::Display,
+{
+    type Value = T;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for Nanos {
-    type Value = u64;
+impl<'de, T> Visitor<'de> for Number<T>
+where
+    T: TryFrom<u64> + TryFrom<i64> + std::str::FromStr,
+    <T as TryFrom<u64>>::Error: fmt::Display,
+    <T as TryFrom<i64>>::Error: fmt::Display,
+    <T as std::str::FromStr>::Err: fmt::Display,
+{
+    type Value = T;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a u64 integer or a string containing one")
+        f.write_str("an integer, or a string holding one")
     }
 
-    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u64, E> {
-        Ok(v)
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<T, E> {
+        T::try_from(v).map_err(E::custom)
     }
 
-    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u64, E> {
-        u64::try_from(v).map_err(E::custom)
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<T, E> {
+        T::try_from(v).map_err(E::custom)
     }
 
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<u64, E> {
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
         v.parse().map_err(E::custom)
     }
-}
-
-/// An i64 as a number or a decimal string (`intValue`), as the reference reads it.
-struct Int;
-
-impl<'de> DeserializeSeed<'de> for Int {
-    type Value = i64;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<i64, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Int {
-    type Value = i64;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an i64 integer or a string containing one")
-    }
-
-    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<i64, E> {
-        Ok(v)
-    }
-
-    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<i64, E> {
-        i64::try_from(v).map_err(E::custom)
-    }
-
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<i64, E> {
-        v.parse().map_err(E::custom)
-    }
-}
-
-/// A list that must be empty (a resource's entity refs: not read here).
-struct Empty;
-
-impl<'de> DeserializeSeed<'de> for Empty {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Empty {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an empty list")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        match seq.next_element::<IgnoredAny>()? {
-            None => Ok(()),
-            Some(_) => Err(A::Error::custom("not read here")),
-        }
-    }
-}
-
-/// A list of key-values.
-#[derive(Clone, Copy)]
-struct Kvs<'a>(&'a Bump);
-
-impl<'de: 'a, 'a> DeserializeSeed<'de> for Kvs<'a> {
-    type Value = Vec<KvRef<'a>>;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<KvRef<'a>>, D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de: 'a, 'a> Visitor<'de> for Kvs<'a> {
-    type Value = Vec<KvRef<'a>>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a list of key-values")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Vec<KvRef<'a>>, A::Error> {
-        kvs(self.0, seq)
-    }
-}
-
-fn kvs<'de: 'a, 'a, A: SeqAccess<'de>>(
-    arena: &'a Bump,
-    mut seq: A,
-) -> Result<Vec<KvRef<'a>>, A::Error> {
-    let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(8).min(256));
-    while let Some(kv) = seq.next_element_seed(Kv(arena))? {
-        out.push(kv);
-    }
-    Ok(out)
 }
 
 /// One key-value: `key` is required, as the reference has it.
 #[derive(Clone, Copy)]
 struct Kv<'a>(&'a Bump);
 
-impl<'de: 'a, 'a> DeserializeSeed<'de> for Kv<'a> {
-    type Value = KvRef<'a>;
+impl<'a> Object<'a> for Kv<'a> {
+    type Out = KvRef<'a>;
+    const WHAT: &'static str = "a key-value object";
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<KvRef<'a>, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de: 'a, 'a> Visitor<'de> for Kv<'a> {
-    type Value = KvRef<'a>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a key-value object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KvRef<'a>, A::Error> {
+    fn read<'de: 'a, A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Out, A::Error> {
         let mut seen = Seen::default();
         let (mut key, mut value) = (None, None);
         while let Some(k) = map.next_key_seed(Text(self.0))? {
@@ -639,7 +548,7 @@ impl<'de: 'a, 'a> Visitor<'de> for Kv<'a> {
                 }
                 "value" => {
                     seen.once::<A::Error>(1)?;
-                    value = map.next_value_seed(Nullable(Value(self.0)))?.flatten();
+                    value = map.next_value_seed(Nullable(obj(Value(self.0))))?.flatten();
                 }
                 "keyStrindex" => {
                     seen.once::<A::Error>(2)?;
@@ -659,22 +568,11 @@ impl<'de: 'a, 'a> Visitor<'de> for Kv<'a> {
 #[derive(Clone, Copy)]
 struct Value<'a>(&'a Bump);
 
-impl<'de: 'a, 'a> DeserializeSeed<'de> for Value<'a> {
-    type Value = Option<AnyRef<'a>>;
+impl<'a> Object<'a> for Value<'a> {
+    type Out = Option<AnyRef<'a>>;
+    const WHAT: &'static str = "an AnyValue object";
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<AnyRef<'a>>, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de: 'a, 'a> Visitor<'de> for Value<'a> {
-    type Value = Option<AnyRef<'a>>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an AnyValue object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<AnyRef<'a>>, A::Error> {
+    fn read<'de: 'a, A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Out, A::Error> {
         let arena = self.0;
         let Some(key) = map.next_key_seed(Text(arena))? else {
             return Ok(None);
@@ -682,10 +580,10 @@ impl<'de: 'a, 'a> Visitor<'de> for Value<'a> {
         let value = match key {
             "stringValue" => AnyRef::Str(map.next_value_seed(Text(arena))?),
             "boolValue" => AnyRef::Bool(map.next_value::<bool>()?),
-            "intValue" => AnyRef::Int(map.next_value_seed(Int)?),
+            "intValue" => AnyRef::Int(map.next_value_seed(INT)?),
             "doubleValue" => AnyRef::Double(map.next_value::<f64>()?),
-            "arrayValue" => AnyRef::Array(map.next_value_seed(List(arena, false))?.0),
-            "kvlistValue" => AnyRef::Kvlist(map.next_value_seed(List(arena, true))?.1),
+            "arrayValue" => AnyRef::Array(map.next_value_seed(obj(Values(arena, Value(arena))))?),
+            "kvlistValue" => AnyRef::Kvlist(map.next_value_seed(obj(Values(arena, Kv(arena))))?),
             "bytesValue" => {
                 // The reference's decoding: base64's standard alphabet, padded.
                 use base64::Engine as _;
@@ -705,30 +603,18 @@ impl<'de: 'a, 'a> Visitor<'de> for Value<'a> {
     }
 }
 
-/// `{"values": [...]}` of an array (values) or a key-value list (key-values).
-struct List<'a>(&'a Bump, bool);
+/// `{"values": [...]}`: an array value's values or a key-value list's
+/// entries (`values` is required, as the reference has it).
+#[derive(Clone, Copy)]
+struct Values<'a, O>(&'a Bump, O);
 
-type ListValues<'a> = (Vec<Option<AnyRef<'a>>>, Vec<KvRef<'a>>);
+impl<'a, O: Object<'a>> Object<'a> for Values<'a, O> {
+    type Out = Vec<O::Out>;
+    const WHAT: &'static str = "an object with values";
 
-impl<'de: 'a, 'a> DeserializeSeed<'de> for List<'a> {
-    type Value = ListValues<'a>;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<ListValues<'a>, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de: 'a, 'a> Visitor<'de> for List<'a> {
-    type Value = ListValues<'a>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an object with values")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ListValues<'a>, A::Error> {
-        let List(arena, kvlist) = self;
+    fn read<'de: 'a, A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Out, A::Error> {
         let mut out = None;
-        while let Some(k) = map.next_key_seed(Text(arena))? {
+        while let Some(k) = map.next_key_seed(Text(self.0))? {
             if k != "values" {
                 map.next_value::<IgnoredAny>()?;
                 continue;
@@ -736,62 +622,21 @@ impl<'de: 'a, 'a> Visitor<'de> for List<'a> {
             if out.is_some() {
                 return Err(A::Error::custom("repeated key"));
             }
-            out = Some(if kvlist {
-                (Vec::new(), map.next_value_seed(Kvs(arena))?)
-            } else {
-                (map.next_value_seed(Values(arena))?, Vec::new())
-            });
+            out = Some(map.next_value_seed(seq(Many(self.1)))?);
         }
         out.ok_or_else(|| A::Error::custom("missing values"))
     }
 }
 
-/// The values of an array value.
-struct Values<'a>(&'a Bump);
-
-impl<'de: 'a, 'a> DeserializeSeed<'de> for Values<'a> {
-    type Value = Vec<Option<AnyRef<'a>>>;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de: 'a, 'a> Visitor<'de> for Values<'a> {
-    type Value = Vec<Option<AnyRef<'a>>>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a list of values")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut out = Vec::new();
-        while let Some(v) = seq.next_element_seed(Value(self.0))? {
-            out.push(v);
-        }
-        Ok(out)
-    }
-}
-
 /// A log record.
-struct LogSeed<'a>(&'a Bump);
+#[derive(Clone, Copy)]
+struct LogRecord<'a>(&'a Bump);
 
-impl<'de: 'a, 'a> DeserializeSeed<'de> for LogSeed<'a> {
-    type Value = LogRecordRef<'a>;
+impl<'a> Object<'a> for LogRecord<'a> {
+    type Out = LogRecordRef<'a>;
+    const WHAT: &'static str = "a log record object";
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<LogRecordRef<'a>, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de: 'a, 'a> Visitor<'de> for LogSeed<'a> {
-    type Value = LogRecordRef<'a>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a log record object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<LogRecordRef<'a>, A::Error> {
+    fn read<'de: 'a, A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Out, A::Error> {
         let arena = self.0;
         let mut seen = Seen::default();
         let mut r = LogRecordRef::default();
@@ -799,11 +644,11 @@ impl<'de: 'a, 'a> Visitor<'de> for LogSeed<'a> {
             match key {
                 "timeUnixNano" => {
                     seen.once::<A::Error>(0)?;
-                    r.time_unix_nano = map.next_value_seed(Nanos)?;
+                    r.time_unix_nano = map.next_value_seed(NANOS)?;
                 }
                 "observedTimeUnixNano" => {
                     seen.once::<A::Error>(1)?;
-                    r.observed_time_unix_nano = map.next_value_seed(Nanos)?;
+                    r.observed_time_unix_nano = map.next_value_seed(NANOS)?;
                 }
                 "severityNumber" => {
                     seen.once::<A::Error>(2)?;
@@ -815,11 +660,11 @@ impl<'de: 'a, 'a> Visitor<'de> for LogSeed<'a> {
                 }
                 "body" => {
                     seen.once::<A::Error>(4)?;
-                    r.body = map.next_value_seed(Nullable(Value(arena)))?.flatten();
+                    r.body = map.next_value_seed(Nullable(obj(Value(arena))))?.flatten();
                 }
                 "attributes" => {
                     seen.once::<A::Error>(5)?;
-                    r.attributes = map.next_value_seed(Kvs(arena))?;
+                    r.attributes = map.next_value_seed(seq(Many(Kv(arena))))?;
                 }
                 "droppedAttributesCount" => {
                     seen.once::<A::Error>(6)?;
@@ -851,24 +696,14 @@ impl<'de: 'a, 'a> Visitor<'de> for LogSeed<'a> {
 }
 
 /// A span (its events and links are checked, not kept).
-struct SpanSeed<'a>(&'a Bump);
+#[derive(Clone, Copy)]
+struct Span<'a>(&'a Bump);
 
-impl<'de: 'a, 'a> DeserializeSeed<'de> for SpanSeed<'a> {
-    type Value = SpanRef<'a>;
+impl<'a> Object<'a> for Span<'a> {
+    type Out = SpanRef<'a>;
+    const WHAT: &'static str = "a span object";
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<SpanRef<'a>, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de: 'a, 'a> Visitor<'de> for SpanSeed<'a> {
-    type Value = SpanRef<'a>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a span object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<SpanRef<'a>, A::Error> {
+    fn read<'de: 'a, A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Out, A::Error> {
         let arena = self.0;
         let mut seen = Seen::default();
         let mut s = SpanRef::default();
@@ -904,15 +739,15 @@ impl<'de: 'a, 'a> Visitor<'de> for SpanSeed<'a> {
                 }
                 "startTimeUnixNano" => {
                     seen.once::<A::Error>(7)?;
-                    s.start_time_unix_nano = map.next_value_seed(Nanos)?;
+                    s.start_time_unix_nano = map.next_value_seed(NANOS)?;
                 }
                 "endTimeUnixNano" => {
                     seen.once::<A::Error>(8)?;
-                    s.end_time_unix_nano = map.next_value_seed(Nanos)?;
+                    s.end_time_unix_nano = map.next_value_seed(NANOS)?;
                 }
                 "attributes" => {
                     seen.once::<A::Error>(9)?;
-                    s.attributes = map.next_value_seed(Kvs(arena))?;
+                    s.attributes = map.next_value_seed(seq(Many(Kv(arena))))?;
                 }
                 "droppedAttributesCount" => {
                     seen.once::<A::Error>(10)?;
@@ -920,7 +755,7 @@ impl<'de: 'a, 'a> Visitor<'de> for SpanSeed<'a> {
                 }
                 "events" => {
                     seen.once::<A::Error>(11)?;
-                    map.next_value_seed(Checked(arena, Nested::Event))?;
+                    map.next_value_seed(seq(Many(Checked(arena, Nested::Event))))?;
                 }
                 "droppedEventsCount" => {
                     seen.once::<A::Error>(12)?;
@@ -928,7 +763,7 @@ impl<'de: 'a, 'a> Visitor<'de> for SpanSeed<'a> {
                 }
                 "links" => {
                     seen.once::<A::Error>(13)?;
-                    map.next_value_seed(Checked(arena, Nested::Link))?;
+                    map.next_value_seed(seq(Many(Checked(arena, Nested::Link))))?;
                 }
                 "droppedLinksCount" => {
                     seen.once::<A::Error>(14)?;
@@ -936,7 +771,7 @@ impl<'de: 'a, 'a> Visitor<'de> for SpanSeed<'a> {
                 }
                 "status" => {
                     seen.once::<A::Error>(15)?;
-                    if let Some(status) = map.next_value_seed(Nullable(StatusSeed(arena)))? {
+                    if let Some(status) = map.next_value_seed(Nullable(obj(Status(arena))))? {
                         (s.status_code, s.status_message) = status;
                     }
                 }
@@ -956,58 +791,23 @@ enum Nested {
     Link,
 }
 
-/// A span's events or links: read as the reference reads them (so that what
-/// it refuses is declined here too), then dropped.
+/// A span event or link: read as the reference reads it (so that what it
+/// refuses is declined here too), then dropped.
 #[derive(Clone, Copy)]
 struct Checked<'a>(&'a Bump, Nested);
 
-impl<'de: 'a, 'a> DeserializeSeed<'de> for Checked<'a> {
-    type Value = ();
+impl<'a> Object<'a> for Checked<'a> {
+    type Out = ();
+    const WHAT: &'static str = "a span event or link object";
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de: 'a, 'a> Visitor<'de> for Checked<'a> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a list of span events or links")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(CheckedItem(self))?.is_some() {}
-        Ok(())
-    }
-}
-
-/// One span event or link.
-struct CheckedItem<'a>(Checked<'a>);
-
-impl<'de: 'a, 'a> DeserializeSeed<'de> for CheckedItem<'a> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de: 'a, 'a> Visitor<'de> for CheckedItem<'a> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a span event or link object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let Checked(arena, nested) = self.0;
+    fn read<'de: 'a, A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let Checked(arena, nested) = self;
         let mut seen = Seen::default();
         while let Some(key) = map.next_key_seed(Text(arena))? {
             match (nested, key) {
                 (_, "attributes") => {
                     seen.once::<A::Error>(0)?;
-                    map.next_value_seed(Kvs(arena))?;
+                    map.next_value_seed(seq(Many(Kv(arena))))?;
                 }
                 (_, "droppedAttributesCount") => {
                     seen.once::<A::Error>(1)?;
@@ -1015,7 +815,7 @@ impl<'de: 'a, 'a> Visitor<'de> for CheckedItem<'a> {
                 }
                 (Nested::Event, "timeUnixNano") => {
                     seen.once::<A::Error>(2)?;
-                    map.next_value_seed(Nanos)?;
+                    map.next_value_seed(NANOS)?;
                 }
                 (Nested::Event, "name") | (Nested::Link, "traceState") => {
                     seen.once::<A::Error>(3)?;
@@ -1043,24 +843,14 @@ impl<'de: 'a, 'a> Visitor<'de> for CheckedItem<'a> {
 }
 
 /// A span's status: code and message.
-struct StatusSeed<'a>(&'a Bump);
+#[derive(Clone, Copy)]
+struct Status<'a>(&'a Bump);
 
-impl<'de: 'a, 'a> DeserializeSeed<'de> for StatusSeed<'a> {
-    type Value = (i32, &'a str);
+impl<'a> Object<'a> for Status<'a> {
+    type Out = (i32, &'a str);
+    const WHAT: &'static str = "a status object";
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(i32, &'a str), D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de: 'a, 'a> Visitor<'de> for StatusSeed<'a> {
-    type Value = (i32, &'a str);
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a status object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(i32, &'a str), A::Error> {
+    fn read<'de: 'a, A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Out, A::Error> {
         let mut seen = Seen::default();
         let (mut code, mut message) = (0, "");
         while let Some(key) = map.next_key_seed(Text(self.0))? {
