@@ -1103,8 +1103,13 @@ pub fn run(args: LoadgenArgs) -> Result<std::process::ExitCode> {
     };
     if args.floor {
         let mut g = make_gen();
-        let pool: Vec<Encoded> = (0..args.pool.max(1)).map(|_| g.next_request()).collect();
-        return floor(&pool, args.duration.unwrap_or(Duration::from_secs(5)));
+        let pool: Vec<Encoded> = (0..args.pool.max(1)).map(|_| next(&mut g)).collect();
+        let duration = args.duration.unwrap_or(Duration::from_secs(5));
+        return if json {
+            floor_json(&pool, duration)
+        } else {
+            floor(&pool, duration)
+        };
     }
     let limit = args.records;
     let duration = match (args.duration, limit) {
@@ -1341,6 +1346,71 @@ pub fn run(args: LoadgenArgs) -> Result<std::process::ExitCode> {
     })
 }
 
+/// Records/s of `read` over `pool`, for `per`, on `n` threads at once, summed.
+fn rate_on(
+    pool: &[Encoded],
+    per: Duration,
+    n: usize,
+    read: &(dyn Fn(&Encoded) -> usize + Sync),
+) -> u64 {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..n)
+            .map(|_| {
+                s.spawn(|| {
+                    let t0 = Instant::now();
+                    let mut done = 0u64;
+                    while t0.elapsed() < per {
+                        for e in pool {
+                            std::hint::black_box(read(e));
+                            done += e.records;
+                        }
+                    }
+                    done as f64 / t0.elapsed().as_secs_f64()
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("decode thread") as u64)
+            .sum()
+    })
+}
+
+/// `--floor --protocol http-json`: the reference's decoding of the same
+/// requests as OTLP/JSON (serde into prost types) against the receivers'
+/// JSON reader, on one thread each.
+fn floor_json(pool: &[Encoded], duration: Duration) -> Result<std::process::ExitCode> {
+    let reference = |e: &Encoded| -> usize {
+        match e.signal {
+            Signal::Logs => ingest::json_decode::<ExportLogsServiceRequest>(&e.bytes)
+                .expect("our own encoding decodes")
+                .resource_logs
+                .len(),
+            Signal::Traces => ingest::json_decode::<ExportTraceServiceRequest>(&e.bytes)
+                .expect("our own encoding decodes")
+                .resource_spans
+                .len(),
+        }
+    };
+    let reader = |e: &Encoded| -> usize {
+        let arena = ingest::json::Bump::new();
+        match e.signal {
+            Signal::Logs => ingest::json::decode_logs(&e.bytes, &arena).map(|r| r.records()),
+            Signal::Traces => ingest::json::decode_traces(&e.bytes, &arena).map(|r| r.records()),
+        }
+        .expect("the receivers' reader takes loadgen's requests")
+    };
+    let bytes: usize = pool.iter().map(|e| e.bytes.len()).sum();
+    let records: u64 = pool.iter().map(|e| e.records).sum();
+    println!(
+        "floor: OTLP/JSON of {} requests ({} bytes/record): serde into prost types {} records/s on 1 thread; receivers' read (ingest::json) {} records/s on 1 thread",
+        pool.len(),
+        bytes as u64 / records.max(1),
+        rate_on(pool, duration / 2, 1, &reference),
+        rate_on(pool, duration / 2, 1, &reader),
+    );
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 /// prost's owned decode of the pooled requests: the floor vigil is compared
 /// with; and, beside it, the receivers' own read of the same bytes.
 fn floor(pool: &[Encoded], duration: Duration) -> Result<std::process::ExitCode> {
@@ -1368,30 +1438,8 @@ fn floor(pool: &[Encoded], duration: Duration) -> Result<std::process::ExitCode>
     let bytes: usize = pool.iter().map(|e| e.bytes.len()).sum();
     let records: u64 = pool.iter().map(|e| e.records).sum();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // Records/s of `read` over the pool on `n` threads at once, summed.
-    let rate_on = |n: usize, read: &(dyn Fn(&Encoded) -> usize + Sync)| -> u64 {
-        let per = duration / 2;
-        std::thread::scope(|s| {
-            let hs: Vec<_> = (0..n)
-                .map(|_| {
-                    s.spawn(|| {
-                        let t0 = Instant::now();
-                        let mut done = 0u64;
-                        while t0.elapsed() < per {
-                            for e in pool {
-                                std::hint::black_box(read(e));
-                                done += e.records;
-                            }
-                        }
-                        done as f64 / t0.elapsed().as_secs_f64()
-                    })
-                })
-                .collect();
-            hs.into_iter()
-                .map(|h| h.join().expect("decode thread") as u64)
-                .sum()
-        })
-    };
+    let rate_on =
+        |n: usize, read: &(dyn Fn(&Encoded) -> usize + Sync)| rate_on(pool, duration / 2, n, read);
     let walked = rate_on(1, &walk);
     let results: Vec<(usize, u64)> = [1, threads]
         .into_iter()
