@@ -30,6 +30,32 @@ pub fn default_normalizer() -> &'static Normalizer {
 /// The HTTP receiver's reference decoding of an OTLP/JSON body.
 pub use vigil_ingest::json_decode as from_json;
 
+/// The reference's request (`reference`: prost's or serde's decoding of the
+/// input), after checking that a fast reader's reading (`fast`) is the same
+/// request (`view` renders the reference's the reader's way, as Debug text so
+/// NaN doubles compare equal) or that the reader declined.
+pub fn reference_reading<F: std::fmt::Debug, P, E: std::fmt::Display>(
+    fast: Option<F>,
+    reference: Result<P, E>,
+    view: impl Fn(&P) -> String,
+) -> Option<P> {
+    match reference {
+        Ok(r) => {
+            if let Some(fast) = fast {
+                assert_eq!(format!("{fast:?}"), view(&r));
+            }
+            Some(r)
+        }
+        Err(e) => {
+            assert!(
+                fast.is_none(),
+                "the fast reader read what the reference refuses: {e}"
+            );
+            None
+        }
+    }
+}
+
 /// A request of any signal, as a receiver would hand it to normalization.
 pub enum Request {
     Logs(ExportLogsServiceRequest),
