@@ -34,8 +34,11 @@ pub enum ReplayError {
     Capture(#[from] ingest::capture::CaptureError),
     #[error("writing alerts: {0}")]
     Output(String),
-    #[error("reading captured OTLP: {0}")]
-    CapturedJson(String),
+    #[error("reading captured OTLP {}: {message}", path.display())]
+    CapturedJson {
+        path: std::path::PathBuf,
+        message: String,
+    },
     #[error("reading {group} failed: the reader panicked: {message}")]
     ReaderPanic { group: String, message: String },
 }
@@ -388,6 +391,14 @@ impl Reorder {
 
 /// Replays capture files (in the order given) through `normalizer` and
 /// `engine`, request by request, as `vigil serve` received them.
+/// A captured OTLP/JSON request that does not decode, in `file`.
+fn captured_json(file: &std::path::Path, message: String) -> ReplayError {
+    ReplayError::CapturedJson {
+        path: file.to_path_buf(),
+        message,
+    }
+}
+
 pub fn replay_otlp(
     files: &[std::path::PathBuf],
     normalizer: &ingest::Normalizer,
@@ -410,13 +421,13 @@ pub fn replay_otlp(
                     || {},
                     |r| normalizer.logs_ref(&r, &c.tenant, c.received_ns),
                 )
-                .map_err(ReplayError::CapturedJson)?,
+                .map_err(|message| captured_json(file, message))?,
                 ingest::Payload::TracesJson(body) => ingest::json::with_traces(
                     body,
                     || {},
                     |r| normalizer.traces_ref(&r, &c.tenant, c.received_ns),
                 )
-                .map_err(ReplayError::CapturedJson)?,
+                .map_err(|message| captured_json(file, message))?,
                 ingest::Payload::LogsBytes(_) | ingest::Payload::TracesBytes(_) => {
                     unreachable!("capture files are read back as prost requests")
                 }
@@ -705,6 +716,31 @@ mod tests {
             taken,
             vec![0, 1, 2, 3, 4],
             "groups before it still went in order"
+        );
+    }
+
+    #[test]
+    fn a_captured_json_request_that_does_not_decode_is_an_error_naming_its_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = ingest::capture::CaptureWriter::open(dir.path(), 1 << 20).expect("open");
+        let bad = bytes::Bytes::from_static(b"{\"resourceLogs\": [");
+        w.append("acme", 1, &ingest::Payload::LogsJson(bad))
+            .expect("append");
+        w.close().expect("close");
+        let files =
+            ingest::capture::capture_files(&[dir.path().to_path_buf()]).expect("capture files");
+        let normalizer = ingest::Normalizer::new(std::sync::Arc::new(
+            ingest::MappingSet::load(&[]).expect("mappings"),
+        ));
+        let set = rules::load(true, &[], &rules::RulesContext::default()).expect("pack");
+        let mut engine = rules::Engine::new(set, rules::EngineConfig::default());
+        let err = replay_otlp(&files, &normalizer, &mut engine, |_| Ok(()), |_| {})
+            .expect_err("the request does not decode");
+        let text = err.to_string();
+        assert!(text.contains(&files[0].display().to_string()), "{text}");
+        assert!(
+            text.contains("not a valid JSON ExportLogsServiceRequest"),
+            "{text}"
         );
     }
 
