@@ -1438,12 +1438,10 @@ fn floor(pool: &[Encoded], duration: Duration) -> Result<std::process::ExitCode>
     let bytes: usize = pool.iter().map(|e| e.bytes.len()).sum();
     let records: u64 = pool.iter().map(|e| e.records).sum();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let rate_on =
-        |n: usize, read: &(dyn Fn(&Encoded) -> usize + Sync)| rate_on(pool, duration / 2, n, read);
-    let walked = rate_on(1, &walk);
+    let walked = rate_on(pool, duration / 2, 1, &walk);
     let results: Vec<(usize, u64)> = [1, threads]
         .into_iter()
-        .map(|n| (n, rate_on(n, &decode)))
+        .map(|n| (n, rate_on(pool, duration / 2, n, &decode)))
         .collect();
     println!(
         "floor: prost decode of {} requests ({} bytes/record): {} records/s on 1 thread, {} records/s on {} threads; receivers' read (logs walked by ingest::wire, spans by prost): {} records/s on 1 thread",

@@ -28,8 +28,9 @@ def sdk_send(endpoint, protocol, logs=(), spans=()):
     from opentelemetry.trace import SpanKind
 
     if protocol == "http-json":
-        return sdk_send_json(endpoint, logs, spans)
-    if protocol == "grpc":
+        from otlp_json import JsonLogExporter, JsonSpanExporter
+        mk_log, mk_span = (lambda: JsonLogExporter(endpoint + "/v1/logs")), (lambda: JsonSpanExporter(endpoint + "/v1/traces"))
+    elif protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
         ep = endpoint.replace("http://", "")
@@ -47,32 +48,6 @@ def sdk_send(endpoint, protocol, logs=(), spans=()):
     for res, name, attrs, t in spans:
         tp = TracerProvider(resource=Resource.create(res))
         tp.add_span_processor(SimpleSpanProcessor(mk_span()))
-        sp = tp.get_tracer("test").start_span(name, kind=SpanKind.CLIENT, start_time=int(t * 1e9), attributes=attrs)
-        sp.end(end_time=int(t * 1e9) + 5_000_000)
-        tp.shutdown()
-
-
-def sdk_send_json(endpoint, logs, spans):
-    """The same SDK calls as `sdk_send`, through OTLP/JSON exporters."""
-    from opentelemetry._logs import LogRecord, SeverityNumber
-    from opentelemetry.sdk._logs import LoggerProvider
-    from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.trace import SpanKind
-
-    from otlp_json import JsonLogExporter, JsonSpanExporter
-
-    for res, body, attrs, t in logs:
-        lp = LoggerProvider(resource=Resource.create(res))
-        lp.add_log_record_processor(SimpleLogRecordProcessor(JsonLogExporter(endpoint + "/v1/logs")))
-        lp.get_logger("test").emit(LogRecord(timestamp=int(t * 1e9), observed_timestamp=int(t * 1e9),
-                                             severity_number=SeverityNumber.INFO, body=body, attributes=attrs))
-        lp.shutdown()
-    for res, name, attrs, t in spans:
-        tp = TracerProvider(resource=Resource.create(res))
-        tp.add_span_processor(SimpleSpanProcessor(JsonSpanExporter(endpoint + "/v1/traces")))
         sp = tp.get_tracer("test").start_span(name, kind=SpanKind.CLIENT, start_time=int(t * 1e9), attributes=attrs)
         sp.end(end_time=int(t * 1e9) + 5_000_000)
         tp.shutdown()
