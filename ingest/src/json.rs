@@ -14,6 +14,7 @@
 //! is told. Tests compare the two on generated and corrupted requests.
 
 use std::fmt;
+use std::marker::PhantomData;
 
 /// The arena the unescaped strings of a request live in: one per request.
 pub use bumpalo::Bump;
@@ -27,8 +28,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use crate::otlp::{
     AnyRef, KvRef, LogRecordRef, LogsRef, RequestRef, ResourceRef, ScopeRef, SpanRef, TracesRef,
 };
-
-use std::marker::PhantomData;
 
 /// Decodes an OTLP/JSON `ExportLogsServiceRequest`; `None` when the reference must decide.
 pub fn decode_logs<'a>(body: &'a [u8], arena: &'a Bump) -> Option<LogsRef<'a>> {
@@ -482,12 +481,12 @@ impl<'de: 'a, 'a> DeserializeSeed<'de> for Hex<'a> {
 
 /// An integer sent as a number or as a decimal string, as the reference
 /// reads it: `timeUnixNano` and the like as u64, `intValue` as i64.
-struct Number<T>(std::marker::PhantomData<T>);
+struct Number<T>(PhantomData<T>);
 
 /// A u64 time (`timeUnixNano`).
-const NANOS: Number<u64> = Number(std::marker::PhantomData);
+const NANOS: Number<u64> = Number(PhantomData);
 /// An i64 (`intValue`).
-const INT: Number<i64> = Number(std::marker::PhantomData);
+const INT: Number<i64> = Number(PhantomData);
 
 impl<'de, T> DeserializeSeed<'de> for Number<T>
 where
