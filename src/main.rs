@@ -9,6 +9,7 @@ mod loadgen;
 mod replay;
 mod restore;
 mod serve;
+mod stages;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -805,7 +805,7 @@ pub(crate) async fn serve_receivers(
 /// went into one commit, all senders waited for it together, and the
 /// receivers then idled while the archive wrote (174k records/s at 16
 /// connections, against 205k with 2k on the same build).
-const GROUP_COMMIT_EVENTS: usize = 2 * 1024;
+pub(crate) const GROUP_COMMIT_EVENTS: usize = 2 * 1024;
 
 /// Batches waiting between the archive and the detection stage.
 const DETECT_QUEUE_BATCHES: usize = 4;

@@ -1,0 +1,285 @@
+//! `vigil loadgen --stages`: the CPU one record costs in each stage of
+//! `vigil serve`, measured one stage at a time on one thread, over the
+//! requests loadgen would send and with the configuration serve would run.
+//!
+//! End to end (`scripts/bench` run 2) says how fast one vigil is; this says
+//! where the time goes, and what a target rate leaves for it: R records/s on
+//! N cores leaves N / R seconds of CPU per record for every stage together.
+//! Platform teams size boxes with it, and detection engineers see what their
+//! rule pack costs per record. Not in it: the OTLP transport (HTTP/2, gRPC,
+//! the loopback), the handoffs between threads, and the sender's own CPU.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use event::Event;
+use ingest::otlp::{LogsRef, TracesRef};
+use ingest::{MappingSet, Normalizer};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use serde::Serialize;
+use sinks::archive::{ArchiveConfig, EventArchive};
+
+use crate::config::Config;
+use crate::serve::GROUP_COMMIT_EVENTS;
+
+/// One OTLP/protobuf export request, as a sender would post it.
+pub(crate) struct Request {
+    pub traces: bool,
+    pub bytes: Bytes,
+}
+
+/// What one stage costs.
+#[derive(Debug, Serialize)]
+pub(crate) struct Stage {
+    pub name: &'static str,
+    pub what: String,
+    /// Thread CPU time (user and system) per record, microseconds.
+    pub us_per_record: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct StagesReport {
+    pub records: u64,
+    pub requests: usize,
+    pub stages: Vec<Stage>,
+    pub total_us_per_record: f64,
+    pub alerts: usize,
+}
+
+impl StagesReport {
+    /// Records per second one core sustains at this CPU per record.
+    pub fn per_core(&self) -> f64 {
+        1e6 / self.total_us_per_record
+    }
+}
+
+/// Runs every stage over `requests` in turn (each stage over all of them
+/// before the next, so that each is timed alone), with the archive written
+/// under `scratch` and removed afterwards.
+pub(crate) fn measure(
+    config: &Config,
+    requests: &[Request],
+    scratch: &Path,
+) -> Result<StagesReport> {
+    let mappings = Arc::new(MappingSet::load(&config.mappings).context("loading mappings")?);
+    let normalizer = Normalizer::new(mappings);
+    let ruleset = crate::load_rules(config)?;
+    let rule_count = ruleset.len();
+    let tenant = config.tenant.as_str();
+    let observed = ingest::now_ns();
+
+    let (read_cpu, records) = on_cpu(|| {
+        let mut n = 0u64;
+        for r in requests {
+            n += read(r, |l| l.records(), |t| t.records())? as u64;
+        }
+        Ok(n)
+    })?;
+    let (read_and_normalize, events) = on_cpu(|| {
+        requests
+            .iter()
+            .map(|r| {
+                read(
+                    r,
+                    |l| normalizer.logs_ref(l, tenant, observed).events,
+                    |t| normalizer.traces_ref(t, tenant, observed).events,
+                )
+            })
+            .collect::<Result<Vec<Vec<Event>>>>()
+    })?;
+    let (columns, batches) = on_cpu(|| {
+        events
+            .iter()
+            .map(|e| event::schema::events_to_batch(e).context("building Arrow columns"))
+            .collect::<Result<Vec<_>>>()
+    })?;
+    // Requests go to the archive and the engine in group commits, as in serve.
+    let groups = group_commits(&events);
+    let archive_cfg = config.archive.archive_config(scratch);
+    let archive = |name: &str, wal: bool| -> Result<Duration> {
+        let dir = scratch.join(name);
+        let cfg = ArchiveConfig {
+            dir: dir.clone(),
+            wal,
+            ..archive_cfg.clone()
+        };
+        let (cpu, ()) = on_cpu(|| {
+            let mut writer = EventArchive::open(cfg).context("opening the archive")?;
+            for g in &groups {
+                let parts: Vec<_> = g
+                    .clone()
+                    .map(|i| (events[i].as_slice(), Some(&batches[i])))
+                    .collect();
+                writer.write_parts(&parts).context("writing the archive")?;
+            }
+            writer.close().context("closing the archive")?;
+            Ok(())
+        })?;
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        Ok(cpu)
+    };
+    let parquet = archive("parquet", false)?;
+    let with_log = archive("wal", true)?;
+    let mut engine = rules::Engine::new(ruleset, config.engine.engine_config());
+    let mut events: Vec<Option<Vec<Event>>> = events.into_iter().map(Some).collect();
+    let (rules_cpu, alerts) = on_cpu(|| {
+        let mut alerts = 0;
+        for g in &groups {
+            let parts = g.clone().filter_map(|i| events[i].take()).collect();
+            alerts += engine.push_parts(parts).len();
+        }
+        Ok(alerts + engine.finish().len())
+    })?;
+
+    let per_record = |d: Duration| d.as_secs_f64() * 1e6 / records.max(1) as f64;
+    let a = &archive_cfg;
+    let stages = vec![
+        Stage {
+            name: "read",
+            what: "OTLP protobuf walked in place (ingest::wire; prost where it declines)".into(),
+            us_per_record: per_record(read_cpu),
+        },
+        Stage {
+            name: "normalize",
+            what: "mappings: records to events".into(),
+            us_per_record: per_record(read_and_normalize.saturating_sub(read_cpu)),
+        },
+        Stage {
+            name: "columns",
+            what: "events to Arrow columns (the archive's input)".into(),
+            us_per_record: per_record(columns),
+        },
+        Stage {
+            name: "parquet",
+            what: format!("Parquet files, zstd level {}", a.zstd_level),
+            us_per_record: per_record(parquet),
+        },
+        Stage {
+            name: "wal",
+            what: format!(
+                "write-ahead log ({}{}), beside the Parquet files",
+                if a.wal_direct_io {
+                    "direct I/O"
+                } else {
+                    "page cache"
+                },
+                if a.wal_fsync {
+                    ", fsync per group commit"
+                } else {
+                    ""
+                }
+            ),
+            us_per_record: per_record(with_log.saturating_sub(parquet)),
+        },
+        Stage {
+            name: "rules",
+            what: format!("{rule_count} rules, {alerts} alerts"),
+            us_per_record: per_record(rules_cpu),
+        },
+    ];
+    Ok(StagesReport {
+        records,
+        requests: requests.len(),
+        total_us_per_record: stages.iter().map(|s| s.us_per_record).sum(),
+        stages,
+        alerts,
+    })
+}
+
+/// Reads a request as the receivers do: walked in place, decoded by prost
+/// only where the walk declines.
+fn read<T>(
+    r: &Request,
+    logs: impl FnOnce(&LogsRef<'_>) -> T,
+    traces: impl FnOnce(&TracesRef<'_>) -> T,
+) -> Result<T> {
+    if r.traces {
+        if let Some(req) = ingest::wire::decode_traces(&r.bytes) {
+            return Ok(traces(&req));
+        }
+        let req = ExportTraceServiceRequest::decode(r.bytes.clone()).context("decoding spans")?;
+        Ok(traces(&TracesRef::from_prost(&req)))
+    } else {
+        if let Some(req) = ingest::wire::decode_logs(&r.bytes) {
+            return Ok(logs(&req));
+        }
+        let req = ExportLogsServiceRequest::decode(r.bytes.clone()).context("decoding logs")?;
+        Ok(logs(&LogsRef::from_prost(&req)))
+    }
+}
+
+/// Consecutive requests taken together up to serve's group-commit size.
+fn group_commits(events: &[Vec<Event>]) -> Vec<std::ops::Range<usize>> {
+    let mut groups = Vec::new();
+    let mut start = 0;
+    let mut n = 0;
+    for (i, e) in events.iter().enumerate() {
+        n += e.len();
+        if n >= GROUP_COMMIT_EVENTS {
+            groups.push(start..i + 1);
+            start = i + 1;
+            n = 0;
+        }
+    }
+    if start < events.len() {
+        groups.push(start..events.len());
+    }
+    groups
+}
+
+/// Runs `f` and returns the CPU time (user and system) this thread spent in it.
+fn on_cpu<T>(f: impl FnOnce() -> Result<T>) -> Result<(Duration, T)> {
+    let before = thread_cpu();
+    let out = f()?;
+    Ok((thread_cpu().saturating_sub(before), out))
+}
+
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec it is given.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    debug_assert_eq!(rc, 0, "CLOCK_THREAD_CPUTIME_ID is available on Linux");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// A scratch folder for the archive stages, removed when dropped.
+pub(crate) struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new() -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("vigil-stages-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_commits_cover_every_request_once_in_order() {
+        let sizes = [1000, 1000, 1000, 3000, 10, 10];
+        let events: Vec<Vec<Event>> = sizes
+            .iter()
+            .map(|&n| (0..n).map(|_| Event::default()).collect())
+            .collect();
+        let groups = group_commits(&events);
+        assert_eq!(groups, vec![0..3, 3..4, 4..6]);
+        assert!(group_commits(&[]).is_empty());
+    }
+}
