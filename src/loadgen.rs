@@ -1486,19 +1486,21 @@ fn stages(
         .collect();
     let wanted = args.records.unwrap_or(200_000).max(1);
     let rate = if args.rate > 0 { args.rate } else { 1_000_000 };
-    let mut requests = Vec::new();
+    // Each request is shifted as it is needed: the run's memory stays flat.
     let mut records = 0;
-    while records < wanted {
-        let e = &pool[requests.len() % pool.len()];
+    let requests = pool.iter().cycle().map_while(|e| {
+        if records >= wanted {
+            return None;
+        }
         records += e.records;
         let end_ns = start_ns + (records as u128 * 1_000_000_000 / rate as u128) as u64;
-        requests.push(crate::stages::Request {
+        Some(crate::stages::Request {
             traces: e.signal == Signal::Traces,
             bytes: e.at(end_ns),
-        });
-    }
+        })
+    });
     let scratch = crate::stages::Scratch::new()?;
-    let report = crate::stages::measure(&config, &requests, &scratch.0)?;
+    let report = crate::stages::measure(&config, requests, &scratch.0)?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(std::process::ExitCode::SUCCESS);

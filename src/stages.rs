@@ -58,12 +58,18 @@ impl StagesReport {
     }
 }
 
-/// Runs every stage over `requests` in turn (each stage over all of them
-/// before the next, so that each is timed alone), with the archive written
-/// under `scratch` and removed afterwards.
+/// Requests taken through the stages together: each stage runs over all of
+/// them before the next (so that each is timed alone), while the working set
+/// stays the size serve's is, a few group commits, instead of every event of
+/// the run (whose first touch of fresh pages would be measured instead).
+const CHUNK_REQUESTS: usize = 16;
+
+/// Runs every stage over `requests`, with the archives written under
+/// `scratch`: one Parquet-only, one with the write-ahead log as configured
+/// (its cost is the difference).
 pub(crate) fn measure(
     config: &Config,
-    requests: &[Request],
+    mut requests: impl Iterator<Item = Request>,
     scratch: &Path,
 ) -> Result<StagesReport> {
     let mappings = Arc::new(MappingSet::load(&config.mappings).context("loading mappings")?);
@@ -72,69 +78,79 @@ pub(crate) fn measure(
     let rule_count = ruleset.len();
     let tenant = config.tenant.as_str();
     let observed = ingest::now_ns();
-
-    let (read_cpu, records) = on_cpu(|| {
-        let mut n = 0u64;
-        for r in requests {
-            n += read(r, |l| l.records(), |t| t.records())? as u64;
-        }
-        Ok(n)
-    })?;
-    let (read_and_normalize, events) = on_cpu(|| {
-        requests
-            .iter()
-            .map(|r| {
-                read(
-                    r,
-                    |l| normalizer.logs_ref(l, tenant, observed).events,
-                    |t| normalizer.traces_ref(t, tenant, observed).events,
-                )
-            })
-            .collect::<Result<Vec<Vec<Event>>>>()
-    })?;
-    let (columns, batches) = on_cpu(|| {
-        events
-            .iter()
-            .map(|e| event::schema::events_to_batch(e).context("building Arrow columns"))
-            .collect::<Result<Vec<_>>>()
-    })?;
-    // Requests go to the archive and the engine in group commits, as in serve.
-    let groups = group_commits(&events);
     let archive_cfg = config.archive.archive_config(scratch);
-    let archive = |name: &str, wal: bool| -> Result<Duration> {
-        let dir = scratch.join(name);
-        let cfg = ArchiveConfig {
-            dir: dir.clone(),
+    let open = |name: &str, wal: bool| {
+        EventArchive::open(ArchiveConfig {
+            dir: scratch.join(name),
             wal,
             ..archive_cfg.clone()
-        };
-        let (cpu, ()) = on_cpu(|| {
-            let mut writer = EventArchive::open(cfg).context("opening the archive")?;
-            for g in &groups {
-                let parts: Vec<_> = g
-                    .clone()
-                    .map(|i| (events[i].as_slice(), Some(&batches[i])))
-                    .collect();
-                writer.write_parts(&parts).context("writing the archive")?;
-            }
-            writer.close().context("closing the archive")?;
-            Ok(())
-        })?;
-        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
-        Ok(cpu)
+        })
+        .context("opening the archive")
     };
-    let parquet = archive("parquet", false)?;
-    let with_log = archive("wal", true)?;
+    let (mut parquet_cpu, mut parquet) = on_cpu(|| open("parquet", false))?;
+    let (mut logged_cpu, mut logged) = on_cpu(|| open("wal", true))?;
     let mut engine = rules::Engine::new(ruleset, config.engine.engine_config());
-    let mut events: Vec<Option<Vec<Event>>> = events.into_iter().map(Some).collect();
-    let (rules_cpu, alerts) = on_cpu(|| {
-        let mut alerts = 0;
+    let (mut read_cpu, mut normalize_cpu, mut columns_cpu, mut rules_cpu) = Default::default();
+    let (mut records, mut request_count, mut alerts) = (0u64, 0, 0);
+    loop {
+        let chunk: Vec<Request> = requests.by_ref().take(CHUNK_REQUESTS).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        request_count += chunk.len();
+        let (chunk_read, n) = on_cpu(|| {
+            let mut n = 0u64;
+            for r in &chunk {
+                n += read(r, |l| l.records(), |t| t.records())? as u64;
+            }
+            Ok(n)
+        })?;
+        read_cpu += chunk_read;
+        records += n;
+        let (cpu, events) = on_cpu(|| {
+            chunk
+                .iter()
+                .map(|r| {
+                    read(
+                        r,
+                        |l| normalizer.logs_ref(l, tenant, observed).events,
+                        |t| normalizer.traces_ref(t, tenant, observed).events,
+                    )
+                })
+                .collect::<Result<Vec<Vec<Event>>>>()
+        })?;
+        // The read in it is counted above.
+        normalize_cpu += cpu.saturating_sub(chunk_read);
+        let (cpu, batches) = on_cpu(|| {
+            events
+                .iter()
+                .map(|e| event::schema::events_to_batch(e).context("building Arrow columns"))
+                .collect::<Result<Vec<_>>>()
+        })?;
+        columns_cpu += cpu;
+        // Requests go to the archive and the engine in group commits, as in serve.
+        let groups = group_commits(&events);
+        for g in &groups {
+            let parts: Vec<_> = g
+                .clone()
+                .map(|i| (events[i].as_slice(), Some(&batches[i])))
+                .collect();
+            parquet_cpu += on_cpu(|| Ok(parquet.write_parts(&parts)?))?.0;
+            logged_cpu += on_cpu(|| Ok(logged.write_parts(&parts)?))?.0;
+        }
+        let mut events: Vec<Option<Vec<Event>>> = events.into_iter().map(Some).collect();
         for g in &groups {
             let parts = g.clone().filter_map(|i| events[i].take()).collect();
-            alerts += engine.push_parts(parts).len();
+            let (cpu, n) = on_cpu(|| Ok(engine.push_parts(parts).len()))?;
+            rules_cpu += cpu;
+            alerts += n;
         }
-        Ok(alerts + engine.finish().len())
-    })?;
+    }
+    parquet_cpu += on_cpu(|| Ok(parquet.close()?))?.0;
+    logged_cpu += on_cpu(|| Ok(logged.close()?))?.0;
+    let (cpu, n) = on_cpu(|| Ok(engine.finish().len()))?;
+    rules_cpu += cpu;
+    alerts += n;
 
     let per_record = |d: Duration| d.as_secs_f64() * 1e6 / records.max(1) as f64;
     let a = &archive_cfg;
@@ -147,17 +163,17 @@ pub(crate) fn measure(
         Stage {
             name: "normalize",
             what: "mappings: records to events".into(),
-            us_per_record: per_record(read_and_normalize.saturating_sub(read_cpu)),
+            us_per_record: per_record(normalize_cpu),
         },
         Stage {
             name: "columns",
             what: "events to Arrow columns (the archive's input)".into(),
-            us_per_record: per_record(columns),
+            us_per_record: per_record(columns_cpu),
         },
         Stage {
             name: "parquet",
             what: format!("Parquet files, zstd level {}", a.zstd_level),
-            us_per_record: per_record(parquet),
+            us_per_record: per_record(parquet_cpu),
         },
         Stage {
             name: "wal",
@@ -174,7 +190,7 @@ pub(crate) fn measure(
                     ""
                 }
             ),
-            us_per_record: per_record(with_log.saturating_sub(parquet)),
+            us_per_record: per_record(logged_cpu.saturating_sub(parquet_cpu)),
         },
         Stage {
             name: "rules",
@@ -184,7 +200,7 @@ pub(crate) fn measure(
     ];
     Ok(StagesReport {
         records,
-        requests: requests.len(),
+        requests: request_count,
         total_us_per_record: stages.iter().map(|s| s.us_per_record).sum(),
         stages,
         alerts,
