@@ -15,7 +15,7 @@
 //! in-process (the floor that `scripts/bench` compares vigil against).
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -1111,21 +1111,16 @@ pub fn run(args: LoadgenArgs) -> Result<std::process::ExitCode> {
             e
         }
     };
-    if args.floor {
+    if args.floor || args.stages {
+        // Measured in process, over one pool of requests.
         let mut g = make_gen();
         let pool: Vec<Encoded> = (0..args.pool.max(1)).map(|_| next(&mut g)).collect();
         let duration = args.duration.unwrap_or(Duration::from_secs(5));
-        return if json {
-            floor_json(&pool, duration)
-        } else {
-            floor(&pool, duration)
+        return match (args.stages, json) {
+            (true, _) => stages(&args, &pool, start_ns),
+            (false, true) => floor_json(&pool, duration),
+            (false, false) => floor(&pool, duration),
         };
-    }
-    if args.stages {
-        if json {
-            bail!("--stages measures OTLP/protobuf requests: leave out --protocol http-json");
-        }
-        return stages(&args, make_gen(), start_ns);
     }
     let limit = args.records;
     let duration = match (args.duration, limit) {
@@ -1472,18 +1467,11 @@ fn floor(pool: &[Encoded], duration: Duration) -> Result<std::process::ExitCode>
 }
 
 /// `--stages`: see [`crate::stages`].
-fn stages(
-    args: &LoadgenArgs,
-    mut generator: Generator,
-    start_ns: u64,
-) -> Result<std::process::ExitCode> {
+fn stages(args: &LoadgenArgs, pool: &[Encoded], start_ns: u64) -> Result<std::process::ExitCode> {
     let config = match &args.config {
         Some(p) => crate::config::Config::load(p)?,
         None => crate::config::Config::default(),
     };
-    let pool: Vec<Encoded> = (0..args.pool.max(1))
-        .map(|_| generator.next_request())
-        .collect();
     let wanted = args.records.unwrap_or(200_000).max(1);
     let rate = if args.rate > 0 { args.rate } else { 1_000_000 };
     // Each request is shifted as it is needed: the run's memory stays flat.
@@ -1496,30 +1484,40 @@ fn stages(
         let end_ns = start_ns + (records as u128 * 1_000_000_000 / rate as u128) as u64;
         Some(crate::stages::Request {
             traces: e.signal == Signal::Traces,
+            json: e.json,
             bytes: e.at(end_ns),
         })
     });
     let scratch = crate::stages::Scratch::new()?;
     let report = crate::stages::measure(&config, requests, &scratch.0)?;
+    // Written, not printed: a reader that stops early (`| head`) ends the
+    // output with an error instead of a panic.
+    let mut out = std::io::stdout().lock();
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        writeln!(out, "{}", serde_json::to_string(&report)?)?;
         return Ok(std::process::ExitCode::SUCCESS);
     }
-    println!(
+    writeln!(
+        out,
         "stages: {} records in {} requests, one stage at a time on 1 thread; CPU per record:",
         report.records, report.requests
-    );
+    )?;
     for s in &report.stages {
-        println!("  {:<10} {:>6.2} us  {}", s.name, s.us_per_record, s.what);
+        writeln!(
+            out,
+            "  {:<10} {:>6.2} us  {}",
+            s.name, s.us_per_record, s.what
+        )?;
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!(
+    writeln!(
+        out,
         "  {:<10} {:>6.2} us  = {:.0} records/s on 1 core, {:.0} on {cores} (without the OTLP transport and the handoffs between threads)",
         "total",
         report.total_us_per_record,
         report.per_core(),
         report.per_core() * cores as f64,
-    );
+    )?;
     Ok(std::process::ExitCode::SUCCESS)
 }
 

@@ -27,9 +27,11 @@ use sinks::archive::{ArchiveConfig, EventArchive};
 use crate::config::Config;
 use crate::serve::GROUP_COMMIT_EVENTS;
 
-/// One OTLP/protobuf export request, as a sender would post it.
+/// One OTLP export request, as a sender would post it.
 pub(crate) struct Request {
     pub traces: bool,
+    /// OTLP/JSON instead of protobuf.
+    pub json: bool,
     pub bytes: Bytes,
 }
 
@@ -92,12 +94,14 @@ pub(crate) fn measure(
     let mut engine = rules::Engine::new(ruleset, config.engine.engine_config());
     let (mut read_cpu, mut normalize_cpu, mut columns_cpu, mut rules_cpu) = Default::default();
     let (mut records, mut request_count, mut alerts) = (0u64, 0, 0);
+    let mut json = false;
     loop {
         let chunk: Vec<Request> = requests.by_ref().take(CHUNK_REQUESTS).collect();
         if chunk.is_empty() {
             break;
         }
         request_count += chunk.len();
+        json |= chunk.iter().any(|r| r.json);
         let (chunk_read, n) = on_cpu(|| {
             let mut n = 0u64;
             for r in &chunk {
@@ -157,7 +161,11 @@ pub(crate) fn measure(
     let stages = vec![
         Stage {
             name: "read",
-            what: "OTLP protobuf walked in place (ingest::wire; prost where it declines)".into(),
+            what: if json {
+                "OTLP/JSON read in place (ingest::json; serde where it declines)".into()
+            } else {
+                "OTLP protobuf walked in place (ingest::wire; prost where it declines)".into()
+            },
             us_per_record: per_record(read_cpu),
         },
         Stage {
@@ -207,25 +215,38 @@ pub(crate) fn measure(
     })
 }
 
-/// Reads a request as the receivers do: walked in place, decoded by prost
-/// only where the walk declines.
+/// Reads a request as the receivers do: walked in place (protobuf) or read
+/// into the same borrowed model (JSON), left to the reference decoders only
+/// where those decline.
 fn read<T>(
     r: &Request,
     logs: impl FnOnce(&LogsRef<'_>) -> T,
     traces: impl FnOnce(&TracesRef<'_>) -> T,
 ) -> Result<T> {
-    if r.traces {
-        if let Some(req) = ingest::wire::decode_traces(&r.bytes) {
-            return Ok(traces(&req));
+    let bad = |what: &str, e: &dyn std::fmt::Display| anyhow::anyhow!("decoding {what}: {e}");
+    match (r.json, r.traces) {
+        (true, false) => {
+            ingest::json::with_logs(&r.bytes, || (), |l| logs(&l)).map_err(|e| bad("logs", &e))
         }
-        let req = ExportTraceServiceRequest::decode(r.bytes.clone()).context("decoding spans")?;
-        Ok(traces(&TracesRef::from_prost(&req)))
-    } else {
-        if let Some(req) = ingest::wire::decode_logs(&r.bytes) {
-            return Ok(logs(&req));
+        (true, true) => {
+            ingest::json::with_traces(&r.bytes, || (), |t| traces(&t)).map_err(|e| bad("spans", &e))
         }
-        let req = ExportLogsServiceRequest::decode(r.bytes.clone()).context("decoding logs")?;
-        Ok(logs(&LogsRef::from_prost(&req)))
+        (false, false) => match ingest::wire::decode_logs(&r.bytes) {
+            Some(req) => Ok(logs(&req)),
+            None => {
+                let req = ExportLogsServiceRequest::decode(r.bytes.clone())
+                    .map_err(|e| bad("logs", &e))?;
+                Ok(logs(&LogsRef::from_prost(&req)))
+            }
+        },
+        (false, true) => match ingest::wire::decode_traces(&r.bytes) {
+            Some(req) => Ok(traces(&req)),
+            None => {
+                let req = ExportTraceServiceRequest::decode(r.bytes.clone())
+                    .map_err(|e| bad("spans", &e))?;
+                Ok(traces(&TracesRef::from_prost(&req)))
+            }
+        },
     }
 }
 
