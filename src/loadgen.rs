@@ -123,6 +123,10 @@ pub struct LoadgenArgs {
     /// measured [default: vigil's defaults].
     #[arg(long, requires = "stages")]
     config: Option<PathBuf>,
+    /// With --stages: also run each active rule alone over the same records and print what
+    /// each costs per record.
+    #[arg(long, requires = "stages")]
+    per_rule: bool,
     /// Print the final summary as one JSON object.
     #[arg(long)]
     json: bool,
@@ -1475,21 +1479,24 @@ fn stages(args: &LoadgenArgs, pool: &[Encoded], start_ns: u64) -> Result<std::pr
     let wanted = args.records.unwrap_or(200_000).max(1);
     let rate = if args.rate > 0 { args.rate } else { 1_000_000 };
     // Each request is shifted as it is needed: the run's memory stays flat.
-    let mut records = 0;
-    let requests = pool.iter().cycle().map_while(|e| {
-        if records >= wanted {
-            return None;
-        }
-        records += e.records;
-        let end_ns = start_ns + (records as u128 * 1_000_000_000 / rate as u128) as u64;
-        Some(crate::stages::Request {
-            traces: e.signal == Signal::Traces,
-            json: e.json,
-            bytes: e.at(end_ns),
+    // Each request is shifted as it is needed: the run's memory stays flat.
+    let requests = || {
+        let mut records = 0;
+        pool.iter().cycle().map_while(move |e| {
+            if records >= wanted {
+                return None;
+            }
+            records += e.records;
+            let end_ns = start_ns + (records as u128 * 1_000_000_000 / rate as u128) as u64;
+            Some(crate::stages::Request {
+                traces: e.signal == Signal::Traces,
+                json: e.json,
+                bytes: e.at(end_ns),
+            })
         })
-    });
+    };
     let scratch = crate::stages::Scratch::new()?;
-    let report = crate::stages::measure(&config, requests, &scratch.0)?;
+    let report = crate::stages::measure(&config, requests, &scratch.0, args.per_rule)?;
     // Written, not printed: a reader that stops early (`| head`) ends the
     // output with an error instead of a panic.
     let mut out = std::io::stdout().lock();
@@ -1518,6 +1525,16 @@ fn stages(args: &LoadgenArgs, pool: &[Encoded], start_ns: u64) -> Result<std::pr
         report.per_core(),
         report.per_core() * cores as f64,
     )?;
+    if !report.rules.is_empty() {
+        writeln!(out, "each active rule alone, over the same records:")?;
+        for r in &report.rules {
+            writeln!(
+                out,
+                "  {:>6.2} us  {} ({} alerts)",
+                r.us_per_record, r.id, r.alerts
+            )?;
+        }
+    }
     Ok(std::process::ExitCode::SUCCESS)
 }
 

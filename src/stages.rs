@@ -44,6 +44,16 @@ pub(crate) struct Stage {
     pub us_per_record: f64,
 }
 
+/// What one rule costs run alone over the same events (`--per-rule`): it
+/// includes holding, for the allowed lateness, the events of the kinds it
+/// reads, which rules of a pack share.
+#[derive(Debug, Serialize)]
+pub(crate) struct RuleCost {
+    pub id: String,
+    pub us_per_record: f64,
+    pub alerts: usize,
+}
+
 #[derive(Debug, Serialize)]
 pub(crate) struct StagesReport {
     pub records: u64,
@@ -51,6 +61,9 @@ pub(crate) struct StagesReport {
     pub stages: Vec<Stage>,
     pub total_us_per_record: f64,
     pub alerts: usize,
+    /// Each active rule alone, costliest first; empty without `--per-rule`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RuleCost>,
 }
 
 impl StagesReport {
@@ -66,18 +79,26 @@ impl StagesReport {
 /// the run (whose first touch of fresh pages would be measured instead).
 const CHUNK_REQUESTS: usize = 16;
 
-/// Runs every stage over `requests`, with the archives written under
-/// `scratch`: one Parquet-only, one with the write-ahead log as configured
-/// (its cost is the difference).
-pub(crate) fn measure(
+/// Runs every stage over the requests `requests()` gives, with the archives
+/// written under `scratch`: one Parquet-only, one with the write-ahead log
+/// as configured (its cost is the difference). With `per_rule`, then runs
+/// each active rule alone over the same requests.
+pub(crate) fn measure<I: Iterator<Item = Request>>(
     config: &Config,
-    mut requests: impl Iterator<Item = Request>,
+    requests: impl Fn() -> I,
     scratch: &Path,
+    per_rule: bool,
 ) -> Result<StagesReport> {
     let mappings = Arc::new(MappingSet::load(&config.mappings).context("loading mappings")?);
     let normalizer = Normalizer::new(mappings);
     let ruleset = crate::load_rules(config)?;
     let rule_count = ruleset.len();
+    let rule_ids: Vec<String> = ruleset
+        .rules()
+        .into_iter()
+        .filter(|r| r.is_active())
+        .map(|r| r.id)
+        .collect();
     let tenant = config.tenant.as_str();
     let observed = ingest::now_ns();
     let archive_cfg = config.archive.archive_config(scratch);
@@ -95,11 +116,7 @@ pub(crate) fn measure(
     let (mut read_cpu, mut normalize_cpu, mut columns_cpu, mut rules_cpu) = Default::default();
     let (mut records, mut request_count, mut alerts) = (0u64, 0, 0);
     let mut json = false;
-    loop {
-        let chunk: Vec<Request> = requests.by_ref().take(CHUNK_REQUESTS).collect();
-        if chunk.is_empty() {
-            break;
-        }
+    for chunk in chunks(requests()) {
         request_count += chunk.len();
         json |= chunk.iter().any(|r| r.json);
         let (chunk_read, n) = on_cpu(|| {
@@ -111,18 +128,7 @@ pub(crate) fn measure(
         })?;
         read_cpu += chunk_read;
         records += n;
-        let (cpu, events) = on_cpu(|| {
-            chunk
-                .iter()
-                .map(|r| {
-                    read(
-                        r,
-                        |l| normalizer.logs_ref(l, tenant, observed).events,
-                        |t| normalizer.traces_ref(t, tenant, observed).events,
-                    )
-                })
-                .collect::<Result<Vec<Vec<Event>>>>()
-        })?;
+        let (cpu, events) = on_cpu(|| normalize(&normalizer, &chunk, tenant, observed))?;
         // The read in it is counted above.
         normalize_cpu += cpu.saturating_sub(chunk_read);
         let (cpu, batches) = on_cpu(|| {
@@ -142,13 +148,9 @@ pub(crate) fn measure(
             parquet_cpu += on_cpu(|| Ok(parquet.write_parts(&parts)?))?.0;
             logged_cpu += on_cpu(|| Ok(logged.write_parts(&parts)?))?.0;
         }
-        let mut events: Vec<Option<Vec<Event>>> = events.into_iter().map(Some).collect();
-        for g in &groups {
-            let parts = g.clone().filter_map(|i| events[i].take()).collect();
-            let (cpu, n) = on_cpu(|| Ok(engine.push_parts(parts).len()))?;
-            rules_cpu += cpu;
-            alerts += n;
-        }
+        let (cpu, n) = detect(&mut engine, events)?;
+        rules_cpu += cpu;
+        alerts += n;
     }
     parquet_cpu += on_cpu(|| Ok(parquet.close()?))?.0;
     logged_cpu += on_cpu(|| Ok(logged.close()?))?.0;
@@ -157,6 +159,34 @@ pub(crate) fn measure(
     alerts += n;
 
     let per_record = |d: Duration| d.as_secs_f64() * 1e6 / records.max(1) as f64;
+    let mut rule_costs = Vec::new();
+    if per_rule {
+        for id in rule_ids.iter() {
+            let one = rules::RuleSet::load_one(
+                config.default_rules,
+                &config.rules,
+                &config.rules_context(),
+                id,
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("loading rule {id}"))?;
+            let mut engine = rules::Engine::new(one, config.engine.engine_config());
+            let (mut cpu, mut alerts) = (Duration::ZERO, 0);
+            for chunk in chunks(requests()) {
+                let events = normalize(&normalizer, &chunk, tenant, observed)?;
+                let (c, n) = detect(&mut engine, events)?;
+                cpu += c;
+                alerts += n;
+            }
+            let (c, n) = on_cpu(|| Ok(engine.finish().len()))?;
+            rule_costs.push(RuleCost {
+                id: id.clone(),
+                us_per_record: per_record(cpu + c),
+                alerts: alerts + n,
+            });
+        }
+        rule_costs.sort_by(|a, b| b.us_per_record.total_cmp(&a.us_per_record));
+    }
     let a = &archive_cfg;
     let stages = vec![
         Stage {
@@ -212,7 +242,50 @@ pub(crate) fn measure(
         total_us_per_record: stages.iter().map(|s| s.us_per_record).sum(),
         stages,
         alerts,
+        rules: rule_costs,
     })
+}
+
+/// The requests in chunks of [`CHUNK_REQUESTS`].
+fn chunks(mut requests: impl Iterator<Item = Request>) -> impl Iterator<Item = Vec<Request>> {
+    std::iter::from_fn(move || {
+        let chunk: Vec<Request> = requests.by_ref().take(CHUNK_REQUESTS).collect();
+        (!chunk.is_empty()).then_some(chunk)
+    })
+}
+
+/// Pushes a chunk's events to the engine in serve's group commits: the
+/// engine's CPU time and the alerts.
+fn detect(engine: &mut rules::Engine, events: Vec<Vec<Event>>) -> Result<(Duration, usize)> {
+    let groups = group_commits(&events);
+    let mut events: Vec<Option<Vec<Event>>> = events.into_iter().map(Some).collect();
+    let (mut cpu, mut alerts) = (Duration::ZERO, 0);
+    for g in &groups {
+        let parts = g.clone().filter_map(|i| events[i].take()).collect();
+        let (c, n) = on_cpu(|| Ok(engine.push_parts(parts).len()))?;
+        cpu += c;
+        alerts += n;
+    }
+    Ok((cpu, alerts))
+}
+
+/// A chunk's requests read and normalized, one `Vec` of events each.
+fn normalize(
+    normalizer: &Normalizer,
+    chunk: &[Request],
+    tenant: &str,
+    observed: i64,
+) -> Result<Vec<Vec<Event>>> {
+    chunk
+        .iter()
+        .map(|r| {
+            read(
+                r,
+                |l| normalizer.logs_ref(l, tenant, observed).events,
+                |t| normalizer.traces_ref(t, tenant, observed).events,
+            )
+        })
+        .collect()
 }
 
 /// Reads a request as the receivers do: walked in place (protobuf) or read

@@ -475,6 +475,19 @@ impl RuleSet {
         compile_parsed(&parsed, ctx, None).map_err(RulesError::Invalid)
     }
 
+    /// [`RuleSet::load`] keeping only the rule `id`, compiled as it is in
+    /// the whole set (the same lists and business hours): one rule alone,
+    /// to see what it costs. No rule of that id leaves the set empty.
+    pub fn load_one(
+        default_pack: bool,
+        extra_paths: &[PathBuf],
+        ctx: &RulesContext,
+        id: &str,
+    ) -> Result<RuleSet, RulesError> {
+        let parsed = parse_all(default_pack, extra_paths)?;
+        compile_parsed(&parsed, ctx, Some(id)).map_err(RulesError::Invalid)
+    }
+
     /// Every loaded rule, in load order (disabled and inactive ones included).
     pub fn rules(&self) -> Vec<RuleInfo> {
         self.rules.iter().map(|r| r.info.clone()).collect()
@@ -563,6 +576,23 @@ mod tests {
     }
 
     const GOOD: &str = "id: a\ntitle: A\nseverity: low\ncondition: {kind: file_read}\n";
+
+    #[test]
+    fn load_one_keeps_that_rule_alone_with_only_the_attributes_it_reads() {
+        let ctx = RulesContext::default();
+        let all = RuleSet::load(true, &[], &ctx).expect("the default pack loads");
+        let ids: Vec<String> = all.rules().into_iter().map(|r| r.id).collect();
+        assert!(ids.len() > 1);
+        for id in &ids {
+            let one = RuleSet::load_one(true, &[], &ctx, id).expect("loads");
+            let kept: Vec<String> = one.rules().into_iter().map(|r| r.id).collect();
+            assert_eq!(kept, vec![id.clone()]);
+            assert!(one.attr_refs.is_subset(&all.attr_refs));
+        }
+        assert!(RuleSet::load_one(true, &[], &ctx, "no-such-rule")
+            .expect("loads")
+            .is_empty());
+    }
 
     #[test]
     fn default_pack_loads_and_has_the_required_ids() {
