@@ -1488,10 +1488,12 @@ fn stages(args: &LoadgenArgs, pool: &[Encoded], start_ns: u64) -> Result<std::pr
             }
             records += e.records;
             let end_ns = start_ns + (records as u128 * 1_000_000_000 / rate as u128) as u64;
-            Some(crate::stages::Request {
-                traces: e.signal == Signal::Traces,
-                json: e.json,
-                bytes: e.at(end_ns),
+            let bytes = e.at(end_ns);
+            Some(match (e.signal, e.json) {
+                (Signal::Logs, false) => ingest::Payload::LogsBytes(bytes),
+                (Signal::Logs, true) => ingest::Payload::LogsJson(bytes),
+                (Signal::Traces, false) => ingest::Payload::TracesBytes(bytes),
+                (Signal::Traces, true) => ingest::Payload::TracesJson(bytes),
             })
         })
     };

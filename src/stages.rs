@@ -14,26 +14,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use bytes::Bytes;
 use event::Event;
 use ingest::otlp::{LogsRef, TracesRef};
-use ingest::{MappingSet, Normalizer};
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use prost::Message;
+use ingest::{MappingSet, Normalizer, Payload};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use serde::Serialize;
 use sinks::archive::{ArchiveConfig, EventArchive};
 
 use crate::config::Config;
 use crate::serve::GROUP_COMMIT_EVENTS;
-
-/// One OTLP export request, as a sender would post it.
-pub(crate) struct Request {
-    pub traces: bool,
-    /// OTLP/JSON instead of protobuf.
-    pub json: bool,
-    pub bytes: Bytes,
-}
 
 /// What one stage costs.
 #[derive(Debug, Serialize)]
@@ -83,7 +72,7 @@ const CHUNK_REQUESTS: usize = 16;
 /// written under `scratch`: one Parquet-only, one with the write-ahead log
 /// as configured (its cost is the difference). With `per_rule`, then runs
 /// each active rule alone over the same requests.
-pub(crate) fn measure<I: Iterator<Item = Request>>(
+pub(crate) fn measure<I: Iterator<Item = Payload>>(
     config: &Config,
     requests: impl Fn() -> I,
     scratch: &Path,
@@ -118,11 +107,13 @@ pub(crate) fn measure<I: Iterator<Item = Request>>(
     let mut json = false;
     for chunk in chunks(requests()) {
         request_count += chunk.len();
-        json |= chunk.iter().any(|r| r.json);
+        json |= chunk
+            .iter()
+            .any(|r| matches!(r, Payload::LogsJson(_) | Payload::TracesJson(_)));
         let (chunk_read, n) = on_cpu(|| {
             let mut n = 0u64;
             for r in &chunk {
-                n += read(r, |l| l.records(), |t| t.records())? as u64;
+                n += read(r, |l| l.records(), |t| t.records(), |_| 0)? as u64;
             }
             Ok(n)
         })?;
@@ -247,9 +238,9 @@ pub(crate) fn measure<I: Iterator<Item = Request>>(
 }
 
 /// The requests in chunks of [`CHUNK_REQUESTS`].
-fn chunks(mut requests: impl Iterator<Item = Request>) -> impl Iterator<Item = Vec<Request>> {
+fn chunks(mut requests: impl Iterator<Item = Payload>) -> impl Iterator<Item = Vec<Payload>> {
     std::iter::from_fn(move || {
-        let chunk: Vec<Request> = requests.by_ref().take(CHUNK_REQUESTS).collect();
+        let chunk: Vec<Payload> = requests.by_ref().take(CHUNK_REQUESTS).collect();
         (!chunk.is_empty()).then_some(chunk)
     })
 }
@@ -272,7 +263,7 @@ fn detect(engine: &mut rules::Engine, events: Vec<Vec<Event>>) -> Result<(Durati
 /// A chunk's requests read and normalized, one `Vec` of events each.
 fn normalize(
     normalizer: &Normalizer,
-    chunk: &[Request],
+    chunk: &[Payload],
     tenant: &str,
     observed: i64,
 ) -> Result<Vec<Vec<Event>>> {
@@ -281,46 +272,22 @@ fn normalize(
         .map(|r| {
             read(
                 r,
-                |l| normalizer.logs_ref(l, tenant, observed).events,
-                |t| normalizer.traces_ref(t, tenant, observed).events,
+                |l| normalizer.logs_ref(&l, tenant, observed).events,
+                |t| normalizer.traces_ref(&t, tenant, observed).events,
+                |m| normalizer.metrics(m, tenant, observed).events,
             )
         })
         .collect()
 }
 
-/// Reads a request as the receivers do: walked in place (protobuf) or read
-/// into the same borrowed model (JSON), left to the reference decoders only
-/// where those decline.
+/// Reads a request exactly as the receivers do ([`ingest::read_request`]).
 fn read<T>(
-    r: &Request,
-    logs: impl FnOnce(&LogsRef<'_>) -> T,
-    traces: impl FnOnce(&TracesRef<'_>) -> T,
+    r: &Payload,
+    logs: impl FnOnce(LogsRef<'_>) -> T,
+    traces: impl FnOnce(TracesRef<'_>) -> T,
+    metrics: impl FnOnce(&ExportMetricsServiceRequest) -> T,
 ) -> Result<T> {
-    let bad = |what: &str, e: &dyn std::fmt::Display| anyhow::anyhow!("decoding {what}: {e}");
-    match (r.json, r.traces) {
-        (true, false) => {
-            ingest::json::with_logs(&r.bytes, || (), |l| logs(&l)).map_err(|e| bad("logs", &e))
-        }
-        (true, true) => {
-            ingest::json::with_traces(&r.bytes, || (), |t| traces(&t)).map_err(|e| bad("spans", &e))
-        }
-        (false, false) => match ingest::wire::decode_logs(&r.bytes) {
-            Some(req) => Ok(logs(&req)),
-            None => {
-                let req = ExportLogsServiceRequest::decode(r.bytes.clone())
-                    .map_err(|e| bad("logs", &e))?;
-                Ok(logs(&LogsRef::from_prost(&req)))
-            }
-        },
-        (false, true) => match ingest::wire::decode_traces(&r.bytes) {
-            Some(req) => Ok(traces(&req)),
-            None => {
-                let req = ExportTraceServiceRequest::decode(r.bytes.clone())
-                    .map_err(|e| bad("spans", &e))?;
-                Ok(traces(&TracesRef::from_prost(&req)))
-            }
-        },
-    }
+    ingest::read_request(r, |_, _| (), logs, traces, metrics).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Consecutive requests taken together up to serve's group-commit size.

@@ -147,40 +147,16 @@ impl Ingest {
                 admit(req.records())?;
                 Ok::<_, SubmitError>(normalizer.traces_ref(&req, &tenant, now))
             };
-            // prost's request, when the walk of the bytes declines, lives here.
-            let (decoded_logs, decoded_traces);
-            let n = match &payload {
-                Payload::LogsBytes(bytes) => logs(match wire::decode_logs(bytes) {
-                    Some(req) => req,
-                    None => {
-                        decoded_logs = prost_decode::<ExportLogsServiceRequest>(bytes)?;
-                        metrics.reference_decode("protobuf", "log");
-                        otlp::LogsRef::from_prost(&decoded_logs)
-                    }
-                })?,
-                Payload::TracesBytes(bytes) => traces(match wire::decode_traces(bytes) {
-                    Some(req) => req,
-                    None => {
-                        decoded_traces = prost_decode::<ExportTraceServiceRequest>(bytes)?;
-                        metrics.reference_decode("protobuf", "span");
-                        otlp::TracesRef::from_prost(&decoded_traces)
-                    }
-                })?,
-                Payload::LogsJson(body) => {
-                    json::with_logs(body, || metrics.reference_decode("json", "log"), logs)
-                        .map_err(SubmitError::Invalid)??
-                }
-                Payload::TracesJson(body) => {
-                    json::with_traces(body, || metrics.reference_decode("json", "span"), traces)
-                        .map_err(SubmitError::Invalid)??
-                }
-                Payload::Logs(r) => logs(otlp::LogsRef::from_prost(r))?,
-                Payload::Traces(r) => traces(otlp::TracesRef::from_prost(r))?,
-                Payload::Metrics(r) => {
+            let n = read_request(
+                &payload,
+                |format, signal| metrics.reference_decode(format, signal),
+                logs,
+                traces,
+                |r| {
                     admit(limits::data_points_in(r))?;
-                    normalizer.metrics(r, &tenant, now)
-                }
-            };
+                    Ok(normalizer.metrics(r, &tenant, now))
+                },
+            )??;
             // The archive's columns, built here while the events are hot in
             // this thread's cache (and on any core, not the archive's one).
             let columns = (wants_columns && !n.events.is_empty())
@@ -285,6 +261,48 @@ impl Ingest {
 
 /// prost's decode of what the wire walk declined: the request, or why it is
 /// not one (refused as invalid: sending it again will not help).
+/// Reads an export request as the receivers do, and hands it to the
+/// closure of its signal: logs and spans walked in place ([`wire`]) or read
+/// into the same borrowed model ([`json`]), by the reference decoders
+/// (prost, opentelemetry-proto's serde) only where those decline, and
+/// `by_reference(format, signal)` is told then. `Err` is a request that
+/// does not decode, in words for its sender.
+pub fn read_request<T>(
+    payload: &Payload,
+    by_reference: impl FnOnce(&'static str, &'static str),
+    logs: impl FnOnce(otlp::LogsRef<'_>) -> T,
+    traces: impl FnOnce(otlp::TracesRef<'_>) -> T,
+    metrics: impl FnOnce(&ExportMetricsServiceRequest) -> T,
+) -> Result<T, SubmitError> {
+    Ok(match payload {
+        Payload::LogsBytes(bytes) => match wire::decode_logs(bytes) {
+            Some(req) => logs(req),
+            None => {
+                let req = prost_decode::<ExportLogsServiceRequest>(bytes)?;
+                by_reference("protobuf", "log");
+                logs(otlp::LogsRef::from_prost(&req))
+            }
+        },
+        Payload::TracesBytes(bytes) => match wire::decode_traces(bytes) {
+            Some(req) => traces(req),
+            None => {
+                let req = prost_decode::<ExportTraceServiceRequest>(bytes)?;
+                by_reference("protobuf", "span");
+                traces(otlp::TracesRef::from_prost(&req))
+            }
+        },
+        Payload::LogsJson(body) => json::with_logs(body, || by_reference("json", "log"), logs)
+            .map_err(SubmitError::Invalid)?,
+        Payload::TracesJson(body) => {
+            json::with_traces(body, || by_reference("json", "span"), traces)
+                .map_err(SubmitError::Invalid)?
+        }
+        Payload::Logs(r) => logs(otlp::LogsRef::from_prost(r)),
+        Payload::Traces(r) => traces(otlp::TracesRef::from_prost(r)),
+        Payload::Metrics(r) => metrics(r),
+    })
+}
+
 fn prost_decode<T: Message + Default>(bytes: &[u8]) -> Result<T, SubmitError> {
     T::decode(bytes).map_err(|e| {
         let what = std::any::type_name::<T>()
