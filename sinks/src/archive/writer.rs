@@ -129,7 +129,7 @@ impl<R: ArchiveRecord> ArchiveWriter<R> {
                 ZstdLevel::try_new(cfg.zstd_level)
                     .map_err(|e| ArchiveError::Config(e.to_string()))?,
             ))
-            .set_max_row_group_size(cfg.row_group_rows)
+            .set_max_row_group_row_count(Some(cfg.row_group_rows))
             .set_key_value_metadata(Some(metadata));
         // Dotted names are paths into nested columns (the attribute map's leaves).
         let path = |column: &str| ColumnPath::new(column.split('.').map(str::to_string).collect());
