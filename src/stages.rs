@@ -152,28 +152,12 @@ pub(crate) fn measure<I: Iterator<Item = Payload>>(
     let per_record = |d: Duration| d.as_secs_f64() * 1e6 / records.max(1) as f64;
     let mut rule_costs = Vec::new();
     if per_rule {
-        for id in rule_ids.iter() {
-            let one = rules::RuleSet::load_one(
-                config.default_rules,
-                &config.rules,
-                &config.rules_context(),
-                id,
-            )
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .with_context(|| format!("loading rule {id}"))?;
-            let mut engine = rules::Engine::new(one, config.engine.engine_config());
-            let (mut cpu, mut alerts) = (Duration::ZERO, 0);
-            for chunk in chunks(requests()) {
-                let events = normalize(&normalizer, &chunk, tenant, observed)?;
-                let (c, n) = detect(&mut engine, events)?;
-                cpu += c;
-                alerts += n;
-            }
-            let (c, n) = on_cpu(|| Ok(engine.finish().len()))?;
+        for id in &rule_ids {
+            let (cpu, alerts) = rule_alone(config, id, &normalizer, &requests, observed)?;
             rule_costs.push(RuleCost {
                 id: id.clone(),
-                us_per_record: per_record(cpu + c),
-                alerts: alerts + n,
+                us_per_record: per_record(cpu),
+                alerts,
             });
         }
         rule_costs.sort_by(|a, b| b.us_per_record.total_cmp(&a.us_per_record));
@@ -235,6 +219,35 @@ pub(crate) fn measure<I: Iterator<Item = Payload>>(
         alerts,
         rules: rule_costs,
     })
+}
+
+/// The rule `id` alone, as compiled in the configured set, over the same
+/// requests: the engine's CPU time and the alerts.
+fn rule_alone<I: Iterator<Item = Payload>>(
+    config: &Config,
+    id: &str,
+    normalizer: &Normalizer,
+    requests: impl Fn() -> I,
+    observed: i64,
+) -> Result<(Duration, usize)> {
+    let one = rules::RuleSet::load_one(
+        config.default_rules,
+        &config.rules,
+        &config.rules_context(),
+        id,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))
+    .with_context(|| format!("loading rule {id}"))?;
+    let mut engine = rules::Engine::new(one, config.engine.engine_config());
+    let (mut cpu, mut alerts) = (Duration::ZERO, 0);
+    for chunk in chunks(requests()) {
+        let events = normalize(normalizer, &chunk, &config.tenant, observed)?;
+        let (c, n) = detect(&mut engine, events)?;
+        cpu += c;
+        alerts += n;
+    }
+    let (c, n) = on_cpu(|| Ok(engine.finish().len()))?;
+    Ok((cpu + c, alerts + n))
 }
 
 /// The requests in chunks of [`CHUNK_REQUESTS`].
