@@ -358,6 +358,11 @@ mod opt_duration {
 const MAX_CONFIG_BYTES: u64 = 4 << 20;
 
 impl Config {
+    /// The file given with `--config`, else vigil's defaults.
+    pub fn load_or_default(path: Option<&Path>) -> Result<Config> {
+        path.map_or_else(|| Ok(Config::default()), Config::load)
+    }
+
     /// Reads and validates a configuration file; errors name the file, line and key.
     pub fn load(path: &Path) -> Result<Config> {
         let meta = std::fs::metadata(path)

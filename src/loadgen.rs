@@ -1472,13 +1472,9 @@ fn floor(pool: &[Encoded], duration: Duration) -> Result<std::process::ExitCode>
 
 /// `--stages`: see [`crate::stages`].
 fn stages(args: &LoadgenArgs, pool: &[Encoded], start_ns: u64) -> Result<std::process::ExitCode> {
-    let config = match &args.config {
-        Some(p) => crate::config::Config::load(p)?,
-        None => crate::config::Config::default(),
-    };
+    let config = crate::config::Config::load_or_default(args.config.as_deref())?;
     let wanted = args.records.unwrap_or(200_000).max(1);
     let rate = if args.rate > 0 { args.rate } else { 1_000_000 };
-    // Each request is shifted as it is needed: the run's memory stays flat.
     // Each request is shifted as it is needed: the run's memory stays flat.
     let requests = || {
         let mut records = 0;

@@ -261,10 +261,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn serve_config(args: ServeArgs) -> Result<Config> {
-    let mut c = match &args.config {
-        Some(p) => Config::load(p)?,
-        None => Config::default(),
-    };
+    let mut c = Config::load_or_default(args.config.as_deref())?;
     if let Some(v) = args.grpc_listen {
         c.grpc_listen = v;
     }
@@ -320,10 +317,7 @@ fn rules_command(cmd: RulesCommand) -> Result<ExitCode> {
         RulesCommand::Check(a) => (a, "check"),
         RulesCommand::Test(a) => (a, "test"),
     };
-    let mut config = match &args.config {
-        Some(p) => Config::load(p)?,
-        None => Config::default(),
-    };
+    let mut config = Config::load_or_default(args.config.as_deref())?;
     if !args.paths.is_empty() {
         config.rules = args.paths.clone();
     }

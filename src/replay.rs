@@ -24,10 +24,7 @@ fn parse_time(text: &str) -> Result<i64> {
 }
 
 pub fn run(args: ReplayArgs) -> Result<std::process::ExitCode> {
-    let mut config = match &args.config {
-        Some(p) => Config::load(p)?,
-        None => Config::default(),
-    };
+    let mut config = Config::load_or_default(args.config.as_deref())?;
     config.rules.extend(args.rules.iter().cloned());
     if args.no_default {
         config.default_rules = false;
