@@ -32,10 +32,20 @@ def scenario_dir():
     return ROOT / "tests" / "scenarios"
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(taken=()):
+    """A loopback port nothing listens on now. Another process on the machine
+    may still take it before vigil binds it: Vigil.start picks new ports then."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in taken:
+            return port
+
+
+# How vigil says that a port it was given is taken (its exit line, see main.rs).
+PORT_TAKEN = "Address already in use"
+START_ATTEMPTS = 5
 
 
 class Vigil:
@@ -46,7 +56,7 @@ class Vigil:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.grpc_port = free_port()
-        self.http_port = free_port()
+        self.http_port = free_port(taken={self.grpc_port})
         self.config = dict(config or {})
         self.args = list(args)
         self.env = env
@@ -65,7 +75,7 @@ class Vigil:
     def archive(self):
         return self.data_dir / "archive"
 
-    def start(self, wait_ready=True):
+    def start(self, wait_ready=True, _attempt=1):
         cfg_path = self.data_dir / "vigil.yaml"
         cfg = {"engine": {"idle_timeout": "1s"}}
         for k, v in self.config.items():
@@ -85,15 +95,39 @@ class Vigil:
         if self.env:
             env.update(self.env)
         self._log = open(self.log_path, "ab")
+        self._log_start = self._log.tell()
+        self._attempt = _attempt
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         if wait_ready:
             self.wait_ready()
         return self
 
+    def alive(self):
+        """True while this start runs. When it exited because a port chosen for
+        it was taken in the meantime (the machine is shared: any process can bind
+        it), it starts again on new ports; tests read `http` and `grpc` after."""
+        if self.proc.poll() is None:
+            return True
+        if self._attempt >= START_ATTEMPTS:
+            return False
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self._log_start)
+                lost = PORT_TAKEN in f.read().decode(errors="replace")
+        except FileNotFoundError:
+            lost = False
+        if not lost:
+            return False
+        self._log.close()
+        self.grpc_port = free_port()
+        self.http_port = free_port(taken={self.grpc_port})
+        self.start(wait_ready=False, _attempt=self._attempt + 1)
+        return True
+
     def wait_ready(self, timeout=30):
         deadline = time.time() + timeout
         while time.time() < deadline:
-            if self.proc.poll() is not None:
+            if not self.alive():
                 raise AssertionError(f"vigil exited with {self.proc.returncode}:\n{self.log()}")
             try:
                 with urllib.request.urlopen(self.http + "/readyz", timeout=1) as r:

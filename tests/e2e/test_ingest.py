@@ -5,13 +5,14 @@ input gets the right status and loses nothing that was accepted."""
 import gzip
 import json
 import re
+import socket
 import threading
 import time
 import urllib.error
 import urllib.request
 
 import pytest
-
+from conftest import Vigil, duck, events_glob
 from conftest import duck, events_glob
 
 T0 = 1773154800  # 2026-03-10T15:00:00Z
@@ -301,3 +302,30 @@ def test_json_log_format_gives_one_object_per_line(vigil_factory):
     records = [json.loads(line) for line in lines]
     assert records and all(r["level"] in {"INFO", "WARN", "ERROR", "DEBUG"} for r in records)
     assert any(r["fields"].get("message") == "vigil is receiving OTLP" for r in records)
+
+
+def test_text_log_to_a_file_is_plain_text_with_its_fields(vigil_factory):
+    # Not a terminal: no colour codes, so grep and log shippers see key=value as written.
+    v = vigil_factory()
+    assert v.stop() == 0
+    log = v.log_path.read_text()
+    assert "\x1b[" not in log, log[:500]
+    assert re.search(rf"vigil is receiving OTLP grpc=127\.0\.0\.1:{v.grpc_port} http=127\.0\.0\.1:{v.http_port}", log), log
+
+
+def test_a_taken_port_is_named_at_exit_and_a_new_start_takes_another(tmp_path):
+    # Another process holds the HTTP port: vigil exits naming it, and the test
+    # harness (as CI on a shared machine needs) starts it again on a new one.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        v = Vigil(tmp_path / "vigil")
+        v.http_port = port
+        v.start()
+        try:
+            assert v.http_port != port
+            assert f"cannot listen for OTLP/HTTP on 127.0.0.1:{port}: Address already in use" in v.log(), v.log()
+            assert post(v.http + "/v1/logs", json_logs(1, "port@example.com"), "application/json")[0] == 200
+        finally:
+            assert v.stop() == 0, v.log()

@@ -42,8 +42,14 @@ class Broker:
         return f"127.0.0.1:{self.port}"
 
     def start(self):
-        out = subprocess.run([str(BROKER), "start", str(self.port), TOPIC],
-                             capture_output=True, text=True, env=self.env, timeout=60)
+        # The port was free when chosen; on a shared machine another process can
+        # take it first, and then a new one is chosen.
+        for _ in range(5):
+            out = subprocess.run([str(BROKER), "start", str(self.port), TOPIC],
+                                 capture_output=True, text=True, env=self.env, timeout=60)
+            if out.returncode == 0 or "in use" not in out.stdout + out.stderr:
+                break
+            self.port = free_port()
         assert out.returncode == 0, f"scripts/broker start failed:\n{out.stdout}\n{out.stderr}"
 
     def stop(self):
@@ -78,7 +84,7 @@ def wait_answering(v, timeout=30):
     """Waits until vigil's HTTP side answers (ready or not) and returns /readyz."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        assert v.proc.poll() is None, f"vigil exited with {v.proc.returncode}:\n{v.log()}"
+        assert v.alive(), f"vigil exited with {v.proc.returncode}:\n{v.log()}"
         r = readyz(v)
         if r is not None:
             return r
@@ -90,6 +96,7 @@ def wait_readyz(v, status, timeout=30):
     deadline = time.time() + timeout
     r = None
     while time.time() < deadline:
+        assert v.alive(), f"vigil exited with {v.proc.returncode}:\n{v.log()}"
         r = readyz(v)
         if r is not None and r[0] == status:
             return r
