@@ -8,7 +8,7 @@ import signal
 import subprocess
 import time
 
-from conftest import VIGIL_BIN, duck, events_glob, free_port
+from conftest import PORT_TAKEN, START_ATTEMPTS, VIGIL_BIN, duck, events_glob, free_port
 from test_ingest import json_logs
 
 
@@ -97,22 +97,30 @@ def test_unauthenticated_vigil_refuses_to_listen_beyond_loopback(tmp_path):
     assert "without authentication" in out.stderr and "--auth-tokens" in out.stderr
 
     # With --insecure-no-auth it listens on every interface, and says so at start and in /metrics.
-    port = free_port()
-    proc = subprocess.Popen(base + ["--data-dir", str(tmp_path / "e"), "--http-listen", f"0.0.0.0:{port}", "--insecure-no-auth"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 20
-        while True:
-            try:
-                metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode()
-                break
-            except OSError:
-                assert time.time() < deadline and proc.poll() is None, "vigil did not start"
-                time.sleep(0.2)
-        assert "vigil_insecure_no_auth 1" in metrics
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
+    for _ in range(START_ATTEMPTS):
+        port = free_port()
+        proc = subprocess.Popen([VIGIL_BIN, "serve", "--grpc-listen", f"127.0.0.1:{free_port(taken={port})}",
+                                 "--data-dir", str(tmp_path / "e"), "--http-listen", f"0.0.0.0:{port}",
+                                 "--insecure-no-auth"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        metrics = None
+        try:
+            deadline = time.time() + 20
+            while metrics is None and proc.poll() is None:
+                try:
+                    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode()
+                except OSError:
+                    assert time.time() < deadline, "vigil did not start"
+                    time.sleep(0.2)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+        # A port taken by another process in the meantime: again on new ones.
+        if metrics is not None or PORT_TAKEN not in err:
+            break
+    assert metrics is not None, f"vigil did not start:\n{err}"
+    assert "vigil_insecure_no_auth 1" in metrics
     assert proc.returncode == 0
     assert "WITHOUT authentication" in err
 
