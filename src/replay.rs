@@ -42,6 +42,15 @@ pub fn run(args: ReplayArgs) -> Result<std::process::ExitCode> {
     }
     let from = args.from.as_deref().map(parse_time).transpose()?;
     let to = args.to.as_deref().map(parse_time).transpose()?;
+    if let (Some(f), Some(t)) = (from, to) {
+        if f >= t {
+            bail!(
+                "--from {} is not before --to {}: the range holds no time",
+                event::format_ns(f),
+                event::format_ns(t)
+            );
+        }
+    }
     let set = crate::load_rules(&config)?;
     let mut engine = rules::Engine::new(set, config.engine.engine_config());
 
@@ -163,6 +172,23 @@ pub fn run(args: ReplayArgs) -> Result<std::process::ExitCode> {
     )?;
     for (rule, n) in &summary.alerts_by_rule {
         writeln!(err, "  {rule:<30} {n}")?;
+    }
+    // Nothing in the range asked for: say where the archive's events are.
+    if summary.events == 0 && args.otlp.is_empty() && (from.is_some() || to.is_some()) {
+        let whole =
+            sinks::archive::read_events_projected(&archive, None, None, engine.projection())
+                .ok()
+                .and_then(|r| r.time_range());
+        match whole {
+            Some((first, last)) => writeln!(
+                err,
+                "no events in the range asked for; {} holds events from {} to {}",
+                archive.display(),
+                event::format_ns(first),
+                event::format_ns(last)
+            )?,
+            None => writeln!(err, "{} holds no events", archive.display())?,
+        }
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -72,6 +72,7 @@ pub fn read_events_projected(
                 index,
                 // Without statistics, the partition's start is still a bound.
                 earliest: min.unwrap_or(floor),
+                latest: max,
             });
         }
     }
@@ -268,6 +269,8 @@ struct RowGroupRef {
     metadata: ArrowReaderMetadata,
     index: usize,
     earliest: i64,
+    /// The newest event time, when the file has statistics.
+    latest: Option<i64>,
 }
 
 /// Events read through an [`EventProjection`]; see [`read_events_projected`].
@@ -295,6 +298,15 @@ impl ProjectedReader {
             .iter()
             .map(|g| g.metadata.metadata().row_group(g.index).num_rows().max(0) as u64)
             .sum()
+    }
+
+    /// The earliest and newest event times of the row groups to read, from
+    /// their statistics; `None` when there are none. Tells a replay that
+    /// found nothing in its range where the archive's events are.
+    pub fn time_range(&self) -> Option<(i64, i64)> {
+        let first = self.groups.first()?.earliest;
+        let last = self.groups.iter().filter_map(|g| g.latest).max()?;
+        Some((first, last))
     }
 
     /// Lower bound of the event times of row group `i` and all after it.
