@@ -251,6 +251,27 @@ fn a_batch_the_log_refuses_leaves_no_row() {
     }
 }
 
+/// The log is appended on a thread of the writer's (`vigil-wal`), started
+/// at the first append and kept for the next ones.
+#[test]
+fn the_log_is_written_on_its_own_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = EventArchive::open(config(dir.path())).unwrap();
+    assert!(w.log_thread().is_none());
+    w.write(&[event(BEFORE_MIDNIGHT, 1)]).unwrap();
+    let first = w.log_thread().expect("started at the first append");
+    assert_eq!(first.name(), Some("vigil-wal"));
+    assert_ne!(first.id(), std::thread::current().id());
+    w.write(&[event(BEFORE_MIDNIGHT, 2)]).unwrap();
+    assert_eq!(
+        w.log_thread().unwrap().id(),
+        first.id(),
+        "one thread for every append"
+    );
+    w.close().unwrap();
+    assert_eq!(read_all(dir.path()).len(), 2);
+}
+
 #[test]
 fn too_many_open_partitions_close_the_oldest() {
     let dir = tempfile::tempdir().unwrap();

@@ -91,6 +91,10 @@ impl Wal {
         })
     }
 
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub(crate) fn segments(&self) -> Result<Vec<(u64, PathBuf)>, ArchiveError> {
         list_segments(&self.dir)
     }

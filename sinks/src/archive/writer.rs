@@ -95,6 +95,7 @@ pub struct ArchiveWriter<R: ArchiveRecord> {
     /// The entries of one append, reused: grown anew for every batch, it
     /// was copied over and over on the way to a megabyte.
     wal_buf: Vec<u8>,
+    log_thread: Option<LogThread>,
     /// Parts that failed, with the first write-ahead log segment they need.
     pending: BTreeMap<String, u64>,
     stats: ArchiveStats,
@@ -161,6 +162,7 @@ impl<R: ArchiveRecord> ArchiveWriter<R> {
                 ..Default::default()
             },
             wal_buf: Vec::new(),
+            log_thread: None,
             failing: false,
             run_id: format!("{}-{:x}", started.as_millis(), std::process::id()),
             next_part: 0,
@@ -250,32 +252,52 @@ impl<R: ArchiveRecord> ArchiveWriter<R> {
                 self.open_file(*hour, &hours, now)?;
             }
         }
-        if let Some(wal) = self.wal.as_mut() {
+        if self.wal.is_some() {
             let buf = &mut self.wal_buf;
             buf.clear();
             for (hour, batch) in &batches {
                 Wal::encode(buf, &self.open[hour].rel, batch)?;
             }
-            wal.append(buf, now)?;
-            keep_room(buf);
+        }
+        // The log's write and fsync wait on the disk, a few milliseconds per
+        // group commit: the Parquet encoding of the same rows runs meanwhile.
+        let appending = self.start_append(now);
+        let mut failed: Vec<(i64, parquet::errors::ParquetError)> = Vec::new();
+        for (hour, batch) in &batches {
+            if failed.iter().any(|(h, _)| h == hour) {
+                continue;
+            }
+            let Some(file) = self.open.get_mut(hour) else {
+                continue;
+            };
+            match file.writer.write(batch) {
+                Ok(()) => file.rows += batch.num_rows() as u64,
+                Err(e) => failed.push((*hour, e)),
+            }
+        }
+        let logged = self.finish_append(appending);
+        keep_room(&mut self.wal_buf);
+        let mut lost = None;
+        for (hour, e) in failed {
+            let file = self.open.remove(&hour).expect("present");
+            let err = ArchiveError::parquet(&file.tmp)(e);
+            if let Some(err) = self.fail_file(file, err) {
+                lost = Some(err);
+            }
+        }
+        if let Err(e) = logged {
+            // Not accepted: the senders are told, and send again. The rows
+            // already reached the open files; those files go, and are rebuilt
+            // from the log, which has every row accepted before and none of these.
+            for hour in &hours {
+                if let Some(file) = self.open.remove(hour) {
+                    self.drop_file(file, &e);
+                }
+            }
+            return Err(e);
         }
         // From here the rows are accepted: a failure below is recovered from the log.
         self.stats.rows_accepted += rows as u64;
-        let mut lost = None;
-        for (hour, batch) in &batches {
-            let Some(file) = self.open.get_mut(hour) else {
-                continue; // its file failed on an earlier part of this call
-            };
-            if let Err(e) = file.writer.write(batch) {
-                let file = self.open.remove(hour).expect("present");
-                let err = ArchiveError::parquet(&file.tmp)(e);
-                if let Some(err) = self.fail_file(file, err) {
-                    lost = Some(err);
-                }
-                continue;
-            }
-            file.rows += batch.num_rows() as u64;
-        }
         // Files past their size limit are finished once every part is in them.
         for hour in &hours {
             let full = self.open.get(hour).is_some_and(|file| {
@@ -395,6 +417,13 @@ impl<R: ArchiveRecord> ArchiveWriter<R> {
         s.wal_bytes = self.wal.as_ref().map_or(0, Wal::active_len);
         s.healthy = !self.failing && self.pending.is_empty();
         s
+    }
+
+    /// The thread the log is appended on, once the first append started it.
+    #[cfg(test)]
+    pub(crate) fn log_thread(&self) -> Option<std::thread::Thread> {
+        let handle = self.log_thread.as_ref()?.handle.as_ref()?;
+        Some(handle.thread().clone())
     }
 
     /// Tests stand in for a disk that fails every log append.
@@ -519,7 +548,60 @@ impl<R: ArchiveRecord> ArchiveWriter<R> {
     }
 
     /// Drops a file whose write failed; returns the error when its rows are lost.
+    /// Starts appending `wal_buf` to the log: on the log's thread (started
+    /// at the first append), or here when no thread can be had.
+    fn start_append(&mut self, now: SystemTime) -> Option<Appending> {
+        let job = LogJob {
+            wal: self.wal.take()?,
+            buf: std::mem::take(&mut self.wal_buf),
+            now,
+            result: Ok(()),
+        };
+        if self.log_thread.is_none() {
+            self.log_thread = LogThread::spawn();
+        }
+        let unsent = match &self.log_thread {
+            Some(LogThread {
+                jobs: Some(jobs), ..
+            }) => jobs.send(job).err().map(|e| e.0),
+            Some(_) => Some(job),
+            None => Some(job),
+        };
+        Some(match unsent {
+            None => Appending::Sent,
+            Some(mut job) => {
+                job.result = job.wal.append(&job.buf, now);
+                Appending::Done(Box::new(job))
+            }
+        })
+    }
+
+    /// Waits for the append [`Self::start_append`] began; the log and its
+    /// buffer come back to the writer.
+    fn finish_append(&mut self, appending: Option<Appending>) -> Result<(), ArchiveError> {
+        let job = match appending {
+            None => return Ok(()),
+            Some(Appending::Done(job)) => *job,
+            Some(Appending::Sent) => self
+                .log_thread
+                .as_ref()
+                .expect("the job went to it")
+                .done
+                .recv()
+                .expect("the write-ahead log thread answers every job"),
+        };
+        self.wal = Some(job.wal);
+        self.wal_buf = job.buf;
+        job.result
+    }
+
     fn fail_file(&mut self, file: OpenFile, err: ArchiveError) -> Option<ArchiveError> {
+        self.drop_file(file, &err);
+        self.wal.is_none().then_some(err)
+    }
+
+    /// Deletes an open file after `err`; with the log on, it is rebuilt from it.
+    fn drop_file(&mut self, file: OpenFile, err: &ArchiveError) {
         let OpenFile {
             rel,
             tmp,
@@ -529,8 +611,7 @@ impl<R: ArchiveRecord> ArchiveWriter<R> {
             ..
         } = file;
         drop(writer);
-        self.fail_part(rel, &tmp, rows, first_wal_seq, &err);
-        self.wal.is_none().then_some(err)
+        self.fail_part(rel, &tmp, rows, first_wal_seq, err);
     }
 
     fn fail_part(
@@ -770,5 +851,71 @@ pub(crate) fn keep_room<T>(buf: &mut Vec<T>) {
     if buf.capacity() > keep {
         buf.clear();
         buf.shrink_to(keep);
+    }
+}
+
+/// A log append under way: sent to the log's thread, or done already.
+enum Appending {
+    Sent,
+    Done(Box<LogJob>),
+}
+
+/// One append of the write-ahead log, handed to [`LogThread`] with the log.
+struct LogJob {
+    wal: Wal,
+    buf: Vec<u8>,
+    now: SystemTime,
+    result: Result<(), ArchiveError>,
+}
+
+/// A thread that writes the log while the archive's thread encodes Parquet.
+/// It ends (and is joined) when its writer goes.
+struct LogThread {
+    jobs: Option<std::sync::mpsc::Sender<LogJob>>,
+    done: std::sync::mpsc::Receiver<LogJob>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for LogThread {
+    fn drop(&mut self) {
+        // No job is out when the writer goes: every append is waited for.
+        drop(self.jobs.take());
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl LogThread {
+    fn spawn() -> Option<LogThread> {
+        let (jobs, todo) = std::sync::mpsc::channel::<LogJob>();
+        let (finished, done) = std::sync::mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name("vigil-wal".into())
+            .spawn(move || {
+                for mut job in todo {
+                    // A panic comes back as an error, with the log, rather than
+                    // leaving the archive's thread waiting for it.
+                    let appended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        job.wal.append(&job.buf, job.now)
+                    }));
+                    job.result = appended.unwrap_or_else(|_| {
+                        Err(
+                            ArchiveError::io("append to write-ahead log", job.wal.dir())(
+                                std::io::Error::other("the write-ahead log thread panicked"),
+                            ),
+                        )
+                    });
+                    if finished.send(job).is_err() {
+                        break;
+                    }
+                }
+            })
+            .ok()?;
+        Some(LogThread {
+            jobs: Some(jobs),
+            done,
+            handle: Some(handle),
+        })
     }
 }
