@@ -14,6 +14,7 @@ mod stages;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -157,6 +158,18 @@ struct ReplayArgs {
     /// Write the alerts here as JSON lines [default: standard output].
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Also publish the replayed alerts (marked `replayed: true`) to this
+    /// Kafka cluster; producer properties (SASL, TLS) come from --config's
+    /// kafka section. Never taken from the environment, so a replay does not
+    /// reach serve's topic by accident.
+    #[arg(long)]
+    kafka_brokers: Option<String>,
+    /// Topic for the replayed alerts [default: --config's kafka.topic, else vigil.alerts].
+    #[arg(long, requires = "kafka_brokers")]
+    kafka_topic: Option<String>,
+    /// How long to wait at the end for the broker to acknowledge every replayed alert.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, requires = "kafka_brokers")]
+    kafka_timeout: Duration,
 }
 
 #[derive(Args)]

@@ -53,6 +53,11 @@ pub fn run(args: ReplayArgs) -> Result<std::process::ExitCode> {
     }
     let set = crate::load_rules(&config)?;
     let mut engine = rules::Engine::new(set, config.engine.engine_config());
+    let mut kafka = args
+        .kafka_brokers
+        .as_deref()
+        .map(|brokers| KafkaOut::start(brokers, args.kafka_topic.as_deref(), &config))
+        .transpose()?;
 
     let mut out: Box<dyn Write> = match &args.out {
         Some(p) => Box::new(std::io::BufWriter::new(
@@ -77,7 +82,10 @@ pub fn run(args: ReplayArgs) -> Result<std::process::ExitCode> {
                 serde_json::to_writer(&mut out, a).map_err(|e| e.to_string())?;
                 out.write_all(b"\n").map_err(|e| e.to_string())?;
             }
-            Ok(())
+            match &mut kafka {
+                Some(k) => k.publish(alerts, args.kafka_timeout),
+                None => Ok(()),
+            }
         };
         let mut progress = |p: replay::Progress| {
             let rate = p.events as f64 / p.elapsed.as_secs_f64().max(1e-3);
@@ -157,6 +165,7 @@ pub fn run(args: ReplayArgs) -> Result<std::process::ExitCode> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    let published = kafka.map(|k| k.finish(args.kafka_timeout)).transpose()?;
     let mut err = std::io::stderr().lock();
     let range = match (summary.first_event, summary.last_event) {
         (Some(a), Some(b)) => format!("{} .. {}", event::format_ns(a), event::format_ns(b)),
@@ -172,6 +181,13 @@ pub fn run(args: ReplayArgs) -> Result<std::process::ExitCode> {
     )?;
     for (rule, n) in &summary.alerts_by_rule {
         writeln!(err, "  {rule:<30} {n}")?;
+    }
+    if let Some(p) = published {
+        writeln!(
+            err,
+            "published {} alerts to kafka topic {} at {}",
+            p.acknowledged, p.topic, p.brokers
+        )?;
     }
     // Nothing in the range asked for: say where the archive's events are.
     if summary.events == 0 && args.otlp.is_empty() && (from.is_some() || to.is_some()) {
@@ -191,4 +207,88 @@ pub fn run(args: ReplayArgs) -> Result<std::process::ExitCode> {
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// The replayed alerts on their way to a Kafka topic: the alert publisher of
+/// `vigil serve`, with a spool of its own in a scratch folder (serve's spool
+/// is never touched), emptied before the replay ends.
+struct KafkaOut {
+    publisher: sinks::kafka::AlertPublisher,
+    brokers: String,
+    topic: String,
+    sent: u64,
+    _spool: crate::stages::Scratch,
+}
+
+/// What [`KafkaOut::finish`] saw delivered.
+struct Published {
+    acknowledged: u64,
+    brokers: String,
+    topic: String,
+}
+
+impl KafkaOut {
+    fn start(brokers: &str, topic: Option<&str>, config: &Config) -> Result<KafkaOut> {
+        let spool = crate::stages::Scratch::new("replay-spool")?;
+        let topic = topic.unwrap_or(&config.kafka.topic).to_string();
+        let publisher = sinks::kafka::AlertPublisher::start(&sinks::kafka::KafkaConfig {
+            brokers: brokers.to_string(),
+            topic: topic.clone(),
+            properties: config.kafka.properties.clone(),
+            spool_dir: Some(spool.0.clone()),
+            spool_max_bytes: config.kafka.spool_max_bytes,
+            ..Default::default()
+        })
+        .context("starting the Kafka output for the replayed alerts")?;
+        Ok(KafkaOut {
+            publisher,
+            brokers: brokers.to_string(),
+            topic,
+            sent: 0,
+            _spool: spool,
+        })
+    }
+
+    /// Hands alerts to the publisher; while its spool is full, waits (up to
+    /// `timeout`) for the broker to take some.
+    fn publish(&mut self, alerts: &[event::Alert], timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.publisher.publish(alerts) {
+                Ok(()) => {
+                    self.sent += alerts.len() as u64;
+                    return Ok(());
+                }
+                Err(sinks::kafka::KafkaError::SpoolFull { .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(e) => return Err(format!("publishing to kafka topic {}: {e}", self.topic)),
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for the broker to acknowledge every alert sent;
+    /// an alert it did not is an error naming the broker's last error.
+    fn finish(self, timeout: Duration) -> Result<Published> {
+        let stats = self.publisher.close(timeout);
+        if stats.spooled > 0 || stats.acknowledged < self.sent {
+            bail!(
+                "{} of {} replayed alerts were not acknowledged by kafka topic {} at {} within {}: {}",
+                self.sent.saturating_sub(stats.acknowledged),
+                self.sent,
+                self.topic,
+                self.brokers,
+                humantime::format_duration(timeout),
+                stats
+                    .last_error
+                    .as_deref()
+                    .unwrap_or("no answer from the broker")
+            );
+        }
+        Ok(Published {
+            acknowledged: stats.acknowledged,
+            brokers: self.brokers,
+            topic: self.topic,
+        })
+    }
 }

@@ -357,12 +357,13 @@ fn cpu_clock(clock: libc::clockid_t) -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
-/// A scratch folder for the archive stages, removed when dropped.
+/// A scratch folder under the system's temporary folder
+/// (`vigil-<purpose>-<pid>`), removed when dropped.
 pub(crate) struct Scratch(pub PathBuf);
 
 impl Scratch {
-    pub fn new() -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("vigil-stages-{}", std::process::id()));
+    pub fn new(purpose: &str) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("vigil-{purpose}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(Scratch(dir))
     }

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, free_port, scenario_dir, send_scenario
+from conftest import ROOT, VIGIL_BIN, free_port, scenario_dir, send_scenario
 
 BROKER = ROOT / "scripts" / "broker"
 TOPIC = "vigil.alerts"
@@ -242,3 +242,51 @@ def test_unreachable_broker_host_gives_a_running_vigil_that_is_not_ready(vigil_f
     started = time.time()
     assert v.stop() == 0, v.log()
     assert time.time() - started < 30
+
+
+def replay_to(v, out, *kafka):
+    return subprocess.run([VIGIL_BIN, "replay", "--archive", str(v.archive), "--config", str(v.data_dir / "vigil.yaml"),
+                           "--out", str(out), *kafka], capture_output=True, text=True, timeout=180)
+
+
+def test_replayed_alerts_go_to_the_topic_marked_replayed(vigil_factory, broker, tmp_path):
+    # A live run without Kafka, then its archive replayed onto the topic, as
+    # a detection engineer would publish a new rule's findings over history.
+    broker.start()
+    v = vigil_factory()
+    send(v)
+    live = v.wait_alerts(until=lambda a: len(a) >= 5)
+    assert v.stop() == 0, v.log()
+    out = tmp_path / "replayed.jsonl"
+    run = replay_to(v, out, "--kafka-brokers", broker.bootstrap, "--kafka-topic", TOPIC)
+    assert run.returncode == 0, run.stderr
+    replayed = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(a["id"] for a in replayed) == sorted(a["id"] for a in live)
+    assert f"published {len(replayed)} alerts to kafka topic {TOPIC} at {broker.bootstrap}" in run.stderr, run.stderr
+    got = consume(broker, len(replayed))
+    assert_exactly_once_in_order(replayed, got)
+    by_id = {a["id"]: a for a in replayed}
+    for g in got:
+        a = by_id[g["alert"]["id"]]
+        assert g["alert"] == a and a["replayed"] is True
+        assert g["key"] == expected_key(a)
+        assert g["headers"]["alert_id"] == a["id"] and g["headers"]["rule_id"] == a["rule_id"]
+    # Serve's own spool is not where the replay's went.
+    assert not (v.data_dir / "spool").exists()
+
+
+def test_replay_to_an_unreachable_broker_fails_naming_what_was_not_delivered(vigil_factory, tmp_path):
+    v = vigil_factory()
+    send_scenario([scenario_dir() / SCENARIOS[0]], v.http)
+    live = v.wait_alerts(until=lambda a: len(a) >= 2)
+    assert v.stop() == 0, v.log()
+    out = tmp_path / "replayed.jsonl"
+    port = free_port()  # nothing listens there
+    run = replay_to(v, out, "--kafka-brokers", f"127.0.0.1:{port}", "--kafka-timeout", "3s")
+    assert run.returncode == 2, run.stderr
+    assert f"{len(live)} of {len(live)} replayed alerts were not acknowledged by kafka topic {TOPIC}" in run.stderr, run.stderr
+    # The alerts file is written all the same.
+    assert len(out.read_text().splitlines()) == len(live)
+    # A topic without a broker is a usage error.
+    run = replay_to(v, out, "--kafka-topic", "elsewhere")
+    assert run.returncode == 2 and "--kafka-brokers" in run.stderr, run.stderr
