@@ -44,6 +44,7 @@ use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use sinks::archive::ArchiveWriter;
 use sinks::jsonl::AlertLog;
+use sinks::kafka::{ClientLog, QuietContext};
 use tracing::{error, info, warn};
 
 use crate::config::Config;
@@ -176,9 +177,18 @@ struct GroupContext {
     rebalances: Counter,
     lag: Family<PartitionLabel, Gauge>,
     topic: String,
+    log: ClientLog,
 }
 
 impl ClientContext for GroupContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.log.log(level, fac, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.log.error(&error, reason);
+    }
+
     fn stats(&self, statistics: rdkafka::Statistics) {
         if let Some(t) = statistics.topics.get(&self.topic) {
             for (p, s) in &t.partitions {
@@ -271,9 +281,18 @@ impl Settings {
 struct Deliveries {
     failed: std::sync::atomic::AtomicU64,
     last_error: Mutex<Option<String>>,
+    log: ClientLog,
 }
 
-impl ClientContext for Deliveries {}
+impl ClientContext for Deliveries {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.log.log(level, fac, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.log.error(&error, reason);
+    }
+}
 
 impl rdkafka::producer::ProducerContext for Deliveries {
     type DeliveryOpaque = ();
@@ -500,6 +519,7 @@ impl Detector {
             rebalances: self.metrics.rebalances.clone(),
             lag: self.metrics.lag.clone(),
             topic: self.settings.events_topic.clone(),
+            log: ClientLog::default(),
         };
         let c = self.settings.client(
             false,
@@ -779,7 +799,7 @@ impl Detector {
         })
     }
 
-    fn reader(&self, suffix: &str) -> Result<BaseConsumer> {
+    fn reader(&self, suffix: &str) -> Result<BaseConsumer<QuietContext>> {
         let group = format!("{}-{suffix}", self.settings.group);
         self.settings
             .client(
@@ -791,7 +811,7 @@ impl Detector {
                     ("fetch.message.max.bytes", "67108864"),
                 ],
             )
-            .create()
+            .create_with_context(QuietContext::default())
             .context("cannot create a Kafka reader")
     }
 

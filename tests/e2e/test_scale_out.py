@@ -271,3 +271,19 @@ def test_detectors_joining_later_take_partitions_and_change_nothing(cluster, tmp
     assert "partition state restored from its checkpoint" in "\n".join(full_log(v) for v in detect[1:]), logs
     (tmp_path / "serve").mkdir()
     assert comparable(got) == comparable(reference_alerts(tmp_path, items, config))
+
+
+@pytest.mark.parametrize("command", ["ingest", "detect"])
+def test_a_role_without_its_broker_says_so_without_flooding_the_log(tmp_path, command):
+    # librdkafka reports the dead broker on every reconnect, several times a
+    # second; each kind of report is logged once a minute.
+    v = Vigil(tmp_path / command, config={"kafka": {"brokers": f"127.0.0.1:{free_port()}"}}, command=command)
+    v.start(wait_ready=False)
+    try:
+        time.sleep(4)
+        assert v.alive(), v.log()
+    finally:
+        assert v.stop() == 0, v.log()
+    log = v.log_path.read_text(errors="replace")
+    down = [line for line in log.splitlines() if "brokers are down" in line]
+    assert 1 <= len(down) <= 2, "\n".join(down)

@@ -9,7 +9,7 @@
 //! lets everything in flight settle, then resends the unacknowledged alerts
 //! from the cursor, in order, after a backoff.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -25,6 +25,7 @@ use rdkafka::producer::{
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 
+use super::client_log::ClientLog;
 use super::message::{message_headers, message_key};
 use super::spool::AlertSpool;
 use super::{KafkaConfig, KafkaError, KafkaStats};
@@ -45,7 +46,7 @@ pub(crate) struct Status {
     failed: AtomicU64,
     connected: AtomicBool,
     last_error: Mutex<Option<String>>,
-    repeats: Mutex<Repeats>,
+    log: ClientLog,
 }
 
 impl Status {
@@ -56,45 +57,11 @@ impl Status {
     fn set_connected(&self, up: bool) {
         if self.connected.swap(up, Ordering::Relaxed) != up {
             if up {
-                // The next outage is logged from its first error on.
-                *self.repeats.lock().unwrap_or_else(|p| p.into_inner()) = Repeats::default();
+                // The next outage is logged from its first report on.
+                self.log.reset();
                 tracing::info!("kafka broker connected");
             } else {
                 tracing::warn!("kafka broker connection lost; alerts wait in the spool");
-            }
-        }
-    }
-}
-
-/// How often one kind of client error is logged while it repeats.
-/// librdkafka reports an unreachable broker on every reconnect attempt,
-/// several times a second (and some reports twice): an hour's outage would
-/// otherwise be thousands of identical lines.
-const REPEAT_LOG_EVERY: Duration = Duration::from_secs(60);
-
-/// The client errors logged lately, by kind (the error's text), with how
-/// many of each were left out since.
-#[derive(Default)]
-pub(crate) struct Repeats {
-    seen: HashMap<String, (Instant, u64)>,
-}
-
-impl Repeats {
-    /// Whether an error of `kind` at `now` is logged: `Some(n)` with the `n`
-    /// of its kind left out since the last logged one, `None` to leave it out.
-    pub(crate) fn admit(&mut self, kind: &str, now: Instant) -> Option<u64> {
-        match self.seen.get_mut(kind) {
-            Some((at, left_out)) if now.saturating_duration_since(*at) < REPEAT_LOG_EVERY => {
-                *left_out += 1;
-                None
-            }
-            Some((at, left_out)) => {
-                *at = now;
-                Some(std::mem::take(left_out))
-            }
-            None => {
-                self.seen.insert(kind.to_string(), (now, 0));
-                Some(0)
             }
         }
     }
@@ -186,18 +153,7 @@ impl DeliveryContext {
 
 impl ClientContext for DeliveryContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        // Connection errors also arrive through `error`, which logs them once.
-        match level {
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
-                tracing::error!(target: "librdkafka", facility = fac, "{message}")
-            }
-            RDKafkaLogLevel::Error | RDKafkaLogLevel::Warning | RDKafkaLogLevel::Notice => {
-                tracing::info!(target: "librdkafka", facility = fac, "{message}")
-            }
-            RDKafkaLogLevel::Info | RDKafkaLogLevel::Debug => {
-                tracing::debug!(target: "librdkafka", facility = fac, "{message}")
-            }
-        }
+        self.status.log.log(level, fac, message);
     }
 
     fn stats(&self, statistics: Statistics) {
@@ -213,19 +169,7 @@ impl ClientContext for DeliveryContext {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             self.status.set_connected(false);
         }
-        let kind = error.to_string();
-        let logged = self
-            .status
-            .repeats
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .admit(&kind, Instant::now());
-        match logged {
-            Some(0) => tracing::warn!(error = %error, "kafka: {reason}"),
-            Some(more) => tracing::warn!(error = %error, repeated = more,
-                "kafka: {reason} ({more} more like it since the last of these lines)"),
-            None => {}
-        }
+        self.status.log.error(&error, reason);
         self.status.set_error(format!("{error}: {reason}"));
     }
 }

@@ -21,6 +21,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
+use super::client_log::QuietContext;
 use super::config::PRODUCER_DEFAULTS;
 use super::KafkaError;
 
@@ -80,7 +81,7 @@ pub fn partition_for(key: &str, partitions: u32) -> i32 {
 
 /// Publishes event batches to the event topic.
 pub struct EventPublisher {
-    producer: FutureProducer,
+    producer: FutureProducer<QuietContext>,
     topic: String,
     timeout: Duration,
     /// Partition count of the topic, read from the broker (0: not yet known).
@@ -108,7 +109,9 @@ impl EventPublisher {
         for (k, v) in properties {
             c.set(k, v);
         }
-        let producer: FutureProducer = c.create().map_err(|e| KafkaError::Client(e.to_string()))?;
+        let producer: FutureProducer<QuietContext> = c
+            .create_with_context(QuietContext::default())
+            .map_err(|e| KafkaError::Client(e.to_string()))?;
         Ok(EventPublisher {
             producer,
             topic: topic.to_string(),

@@ -9,6 +9,7 @@
 //! alerts wait in the spool and go out, in order, when it returns; a restart
 //! resumes the spool. docs/kafka.md describes the messages and guarantees.
 
+mod client_log;
 mod config;
 mod delivery;
 pub mod events;
@@ -25,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use event::Alert;
 
+pub use client_log::{ClientLog, QuietContext};
 pub use config::{KafkaConfig, DEFAULT_MAX_IN_FLIGHT, DEFAULT_SPOOL_MAX_BYTES, DEFAULT_TOPIC};
 pub use message::message_key;
 use spool::AlertSpool;

@@ -512,30 +512,3 @@ fn kafka_throughput_against_tansu() {
         n as f64 / elapsed.as_secs_f64()
     );
 }
-
-/// A broker that stays away is reported by librdkafka on every reconnect:
-/// each kind of error is logged once a minute, with how many were left out.
-#[test]
-fn repeated_client_errors_are_logged_once_a_minute_with_a_count() {
-    let mut r = delivery::Repeats::default();
-    let t0 = Instant::now();
-    let down = "Global error: AllBrokersDown";
-    assert_eq!(r.admit(down, t0), Some(0), "the first is logged");
-    for ms in (500..60_000).step_by(500) {
-        assert_eq!(r.admit(down, t0 + Duration::from_millis(ms)), None);
-    }
-    // Another kind is not held back by the first.
-    assert_eq!(
-        r.admit(
-            "Global error: BrokerTransportFailure",
-            t0 + Duration::from_secs(1)
-        ),
-        Some(0)
-    );
-    assert_eq!(
-        r.admit(down, t0 + Duration::from_secs(60)),
-        Some(119),
-        "a minute on, with the count"
-    );
-    assert_eq!(r.admit(down, t0 + Duration::from_secs(61)), None);
-}
