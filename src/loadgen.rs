@@ -1493,7 +1493,7 @@ fn stages(args: &LoadgenArgs, pool: &[Encoded], start_ns: u64) -> Result<std::pr
             })
         })
     };
-    let scratch = crate::stages::Scratch::new("stages")?;
+    let scratch = crate::scratch::Scratch::new("stages")?;
     let report = crate::stages::measure(&config, requests, &scratch.0, args.per_rule)?;
     // Written, not printed: a reader that stops early (`| head`) ends the
     // output with an error instead of a panic.

@@ -8,6 +8,7 @@ mod ingest_role;
 mod loadgen;
 mod replay;
 mod restore;
+mod scratch;
 mod serve;
 mod stages;
 

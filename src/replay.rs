@@ -217,7 +217,7 @@ struct KafkaOut {
     brokers: String,
     topic: String,
     sent: u64,
-    _spool: crate::stages::Scratch,
+    _spool: crate::scratch::Scratch,
 }
 
 /// What [`KafkaOut::finish`] saw delivered.
@@ -229,7 +229,7 @@ struct Published {
 
 impl KafkaOut {
     fn start(brokers: &str, topic: Option<&str>, config: &Config) -> Result<KafkaOut> {
-        let spool = crate::stages::Scratch::new("replay-spool")?;
+        let spool = crate::scratch::Scratch::new("replay-spool")?;
         let topic = topic.unwrap_or(&config.kafka.topic).to_string();
         let publisher = sinks::kafka::AlertPublisher::start(&sinks::kafka::KafkaConfig {
             brokers: brokers.to_string(),

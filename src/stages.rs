@@ -9,7 +9,7 @@
 //! rule pack costs per record. Not in it: the OTLP transport (HTTP/2, gRPC,
 //! the loopback), the handoffs between threads, and the sender's own CPU.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -355,24 +355,6 @@ fn cpu_clock(clock: libc::clockid_t) -> Duration {
     let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
     debug_assert_eq!(rc, 0, "the CPU-time clocks are available on Linux");
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-/// A scratch folder under the system's temporary folder
-/// (`vigil-<purpose>-<pid>`), removed when dropped.
-pub(crate) struct Scratch(pub PathBuf);
-
-impl Scratch {
-    pub fn new(purpose: &str) -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("vigil-{purpose}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Scratch(dir))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 #[cfg(test)]
