@@ -259,8 +259,6 @@ impl Ingest {
     }
 }
 
-/// prost's decode of what the wire walk declined: the request, or why it is
-/// not one (refused as invalid: sending it again will not help).
 /// Reads an export request as the receivers do, and hands it to the
 /// closure of its signal: logs and spans walked in place ([`wire`]) or read
 /// into the same borrowed model ([`json`]), by the reference decoders
@@ -303,6 +301,8 @@ pub fn read_request<T>(
     })
 }
 
+/// prost's decode of what the wire walk declined: the request, or why it is
+/// not one (refused as invalid: sending it again will not help).
 fn prost_decode<T: Message + Default>(bytes: &[u8]) -> Result<T, SubmitError> {
     T::decode(bytes).map_err(|e| {
         let what = std::any::type_name::<T>()

@@ -547,7 +547,6 @@ impl<R: ArchiveRecord> ArchiveWriter<R> {
         }
     }
 
-    /// Drops a file whose write failed; returns the error when its rows are lost.
     /// Starts appending `wal_buf` to the log: on the log's thread (started
     /// at the first append), or here when no thread can be had.
     fn start_append(&mut self, now: SystemTime) -> Option<Appending> {
@@ -560,11 +559,8 @@ impl<R: ArchiveRecord> ArchiveWriter<R> {
         if self.log_thread.is_none() {
             self.log_thread = LogThread::spawn();
         }
-        let unsent = match &self.log_thread {
-            Some(LogThread {
-                jobs: Some(jobs), ..
-            }) => jobs.send(job).err().map(|e| e.0),
-            Some(_) => Some(job),
+        let unsent = match self.log_thread.as_ref().and_then(|t| t.jobs.as_ref()) {
+            Some(jobs) => jobs.send(job).err().map(|e| e.0),
             None => Some(job),
         };
         Some(match unsent {
@@ -595,6 +591,7 @@ impl<R: ArchiveRecord> ArchiveWriter<R> {
         job.result
     }
 
+    /// Drops a file whose write failed; returns the error when its rows are lost.
     fn fail_file(&mut self, file: OpenFile, err: ArchiveError) -> Option<ArchiveError> {
         self.drop_file(file, &err);
         self.wal.is_none().then_some(err)
