@@ -351,11 +351,14 @@ impl Event {
                 put(buf, v);
             }
             let digest = xxhash_rust::xxh3::xxh3_128(buf);
+            // As `format!("{digest:032x}")` writes it: per byte, not per char
+            // through the formatter (that was 2% of the receivers' time).
             const HEX: &[u8; 16] = b"0123456789abcdef";
-            (0..32)
-                .rev()
-                .map(|i| HEX[(digest >> (i * 4)) as usize & 0xf] as char)
-                .collect()
+            let mut hex = [0u8; 32];
+            for (i, c) in hex.iter_mut().enumerate() {
+                *c = HEX[(digest >> ((31 - i) * 4)) as usize & 0xf];
+            }
+            String::from_utf8_lossy(&hex).into_owned()
         })
     }
 }
