@@ -4,10 +4,13 @@ RESOURCE_EXHAUSTED), keeps nothing half-accepted, and says so in /metrics.
 (Falling back under the limit is the unit test's and scripts/soak's part.)
 And the engine's lateness buffer keeps to its own budget, engine.max_buffered_mib."""
 import json
+import os
+import subprocess
 import time
 import urllib.error
 import urllib.request
 
+from conftest import VIGIL_BIN
 from test_ingest import T0, json_logs
 
 
@@ -97,3 +100,17 @@ def test_the_lateness_buffer_stays_within_its_memory_budget(vigil_factory):
     assert v.stop() == 0, v.log()
     fired = [a for a in v.alerts() if a["rule_id"] == "sensitive-file-read"]
     assert sorted(a["user"] for a in fired) == users
+
+
+def test_the_binary_carries_its_allocator_options():
+    # Larger per-thread caches of freed blocks (src/main.rs, MALLOC_CONF): events
+    # cross threads, and jemalloc's default of 200 blocks per size class made
+    # every thread take arena locks far more often. jemalloc prints the options
+    # it runs with when asked to, through the environment.
+    out = subprocess.run([VIGIL_BIN, "--version"], capture_output=True, text=True, timeout=30,
+                         env={**os.environ, "_RJEM_MALLOC_CONF": "stats_print:true"})
+    assert out.returncode == 0, out.stderr
+    options = dict(line.strip().split(": ", 1) for line in (out.stdout + out.stderr).splitlines()
+                   if line.strip().startswith("opt.") and ": " in line)
+    assert options.get("opt.tcache_nslots_small_max") == "2000", options
+    assert options.get("opt.lg_tcache_nslots_mul") == "2", options
