@@ -326,24 +326,20 @@ fn group_commits(events: &[Vec<Event>]) -> Vec<std::ops::Range<usize>> {
 
 /// Runs `f` and returns the CPU time (user and system) this thread spent in it.
 fn on_cpu<T>(f: impl FnOnce() -> Result<T>) -> Result<(Duration, T)> {
-    let before = thread_cpu();
-    let out = f()?;
-    Ok((thread_cpu().saturating_sub(before), out))
+    on_clock(libc::CLOCK_THREAD_CPUTIME_ID, f)
 }
 
 /// Runs `f` and returns the CPU time every thread of the process spent
 /// meanwhile: for work `f` hands to another thread and waits for.
 fn on_process_cpu<T>(f: impl FnOnce() -> Result<T>) -> Result<(Duration, T)> {
-    let before = cpu_clock(libc::CLOCK_PROCESS_CPUTIME_ID);
-    let out = f()?;
-    Ok((
-        cpu_clock(libc::CLOCK_PROCESS_CPUTIME_ID).saturating_sub(before),
-        out,
-    ))
+    on_clock(libc::CLOCK_PROCESS_CPUTIME_ID, f)
 }
 
-fn thread_cpu() -> Duration {
-    cpu_clock(libc::CLOCK_THREAD_CPUTIME_ID)
+/// Runs `f` and returns how far the CPU-time `clock` moved meanwhile.
+fn on_clock<T>(clock: libc::clockid_t, f: impl FnOnce() -> Result<T>) -> Result<(Duration, T)> {
+    let before = cpu_clock(clock);
+    let out = f()?;
+    Ok((cpu_clock(clock).saturating_sub(before), out))
 }
 
 fn cpu_clock(clock: libc::clockid_t) -> Duration {
