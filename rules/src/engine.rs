@@ -1078,6 +1078,45 @@ mod tests {
         assert_eq!(split.finish(), one.finish());
     }
 
+    proptest! {
+        /// Group commits merged into the held events: by `(time, event_id)`,
+        /// and equal keys (the same record sent twice) in order of arrival,
+        /// held events first, exactly as a stable sort of everything would
+        /// put them.
+        #[test]
+        fn held_events_stay_in_key_order_and_equal_keys_in_arrival_order(
+            held in proptest::collection::vec((0i64..20, 0usize..3), 0..30),
+            parts in proptest::collection::vec(
+                proptest::collection::vec((0i64..20, 0usize..3), 0..20),
+                0..6,
+            ),
+        ) {
+            // observed_time is not part of the id: it tags the arrival.
+            let mut arrival = 0;
+            let mut mk = |(t, u): (i64, usize)| {
+                arrival += 1;
+                let mut e = ev(T0 + t * S, EventKind::FileRead, ["a", "b", "c"][u]);
+                e.observed_time = arrival;
+                e
+            };
+            let held: Vec<Event> = held.into_iter().map(&mut mk).collect();
+            let parts: Vec<Vec<Event>> = parts
+                .into_iter()
+                .map(|p| p.into_iter().map(&mut mk).collect())
+                .collect();
+            let mut want: Vec<Event> = held.iter().chain(parts.iter().flatten()).cloned().collect();
+            want.sort_by(|a, b| cmp_key(a, b.time, &b.event_id));
+            let mut eng = engine(MATCH);
+            // Within the allowed lateness: nothing is released yet.
+            prop_assert!(eng.push(held).is_empty());
+            prop_assert!(eng.push_parts(parts).is_empty());
+            let key = |e: &Event| (e.time, e.event_id.clone(), e.observed_time);
+            let got: Vec<_> = eng.pending.iter().map(key).collect();
+            let want: Vec<_> = want.iter().map(key).collect();
+            prop_assert_eq!(got, want);
+        }
+    }
+
     #[test]
     fn summary_optional_parts_vanish_when_their_field_is_missing() {
         let yaml = "id: m\ntitle: M\nseverity: low\nkey: [user]\nsummary: '{user} read a file[ on {host}][: {path}]'\ncondition: {kind: file_read}\n";
