@@ -734,13 +734,9 @@ pub(crate) mod tests {
 
     #[test]
     fn strings_are_checked_as_utf8_past_the_ascii_fast_path() {
-        let record = |text: &[u8]| {
-            // A record whose body is `text`, bytes as given.
-            let mut value = vec![1 << 3 | LEN];
-            prost::encoding::encode_varint(text.len() as u64, &mut value);
-            value.extend_from_slice(text);
-            request_of(&wrap(5, &value))
-        };
+        // A record whose body (field 5) is the string value (field 1) `text`,
+        // bytes as given.
+        let record = |text: &[u8]| request_of(&wrap(5, &wrap(1, text)));
         for valid in ["plain ascii", "café", "日本語のパス", "~/.ssh/id_rsa ✓", ""] {
             assert_eq!(agrees(&record(valid.as_bytes())), Some(true), "{valid}");
         }
