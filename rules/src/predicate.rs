@@ -29,7 +29,7 @@ fn rule_regex(pattern: &str) -> Result<Regex, regex::Error> {
 use serde_yaml::Value;
 
 use crate::field::FieldRef;
-use crate::list::{any_host, build_glob, forward_slashes, ListMatcher};
+use crate::list::{any_host, build_glob, forward_slashes, is_local_host, ListMatcher};
 use crate::schedule::Schedule;
 
 /// A compile error inside a condition: where (a dotted path) and what, plus
@@ -180,8 +180,9 @@ impl Test {
             Test::Regex(r) => r.is_match(s),
             Test::Cidr(nets) => parse_ip(s).is_some_and(|ip| nets.iter().any(|n| n.contains(&ip))),
             Test::InList(l) => l.matches(s),
-            Test::HostNotInList(l) => any_host(s, |h| !l.matches(h)),
-            Test::HostInList(l) => any_host(s, |h| l.matches(h)),
+            // Local and private addresses are inside every host list.
+            Test::HostNotInList(l) => any_host(s, |h| !is_local_host(h) && !l.matches(h)),
+            Test::HostInList(l) => any_host(s, |h| is_local_host(h) || l.matches(h)),
             Test::KindIn(mask) => EventKind::parse(s).is_some_and(|k| mask & kind_bit(k) != 0),
             Test::Exists(_) | Test::All(_) | Test::Num(..) => unreachable!("handled above"),
         }
