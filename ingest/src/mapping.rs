@@ -282,8 +282,11 @@ impl Pred {
                 let text = text.as_ref();
                 match test {
                     Test::Exists(_) => unreachable!("handled above"),
-                    Test::Eq(s) => text == s,
-                    Test::In(list) => list.iter().any(|s| text == s),
+                    Test::Eq(s) => text == s || array_has(text, |e| e == s),
+                    Test::In(list) => {
+                        list.iter().any(|s| text == s)
+                            || array_has(text, |e| list.iter().any(|s| e == s))
+                    }
                     Test::Prefix(s) => text.starts_with(s.as_str()),
                     Test::Suffix(s) => text.ends_with(s.as_str()),
                     Test::Contains(s) => text.contains(s.as_str()),
@@ -292,6 +295,25 @@ impl Pred {
             }
         }
     }
+}
+
+/// True when `text` is an array the view rendered as JSON (ECS sends
+/// `event.category: ["process"]`, `event.type: ["change", "creation"]`) and
+/// one of its scalar elements satisfies `hit`: `eq` and `in` match any
+/// element, as they would the scalar.
+fn array_has(text: &str, mut hit: impl FnMut(&str) -> bool) -> bool {
+    if !(text.starts_with('[') && text.ends_with(']')) {
+        return false;
+    }
+    let Ok(items) = serde_json::from_str::<Vec<serde_json::Value>>(text) else {
+        return false;
+    };
+    items.iter().any(|v| match v {
+        serde_json::Value::String(s) => hit(s),
+        serde_json::Value::Number(n) => hit(&n.to_string()),
+        serde_json::Value::Bool(b) => hit(if *b { "true" } else { "false" }),
+        _ => false,
+    })
 }
 
 #[derive(Debug)]

@@ -412,6 +412,52 @@ fn endpoint_ecs_scheduled_tasks_file_reads_and_process_starts() {
 }
 
 #[test]
+fn endpoint_ecs_arrays_and_semantic_convention_only_records() {
+    // Elastic exports event.category and event.type as arrays.
+    let exec = log(
+        json!({"service.name": "elastic-agent"}),
+        json!(""),
+        json!({"event.category": ["process"], "event.type": ["start"], "event.action": "exec",
+               "process.command_line": "crontab /tmp/x", "user.name": "ann"}),
+    );
+    assert_eq!(exec.kind, EventKind::ProcessStart);
+    assert_eq!(exec.command.as_deref(), Some("crontab /tmp/x"));
+    let created = log(
+        json!({}),
+        json!(""),
+        json!({"event.category": ["file", "configuration"], "event.type": ["creation"], "event.action": "creation",
+               "file.path": "/etc/cron.d/evil", "user.name": "root"}),
+    );
+    assert_eq!(created.kind, EventKind::FileWrite);
+    let opened = log(
+        json!({}),
+        json!(""),
+        json!({"file.path": "/home/ann/.ssh/id_rsa", "event.type": ["access"], "user.name": "ann"}),
+    );
+    assert_eq!(opened.kind, EventKind::FileRead);
+    let open_action = log(
+        json!({}),
+        json!(""),
+        json!({"file.path": "C:\\Users\\ann\\.aws\\credentials", "event.action": "file_open", "user.name": "ann"}),
+    );
+    assert_eq!(open_action.kind, EventKind::FileRead);
+    // Only OTel semantic-convention names: a command line is a process start.
+    let semconv = log(
+        json!({"host.name": "WS-9"}),
+        json!(""),
+        json!({"process.owner": "ann", "process.command_line": "schtasks /create /tn u /tr c:\\u.exe", "process.pid": 4242}),
+    );
+    assert_eq!(semconv.kind, EventKind::ProcessStart);
+    // An array that does not hold the value does not match it.
+    let other = log(
+        json!({}),
+        json!(""),
+        json!({"event.category": ["network"], "event.action": "exec", "destination.address": "203.0.113.5"}),
+    );
+    assert_ne!(other.kind, EventKind::ProcessStart);
+}
+
+#[test]
 fn windows_event_log_receiver_bodies_and_osquery_rows() {
     let body = json!({"channel": "Security", "computer": "WS-7", "event_id": {"id": 4698, "qualifiers": 0},
         "provider": {"name": "Microsoft-Windows-Security-Auditing"}, "system_time": "2026-03-10T15:00:00Z",
