@@ -844,8 +844,15 @@ impl Engine {
                             m.entry(k, || InactivityState::new_reset(e)).reset(e);
                             None
                         }
-                        // Activity before any reset: nobody is known to have been there.
-                        Role::Activity => m.map.get_mut(&k).and_then(|s| s.on_activity(sp, e)),
+                        Role::Activity => match m.map.get_mut(&k) {
+                            Some(s) => s.on_activity(sp, e),
+                            // Activity before any reset: nobody is known to have
+                            // been there, unless `start` says it starts the clock.
+                            None if sp.start.as_ref().is_some_and(|s| s.eval(e, &env)) => m
+                                .entry(k, || InactivityState::new_reset(e))
+                                .on_activity(sp, e),
+                            None => None,
+                        },
                         Role::None => None,
                     }
                 }

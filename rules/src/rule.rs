@@ -176,6 +176,9 @@ pub(crate) struct InactivityDoc {
     pub activity: Value,
     #[serde(default)]
     pub until: Option<Value>,
+    /// Activity of a key that never saw a reset starts its clock when it matches.
+    #[serde(default)]
+    pub start: Option<Value>,
     #[serde(default)]
     pub ttl: Option<Dur>,
 }
@@ -592,6 +595,11 @@ pub(crate) fn compile_rule(
                 .as_ref()
                 .map(|u| cond(u, "inactivity.until"))
                 .transpose()?;
+            let start = d
+                .start
+                .as_ref()
+                .map(|s| cond(s, "inactivity.start"))
+                .transpose()?;
             let mut k = kinds_of(&reset) | kinds_of(&activity);
             if let Some(u) = &until {
                 k |= kinds_of(u);
@@ -607,6 +615,7 @@ pub(crate) fn compile_rule(
                     reset,
                     activity,
                     until,
+                    start,
                     ttl,
                 }),
                 k & base_kinds,

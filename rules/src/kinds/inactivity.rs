@@ -1,7 +1,9 @@
 //! inactivity: per key, an `activity` event more than `after` since the last
 //! `reset` event fires, once per reset epoch. It fires on the activity itself
 //! (the session is still running), not when the session ends. A key that has
-//! never seen a reset does not fire: nobody is known to have been there.
+//! never seen a reset does not fire (nobody is known to have been there),
+//! unless its activity matches `start`: then its first such activity starts
+//! the clock, as a reset would (a session that no human ever interacted with).
 
 use event::Event;
 
@@ -16,6 +18,8 @@ pub(crate) struct InactivitySpec {
     pub(crate) reset: Pred,
     pub(crate) activity: Pred,
     pub(crate) until: Option<Pred>,
+    /// Activity that starts the clock of a key without a reset.
+    pub(crate) start: Option<Pred>,
     /// How long a key is kept after its last event.
     pub(crate) ttl: i64,
 }
