@@ -162,6 +162,39 @@ fn claude_code_read_tool_becomes_a_file_read_with_path_user_and_session() {
 }
 
 #[test]
+fn claude_code_tool_input_gives_path_and_command_when_tool_parameters_do_not() {
+    let read = claude(json!({
+        "event.name": "tool_result", "tool_name": "Read", "success": "true",
+        "tool_input": "{\"file_path\": \"/Users/gina/.aws/credentials\", \"limit\": 20}"
+    }));
+    assert_eq!(read.kind, EventKind::FileRead);
+    assert_eq!(read.path.as_deref(), Some("/Users/gina/.aws/credentials"));
+    let bash = claude(json!({
+        "event.name": "tool_result", "tool_name": "Bash", "success": "true",
+        "tool_parameters": "{\"bash_command\": \"crontab\"}",
+        "tool_input": "{\"command\": \"crontab /tmp/jobs\", \"description\": \"install\"}"
+    }));
+    assert_eq!(bash.command.as_deref(), Some("crontab /tmp/jobs"));
+    // tool_parameters win when both name the command.
+    let both = claude(json!({
+        "event.name": "tool_result", "tool_name": "Bash", "success": "true",
+        "tool_parameters": "{\"full_command\": \"ls -la\"}",
+        "tool_input": "{\"command\": \"ls -la /tmp\"}"
+    }));
+    assert_eq!(both.command.as_deref(), Some("ls -la"));
+    // A truncated tool_input is kept as text.
+    let cut = claude(json!({
+        "event.name": "tool_result", "tool_name": "Bash", "success": "true",
+        "tool_input": "{\"command\": \"cat ~/.ssh/id_"
+    }));
+    assert_eq!(cut.command, None);
+    assert_eq!(
+        cut.attrs.get("tool_input"),
+        Some("{\"command\": \"cat ~/.ssh/id_")
+    );
+}
+
+#[test]
 fn claude_code_bash_carries_the_full_command_and_failure_outcome() {
     let e = claude(json!({
         "event.name": "tool_result", "tool_name": "Bash", "success": "false", "decision_source": "user_temporary",
