@@ -310,6 +310,72 @@ fn genai_gateway_spans_accept_old_and_new_names_and_ignore_caller_supplied_users
 }
 
 #[test]
+fn gateway_identities_forwarded_requests_and_agents_own_tool_spans() {
+    // LiteLLM and TrueFoundry name the user of an MCP call in their own keys.
+    let litellm = span(
+        json!({"service.name": "litellm"}),
+        "tools/call gmail_send_email",
+        json!({"mcp.method.name": "tools/call", "server.address": "gmail.mcp.example.net",
+               "metadata.user_api_key_user_email": "olga@example.com"}),
+        false,
+    );
+    assert_eq!(litellm.kind, EventKind::ConnectorAction);
+    assert_eq!(litellm.user.as_deref(), Some("olga@example.com"));
+    let tfy = span(
+        json!({"service.name": "tfy-mcp-gateway"}),
+        "MCP",
+        json!({"tfy.span_type": "MCP", "gen_ai.tool.name": "delete_file", "tfy.request.created_by_subject": "user:pat@example.com"}),
+        false,
+    );
+    assert_eq!(tfy.user.as_deref(), Some("user:pat@example.com"));
+    // ContextForge forwarding to a federated gateway: a tool call with the peer's domain.
+    let fwd = span(
+        json!({"service.name": "mcp-gateway"}),
+        "gateway.forward_request",
+        json!({"gateway.name": "partner", "gateway.url": "https://tools.quickmcp-hub.io/mcp", "user.email": "carol@example.com"}),
+        false,
+    );
+    assert_eq!(fwd.kind, EventKind::ToolCall);
+    assert_eq!(fwd.domain.as_deref(), Some("tools.quickmcp-hub.io"));
+    // An agent's own GenAI tool span: a writing verb makes a connector action.
+    let own = span(
+        json!({"service.name": "support-agent"}),
+        "execute_tool send_email",
+        json!({"gen_ai.operation.name": "execute_tool", "gen_ai.provider.name": "anthropic", "user.id": "agent-svc"}),
+        false,
+    );
+    assert_eq!(
+        (own.kind, own.tool.as_deref()),
+        (EventKind::ConnectorAction, Some("send_email"))
+    );
+    assert_eq!(own.action.as_deref(), Some("send"));
+    let lookup = span(
+        json!({"service.name": "support-agent"}),
+        "execute_tool lookup_order",
+        json!({"gen_ai.operation.name": "execute_tool", "gen_ai.provider.name": "anthropic"}),
+        false,
+    );
+    assert_eq!(lookup.kind, EventKind::ToolCall);
+}
+
+#[test]
+fn verbs_are_found_through_their_inflections() {
+    let set = MappingSet::load(&[]).expect("default pack");
+    assert_eq!(
+        set.verb_of("SLACK_SENDS_A_MESSAGE_TO_A_SLACK_CHANNEL"),
+        Some(("send", true))
+    );
+    assert_eq!(set.verb_of("GMAIL_DELETES_DRAFT"), Some(("delete", true)));
+    assert_eq!(set.verb_of("creating_issue"), Some(("create", true)));
+    assert_eq!(set.verb_of("posted_reply"), Some(("post", true)));
+    assert_eq!(set.verb_of("sendmail"), Some(("send", true)));
+    assert_eq!(set.verb_of("crm_upsert_contact"), Some(("update", true)));
+    assert_eq!(set.verb_of("get_news"), Some(("read", false)));
+    // Short words are not stemmed: `news` is not `new`.
+    assert_eq!(set.verb_of("news_feed"), None);
+}
+
+#[test]
 fn mcp_gateway_tool_calls_split_into_connector_writes_and_reads() {
     let post = span(
         json!({"service.name": "mcp-gateway"}),
