@@ -96,24 +96,39 @@ fn default_end() -> ClockTime {
     ClockTime(18 * 60)
 }
 
-/// A day of the week as written in config: `mon` .. `sun` (full names accepted).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// A day of the week as written in config: `mon` .. `sun`, full names
+/// accepted, in any case (`Mon`, `MONDAY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Day {
-    #[serde(alias = "monday")]
     Mon,
-    #[serde(alias = "tuesday")]
     Tue,
-    #[serde(alias = "wednesday")]
     Wed,
-    #[serde(alias = "thursday")]
     Thu,
-    #[serde(alias = "friday")]
     Fri,
-    #[serde(alias = "saturday")]
     Sat,
-    #[serde(alias = "sunday")]
     Sun,
+}
+
+impl<'de> Deserialize<'de> for Day {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let day = match text.trim().to_ascii_lowercase().as_str() {
+            "mon" | "monday" => Day::Mon,
+            "tue" | "tues" | "tuesday" => Day::Tue,
+            "wed" | "wednesday" => Day::Wed,
+            "thu" | "thur" | "thurs" | "thursday" => Day::Thu,
+            "fri" | "friday" => Day::Fri,
+            "sat" | "saturday" => Day::Sat,
+            "sun" | "sunday" => Day::Sun,
+            _ => {
+                return Err(de::Error::custom(format!(
+                    "invalid day {text:?}, expected mon, tue, wed, thu, fri, sat or sun"
+                )))
+            }
+        };
+        Ok(day)
+    }
 }
 
 impl Day {
@@ -142,13 +157,22 @@ impl Serialize for ClockTime {
 impl<'de> Deserialize<'de> for ClockTime {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        parse_clock(&text)
-            .ok_or_else(|| de::Error::custom(format!("invalid time {text:?}, expected \"HH:MM\"")))
+        parse_clock(&text).ok_or_else(|| {
+            de::Error::custom(format!(
+                "invalid time {text:?}, expected \"HH:MM\" (or \"HH:MM:00\")"
+            ))
+        })
     }
 }
 
 fn parse_clock(text: &str) -> Option<ClockTime> {
     let (h, m) = text.trim().split_once(':')?;
+    // `08:00:00` is the same minute; seconds other than 00 are not a clock vigil keeps.
+    let m = match m.split_once(':') {
+        Some((m, "00")) => m,
+        Some(_) => return None,
+        None => m,
+    };
     let h: u16 = h.parse().ok()?;
     let m: u16 = m.parse().ok()?;
     if m >= 60 || h > 24 || (h == 24 && m != 0) {
@@ -283,6 +307,23 @@ tenants:
         assert!(serde_yaml::from_str::<BusinessHours>("timezone: Mars/Olympus\n").is_err());
         assert!(serde_yaml::from_str::<BusinessHours>("start: \"25:00\"\n").is_err());
         assert!(serde_yaml::from_str::<BusinessHours>("days: [funday]\n").is_err());
+    }
+
+    #[test]
+    fn days_in_any_case_and_times_with_zero_seconds_are_accepted() {
+        let bh: BusinessHours = serde_yaml::from_str(
+            "days: [Mon, TUESDAY, wed, Thurs, fri]\nstart: \"08:30:00\"\nend: \"7:45\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            bh.days,
+            vec![Day::Mon, Day::Tue, Day::Wed, Day::Thu, Day::Fri]
+        );
+        assert_eq!((bh.start, bh.end), (ClockTime(510), ClockTime(465)));
+        let err = serde_yaml::from_str::<BusinessHours>("start: \"08:30:15\"\n").unwrap_err();
+        assert!(err.to_string().contains("08:30:15"), "{err}");
+        let err = serde_yaml::from_str::<BusinessHours>("days: [Mo]\n").unwrap_err();
+        assert!(err.to_string().contains("invalid day \"Mo\""), "{err}");
     }
 
     #[test]
