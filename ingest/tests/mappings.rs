@@ -586,6 +586,36 @@ fn windows_event_log_receiver_bodies_and_osquery_rows() {
             Some("curl x | sh")
         )
     );
+    // The same rows as a log body map (osqueryd's results log through a forwarder).
+    let read = log(
+        json!({}),
+        json!({"name": "pack_fim_file_events", "hostIdentifier": "mac-2", "action": "added",
+               "columns": {"target_path": "/Users/ann/.ssh/id_rsa", "action": "ACCESSED", "username": "ann"}}),
+        json!({}),
+    );
+    assert_eq!(
+        (
+            read.source,
+            read.kind,
+            read.path.as_deref(),
+            read.user.as_deref(),
+            read.host.as_deref()
+        ),
+        (
+            Source::Endpoint,
+            EventKind::FileRead,
+            Some("/Users/ann/.ssh/id_rsa"),
+            Some("ann"),
+            Some("mac-2")
+        )
+    );
+    let task = log(
+        json!({}),
+        json!({"name": "scheduled_tasks", "hostIdentifier": "WIN-3", "action": "added",
+               "columns": {"name": "Updater", "path": "\\Updater", "action": "C:\\u.exe"}}),
+        json!({}),
+    );
+    assert_eq!(task.kind, EventKind::ScheduledTaskCreate);
 }
 
 #[test]
