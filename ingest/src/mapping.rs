@@ -297,6 +297,16 @@ impl Pred {
     }
 }
 
+/// The words of an argument vector rendered as JSON (`["crontab","/tmp/x"]`),
+/// joined by spaces; `None` for anything else.
+fn joined_args(text: &str) -> Option<String> {
+    if !(text.starts_with("[\"") && text.ends_with(']')) {
+        return None;
+    }
+    let words = serde_json::from_str::<Vec<String>>(text).ok()?;
+    Some(words.join(" "))
+}
+
 /// True when `text` is an array the view rendered as JSON (ECS sends
 /// `event.category: ["process"]`, `event.type: ["change", "creation"]`) and
 /// one of its scalar elements satisfies `hit`: `eq` and `in` match any
@@ -427,7 +437,11 @@ impl Column {
             Column::Target => &mut ev.target,
             Column::Domain => &mut ev.domain,
             Column::Path => &mut ev.path,
-            Column::Command => &mut ev.command,
+            Column::Command => {
+                // An argument vector (ECS `process.args`) reads as the command line it was.
+                ev.command = Some(joined_args(&value).map_or(value, Text::from));
+                return;
+            }
             Column::Model => &mut ev.model,
             Column::TokensIn | Column::TokensOut => {
                 // Numbers sometimes arrive as strings or doubles; keep the raw

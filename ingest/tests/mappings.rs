@@ -547,6 +547,20 @@ fn endpoint_ecs_arrays_and_semantic_convention_only_records() {
         json!({"process.owner": "ann", "process.command_line": "schtasks /create /tn u /tr c:\\u.exe", "process.pid": 4242}),
     );
     assert_eq!(semconv.kind, EventKind::ProcessStart);
+    // Only an argument vector: the command line it was.
+    let args = log(
+        json!({}),
+        json!(""),
+        json!({"event.category": ["process"], "event.action": "exec", "process.args": ["crontab", "/tmp/jobs"], "user.name": "ann"}),
+    );
+    assert_eq!(args.command.as_deref(), Some("crontab /tmp/jobs"));
+    let btm = log(
+        json!({}),
+        json!(""),
+        json!({"event.category": ["configuration"], "event.action": "btm_launch_item_add", "user.name": "ann",
+               "file.path": "/Users/ann/Library/LaunchAgents/com.x.plist"}),
+    );
+    assert_eq!(btm.kind, EventKind::ScheduledTaskCreate);
     // An array that does not hold the value does not match it.
     let other = log(
         json!({}),
