@@ -277,7 +277,7 @@ pub(crate) enum Spec {
     Match,
     Threshold(ThresholdSpec),
     Sequence(SequenceSpec),
-    Inactivity(InactivitySpec),
+    Inactivity(Box<InactivitySpec>),
     NewValue(NewValueSpec),
     Baseline(BaselineSpec),
 }
@@ -610,14 +610,14 @@ pub(crate) fn compile_rule(
                 .map(Dur::ns)
                 .unwrap_or(after.saturating_mul(12).max(86_400 * 1_000_000_000));
             (
-                Spec::Inactivity(InactivitySpec {
+                Spec::Inactivity(Box::new(InactivitySpec {
                     after,
                     reset,
                     activity,
                     until,
                     start,
                     ttl,
-                }),
+                })),
                 k & base_kinds,
             )
         }
