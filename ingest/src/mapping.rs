@@ -615,33 +615,25 @@ impl MappingSet {
     }
 
     /// The action of a tool name by its first verb word, and whether it writes.
-    /// A word of five letters or more is also tried without an inflection
-    /// (`SLACK_SENDS_A_MESSAGE`, `deleted_items`, `creating`): shorter words
-    /// are left whole so that `news` is not `new`.
+    /// A third-person verb followed by more words is also found
+    /// (`SLACK_SENDS_A_MESSAGE`, `GMAIL_DELETES_DRAFT`); a plural at the end
+    /// (`list_posts`, `user_tweets`) and participles (`shared_with_me`,
+    /// `trashed_files`) are nouns and adjectives, not verbs.
     pub fn verb_of(&self, tool: &str) -> Option<(&str, bool)> {
-        words(tool)
+        let words = words(tool);
+        let last = words.len().saturating_sub(1);
+        words
             .iter()
-            .find_map(|w| {
+            .enumerate()
+            .find_map(|(i, w)| {
                 self.verbs.get(w.as_str()).or_else(|| {
-                    if w.len() < 5 {
+                    if i == last || w.len() < 5 {
                         return None;
                     }
-                    if let Some(stem) = w.strip_suffix("ing") {
-                        let with_e = format!("{stem}e");
-                        return self
-                            .verbs
-                            .get(with_e.as_str())
-                            .or_else(|| self.verbs.get(stem));
-                    }
-                    [
-                        w.strip_suffix("es"),
-                        w.strip_suffix('s'),
-                        w.strip_suffix("ed"),
-                        w.strip_suffix('d'),
-                    ]
-                    .into_iter()
-                    .flatten()
-                    .find_map(|s| self.verbs.get(s))
+                    [w.strip_suffix("es"), w.strip_suffix('s')]
+                        .into_iter()
+                        .flatten()
+                        .find_map(|s| self.verbs.get(s))
                 })
             })
             .map(|v| (v.action.as_str(), v.writes))

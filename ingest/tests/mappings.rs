@@ -337,11 +337,11 @@ fn gateway_identities_forwarded_requests_and_agents_own_tool_spans() {
     );
     assert_eq!(fwd.kind, EventKind::ToolCall);
     assert_eq!(fwd.domain.as_deref(), Some("tools.quickmcp-hub.io"));
-    // An agent's own GenAI tool span: a writing verb makes a connector action.
+    // An agent's own GenAI tool span to an external API: a writing verb makes a connector action.
     let own = span(
         json!({"service.name": "support-agent"}),
         "execute_tool send_email",
-        json!({"gen_ai.operation.name": "execute_tool", "gen_ai.provider.name": "anthropic", "user.id": "agent-svc"}),
+        json!({"gen_ai.operation.name": "execute_tool", "gen_ai.tool.type": "extension", "gen_ai.provider.name": "anthropic", "user.id": "agent-svc"}),
         false,
     );
     assert_eq!(
@@ -356,23 +356,36 @@ fn gateway_identities_forwarded_requests_and_agents_own_tool_spans() {
         false,
     );
     assert_eq!(lookup.kind, EventKind::ToolCall);
+    // A local function writes nothing outside.
+    let local = span(
+        json!({"service.name": "support-agent"}),
+        "execute_tool write_file",
+        json!({"gen_ai.operation.name": "execute_tool", "gen_ai.tool.type": "function", "gen_ai.provider.name": "anthropic"}),
+        false,
+    );
+    assert_eq!((local.kind, local.tool.as_deref()), (EventKind::ToolCall, Some("write_file")));
 }
 
 #[test]
-fn verbs_are_found_through_their_inflections() {
+fn verbs_are_found_through_their_third_person() {
     let set = MappingSet::load(&[]).expect("default pack");
     assert_eq!(
         set.verb_of("SLACK_SENDS_A_MESSAGE_TO_A_SLACK_CHANNEL"),
         Some(("send", true))
     );
     assert_eq!(set.verb_of("GMAIL_DELETES_DRAFT"), Some(("delete", true)));
-    assert_eq!(set.verb_of("creating_issue"), Some(("create", true)));
-    assert_eq!(set.verb_of("posted_reply"), Some(("post", true)));
     assert_eq!(set.verb_of("sendmail"), Some(("send", true)));
     assert_eq!(set.verb_of("crm_upsert_contact"), Some(("update", true)));
     assert_eq!(set.verb_of("get_news"), Some(("read", false)));
     // Short words are not stemmed: `news` is not `new`.
     assert_eq!(set.verb_of("news_feed"), None);
+    // Plurals at the end and participles are not verbs.
+    for noun in ["list_posts", "user_tweets", "updates", "shared_with_me", "trashed_files", "saved_searches"] {
+        assert!(
+            set.verb_of(noun).is_none_or(|(_, writes)| !writes),
+            "{noun} is not a write"
+        );
+    }
 }
 
 #[test]
@@ -528,6 +541,14 @@ fn endpoint_ecs_arrays_and_semantic_convention_only_records() {
                "file.path": "/etc/cron.d/evil", "user.name": "root"}),
     );
     assert_eq!(created.kind, EventKind::FileWrite);
+    assert_eq!(created.action.as_deref(), Some("creation"));
+    // A deletion keeps its verb: scheduled-task-created must tell it from a new file.
+    let deleted = log(
+        json!({}),
+        json!(""),
+        json!({"event.category": ["file"], "event.action": "deletion", "file.path": "/Users/ann/Library/LaunchAgents/old.plist", "user.name": "ann"}),
+    );
+    assert_eq!((deleted.kind, deleted.action.as_deref()), (EventKind::FileWrite, Some("deletion")));
     let opened = log(
         json!({}),
         json!(""),
