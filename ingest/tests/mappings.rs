@@ -162,6 +162,25 @@ fn claude_code_read_tool_becomes_a_file_read_with_path_user_and_session() {
 }
 
 #[test]
+fn claude_code_local_mcp_servers_write_through_no_connector() {
+    let local = claude(json!({
+        "event.name": "tool_result", "tool_name": "mcp__filesystem__write_file", "success": "true"
+    }));
+    assert_eq!(
+        (
+            local.kind,
+            local.tool.as_deref(),
+            local.mcp_server.as_deref()
+        ),
+        (EventKind::ToolCall, Some("write_file"), Some("filesystem"))
+    );
+    let saas = claude(json!({
+        "event.name": "tool_result", "tool_name": "mcp__slack__slack_post_message", "success": "true"
+    }));
+    assert_eq!(saas.kind, EventKind::ConnectorAction);
+}
+
+#[test]
 fn claude_code_tool_input_gives_path_and_command_when_tool_parameters_do_not() {
     let read = claude(json!({
         "event.name": "tool_result", "tool_name": "Read", "success": "true",
