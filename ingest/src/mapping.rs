@@ -619,9 +619,24 @@ impl MappingSet {
     /// (`SLACK_SENDS_A_MESSAGE`, `GMAIL_DELETES_DRAFT`); a plural at the end
     /// (`list_posts`, `user_tweets`) and participles (`shared_with_me`,
     /// `trashed_files`) are nouns and adjectives, not verbs.
+    ///
+    /// Tools generated from an HTTP API name the method first (Notion's
+    /// `API-post-search`, `API-post-database-query`): after `api`, a method
+    /// followed by a reading verb is a read.
     pub fn verb_of(&self, tool: &str) -> Option<(&str, bool)> {
         let words = words(tool);
         let last = words.len().saturating_sub(1);
+        if words.len() > 2
+            && words[0] == "api"
+            && matches!(words[1].as_str(), "post" | "put" | "patch")
+        {
+            if let Some(read) = words[2..]
+                .iter()
+                .find_map(|w| self.verbs.get(w.as_str()).filter(|v| !v.writes))
+            {
+                return Some((read.action.as_str(), false));
+            }
+        }
         words
             .iter()
             .enumerate()

@@ -162,9 +162,32 @@ fn claude_code_read_tool_becomes_a_file_read_with_path_user_and_session() {
 }
 
 #[test]
+fn file_servers_read_files_as_read_does() {
+    let agent = claude(json!({
+        "event.name": "tool_result", "tool_name": "mcp__filesystem__read_text_file", "success": "true",
+        "tool_input": "{\"path\": \"/home/lena/.ssh/id_ed25519\"}"
+    }));
+    assert_eq!(
+        (agent.kind, agent.path.as_deref()),
+        (EventKind::FileRead, Some("/home/lena/.ssh/id_ed25519"))
+    );
+    let gateway = span(
+        json!({"service.name": "mcp-gateway"}),
+        "tools/call read_text_file",
+        json!({"mcp.method.name": "tools/call", "server.address": "files.corp.example", "user.email": "gus@example.com",
+               "gen_ai.tool.call.arguments": "{\"path\": \"/home/gus/.aws/credentials\"}"}),
+        false,
+    );
+    assert_eq!(
+        (gateway.kind, gateway.path.as_deref()),
+        (EventKind::FileRead, Some("/home/gus/.aws/credentials"))
+    );
+}
+
+#[test]
 fn claude_code_local_mcp_servers_write_through_no_connector() {
     let local = claude(json!({
-        "event.name": "tool_result", "tool_name": "mcp__filesystem__write_file", "success": "true"
+        "event.name": "tool_result", "tool_name": "mcp__memory__create_entities", "success": "true"
     }));
     assert_eq!(
         (
@@ -172,8 +195,12 @@ fn claude_code_local_mcp_servers_write_through_no_connector() {
             local.tool.as_deref(),
             local.mcp_server.as_deref()
         ),
-        (EventKind::ToolCall, Some("write_file"), Some("filesystem"))
+        (EventKind::ToolCall, Some("create_entities"), Some("memory"))
     );
+    let write = claude(json!({
+        "event.name": "tool_result", "tool_name": "mcp__filesystem__write_file", "success": "true"
+    }));
+    assert_eq!(write.kind, EventKind::FileWrite);
     let saas = claude(json!({
         "event.name": "tool_result", "tool_name": "mcp__slack__slack_post_message", "success": "true"
     }));
@@ -399,6 +426,16 @@ fn verbs_are_found_through_their_third_person() {
     assert_eq!(set.verb_of("sendmail"), Some(("send", true)));
     assert_eq!(set.verb_of("crm_upsert_contact"), Some(("update", true)));
     assert_eq!(set.verb_of("get_news"), Some(("read", false)));
+    // HTTP-method tool names: the method is not the verb when a reading one follows.
+    assert_eq!(set.verb_of("API-post-search"), Some(("read", false)));
+    assert_eq!(
+        set.verb_of("API-post-database-query"),
+        Some(("read", false))
+    );
+    assert_eq!(set.verb_of("API-post-page"), Some(("post", true)));
+    assert_eq!(set.verb_of("API-delete-a-block"), Some(("delete", true)));
+    assert_eq!(set.verb_of("fork_repository"), Some(("create", true)));
+    assert_eq!(set.verb_of("notion-duplicate-page"), Some(("create", true)));
     // Short words are not stemmed: `news` is not `new`.
     assert_eq!(set.verb_of("news_feed"), None);
     // Plurals at the end and participles are not verbs.
@@ -549,7 +586,12 @@ fn endpoint_ecs_scheduled_tasks_file_reads_and_process_starts() {
         exec.command.as_deref(),
         Some("schtasks /create /tn x /tr y")
     );
-    assert_eq!(exec.user.as_deref(), Some("CORP\\bob"));
+    assert_eq!(
+        exec.user.as_deref(),
+        Some("bob"),
+        "the account name without its domain"
+    );
+    assert_eq!(exec.attrs.get("process.owner"), Some("CORP\\bob"));
 }
 
 #[test]
@@ -637,8 +679,8 @@ fn windows_event_log_receiver_bodies_and_osquery_rows() {
         "event_data": {"Image": "C:\\Windows\\System32\\cmd.exe", "CommandLine": "cmd /c crontab", "User": "CORP\\bob"}});
     let p = log(json!({}), sysmon, json!({}));
     assert_eq!(
-        (p.kind, p.command.as_deref()),
-        (EventKind::ProcessStart, Some("cmd /c crontab"))
+        (p.kind, p.command.as_deref(), p.user.as_deref()),
+        (EventKind::ProcessStart, Some("cmd /c crontab"), Some("bob"))
     );
     let osq = log(
         json!({}),
