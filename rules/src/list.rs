@@ -131,7 +131,7 @@ const PAYLOAD_FLAGS: &[&str] = &[
     "--message",
     "-A",
     "--user-agent",
-    "-e",
+    // Not `-e`: it is also node's and perl's script, whose URLs are destinations.
     "--referer",
     "-b",
     "--cookie",
@@ -166,9 +166,11 @@ fn payload_spans(text: &str) -> Vec<(usize, usize)> {
     spans
 }
 
-/// A host on the machine or the organization's own network: `localhost`
-/// (and `*.localhost`), `host.docker.internal`, loopback, private (RFC 1918,
-/// IPv6 unique local), link-local and unspecified addresses. The host list
+/// A host on the machine or the organization's own network: `localhost`,
+/// names under `.localhost`, `.test`, `.local`, `.internal` (as
+/// `host.docker.internal`), `.lan`, `.home.arpa`, `.localdomain`, and
+/// loopback, private (RFC 1918, 100.64/10, IPv6 unique local), link-local
+/// and unspecified addresses. The host list
 /// matchers count these as inside every list: a POST to `localhost:3000` or
 /// an scp to `10.0.3.4` leaves nothing outside, whatever `internal_domains`
 /// holds.
