@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use event::{Event, EventKind, Source};
+use event::{Alert, Event, EventKind, Source};
 use vigil_rules::{Engine, EngineConfig, Lists, RuleSet, RulesContext};
 
 /// Counts live heap bytes, to measure the engine's state.
@@ -186,22 +186,22 @@ fn group_commits(events: &[Event]) -> Vec<Vec<Vec<Event>>> {
         .collect()
 }
 
-fn run_parts(set: &RuleSet, input: Vec<Vec<Vec<Event>>>) -> usize {
+/// Feeds `input` to a fresh engine one push at a time; the alerts raised.
+fn drive<T>(set: &RuleSet, input: Vec<T>, push: fn(&mut Engine, T) -> Vec<Alert>) -> usize {
     let mut eng = Engine::new(set.clone(), EngineConfig::default());
     let mut alerts = 0;
-    for parts in input {
-        alerts += eng.push_parts(parts).len();
+    for item in input {
+        alerts += push(&mut eng, item).len();
     }
     alerts + eng.finish().len()
 }
 
+fn run_parts(set: &RuleSet, input: Vec<Vec<Vec<Event>>>) -> usize {
+    drive(set, input, Engine::push_parts)
+}
+
 fn run(set: &RuleSet, input: Vec<Vec<Event>>) -> usize {
-    let mut eng = Engine::new(set.clone(), EngineConfig::default());
-    let mut alerts = 0;
-    for b in input {
-        alerts += eng.push(b).len();
-    }
-    alerts + eng.finish().len()
+    drive(set, input, Engine::push)
 }
 
 /// Live heap bytes per idle session key: sessions with one prompt and one
