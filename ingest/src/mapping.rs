@@ -297,25 +297,29 @@ impl Pred {
     }
 }
 
-/// The words of an argument vector rendered as JSON (`["crontab","/tmp/x"]`),
-/// joined by spaces; `None` for anything else.
-fn joined_args(text: &str) -> Option<String> {
-    if !(text.starts_with("[\"") && text.ends_with(']')) {
+/// The elements of an array value: the view renders arrays as JSON text
+/// (`["crontab","/tmp/x"]`); `None` for any other value, or elements not of type `T`.
+fn rendered_array<T: serde::de::DeserializeOwned>(text: &str) -> Option<Vec<T>> {
+    if !(text.starts_with('[') && text.ends_with(']')) {
         return None;
     }
-    let words = serde_json::from_str::<Vec<String>>(text).ok()?;
-    Some(words.join(" "))
+    serde_json::from_str(text).ok()
 }
 
-/// True when `text` is an array the view rendered as JSON (ECS sends
-/// `event.category: ["process"]`, `event.type: ["change", "creation"]`) and
-/// one of its scalar elements satisfies `hit`: `eq` and `in` match any
-/// element, as they would the scalar.
+/// The words of an argument vector (ECS `process.args`) joined by spaces;
+/// `None` for an empty one, which stays as it came.
+fn joined_args(text: &str) -> Option<String> {
+    rendered_array::<String>(text)
+        .filter(|words| !words.is_empty())
+        .map(|words| words.join(" "))
+}
+
+/// True when `text` is an array value (ECS sends `event.category:
+/// ["process"]`, `event.type: ["change", "creation"]`) and one of its scalar
+/// elements satisfies `hit`: `eq` and `in` match any element, as they would
+/// the scalar.
 fn array_has(text: &str, mut hit: impl FnMut(&str) -> bool) -> bool {
-    if !(text.starts_with('[') && text.ends_with(']')) {
-        return false;
-    }
-    let Ok(items) = serde_json::from_str::<Vec<serde_json::Value>>(text) else {
+    let Some(items) = rendered_array::<serde_json::Value>(text) else {
         return false;
     };
     items.iter().any(|v| match v {
