@@ -196,8 +196,15 @@ pub(crate) fn is_local_host(host: &str) -> bool {
     }) {
         return true;
     }
-    match h.trim_start_matches('[').trim_end_matches(']').parse() {
-        Ok(IpAddr::V4(ip)) => {
+    h.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .is_ok_and(is_local_ip)
+}
+
+fn is_local_ip(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(ip) => {
             let [a, b, ..] = ip.octets();
             ip.is_loopback()
                 || ip.is_private()
@@ -206,7 +213,7 @@ pub(crate) fn is_local_host(host: &str) -> bool {
                 // Shared address space (RFC 6598): carrier NAT, Tailscale.
                 || (a == 100 && (b & 0xc0) == 64)
         }
-        Ok(IpAddr::V6(ip)) => {
+        IpAddr::V6(ip) => {
             let first = ip.segments()[0];
             ip.is_loopback()
                 || ip.is_unspecified()
@@ -214,9 +221,8 @@ pub(crate) fn is_local_host(host: &str) -> bool {
                 || (first & 0xffc0) == 0xfe80
                 || ip
                     .to_ipv4_mapped()
-                    .is_some_and(|v4| is_local_host(&v4.to_string()))
+                    .is_some_and(|v4| is_local_ip(IpAddr::V4(v4)))
         }
-        Err(_) => false,
     }
 }
 
@@ -246,10 +252,9 @@ pub(crate) fn any_host<'a>(text: &'a str, mut pred: impl FnMut(&'a str) -> bool)
                 continue;
             };
             let host = m.as_str().trim_start_matches('[').trim_end_matches(']');
-            let web = matches!(
-                scheme.as_str().to_ascii_lowercase().as_str(),
-                "http" | "https" | "ws" | "wss"
-            );
+            let web = ["http", "https", "ws", "wss"]
+                .iter()
+                .any(|w| scheme.as_str().eq_ignore_ascii_case(w));
             if in_payload(scheme.start()) || (web && !host.contains(['.', ':'])) {
                 continue;
             }
