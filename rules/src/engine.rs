@@ -1458,6 +1458,16 @@ mod tests {
         assert_eq!(out[1].time, T0 + 330 * 60 * S);
         // Activity without any reset never fires.
         assert!(run_all(&mut engine(y), vec![t(0), t(500)]).is_empty());
+        // Unless it matches `start`: the first such activity starts the clock.
+        let started = format!("{y}  start: {{kind: tool_call}}\n");
+        let out = run_all(
+            &mut engine(&started),
+            vec![t(0), t(60), t(120), t(121), t(200)],
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].time, T0 + 121 * 60 * S);
+        assert_eq!(out[0].first_seen, T0, "the starting activity is evidence");
+        assert_eq!(out[0].count, 4);
     }
 
     #[test]

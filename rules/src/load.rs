@@ -673,6 +673,13 @@ mod tests {
             "id: a\ntitle: A\nseverity: low\nsummary: 'x {nope}'\ncondition: {kind: file_read}\n",
         );
         assert!(d.message.contains("unknown field `nope`"), "{d}");
+        let d = first_error(
+            "id: a\ntitle: A\nseverity: low\nkey: [session]\nkind: inactivity\ninactivity:\n  after: 2h\n  reset: {kind: user_prompt}\n  activity: {kind: tool_call}\n  start: {sourc: agent}\n",
+        );
+        assert!(
+            d.message.contains("inactivity.start.sourc: unknown field"),
+            "{d}"
+        );
     }
 
     #[test]
