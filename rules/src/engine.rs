@@ -167,7 +167,8 @@ impl Runtime {
 const SNAPSHOT_MAGIC: &[u8; 8] = b"VGLSNAP\0";
 /// Bumped when the snapshot's layout changes; older snapshots are refused
 /// (and the state rebuilt from the archive or topic instead).
-const SNAPSHOT_VERSION: u32 = 1;
+/// 2: threshold state counts each `per` value on its own.
+const SNAPSHOT_VERSION: u32 = 2;
 
 #[derive(Serialize)]
 struct SnapshotRef<'a> {
@@ -676,6 +677,12 @@ impl Engine {
         let body = bytes
             .strip_prefix(SNAPSHOT_MAGIC.as_slice())
             .ok_or(SnapshotError::NotASnapshot)?;
+        // The version leads the body, so an older layout is named as such
+        // rather than reported as corrupt.
+        match postcard::take_from_bytes::<u32>(body) {
+            Ok((v, _)) if v != SNAPSHOT_VERSION => return Err(SnapshotError::Version(v)),
+            _ => {}
+        }
         let snap: SnapshotOwned =
             postcard::from_bytes(body).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
         if snap.version != SNAPSHOT_VERSION {
@@ -993,7 +1000,7 @@ mod tests {
     use super::*;
     use crate::config::RulesContext;
     use crate::load::{compile_parsed, parse_text, Parsed};
-    use event::EventKind;
+    use event::{EventKind, Source};
     use proptest::prelude::*;
     use std::time::Duration;
 
@@ -1369,6 +1376,34 @@ mod tests {
     }
 
     #[test]
+    fn threshold_per_counts_each_value_on_its_own() {
+        let mut eng = engine(
+            "id: p\ntitle: P\nseverity: low\nkey: [user]\nkind: threshold\ncondition: {kind: connector_action}\nthreshold: {count: 3, window: 5m, per: source}\n",
+        );
+        let mk = |i: i64, src: Source| {
+            with(ev(T0 + i * S, EventKind::ConnectorAction, "a"), |e| {
+                e.source = src
+            })
+        };
+        // Two writes each seen by two sources (four events, two per source),
+        // then a third write from the gateway alone: three there, at +4s.
+        let out = run_all(
+            &mut eng,
+            vec![
+                mk(0, Source::Agent),
+                mk(1, Source::McpGateway),
+                mk(2, Source::Agent),
+                mk(3, Source::McpGateway),
+                mk(4, Source::McpGateway),
+            ],
+        );
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].count, 3);
+        assert_eq!(out[0].time, T0 + 4 * S);
+        assert_eq!(out[0].first_seen, T0 + S);
+    }
+
+    #[test]
     fn threshold_distinct_counts_values() {
         let mut eng = engine(
             "id: d\ntitle: D\nseverity: low\nkey: [user]\nkind: threshold\ncondition: {kind: file_read}\nthreshold: {count: 3, window: 5m, distinct: path}\n",
@@ -1725,6 +1760,13 @@ mod tests {
         assert!(matches!(
             engine(a).restore(&cut),
             Err(SnapshotError::Corrupt(_))
+        ));
+        // A snapshot of another layout version is named as such, not as corrupt.
+        let mut old = SNAPSHOT_MAGIC.to_vec();
+        old.extend(postcard::to_stdvec(&(SNAPSHOT_VERSION - 1, 7u8)).unwrap());
+        assert!(matches!(
+            engine(a).restore(&old),
+            Err(SnapshotError::Version(v)) if v == SNAPSHOT_VERSION - 1
         ));
     }
 }

@@ -129,6 +129,8 @@ pub(crate) struct ThresholdDoc {
     #[serde(default)]
     pub distinct: Option<String>,
     #[serde(default)]
+    pub per: Option<String>,
+    #[serde(default)]
     pub baseline: Option<BaselineDoc>,
 }
 
@@ -506,6 +508,11 @@ pub(crate) fn compile_rule(
                 .as_deref()
                 .map(|d| field(d, "threshold.distinct"))
                 .transpose()?;
+            let per = t
+                .per
+                .as_deref()
+                .map(|d| field(d, "threshold.per"))
+                .transpose()?;
             let baseline = t
                 .baseline
                 .as_ref()
@@ -516,6 +523,7 @@ pub(crate) fn compile_rule(
                     count: t.count,
                     window: t.window.ns(),
                     distinct,
+                    per,
                     baseline,
                 }),
                 base_kinds,

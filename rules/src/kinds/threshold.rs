@@ -1,6 +1,8 @@
 //! threshold: count, or distinct count of a field, per key over a sliding
 //! event-time window `(t - window, t]`; optionally also fires when the count
-//! is well above the key's own baseline.
+//! is well above the key's own baseline. With `per`, each value of a field
+//! (the reporting source, say) is counted on its own and the largest count
+//! decides, so one action reported by two observers is not counted twice.
 
 use std::collections::VecDeque;
 
@@ -15,6 +17,7 @@ pub(crate) struct ThresholdSpec {
     pub(crate) count: usize,
     pub(crate) window: i64,
     pub(crate) distinct: Option<FieldRef>,
+    pub(crate) per: Option<FieldRef>,
     pub(crate) baseline: Option<BaselineSpec>,
 }
 
@@ -35,6 +38,9 @@ pub(crate) struct ThresholdState {
     distinct: Vec<(u64, Kept)>,
     rate: Option<Rate>,
     last: i64,
+    /// With `per`: one count for each value of that field (value hash, its
+    /// count). An absent value is a value of its own.
+    parts: Vec<(u64, ThresholdState)>,
 }
 
 impl Touched for ThresholdState {
@@ -45,6 +51,31 @@ impl Touched for ThresholdState {
 
 impl ThresholdState {
     pub(crate) fn on_event(&mut self, spec: &ThresholdSpec, e: &Event) -> Option<Trigger> {
+        let Some(per) = &spec.per else {
+            return self.count(spec, e);
+        };
+        let t = e.time;
+        self.last = t;
+        let h = per
+            .get(e)
+            .map_or(0, |v| xxhash_rust::xxh3::xxh3_64(v.to_text().as_bytes()));
+        // A value not heard from for longer than the spec remembers anything
+        // has nothing left to count.
+        let keep = spec.retention();
+        self.parts
+            .retain(|(vh, p)| *vh == h || p.last.saturating_add(keep) >= t);
+        let i = match self.parts.iter().position(|(vh, _)| *vh == h) {
+            Some(i) => i,
+            None => {
+                self.parts.push((h, ThresholdState::default()));
+                self.parts.len() - 1
+            }
+        };
+        self.parts[i].1.count(spec, e)
+    }
+
+    /// One count (the whole key's, or one `per` value's).
+    fn count(&mut self, spec: &ThresholdSpec, e: &Event) -> Option<Trigger> {
         let t = e.time;
         self.last = t;
         let horizon = t.saturating_sub(spec.window);
