@@ -161,6 +161,12 @@ struct ReplayArgs {
     /// End of the range (RFC 3339 time or YYYY-MM-DD, UTC), exclusive.
     #[arg(long)]
     to: Option<String>,
+    /// With --from: the rules first go through this much of the archive
+    /// before it, so state a live run had at --from (a session's prompt, the
+    /// first writes of a burst) is there again; alerts of the warm-up are
+    /// not reported. 0s starts the rules empty at --from.
+    #[arg(long, default_value = "1d", value_parser = humantime::parse_duration)]
+    warm_up: Duration,
     /// Extra rule files or folders (repeatable).
     #[arg(long = "rules")]
     rules: Vec<PathBuf>,

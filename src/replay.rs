@@ -133,10 +133,12 @@ pub fn run(args: ReplayArgs) -> Result<std::process::ExitCode> {
             }
         };
         if args.otlp.is_empty() {
-            replay::replay_archive(
+            let warm_up = i64::try_from(args.warm_up.as_nanos()).unwrap_or(i64::MAX);
+            replay::replay_archive_warmed(
                 &archive,
                 from,
                 to,
+                warm_up,
                 &mut engine,
                 &mut write_alerts,
                 &mut progress,
@@ -182,6 +184,15 @@ pub fn run(args: ReplayArgs) -> Result<std::process::ExitCode> {
     for (rule, n) in &summary.alerts_by_rule {
         writeln!(err, "  {rule:<30} {n}")?;
     }
+    if let Some(f) = from.filter(|_| !args.warm_up.is_zero() && args.otlp.is_empty()) {
+        writeln!(
+            err,
+            "the rules warmed up on {} of events before {} (--warm-up); {} alerts of the warm-up are not reported",
+            humantime::format_duration(args.warm_up),
+            event::format_ns(f),
+            summary.warm_up_alerts
+        )?;
+    }
     if let Some(p) = published {
         writeln!(
             err,
@@ -190,7 +201,13 @@ pub fn run(args: ReplayArgs) -> Result<std::process::ExitCode> {
         )?;
     }
     // Nothing in the range asked for: say where the archive's events are.
-    if summary.events == 0 && args.otlp.is_empty() && (from.is_some() || to.is_some()) {
+    // (Events of the warm-up alone are none in the range either.)
+    let in_range = summary.events > 0
+        && summary
+            .last_event
+            .zip(from)
+            .is_none_or(|(last, from)| last >= from);
+    if !in_range && args.otlp.is_empty() && (from.is_some() || to.is_some()) {
         let whole =
             sinks::archive::read_events_projected(&archive, None, None, engine.projection())
                 .ok()

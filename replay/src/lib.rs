@@ -66,6 +66,9 @@ pub struct Summary {
     pub elapsed: Duration,
     /// Events expected, when known up front.
     pub total: Option<u64>,
+    /// Alerts that fired during a warm-up, before the range asked for; the
+    /// live run reported them then, so the replay does not.
+    pub warm_up_alerts: u64,
 }
 
 impl Summary {
@@ -88,9 +91,15 @@ impl Summary {
 /// Marks alerts as replayed, counts them per rule and hands them on.
 fn emit_replayed(
     mut alerts: Vec<Alert>,
+    report_from: Option<i64>,
     summary: &mut Summary,
     on_alerts: &mut impl FnMut(&[Alert]) -> Result<(), String>,
 ) -> Result<(), ReplayError> {
+    if let Some(from) = report_from {
+        let before = alerts.len();
+        alerts.retain(|a| a.time >= from);
+        summary.warm_up_alerts += (before - alerts.len()) as u64;
+    }
     if alerts.is_empty() {
         return Ok(());
     }
@@ -119,11 +128,32 @@ pub fn replay_archive(
     from: Option<i64>,
     to: Option<i64>,
     engine: &mut rules::Engine,
+    on_alerts: impl FnMut(&[Alert]) -> Result<(), String>,
+    on_progress: impl FnMut(Progress),
+) -> Result<Summary, ReplayError> {
+    replay_archive_warmed(archive, from, to, 0, engine, on_alerts, on_progress)
+}
+
+/// [`replay_archive`] whose engine first goes through the `warm_up`
+/// nanoseconds before `from`: the state a live run had at `from` (the
+/// session's prompt, a burst's first writes, what a user's baseline
+/// learned) is there again, and alerts that fire before `from` are counted
+/// in [`Summary::warm_up_alerts`] but not reported. The summary's events
+/// include the warm-up's.
+pub fn replay_archive_warmed(
+    archive: &Path,
+    from: Option<i64>,
+    to: Option<i64>,
+    warm_up: i64,
+    engine: &mut rules::Engine,
     mut on_alerts: impl FnMut(&[Alert]) -> Result<(), String>,
     mut on_progress: impl FnMut(Progress),
 ) -> Result<Summary, ReplayError> {
     let started = Instant::now();
-    let reader = sinks::archive::read_events_projected(archive, from, to, engine.projection())?;
+    let report_from = from.filter(|_| warm_up > 0);
+    let read_from = from.map(|f| f.saturating_sub(warm_up.max(0)));
+    let reader =
+        sinks::archive::read_events_projected(archive, read_from, to, engine.projection())?;
     let groups = reader.row_groups();
     let total = reader.total_rows();
     let workers = std::thread::available_parallelism()
@@ -134,8 +164,9 @@ pub fn replay_archive(
         total: Some(total),
         ..Default::default()
     };
-    let mut emit =
-        |alerts: Vec<Alert>, summary: &mut Summary| emit_replayed(alerts, summary, &mut on_alerts);
+    let mut emit = |alerts: Vec<Alert>, summary: &mut Summary| {
+        emit_replayed(alerts, report_from, summary, &mut on_alerts)
+    };
     let mut held = Reorder::default();
     read_in_order(
         groups,
@@ -408,8 +439,9 @@ pub fn replay_otlp(
 ) -> Result<Summary, ReplayError> {
     let started = Instant::now();
     let mut summary = Summary::default();
-    let mut emit =
-        |alerts: Vec<Alert>, summary: &mut Summary| emit_replayed(alerts, summary, &mut on_alerts);
+    let mut emit = |alerts: Vec<Alert>, summary: &mut Summary| {
+        emit_replayed(alerts, None, summary, &mut on_alerts)
+    };
     for file in files {
         for captured in ingest::capture::CaptureReader::open(file)? {
             let c = captured?;

@@ -48,3 +48,36 @@ def test_replay_over_a_time_window(vigil_factory):
     run, _ = replay(v, "--from", iso(base + timedelta(days=1)), "--to", iso(base))
     assert run.returncode == 2
     assert "--from" in run.stderr and "is not before --to" in run.stderr, run.stderr
+
+
+def test_replay_from_warms_up_on_what_came_before(vigil_factory):
+    """Erin's 30 deletes, 5 s apart, fire the burst at the 20th. A replay from
+    the 13th on sees only 18 of them in its range: it finds the live run's
+    alert (the same id) only because the rules first go through the day before
+    --from; with --warm-up 0s they start empty and miss it."""
+    path = scenario_dir() / "connector-write-burst.json"
+    scenario = json.loads(path.read_text())
+    base = datetime.fromisoformat(scenario["base_time"].replace("Z", "+00:00")).astimezone(timezone.utc)
+    v = vigil_factory(config=scenario.get("config"))
+    send_scenario([path], v.http)
+    v.wait_alerts(until=lambda a: len(a) >= 1)
+    assert v.stop() == 0, v.log()
+    live = [a["id"] for a in v.alerts() if a["rule_id"] == "connector-write-burst"]
+    assert len(live) == 1, v.alerts()
+
+    cut = iso(base + timedelta(seconds=60))
+    run, alerts = replay(v, "--from", cut)
+    assert run.returncode == 0, run.stderr
+    assert [a["id"] for a in alerts] == live, alerts
+    assert "warmed up on 1day of events before" in run.stderr, run.stderr
+
+    run, alerts = replay(v, "--from", cut, "--warm-up", "0s")
+    assert run.returncode == 0, run.stderr
+    assert alerts == [], alerts
+    assert "warmed up" not in run.stderr, run.stderr
+
+    # An alert that fired before --from is the warm-up's: counted, not reported.
+    run, alerts = replay(v, "--from", iso(base + timedelta(seconds=120)))
+    assert run.returncode == 0, run.stderr
+    assert alerts == [], alerts
+    assert "1 alerts of the warm-up are not reported" in run.stderr, run.stderr
