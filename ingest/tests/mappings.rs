@@ -881,3 +881,67 @@ fn attributes_of_mixed_records_match_each_record_normalized_alone() {
     assert_eq!(collided.attrs.get("z"), Some("1.5"));
     assert_eq!(mixed.events[3].attrs.get("zz"), Some("true"));
 }
+
+#[test]
+fn generic_api_tools_write_by_their_arguments() {
+    let mail = span(
+        json!({"service.name": "mcp-gateway"}),
+        "tools/call Lokka-Microsoft",
+        json!({"mcp.method.name": "tools/call", "gen_ai.tool.name": "Lokka-Microsoft", "server.address": "lokka.mcp.example.org",
+               "user.email": "ivy@example.com",
+               "gen_ai.tool.call.arguments": "{\"apiType\": \"graph\", \"method\": \"POST\", \"path\": \"/me/sendMail\"}"}),
+        false,
+    );
+    assert_eq!(mail.kind, EventKind::ConnectorAction);
+    assert_eq!(mail.action.as_deref(), Some("post"));
+    let dml = span(
+        json!({"service.name": "mcp-gateway"}),
+        "tools/call salesforce_dml_records",
+        json!({"mcp.method.name": "tools/call", "gen_ai.tool.name": "salesforce_dml_records", "server.address": "sf.mcp.example.org",
+               "user.email": "ivy@example.com",
+               "gen_ai.tool.call.arguments": "{\"operation\": \"delete\", \"objectName\": \"Account\"}"}),
+        false,
+    );
+    assert_eq!(dml.kind, EventKind::ConnectorAction);
+    assert_eq!(dml.action.as_deref(), Some("delete"));
+    // A read through the same generic tool stays a read.
+    let get = span(
+        json!({"service.name": "mcp-gateway"}),
+        "tools/call Lokka-Microsoft",
+        json!({"mcp.method.name": "tools/call", "gen_ai.tool.name": "Lokka-Microsoft", "server.address": "lokka.mcp.example.org",
+               "user.email": "ivy@example.com",
+               "gen_ai.tool.call.arguments": "{\"method\": \"get\", \"path\": \"/me/messages\"}"}),
+        false,
+    );
+    assert_eq!(get.kind, EventKind::ToolCall);
+    // Cancelling, submitting and completing change the connector's data.
+    for (tool, action) in [
+        ("cancel_subscription", "cancel"),
+        ("submit_pending_pull_request_review", "submit"),
+        ("complete-tasks", "submit"),
+    ] {
+        let e = span(
+            json!({"service.name": "mcp-gateway"}),
+            &format!("tools/call {tool}"),
+            json!({"mcp.method.name": "tools/call", "gen_ai.tool.name": tool, "server.address": "api.example-saas.com",
+                   "user.email": "ivy@example.com"}),
+            false,
+        );
+        assert_eq!(e.kind, EventKind::ConnectorAction, "{tool}");
+        assert_eq!(e.action.as_deref(), Some(action), "{tool}");
+    }
+}
+
+#[test]
+fn claude_code_mode_changes_by_keypress_are_the_person_at_the_terminal() {
+    let key = claude(
+        json!({"event.name": "permission_mode_changed", "from_mode": "plan", "to_mode": "default", "trigger": "exit_plan_mode"}),
+    );
+    assert_eq!(key.kind, EventKind::PermissionModeChange);
+    assert!(key.interactive);
+    let auto = claude(
+        json!({"event.name": "permission_mode_changed", "from_mode": "default", "to_mode": "auto", "trigger": "auto_opt_in"}),
+    );
+    assert_eq!(auto.kind, EventKind::PermissionModeChange);
+    assert!(!auto.interactive);
+}
