@@ -342,12 +342,7 @@ pub fn run(config: Config, group: String) -> Result<()> {
         commit_interval: config.kafka.commit_interval.max(Duration::from_millis(50)),
         idle: config.engine.idle_timeout,
     };
-    std::fs::create_dir_all(&config.data_dir).with_context(|| {
-        format!(
-            "cannot create the data directory {}",
-            config.data_dir.display()
-        )
-    })?;
+    let _locks = crate::serve::lock_data_dirs(&config)?;
     let ruleset = crate::load_rules(&config)?;
     info!(rules = ruleset.rules().len(), group = %settings.group, topic = %settings.events_topic, "rules loaded");
     // The event topic is the durable record of these events: the archive's

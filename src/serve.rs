@@ -376,15 +376,60 @@ pub(crate) fn load_auth(config: &Config) -> Result<Option<Arc<ingest::auth::Auth
     })
 }
 
-pub fn run(config: Config) -> Result<()> {
-    let insecure = check_exposure(&config)?;
-    let auth = load_auth(&config)?;
+/// Takes the data directory (and the archive's, when it lies elsewhere) for
+/// this process: a second `vigil serve` or `vigil detect` on the same folder
+/// would remove the first one's open files and write-ahead log. The locks
+/// hold while the returned files are open and go with the process, however
+/// it ends.
+pub fn lock_data_dirs(config: &Config) -> Result<Vec<std::fs::File>> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {}",
             config.data_dir.display()
         )
     })?;
+    let mut dirs = vec![config.data_dir.clone()];
+    if let Some(archive) = &config.archive.dir {
+        std::fs::create_dir_all(archive).with_context(|| {
+            format!("cannot create the archive directory {}", archive.display())
+        })?;
+        let same = |a: &std::path::Path, b: &std::path::Path| {
+            a.canonicalize()
+                .ok()
+                .is_some_and(|a| Some(a) == b.canonicalize().ok())
+        };
+        if !same(archive, &config.data_dir) {
+            dirs.push(archive.clone());
+        }
+    }
+    let mut locks = Vec::new();
+    for dir in dirs {
+        let path = dir.join(".vigil.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => locks.push(file),
+            Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+                "{} is in use by another vigil process (it holds {}); give each process its own --data-dir",
+                dir.display(),
+                path.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("cannot lock {}", path.display()))
+            }
+        }
+    }
+    Ok(locks)
+}
+
+pub fn run(config: Config) -> Result<()> {
+    let insecure = check_exposure(&config)?;
+    let auth = load_auth(&config)?;
+    let _locks = lock_data_dirs(&config)?;
     let mappings = MappingSet::load(&config.mappings).context("loading mappings")?;
     let ruleset = crate::load_rules(&config)?;
     info!(

@@ -87,3 +87,29 @@ def test_a_restart_mid_scenario_gives_the_uninterrupted_alerts(vigil_factory, tm
     assert comparable(alerts) == reference, f"{how}: {alerts} != {whole.alerts()}"
     how_restored = {"sigterm": "restored from the shutdown snapshot", "sigkill": "restored from the archive"}[how]
     assert f"detection state {how_restored}" in v.log_path.read_text(errors="replace"), v.log()
+
+
+def test_a_second_vigil_on_the_same_data_dir_is_refused_and_the_first_loses_nothing(vigil_factory):
+    """Two processes on one data directory would remove each other's open
+    files and write-ahead log: the second is refused, naming the folder."""
+    import subprocess
+
+    from conftest import VIGIL_BIN, duck, events_glob, free_port
+
+    path = scenario_dir() / "sensitive-file-read.json"
+    v = vigil_factory()
+    send_scenario([path], v.http)
+    v.wait_alerts(until=lambda a: len(a) >= 1)
+    grpc = free_port()
+    second = subprocess.run(
+        [VIGIL_BIN, "serve", "--config", str(v.data_dir / "vigil.yaml"), "--data-dir", str(v.data_dir),
+         "--grpc-listen", f"127.0.0.1:{grpc}", "--http-listen", f"127.0.0.1:{free_port(taken={grpc})}"],
+        capture_output=True, text=True, timeout=60)
+    assert second.returncode != 0, second.stderr
+    assert "in use by another vigil process" in second.stderr and str(v.data_dir) in second.stderr, second.stderr
+    # The first goes on: a second send is archived with the first, nothing lost.
+    send_scenario([path], v.http)
+    assert v.stop() == 0, v.log()
+    sent = len(json.loads(path.read_text())["records"])
+    (rows,) = duck(f"select count(*) from read_parquet('{events_glob(v)}')")[0]
+    assert rows == 2 * sent, (rows, sent)
