@@ -196,6 +196,12 @@ pub struct IngestSection {
     pub memory_limit_mib: u64,
     /// Headroom under the limit for one burst (0: a fifth of the limit).
     pub memory_spike_mib: u64,
+    /// How far past the time vigil receives it a sender's newest record may
+    /// lie. A sender further ahead (a wrong clock) has its records moved back
+    /// to the receipt time, keeping their order, so it cannot move the rules'
+    /// event time past every other sender's.
+    #[serde(with = "rules::config::duration_text")]
+    pub max_clock_ahead: Duration,
 }
 
 impl Default for IngestSection {
@@ -206,6 +212,7 @@ impl Default for IngestSection {
             submit_timeout: Duration::from_millis(500),
             memory_limit_mib: 0,
             memory_spike_mib: 0,
+            max_clock_ahead: ingest::normalize::DEFAULT_MAX_CLOCK_AHEAD,
         }
     }
 }
@@ -383,10 +390,21 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
-        serde_yaml::from_str(text).map_err(|e| match e.location() {
+        let config: Config = serde_yaml::from_str(text).map_err(|e| match e.location() {
             Some(loc) => anyhow::anyhow!("{name}:{}:{}: {e}", loc.line(), loc.column()),
             None => anyhow::anyhow!("{name}: {e}"),
-        })
+        })?;
+        // Values that parse but leave nothing working.
+        if config.ingest.max_body_bytes == 0 {
+            bail!("{name}: ingest.max_body_bytes is 0: every request would be refused as too large (the default is 67108864, 64 MiB)");
+        }
+        if config.ingest.queue_batches == 0 {
+            bail!("{name}: ingest.queue_batches is 0: no request could wait for the pipeline (the default is 64)");
+        }
+        if config.tenant.trim().is_empty() {
+            bail!("{name}: tenant is empty: name the tenant events without a token belong to (the default is \"{}\")", event::DEFAULT_TENANT);
+        }
+        Ok(config)
     }
 
     pub fn alerts_path(&self) -> PathBuf {

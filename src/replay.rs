@@ -153,7 +153,8 @@ pub fn run(args: ReplayArgs) -> Result<std::process::ExitCode> {
             }
             let mappings =
                 ingest::MappingSet::load(&config.mappings).context("loading mappings")?;
-            let normalizer = ingest::Normalizer::new(std::sync::Arc::new(mappings));
+            let normalizer = ingest::Normalizer::new(std::sync::Arc::new(mappings))
+                .with_max_clock_ahead(config.ingest.max_clock_ahead);
             replay::replay_otlp(
                 &files,
                 &normalizer,

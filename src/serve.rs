@@ -664,7 +664,8 @@ pub(crate) fn front_door(config: &Config, parts: FrontDoor) -> Result<(ingest::I
         memory: memory.clone(),
         auth: auth.clone(),
         capture: capture.clone(),
-        normalizer: Normalizer::new(Arc::new(mappings)),
+        normalizer: Normalizer::new(Arc::new(mappings))
+            .with_max_clock_ahead(config.ingest.max_clock_ahead),
         pipeline: pipeline.clone(),
         metrics: ingest_metrics,
         tenant: config.tenant.as_str().into(),

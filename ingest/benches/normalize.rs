@@ -106,7 +106,10 @@ fn bench(c: &mut Criterion) {
     g.bench_function("decode_and_normalize", |b| {
         b.iter(|| {
             let req = ExportLogsServiceRequest::decode(bytes.as_slice()).expect("decodes");
-            normalizer.logs(&req, "default", 0).events.len()
+            normalizer
+                .logs(&req, "default", vigil_ingest::now_ns())
+                .events
+                .len()
         })
     });
     g.bench_function("wire_decode_only", |b| {
@@ -119,7 +122,10 @@ fn bench(c: &mut Criterion) {
     g.bench_function("wire_decode_and_normalize", |b| {
         b.iter(|| {
             let req = vigil_ingest::wire::decode_logs(&bytes).expect("decodes");
-            normalizer.logs_ref(&req, "default", 0).events.len()
+            normalizer
+                .logs_ref(&req, "default", vigil_ingest::now_ns())
+                .events
+                .len()
         })
     });
     g.finish();

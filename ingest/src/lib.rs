@@ -180,7 +180,44 @@ impl Ingest {
             events,
             rejected,
             error,
+            clock_ahead,
+            clock_ahead_max_ns,
         } = normalized;
+        if clock_ahead > 0 {
+            self.metrics
+                .records_clock_ahead
+                .get_or_create(&metrics::SignalLabel {
+                    signal: signal.as_str().into(),
+                })
+                .inc_by(clock_ahead);
+            // At most one warning a minute: a broken clock sends every few seconds.
+            static LAST_WARNING: std::sync::atomic::AtomicI64 =
+                std::sync::atomic::AtomicI64::new(i64::MIN);
+            let last = LAST_WARNING.load(std::sync::atomic::Ordering::Relaxed);
+            let first = events
+                .iter()
+                .find(|e| e.attrs.contains_key("vigil.sender_time"));
+            if received_ns.saturating_sub(last) >= 60_000_000_000
+                && LAST_WARNING
+                    .compare_exchange(
+                        last,
+                        received_ns,
+                        std::sync::atomic::Ordering::Relaxed,
+                        std::sync::atomic::Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                tracing::warn!(
+                    tenant = %capture_tenant,
+                    records = clock_ahead,
+                    ahead_secs = clock_ahead_max_ns / 1_000_000_000,
+                    user = first.and_then(|e| e.user.as_deref()).unwrap_or("-"),
+                    host = first.and_then(|e| e.host.as_deref()).unwrap_or("-"),
+                    product = first.and_then(|e| e.product.as_deref()).unwrap_or("-"),
+                    "a sender's clock runs ahead of vigil's: its records were moved back to the time they were received (at most one such warning a minute; vigil_records_clock_ahead_total counts them all)"
+                );
+            }
+        }
         let accepted = events.len();
         let mut by_source: std::collections::BTreeMap<&'static str, u64> = Default::default();
         for e in &events {

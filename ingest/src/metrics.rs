@@ -40,6 +40,8 @@ pub struct IngestMetrics {
     pub reference_decodes: Family<FormatLabels, Counter>,
     pub batches_submitted: Counter,
     pub capture_errors: Counter,
+    /// Records moved back because their sender's clock ran ahead.
+    pub records_clock_ahead: Family<SignalLabel, Counter>,
 }
 
 impl IngestMetrics {
@@ -68,6 +70,11 @@ impl IngestMetrics {
             "vigil_batches_submitted",
             "batches handed to the pipeline",
             self.batches_submitted.clone(),
+        );
+        registry.register(
+            "vigil_records_clock_ahead",
+            "records whose sender's clock ran more than ingest.max_clock_ahead ahead of vigil's, moved back to the receipt time (the sent time stays in attrs['vigil.sender_time']), by signal",
+            self.records_clock_ahead.clone(),
         );
         registry.register(
             "vigil_capture_errors",

@@ -4,6 +4,14 @@
 //! mapping set decides its columns. A record is rejected (and reported back to
 //! the sender through OTLP partial success) only when it cannot be represented:
 //! a timestamp beyond what nanoseconds in an i64 can hold (after year 2262).
+//!
+//! A sender whose clock runs ahead would move the rules' event-time
+//! watermark past every other sender, whose events would then all arrive
+//! late. So a resource (one sender) whose newest record is more than
+//! [`Normalizer::with_max_clock_ahead`] past the time vigil received it has
+//! all its records moved back by the same amount, the newest to the receipt
+//! time: their order and spacing stay, and each keeps the time it was sent
+//! with in `attrs["vigil.sender_time"]`.
 
 use std::sync::Arc;
 
@@ -27,6 +35,10 @@ pub struct Normalized {
     pub rejected: u64,
     /// A message about the first rejected record, for the partial-success reply.
     pub error: Option<String>,
+    /// Records moved back because their sender's clock ran ahead.
+    pub clock_ahead: u64,
+    /// The largest such move, in nanoseconds.
+    pub clock_ahead_max_ns: i64,
 }
 
 impl Normalized {
@@ -38,15 +50,43 @@ impl Normalized {
     }
 }
 
+/// How far past its receipt a sender's newest record may lie before the
+/// sender's records are moved back (see the module's text).
+pub const DEFAULT_MAX_CLOCK_AHEAD: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Applies the mapping set to OTLP requests. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Normalizer {
     mappings: Arc<MappingSet>,
+    max_ahead_ns: i64,
 }
 
 impl Normalizer {
     pub fn new(mappings: Arc<MappingSet>) -> Self {
-        Normalizer { mappings }
+        Normalizer {
+            mappings,
+            max_ahead_ns: DEFAULT_MAX_CLOCK_AHEAD.as_nanos() as i64,
+        }
+    }
+
+    /// How far ahead of the receipt time a sender's clock may run before its
+    /// records are moved back.
+    pub fn with_max_clock_ahead(mut self, ahead: std::time::Duration) -> Self {
+        self.max_ahead_ns = i64::try_from(ahead.as_nanos()).unwrap_or(i64::MAX);
+        self
+    }
+
+    /// How far one sender's records move back: 0 unless its newest record
+    /// lies more than the allowed amount past `observed_ns`.
+    fn shift(&self, newest: Option<i64>, observed_ns: i64, out: &mut Normalized) -> i64 {
+        match newest {
+            Some(t) if t.saturating_sub(observed_ns) > self.max_ahead_ns => {
+                let shift = t - observed_ns;
+                out.clock_ahead_max_ns = out.clock_ahead_max_ns.max(shift);
+                shift
+            }
+            _ => 0,
+        }
     }
 
     pub fn mappings(&self) -> &MappingSet {
@@ -115,6 +155,13 @@ impl Normalizer {
         let mut view = RecordView::default();
         for resource in &req.resources {
             let base = base_view(&resource.attributes);
+            let newest = resource
+                .scopes
+                .iter()
+                .flat_map(|s| &s.records)
+                .filter_map(|r| pick_time(&times(r), observed_ns).ok())
+                .max();
+            let shift = self.shift(newest, observed_ns, &mut out);
             for scope in &resource.scopes {
                 view.set_parent(with_scope(&base, scope.name, scope.version));
                 for rec in &scope.records {
@@ -137,9 +184,10 @@ impl Normalizer {
                         &mut view,
                         &mut out.events,
                         tenant,
-                        time,
+                        (time, shift),
                         observed_ns,
                     );
+                    out.clock_ahead += u64::from(shift > 0);
                 }
             }
         }
@@ -212,6 +260,14 @@ impl Normalizer {
         let mut view = RecordView::default();
         for rm in &req.resource_metrics {
             let base = base_view(&otlp::resource(rm.resource.as_ref()));
+            let newest = rm
+                .scope_metrics
+                .iter()
+                .flat_map(|sm| &sm.metrics)
+                .flat_map(data_points)
+                .filter_map(|p| pick_time(&[p.time], observed_ns).ok())
+                .max();
+            let shift = self.shift(newest, observed_ns, &mut out);
             for sm in &rm.scope_metrics {
                 let (name, version) = otlp::scope(sm.scope.as_ref());
                 view.set_parent(with_scope(&base, name, version));
@@ -252,9 +308,10 @@ impl Normalizer {
                             &mut view,
                             &mut out.events,
                             tenant,
-                            time,
+                            (time, shift),
                             observed_ns,
                         );
+                        out.clock_ahead += u64::from(shift > 0);
                     }
                 }
             }
@@ -264,18 +321,19 @@ impl Normalizer {
 
     /// Maps the record into a new event at the end of `events`, filled where
     /// it lies: an event is a few hundred bytes, and building it aside
-    /// first cost a copy of each.
+    /// first cost a copy of each. `time` is the record's and how far its
+    /// sender's clock moves it back.
     fn finish<'a>(
         &'a self,
         signal: Signal,
         view: &mut RecordView<'a>,
         events: &mut Vec<Event>,
         tenant: &str,
-        time: i64,
+        (time, shift): (i64, i64),
         observed_ns: i64,
     ) {
         events.push(Event {
-            time,
+            time: time - shift,
             observed_time: observed_ns,
             tenant: event::Text::from(tenant),
             ..Default::default()
@@ -283,6 +341,9 @@ impl Normalizer {
         let ev = events.last_mut().expect("just pushed");
         // The generic mapping has no condition, so one always applies.
         let _ = self.mappings.apply(signal, view, ev);
+        if shift > 0 {
+            ev.attrs.insert("vigil.sender_time", event::format_ns(time));
+        }
         ev.event_id = ev.compute_id();
     }
 }

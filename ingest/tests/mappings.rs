@@ -74,7 +74,7 @@ fn log(resource: Value, body: Value, attrs: Value) -> Event {
             ..Default::default()
         }],
     };
-    let mut out = normalizer().logs(&req, "default", 1);
+    let mut out = normalizer().logs(&req, "default", T0 as i64);
     assert_eq!(out.rejected, 0);
     assert_eq!(out.events.len(), 1);
     out.events.pop().unwrap()
@@ -110,7 +110,7 @@ fn span(resource: Value, name: &str, attrs: Value, error: bool) -> Event {
             ..Default::default()
         }],
     };
-    let mut out = normalizer().traces(&req, "default", 1);
+    let mut out = normalizer().traces(&req, "default", T0 as i64);
     assert_eq!(out.events.len(), 1);
     out.events.pop().unwrap()
 }
@@ -777,7 +777,7 @@ fn metric_points_become_metric_events_and_far_future_times_are_rejected() {
             ..Default::default()
         }],
     };
-    let out = normalizer().metrics(&req, "default", 1);
+    let out = normalizer().metrics(&req, "default", T0 as i64);
     assert_eq!(out.rejected, 1);
     assert!(out.error.as_deref().unwrap_or("").contains("2262"));
     assert_eq!(out.events.len(), 1);
@@ -814,7 +814,7 @@ fn user_mappings_override_defaults_by_name() {
             ..Default::default()
         }],
     };
-    let out = Normalizer::new(Arc::new(set)).logs(&req, "default", 1);
+    let out = Normalizer::new(Arc::new(set)).logs(&req, "default", T0 as i64);
     assert_eq!(
         (out.events[0].kind, out.events[0].user.as_deref()),
         (EventKind::FileRead, Some("q@example.com"))
@@ -863,13 +863,17 @@ fn attributes_of_mixed_records_match_each_record_normalized_alone() {
         }],
     };
     let n = normalizer();
-    let mixed = n.logs(&request((0..40).map(record).collect()), "default", 1);
+    let mixed = n.logs(
+        &request((0..40).map(record).collect()),
+        "default",
+        T0 as i64,
+    );
     assert_eq!(mixed.events.len(), 40);
     for (i, ev) in mixed.events.iter().enumerate() {
         let keys: Vec<&str> = ev.attrs.keys().collect();
         assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:?}");
         let alone = std::thread::scope(|s| {
-            s.spawn(|| n.logs(&request(vec![record(i)]), "default", 1))
+            s.spawn(|| n.logs(&request(vec![record(i)]), "default", T0 as i64))
                 .join()
                 .unwrap()
         });
@@ -944,4 +948,52 @@ fn claude_code_mode_changes_by_keypress_are_the_person_at_the_terminal() {
     );
     assert_eq!(auto.kind, EventKind::PermissionModeChange);
     assert!(!auto.interactive);
+}
+
+#[test]
+fn a_sender_whose_clock_runs_ahead_is_moved_back_as_a_whole() {
+    const DAY: u64 = 86_400_000_000_000;
+    let resource = |name: &str, times: &[u64]| ResourceLogs {
+        resource: Some(Resource {
+            attributes: kvs(&json!({"service.name": name})),
+            ..Default::default()
+        }),
+        scope_logs: vec![ScopeLogs {
+            log_records: times
+                .iter()
+                .map(|t| LogRecord {
+                    time_unix_nano: *t,
+                    body: Some(any(&json!("x"))),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let req = ExportLogsServiceRequest {
+        resource_logs: vec![
+            resource("ahead", &[T0 + DAY, T0 + DAY + 30_000_000_000]),
+            resource("honest", &[T0 - 5_000_000_000]),
+            resource("slightly-ahead", &[T0 + 50_000_000_000]),
+        ],
+    };
+    let out = normalizer().logs(&req, "default", T0 as i64);
+    assert_eq!(out.clock_ahead, 2);
+    assert_eq!(out.clock_ahead_max_ns, (DAY + 30_000_000_000) as i64);
+    let t: Vec<i64> = out.events.iter().map(|e| e.time).collect();
+    // The day-ahead sender's newest lands at the receipt, 30 s after its first.
+    assert_eq!(t[..2], [T0 as i64 - 30_000_000_000, T0 as i64]);
+    assert_eq!(
+        out.events[0].attrs.get("vigil.sender_time"),
+        Some("2026-03-11T15:00:00Z")
+    );
+    // The others keep their own times: within the minute allowed, or behind.
+    assert_eq!(
+        t[2..],
+        [T0 as i64 - 5_000_000_000, T0 as i64 + 50_000_000_000]
+    );
+    assert!(out.events[2..]
+        .iter()
+        .all(|e| e.attrs.get("vigil.sender_time").is_none()));
 }

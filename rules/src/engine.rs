@@ -273,7 +273,8 @@ pub struct RuleStats {
 pub struct EngineStats {
     pub events_received: u64,
     pub events_processed: u64,
-    /// Events older than the watermark on arrival, dropped from detection.
+    /// Events older than the watermark on arrival: judged by match rules
+    /// only, not by the stateful ones.
     pub late_events: u64,
     /// Times `max_buffered_events` or `max_buffered_mib` made the engine
     /// release held events early.
@@ -385,7 +386,8 @@ impl Engine {
 
     /// Buffers `events`, advances the watermark and returns the alerts of
     /// every event it released. Events older than the watermark are counted
-    /// as late and not evaluated.
+    /// as late and judged at once by the match rules only (see
+    /// [`Engine::process`]); the stateful rules never see them.
     pub fn push(&mut self, events: Vec<Event>) -> Vec<Alert> {
         let n = events.len();
         self.push_iter(events.into_iter(), n)
@@ -400,9 +402,11 @@ impl Engine {
 
     fn push_iter(&mut self, events: impl Iterator<Item = Event>, n: usize) -> Vec<Alert> {
         let mut incoming = Vec::with_capacity(n);
+        let mut late_alerts = Vec::new();
         for mut e in events {
             if !self.note_time(e.time) {
-                tracing::debug!(tenant = %e.tenant, event_id = %e.event_id, "late event dropped from detection");
+                tracing::debug!(tenant = %e.tenant, event_id = %e.event_id, "late event: judged by match rules only");
+                self.process(&e, &mut late_alerts, true);
                 continue;
             }
             // An event no active rule looks at cannot change any state: it only
@@ -434,9 +438,13 @@ impl Engine {
         }
         self.hold(incoming);
         let Some(max) = self.max_seen else {
-            return Vec::new();
+            return late_alerts;
         };
         let mut out = self.advance(max.saturating_sub(self.lateness));
+        if !late_alerts.is_empty() {
+            late_alerts.append(&mut out);
+            out = late_alerts;
+        }
         // Memory bound: past `max_buffered_events` or `max_buffered_mib`, the
         // oldest held events are processed now, as if the watermark had
         // reached them; what arrives behind that point later counts as late.
@@ -454,7 +462,7 @@ impl Engine {
                     .pop_front()
                     .expect("over the bound, so not empty");
                 self.pending_bytes -= held_size(&e);
-                self.process(&e, &mut out);
+                self.process(&e, &mut out, false);
             }
         }
         out
@@ -730,7 +738,7 @@ impl Engine {
         let pending = std::mem::take(&mut self.pending);
         for e in pending.range(..due) {
             self.pending_bytes -= held_size(e);
-            self.process(e, &mut out);
+            self.process(e, &mut out, false);
         }
         self.pending = pending;
         self.pending.drain(..due);
@@ -777,8 +785,14 @@ impl Engine {
         }
     }
 
-    fn process(&mut self, e: &Event, out: &mut Vec<Alert>) {
-        self.processed += 1;
+    /// Runs `e` through the rules that look at its kind. A `late` event
+    /// (behind the watermark) goes only through match rules: they judge each
+    /// event on its own, so order does not change what they find, while the
+    /// stateful kinds' state has already moved past it.
+    fn process(&mut self, e: &Event, out: &mut Vec<Alert>, late: bool) {
+        if !late {
+            self.processed += 1;
+        }
         self.keys.next_event();
         let env = EvalEnv {
             schedule: &self.set.schedule,
@@ -786,6 +800,9 @@ impl Engine {
         let rules = &self.set.rules;
         for &ri in &self.by_kind[e.kind as usize] {
             let rule = &rules[ri];
+            if late && !matches!(rule.spec, Spec::Match) {
+                continue;
+            }
             if let Some(c) = &rule.condition {
                 if !c.eval(e, &env) {
                     continue;
@@ -1270,19 +1287,31 @@ mod tests {
     }
 
     #[test]
-    fn late_events_are_counted_and_dropped() {
-        let mut eng = engine(MATCH);
+    fn late_events_are_counted_and_judged_by_match_rules_only() {
+        let threshold = "id: t\ntitle: T\nseverity: low\nkey: [user]\nkind: threshold\ncondition: {kind: file_read}\nthreshold: {count: 2, window: 5m}\n";
+        let mut eng = engine(&format!("{MATCH}---\n{threshold}"));
         eng.push(vec![ev(T0 + 100 * S, EventKind::UserPrompt, "a")]);
+        // b's two reads are 90 s behind the newest event: late. The match rule
+        // still judges each at once; the threshold rule never counts them.
         let out = eng.push(vec![
             ev(T0 + 10 * S, EventKind::FileRead, "b"),
+            ev(T0 + 11 * S, EventKind::FileRead, "b"),
             ev(T0 + 80 * S, EventKind::FileRead, "c"),
         ]);
-        assert!(out.is_empty());
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(
+            (out[0].rule_id.as_str(), out[0].user.as_deref(), out[0].time),
+            ("m", Some("b"), T0 + 10 * S)
+        );
         let out = eng.finish();
-        assert_eq!(out.len(), 1, "only the event within lateness is evaluated");
+        assert_eq!(out.len(), 1, "c, within the lateness, is judged in order");
         assert_eq!(out[0].user.as_deref(), Some("c"));
         let st = eng.stats();
-        assert_eq!((st.late_events, st.events_received), (1, 3));
+        assert_eq!(
+            (st.late_events, st.events_received, st.events_processed),
+            (2, 4, 2)
+        );
+        assert_eq!(st.suppressed, 1, "b's second late read is folded");
     }
 
     #[test]

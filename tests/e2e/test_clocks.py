@@ -1,0 +1,65 @@
+"""A sender whose clock runs a day ahead must not blind detection for every
+other sender: vigil moves that sender's records back to the time it received
+them (the sent time stays in attrs['vigil.sender_time']), counts them, and
+the rules go on judging everyone else's events, stateful rules included."""
+import json
+import urllib.request
+from datetime import datetime, timedelta, timezone
+
+from conftest import duck, events_glob, send_scenario
+
+CLAUDE = {"service.name": "claude-code", "service.version": "2.1.230", "os.type": "linux"}
+
+
+def iso(t):
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def scenario(tmp_path, name, base, records):
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({"name": name, "base_time": iso(base), "records": records}))
+    return path
+
+
+def test_a_sender_a_day_ahead_does_not_blind_the_rules_for_the_others(vigil_factory, tmp_path):
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    v = vigil_factory()
+    ahead = scenario(tmp_path, "ahead", now + timedelta(days=1), [
+        {"at": "+0s", "signal": "log", "resource": CLAUDE, "body": "claude_code.user_prompt",
+         "attributes": {"event.name": "user_prompt", "session.id": "s-skew", "user.email": "skew@example.com",
+                        "prompt_length": 3}},
+        {"at": "+30s", "signal": "log", "resource": CLAUDE, "body": "claude_code.user_prompt",
+         "attributes": {"event.name": "user_prompt", "session.id": "s-skew", "user.email": "skew@example.com",
+                        "prompt_length": 4}},
+    ])
+    send_scenario([ahead], v.http)
+    # Then an honest sender, now: 25 deletes in 48 seconds (a burst, which
+    # needs the rules' state in order) and a credential read.
+    honest = scenario(tmp_path, "honest", now - timedelta(seconds=20), [
+        {"at": "+0s", "repeat": 25, "every": "2s", "signal": "span", "resource": {"service.name": "mcp-gateway"},
+         "name": "tools/call delete_email", "kind": "server", "duration_ms": 90,
+         "attributes": {"mcp.method.name": "tools/call", "gen_ai.tool.name": "delete_email", "mcp.session.id": "mcp-ok-1",
+                        "server.address": "gmail.mcp.example-connectors.com", "user.email": "ok@example.com"}},
+        {"at": "+10s", "signal": "log", "resource": CLAUDE, "body": "claude_code.tool_result",
+         "attributes": {"event.name": "tool_result", "session.id": "s-ok", "user.email": "ok@example.com",
+                        "tool_name": "Read", "success": "true", "decision_type": "accept", "decision_source": "config",
+                        "tool_parameters": json.dumps({"file_path": "/home/ok/.aws/credentials"})}},
+    ])
+    send_scenario([honest], v.http)
+    want = {"connector-write-burst", "sensitive-file-read"}
+    v.wait_alerts(until=lambda a: want <= {x["rule_id"] for x in a})
+    assert want <= {a["rule_id"] for a in v.alerts() if a["user"] == "ok@example.com"}, v.alerts()
+    with urllib.request.urlopen(v.http + "/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    assert 'vigil_records_clock_ahead_total{signal="log"} 2' in metrics, metrics
+    assert "clock runs ahead" in v.log()
+    assert v.stop() == 0, v.log()
+
+    rows = duck(f"select epoch_ns(time), epoch_ns(observed_time), attrs['vigil.sender_time'] "
+                f"from read_parquet('{events_glob(v)}') where \"user\" = 'skew@example.com' order by time")
+    assert len(rows) == 2, rows
+    # Each request's newest record lands at its receipt (the SDK sent them
+    # one request each), in their order.
+    assert rows[0][0] == rows[0][1] and rows[1][0] == rows[1][1], rows
+    assert rows[0][0] < rows[1][0], rows
+    assert rows[0][2].startswith((now + timedelta(days=1)).strftime("%Y-%m-%d")), rows
