@@ -54,7 +54,7 @@ pub fn with_logs<T>(
     if let Some(req) = decode_logs(body, &arena) {
         return Ok(f(req));
     }
-    let decoded: ExportLogsServiceRequest = crate::json_decode(body)?;
+    let decoded: ExportLogsServiceRequest = decode_or_repair(body)?;
     by_reference();
     Ok(f(LogsRef::from_prost(&decoded)))
 }
@@ -69,9 +69,73 @@ pub fn with_traces<T>(
     if let Some(req) = decode_traces(body, &arena) {
         return Ok(f(req));
     }
-    let decoded: ExportTraceServiceRequest = crate::json_decode(body)?;
+    let decoded: ExportTraceServiceRequest = decode_or_repair(body)?;
     by_reference();
     Ok(f(TracesRef::from_prost(&decoded)))
+}
+
+/// The reference decoder's reading of `body`, or of its [`repair_text`]
+/// when only text that is not Unicode stood in the way; else the first
+/// error, which says what the sender did wrong.
+fn decode_or_repair<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, String> {
+    crate::json_decode(body).or_else(|e| {
+        let fixed = repair_text(body).ok_or_else(|| e.clone())?;
+        let decoded = crate::json_decode(&fixed).map_err(|_| e)?;
+        tracing::warn!(
+            "an OTLP/JSON request held text that is not Unicode (a lone surrogate escape or bytes that are not UTF-8): taken with U+FFFD and '?' in its place rather than refused whole"
+        );
+        Ok(decoded)
+    })
+}
+
+/// A copy of a JSON body with every byte that is not UTF-8 replaced by `?`
+/// and every `\u` escape of a lone surrogate (half of a character, as a
+/// JavaScript exporter cutting a string can leave) by `\ufffd`; `None` when
+/// there is neither. Lengths do not matter in JSON, but these keep them.
+pub fn repair_text(body: &[u8]) -> Option<Vec<u8>> {
+    let mut out = body.to_vec();
+    let mut changed = false;
+    let mut at = 0;
+    while let Err(e) = std::str::from_utf8(&out[at..]) {
+        let bad = at + e.valid_up_to();
+        let n = e.error_len().unwrap_or(out.len() - bad);
+        out[bad..bad + n].fill(b'?');
+        at = bad + n;
+        changed = true;
+    }
+    let hex = |b: &[u8]| -> Option<u16> {
+        u16::from_str_radix(std::str::from_utf8(b.get(..4)?).ok()?, 16).ok()
+    };
+    let mut i = 0;
+    while i + 1 < out.len() {
+        if out[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        if out[i + 1] != b'u' {
+            i += 2; // `\\`, `\"` and the other escapes
+            continue;
+        }
+        match hex(&out[i + 2..]) {
+            Some(0xD800..=0xDBFF) => {
+                let pair = out.get(i + 6..i + 8) == Some(&b"\\u"[..])
+                    && matches!(hex(&out[i + 8..]), Some(0xDC00..=0xDFFF));
+                if pair {
+                    i += 12;
+                    continue;
+                }
+            }
+            Some(0xDC00..=0xDFFF) => {}
+            _ => {
+                i += 2;
+                continue;
+            }
+        }
+        out[i..i + 6].copy_from_slice(b"\\ufffd");
+        changed = true;
+        i += 6;
+    }
+    changed.then_some(out)
 }
 
 /// The whole body as `seed` reads it, with nothing but whitespace after.
@@ -1157,5 +1221,45 @@ mod tests {
         let bad_link = spans.replace(r#""links":[]"#, r#""links":[{"traceId":"abc"}]"#);
         assert!(decode_traces(bad_link.as_bytes(), &Bump::new()).is_none());
         assert!(crate::json_decode::<ExportTraceServiceRequest>(bad_link.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn text_that_is_not_unicode_is_repaired_not_refused() {
+        let body = |value: &str| {
+            format!(
+                r#"{{"resourceLogs":[{{"scopeLogs":[{{"logRecords":[{{"timeUnixNano":"1773154800000000000","body":{{"stringValue":"{value}"}}}}]}}]}}]}}"#
+            )
+        };
+        let read = |b: &[u8]| {
+            with_logs(
+                b,
+                || {},
+                |r| {
+                    r.resources[0].scopes[0].records[0]
+                        .body
+                        .as_ref()
+                        .map(|v| format!("{v:?}"))
+                },
+            )
+        };
+        // A lone high surrogate (a cut emoji), a lone low one, and a pair.
+        let lone = body(r"cut \ud83d here \udc00 and \ud83d\ude00 kept");
+        assert!(crate::json_decode::<ExportLogsServiceRequest>(lone.as_bytes()).is_err());
+        let text = read(lone.as_bytes()).expect("repaired").expect("a body");
+        assert!(
+            text.contains("cut \u{fffd} here \u{fffd} and \u{1f600} kept"),
+            "{text}"
+        );
+        // Bytes that are not UTF-8 become '?'.
+        let mut raw = body("caf_").into_bytes();
+        let at = raw.iter().position(|b| *b == b'_').unwrap();
+        raw[at] = 0xc3;
+        let text = read(&raw).expect("repaired").expect("a body");
+        assert!(text.contains("caf?"), "{text}");
+        // Escaped backslashes are not escapes; valid bodies are not copied.
+        assert_eq!(repair_text(br#"{"a":"\\ud83d"}"#), None);
+        assert_eq!(repair_text(body("fine").as_bytes()), None);
+        // Other mistakes are still refused, with the reference's words.
+        assert!(read(br#"{"resourceLogs": [}"#).is_err());
     }
 }

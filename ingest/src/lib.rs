@@ -312,19 +312,37 @@ pub fn read_request<T>(
     Ok(match payload {
         Payload::LogsBytes(bytes) => match wire::decode_logs(bytes) {
             Some(req) => logs(req),
-            None => {
-                let req = prost_decode::<ExportLogsServiceRequest>(bytes)?;
-                by_reference("protobuf", "log");
-                logs(otlp::LogsRef::from_prost(&req))
-            }
+            None => match prost_decode::<ExportLogsServiceRequest>(bytes) {
+                Ok(req) => {
+                    by_reference("protobuf", "log");
+                    logs(otlp::LogsRef::from_prost(&req))
+                }
+                Err(e) => {
+                    let fixed = repaired(bytes, false).ok_or(e)?;
+                    by_reference("protobuf-utf8-repaired", "log");
+                    match wire::decode_logs(&fixed) {
+                        Some(req) => logs(req),
+                        None => logs(otlp::LogsRef::from_prost(&prost_decode(&fixed)?)),
+                    }
+                }
+            },
         },
         Payload::TracesBytes(bytes) => match wire::decode_traces(bytes) {
             Some(req) => traces(req),
-            None => {
-                let req = prost_decode::<ExportTraceServiceRequest>(bytes)?;
-                by_reference("protobuf", "span");
-                traces(otlp::TracesRef::from_prost(&req))
-            }
+            None => match prost_decode::<ExportTraceServiceRequest>(bytes) {
+                Ok(req) => {
+                    by_reference("protobuf", "span");
+                    traces(otlp::TracesRef::from_prost(&req))
+                }
+                Err(e) => {
+                    let fixed = repaired(bytes, true).ok_or(e)?;
+                    by_reference("protobuf-utf8-repaired", "span");
+                    match wire::decode_traces(&fixed) {
+                        Some(req) => traces(req),
+                        None => traces(otlp::TracesRef::from_prost(&prost_decode(&fixed)?)),
+                    }
+                }
+            },
         },
         Payload::LogsJson(body) => json::with_logs(body, || by_reference("json", "log"), logs)
             .map_err(SubmitError::Invalid)?,
@@ -336,6 +354,17 @@ pub fn read_request<T>(
         Payload::Traces(r) => traces(otlp::TracesRef::from_prost(r)),
         Payload::Metrics(r) => metrics(r),
     })
+}
+
+/// [`wire::repair_utf8`], with a warning: the request is taken with `?` for
+/// the bytes that were not UTF-8, instead of refused whole.
+fn repaired(bytes: &[u8], traces: bool) -> Option<Vec<u8>> {
+    let (fixed, strings) = wire::repair_utf8(bytes, traces)?;
+    tracing::warn!(
+        strings,
+        "a request held strings that are not UTF-8: taken with '?' for the invalid bytes rather than refused whole"
+    );
+    Some(fixed)
 }
 
 /// prost's decode of what the wire walk declined: the request, or why it is

@@ -34,6 +34,49 @@ pub fn decode_traces(buf: &[u8]) -> Option<TracesRef<'_>> {
     request(buf, span)
 }
 
+/// Where a walked buffer starts, and the strings in it that are not UTF-8
+/// (offset, length).
+type NotUtf8 = Option<(usize, Vec<(usize, usize)>)>;
+
+thread_local! {
+    /// Set while [`repair_utf8`] looks for the strings it repairs.
+    static NOT_UTF8: std::cell::RefCell<NotUtf8> = const { std::cell::RefCell::new(None) };
+}
+
+/// A copy of a log or trace request (`traces` tells which) whose string
+/// fields that are not UTF-8 have each invalid byte replaced by `?`, and how
+/// many strings that took; `None` when every string is UTF-8 or the request
+/// is malformed otherwise. Protobuf says strings are UTF-8 and prost refuses
+/// the whole request for one that is not: a JavaScript exporter's lone
+/// surrogate, or a command line cut in the middle of a character, would
+/// lose every record sent with it. Bytes are replaced one for one, so every
+/// length in the message stays right, and only inside string fields (ids
+/// and bytes values are left as they are).
+pub fn repair_utf8(buf: &[u8], traces: bool) -> Option<(Vec<u8>, usize)> {
+    NOT_UTF8.with(|n| *n.borrow_mut() = Some((buf.as_ptr() as usize, Vec::new())));
+    let read = if traces {
+        decode_traces(buf).is_some()
+    } else {
+        decode_logs(buf).is_some()
+    };
+    let spans = NOT_UTF8.with(|n| n.borrow_mut().take()).map(|(_, v)| v)?;
+    if !read || spans.is_empty() {
+        return None;
+    }
+    let mut out = buf.to_vec();
+    for &(start, len) in &spans {
+        let text = &mut out[start..start + len];
+        let mut at = 0;
+        while let Err(e) = std::str::from_utf8(&text[at..]) {
+            let bad = at + e.valid_up_to();
+            let n = e.error_len().unwrap_or(text.len() - bad);
+            text[bad..bad + n].fill(b'?');
+            at = bad + n;
+        }
+    }
+    Some((out, spans.len()))
+}
+
 /// The levels logs and traces share: request -> resource -> scope -> records
 /// (the same field numbers in both).
 fn request<'a, R>(buf: &'a [u8], record: fn(&'a [u8]) -> Option<R>) -> Option<RequestRef<'a, R>> {
@@ -387,7 +430,16 @@ impl<'a> Reader<'a> {
             // SAFETY: every ASCII byte sequence is valid UTF-8.
             return Some(unsafe { std::str::from_utf8_unchecked(bytes) });
         }
-        std::str::from_utf8(bytes).ok()
+        match std::str::from_utf8(bytes) {
+            Ok(s) => Some(s),
+            // Looking for the strings to repair: note this one, read on.
+            Err(_) => NOT_UTF8.with(|n| {
+                let mut n = n.borrow_mut();
+                let (base, spans) = n.as_mut()?;
+                spans.push((bytes.as_ptr() as usize - *base, bytes.len()));
+                Some("")
+            }),
+        }
     }
 
     /// Skips an unknown field as prost does; groups are left to prost.
@@ -747,6 +799,52 @@ pub(crate) mod tests {
             assert_eq!(decode_logs(&bytes), None, "{invalid:?}");
             assert!(ExportLogsServiceRequest::decode(bytes.as_slice()).is_err());
         }
+    }
+
+    #[test]
+    fn strings_that_are_not_utf8_are_repaired_in_place() {
+        // Two records: one whose body is cut in a character, one whose
+        // attribute value holds a lone surrogate; a trace id with bytes that
+        // are not UTF-8 either, which is not a string and stays.
+        let bad_body = wrap(5, &wrap(1, b"cat ~/.aws/cred\xc3"));
+        let bad_attr = [
+            wrap(
+                6,
+                &[wrap(1, b"user.email"), wrap(2, &wrap(1, b"a@example.com"))].concat(),
+            ),
+            wrap(
+                6,
+                &[wrap(1, b"cmd"), wrap(2, &wrap(1, b"echo \xed\xa0\x80!"))].concat(),
+            ),
+            wrap(9, &[0xff; 16]),
+        ]
+        .concat();
+        let req = [wrap(
+            1,
+            &wrap(2, &[wrap(2, &bad_body), wrap(2, &bad_attr)].concat()),
+        )]
+        .concat();
+        assert!(ExportLogsServiceRequest::decode(req.as_slice()).is_err());
+        let (fixed, strings) = repair_utf8(&req, false).expect("repairable");
+        assert_eq!(strings, 2);
+        assert_eq!(fixed.len(), req.len());
+        let prost = ExportLogsServiceRequest::decode(fixed.as_slice()).expect("valid now");
+        let recs = &prost.resource_logs[0].scope_logs[0].log_records;
+        let body = recs[0].body.as_ref().and_then(|b| b.value.as_ref());
+        assert!(matches!(body, Some(any_value::Value::StringValue(s)) if s == "cat ~/.aws/cred?"));
+        let cmd = recs[1].attributes[1]
+            .value
+            .as_ref()
+            .and_then(|v| v.value.as_ref());
+        assert!(matches!(cmd, Some(any_value::Value::StringValue(s)) if s == "echo ???!"));
+        assert_eq!(recs[1].trace_id, vec![0xff; 16]);
+        assert_eq!(decode_logs(&fixed).map(|r| r.records()), Some(2));
+        // Nothing to repair, or something else wrong: no copy.
+        assert_eq!(
+            repair_utf8(&request_of(&wrap(5, &wrap(1, b"fine"))), false),
+            None
+        );
+        assert_eq!(repair_utf8(&[0x0b, 0x0c], false), None);
     }
 
     #[test]

@@ -259,11 +259,15 @@ def test_grpc_bad_input_and_metrics(vigil_factory):
     assert "not a valid protobuf ExportLogsServiceRequest" in e.value.details()
     raw_spans = ch.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export",
                                request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    # A span name that is not UTF-8 is taken, '?' for the bad byte; a cut one is refused.
+    raw_spans(b"\x0a\x07\x12\x05\x12\x03\x2a\x01\xff", timeout=10)
+    status, body, _ = post(v.http + "/v1/traces", b"\x0a\x07\x12\x05\x12\x03\x2a\x01\xff")
+    assert status == 200, body
     with pytest.raises(grpc.RpcError) as e:
-        raw_spans(b"\x0a\x07\x12\x05\x12\x03\x2a\x01\xff", timeout=10)  # a span name that is not UTF-8
+        raw_spans(b"\x0a\x07\x12\x05\x12\x03\x2a\x01", timeout=10)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "not a valid protobuf ExportTraceServiceRequest" in e.value.details()
-    status, body, _ = post(v.http + "/v1/traces", b"\x0a\x07\x12\x05\x12\x03\x2a\x01\xff")
+    status, body, _ = post(v.http + "/v1/traces", b"\x0a\x07\x12\x05\x12\x03\x2a\x01")
     assert status == 400, body
     with pytest.raises(grpc.RpcError) as e:
         raw(b"\x0a" + b"\xff\xff\xff\x0f" + b"x" * (2 << 20), timeout=10)
@@ -291,7 +295,9 @@ def test_grpc_bad_input_and_metrics(vigil_factory):
         assert busy, m
         assert 0 < float(busy.group(1)) < time.time() - started, busy.group(0)
     assert v.stop() == 0
-    assert duck(f"select count(*) from read_parquet('{events_glob(v)}')")[0][0] == 9
+    # 9 log records and the two spans whose name was repaired.
+    assert duck(f"select count(*) from read_parquet('{events_glob(v)}')")[0][0] == 11
+    assert duck(f"select count(*) from read_parquet('{events_glob(v)}') where attrs['span.name'] = '?'")[0][0] == 2
 
 
 def test_json_log_format_gives_one_object_per_line(vigil_factory):
