@@ -102,17 +102,18 @@ impl Schedule {
             .unwrap_or(&self.global.holidays);
 
         let local = Utc.timestamp_nanos(time_ns).with_timezone(&tz);
-        if holidays.contains(&local.date_naive()) {
-            return false;
-        }
-        let day_bit = 1u8 << local.weekday().num_days_from_monday();
+        let today = local.date_naive();
+        let working = |day: NaiveDate| {
+            days & (1u8 << day.weekday().num_days_from_monday()) != 0 && !holidays.contains(&day)
+        };
         let minute = (local.hour() * 60 + local.minute()) as u16;
         if start <= end {
-            days & day_bit != 0 && minute >= start && minute < end
+            working(today) && minute >= start && minute < end
         } else {
-            // A shift across midnight belongs to the day it started on.
-            let prev_bit = 1u8 << local.weekday().pred().num_days_from_monday();
-            (minute >= start && days & day_bit != 0) || (minute < end && days & prev_bit != 0)
+            // A shift across midnight belongs to the day it started on: its
+            // hours after midnight are that day's, holiday or not.
+            (minute >= start && working(today))
+                || (minute < end && today.pred_opt().is_some_and(working))
         }
     }
 }
@@ -169,6 +170,22 @@ mod tests {
         assert!(d.is_business_time(ns("2026-03-10T08:00:00Z"), "default", None));
         assert!(!d.is_business_time(ns("2026-03-10T18:00:00Z"), "default", None));
         assert!(!d.is_business_time(ns("2026-03-10T07:59:00Z"), "default", None));
+    }
+
+    #[test]
+    fn a_night_shift_keeps_its_hours_after_midnight_on_the_day_it_started() {
+        let bh: BusinessHours = serde_yaml::from_str(
+            "timezone: Europe/London\ndays: [mon, tue, wed, thu, fri]\nstart: \"22:00\"\nend: \"06:00\"\nholidays: [2026-12-25]\n",
+        )
+        .unwrap();
+        let s = Schedule::new(&bh);
+        // Friday 25 Dec 02:00 is Thursday's shift (worked); Saturday 26 Dec
+        // 02:00 is the holiday's shift (not worked), Friday 23:00 too.
+        assert!(s.is_business_time(ns("2026-12-25T02:00:00Z"), "default", None));
+        assert!(!s.is_business_time(ns("2026-12-26T02:00:00Z"), "default", None));
+        assert!(!s.is_business_time(ns("2026-12-25T23:00:00Z"), "default", None));
+        // Thursday 24 Dec 23:00 starts a worked shift.
+        assert!(s.is_business_time(ns("2026-12-24T23:00:00Z"), "default", None));
     }
 
     #[test]
