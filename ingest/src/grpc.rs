@@ -88,6 +88,7 @@ impl Otlp {
                     Status::unavailable(e.to_string())
                 }
                 SubmitError::Invalid(_) => Status::invalid_argument(e.to_string()),
+                SubmitError::TooLarge(_) => Status::out_of_range(e.to_string()),
             })
     }
 }

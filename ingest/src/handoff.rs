@@ -42,6 +42,10 @@ pub enum SubmitError {
     /// The request cannot be read; sending it again will not help.
     #[error("{0}")]
     Invalid(String),
+    /// The request is larger than vigil takes at once (a tenant's rate-limit
+    /// burst); the same request will never fit, smaller ones will.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 /// Sending side of the pipeline queue, shared by all receivers.

@@ -264,6 +264,9 @@ async fn export(
             r
         }
         Err(SubmitError::Invalid(message)) => error(format, StatusCode::BAD_REQUEST, message),
+        Err(SubmitError::TooLarge(message)) => {
+            error(format, StatusCode::PAYLOAD_TOO_LARGE, message)
+        }
         Err(SubmitError::Busy) => {
             let mut r = error(
                 format,

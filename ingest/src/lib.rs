@@ -132,9 +132,12 @@ impl Ingest {
                 Some(limits) => {
                     limits
                         .check(&tenant, records)
-                        .map_err(|over| SubmitError::RateLimited {
-                            retry_after_secs: over.retry_after.as_secs().max(1),
-                            message: over.message,
+                        .map_err(|over| match over.too_large {
+                            true => SubmitError::TooLarge(over.message),
+                            false => SubmitError::RateLimited {
+                                retry_after_secs: over.retry_after.as_secs().max(1),
+                                message: over.message,
+                            },
                         })
                 }
                 None => Ok(()),
@@ -171,6 +174,7 @@ impl Ingest {
             let status = match e {
                 SubmitError::RateLimited { .. } => "rate_limited",
                 SubmitError::Invalid(_) => "bad_request",
+                SubmitError::TooLarge(_) => "too_large",
                 _ => "unavailable",
             };
             self.metrics.request(transport, signal.as_str(), status);
@@ -231,6 +235,7 @@ impl Ingest {
             Err(SubmitError::Closed) => "closed",
             Err(SubmitError::RateLimited { .. }) => "rate_limited",
             Err(SubmitError::Invalid(_)) => "bad_request",
+            Err(SubmitError::TooLarge(_)) => "too_large",
         };
         self.metrics.request(transport, signal.as_str(), status);
         result?;

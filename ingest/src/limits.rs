@@ -47,6 +47,8 @@ type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
 pub struct OverLimit {
     pub retry_after: Duration,
     pub message: String,
+    /// More records than the burst allows at all: never admitted as it is.
+    pub too_large: bool,
 }
 
 /// The limiters, created on first use per tenant.
@@ -68,6 +70,15 @@ impl TenantLimiter {
                 return Err(format!(
                     "auth.rate_limits {name}: records_per_second must be at least 1"
                 ));
+            }
+            // The OTel SDKs export up to 512 records a request by default.
+            let burst = rate.burst.unwrap_or(rate.records_per_second);
+            if burst < 512 {
+                tracing::warn!(
+                    tenant = name,
+                    burst,
+                    "auth.rate_limits: a burst under 512 refuses (413) the OTel SDKs' default batches of 512 records; raise it or have senders export smaller batches"
+                );
             }
         }
         Ok(TenantLimiter {
@@ -99,6 +110,15 @@ impl TenantLimiter {
             .clone()
     }
 
+    /// The most records one request of `tenant` may carry.
+    fn burst_of(&self, tenant: &str) -> u32 {
+        self.limits
+            .tenants
+            .get(tenant)
+            .or(self.limits.default.as_ref())
+            .map_or(0, |r| r.burst.unwrap_or(r.records_per_second).max(1))
+    }
+
     /// The largest request the tenant may send, when it has its own limit.
     pub fn body_limit(&self, tenant: &str) -> Option<usize> {
         self.limits
@@ -120,13 +140,17 @@ impl TenantLimiter {
             Ok(Err(not_until)) => Err(OverLimit {
                 retry_after: not_until.wait_time_from(self.clock.now()).max(Duration::from_secs(1)),
                 message: format!("tenant {tenant} is over its rate limit; retry later"),
+                too_large: false,
             }),
-            // More records in one request than the burst allows at all.
+            // More records in one request than the burst allows at all:
+            // retrying it cannot help (413 / OUT_OF_RANGE, not 429).
             Err(_) => Err(OverLimit {
                 retry_after: Duration::from_secs(1),
                 message: format!(
-                    "a request of {records} records is larger than tenant {tenant}'s burst allowance; send smaller batches"
+                    "a request of {records} records is larger than tenant {tenant}'s burst allowance ({}); send smaller batches (OTEL_BLRP_MAX_EXPORT_BATCH_SIZE, OTEL_BSP_MAX_EXPORT_BATCH_SIZE) or raise auth.rate_limits burst",
+                    self.burst_of(tenant)
                 ),
+                too_large: true,
             }),
         }
     }

@@ -134,9 +134,14 @@ def test_a_tenant_over_its_rate_limit_gets_429_and_the_others_do_not(vigil_facto
     assert post_auth(url, json_logs(150, "a@acme.example"), "acme-token")[0] == 200
     status, body, headers = post_auth(url, json_logs(150, "a2@acme.example"), "acme-token")
     assert status == 429 and int(headers["retry-after"]) >= 1 and "rate limit" in json.loads(body)["message"]
+    # A request larger than the burst can never fit: 413, not a 429 retried forever.
+    status, body, _ = post_auth(url, json_logs(250, "a3@acme.example"), "acme-token")
+    assert status == 413 and "burst allowance (200)" in json.loads(body)["message"], body
     for _ in range(3):
         assert post_auth(url, json_logs(150, "g@globex.example"), "globex-token")[0] == 200
     assert 'status="rate_limited"' in v.metrics()
+    assert 'status="too_large"' in v.metrics()
+    assert "a burst under 512" in v.log()
     assert v.stop() == 0
     rows = dict(duck(f"select tenant, count(*) from read_parquet('{events_glob(v)}') group by 1"))
     assert rows == {"acme": 150, "globex": 450}
