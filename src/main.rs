@@ -341,9 +341,36 @@ fn serve_config(args: ServeArgs) -> Result<Config> {
 
 /// The rule set `serve` runs: the default pack (unless disabled) plus the configured paths.
 pub(crate) fn load_rules(config: &Config) -> Result<rules::RuleSet> {
-    rules::load(config.default_rules, &config.rules, &config.rules_context())
+    let set = rules::load(config.default_rules, &config.rules, &config.rules_context())
         .map_err(|e| anyhow::anyhow!("{e}"))
-        .context("loading rules")
+        .context("loading rules")?;
+    for w in rule_warnings(&set) {
+        tracing::warn!("{w}");
+    }
+    Ok(set)
+}
+
+/// What leaves a loaded rule silent without an error: a configuration list
+/// no rule reads (a misspelt name: the list it meant keeps its default) and
+/// rules inactive for want of a list. Said at every start and by
+/// `vigil rules check`, since nothing else would tell.
+fn rule_warnings(set: &rules::RuleSet) -> Vec<String> {
+    let (unread, read) = set.unread_config_lists();
+    let mut out: Vec<String> = unread
+        .iter()
+        .map(|name| {
+            format!(
+                "configuration list `{name}` is read by no loaded rule: a misspelt name? (the rules read: {})",
+                read.join(", ")
+            )
+        })
+        .collect();
+    for r in set.rules() {
+        if let (true, Some(why)) = (r.enabled, &r.inactive_reason) {
+            out.push(format!("rule `{}` is inactive: {why}", r.id));
+        }
+    }
+    out
 }
 
 fn rules_command(cmd: RulesCommand) -> Result<ExitCode> {
@@ -369,6 +396,11 @@ fn rules_command(cmd: RulesCommand) -> Result<ExitCode> {
         }
         "check" => match rules::check(config.default_rules, &config.rules, &ctx) {
             Ok(list) => {
+                let set = rules::load(config.default_rules, &config.rules, &ctx)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                for w in rule_warnings(&set) {
+                    eprintln!("warning: {w}");
+                }
                 println!("ok: {} rules", list.len());
                 Ok(ExitCode::SUCCESS)
             }

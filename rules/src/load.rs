@@ -369,6 +369,26 @@ pub(crate) fn compile_parsed(
     if !diags.is_empty() {
         return Err(diags);
     }
+    // The config's lists no loaded rule reads: a misspelt name leaves the
+    // list it meant at its default (and a rule that needs it inactive).
+    let read_lists = |name: &str| {
+        lists.get(name).is_some_and(|m| Arc::strong_count(m) > 1)
+            || parsed
+                .rules
+                .iter()
+                .filter(|r| only.is_none_or(|id| id == r.doc.id))
+                .any(|r| r.doc.requires_lists.iter().any(|l| l == name))
+    };
+    let mut unread_lists: Vec<String> = ctx
+        .lists
+        .0
+        .keys()
+        .filter(|name| !read_lists(name))
+        .cloned()
+        .collect();
+    unread_lists.sort();
+    let mut read: Vec<String> = lists.keys().filter(|n| read_lists(n)).cloned().collect();
+    read.sort();
     // Every `attrs.<key>` a rule's text names (conditions, keys, summaries):
     // the engine keeps only these attributes of the events it holds.
     let attr_refs = parsed
@@ -388,6 +408,7 @@ pub(crate) fn compile_parsed(
         schedule: Arc::new(Schedule::new(&ctx.business_hours)),
         attr_refs: Arc::new(attr_refs),
         named_fields: Arc::new(named_fields),
+        unread_lists: Arc::new((unread_lists, read)),
     })
 }
 
@@ -453,6 +474,8 @@ pub struct RuleSet {
     /// Event columns the rules' text names (a superset of what their
     /// conditions read); with [`ALWAYS_READ`], all that replay reads.
     pub(crate) named_fields: Arc<std::collections::HashSet<&'static str>>,
+    /// The config's lists no loaded rule reads, and the lists rules do read.
+    pub(crate) unread_lists: Arc<(Vec<String>, Vec<String>)>,
 }
 
 impl std::fmt::Debug for RuleSet {
@@ -486,6 +509,12 @@ impl RuleSet {
     ) -> Result<RuleSet, RulesError> {
         let parsed = parse_all(default_pack, extra_paths)?;
         compile_parsed(&parsed, ctx, Some(id)).map_err(RulesError::Invalid)
+    }
+
+    /// Lists given in the configuration that no loaded rule reads (most
+    /// likely a misspelt name), and the names the rules do read.
+    pub fn unread_config_lists(&self) -> (&[String], &[String]) {
+        (&self.unread_lists.0, &self.unread_lists.1)
     }
 
     /// Every loaded rule, in load order (disabled and inactive ones included).
@@ -619,6 +648,22 @@ mod tests {
             !mcp.is_active(),
             "inactive until approved_mcp_domains is configured"
         );
+    }
+
+    #[test]
+    fn config_lists_no_rule_reads_are_named() {
+        let mut ctx = RulesContext::default();
+        ctx.lists
+            .0
+            .insert("approved_mcp_domain".into(), vec!["*.slack.com".into()]);
+        ctx.lists
+            .0
+            .insert("internal_domains".into(), vec!["*.corp.example".into()]);
+        let set = RuleSet::load(true, &[], &ctx).unwrap();
+        let (unread, read) = set.unread_config_lists();
+        assert_eq!(unread, ["approved_mcp_domain"]);
+        assert!(read.iter().any(|l| l == "approved_mcp_domains"), "{read:?}");
+        assert!(read.iter().any(|l| l == "internal_domains"), "{read:?}");
     }
 
     #[test]

@@ -47,3 +47,22 @@ def test_sighup_reloads_rules_and_keeps_the_old_ones_when_the_new_are_broken(vig
     wait_for(lambda: len([a for a in v.alerts() if a["rule_id"] == "watch-quinn"]) == 2)
     assert v.stop() == 0, v.log()
     assert len([a for a in v.alerts() if a["rule_id"] == "watch-quinn"]) == 2
+
+
+def test_a_misspelt_list_and_an_inactive_rule_are_said_at_start_and_by_rules_check(vigil_factory, tmp_path):
+    """A list name with a typo would leave the list it meant empty and its rule
+    silent: vigil says so when it starts and when rules are checked."""
+    import subprocess
+
+    from conftest import VIGIL_BIN
+
+    v = vigil_factory(config={"lists": {"approved_mcp_domain": ["*.slack.com"]}})
+    assert v.stop() == 0
+    log = v.log()
+    assert "configuration list `approved_mcp_domain` is read by no loaded rule" in log, log
+    assert "rule `mcp-unapproved-server` is inactive" in log, log
+    check = subprocess.run([VIGIL_BIN, "rules", "check", "--config", str(v.data_dir / "vigil.yaml")],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stderr
+    assert "warning: configuration list `approved_mcp_domain`" in check.stderr, check.stderr
+    assert "approved_mcp_domains" in check.stderr.split("the rules read:", 1)[1], check.stderr
