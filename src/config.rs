@@ -237,6 +237,12 @@ pub struct ArchiveSection {
     pub wal_fsync: Option<bool>,
     /// Write the write-ahead log with direct I/O, past the page cache.
     pub wal_direct_io: Option<bool>,
+    /// Files (hours of event time) open at once; past it the oldest closes.
+    pub max_open_files: Option<usize>,
+    /// zstd level of the Parquet pages, 1-22.
+    pub zstd_level: Option<i32>,
+    /// Rotate write-ahead log segments at this size.
+    pub wal_segment_bytes: Option<u64>,
 }
 
 impl ArchiveSection {
@@ -262,6 +268,15 @@ impl ArchiveSection {
         }
         if let Some(v) = self.wal_direct_io {
             c.wal_direct_io = v;
+        }
+        if let Some(v) = self.max_open_files {
+            c.max_open_files = v;
+        }
+        if let Some(v) = self.zstd_level {
+            c.zstd_level = v;
+        }
+        if let Some(v) = self.wal_segment_bytes {
+            c.wal_segment_bytes = v;
         }
         c
     }
@@ -425,6 +440,36 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn archive_keys_of_the_docs_are_accepted_and_nonsense_values_refused() {
+        let c = Config::parse(
+            "archive:\n  max_file_age: 30s\n  max_open_files: 8\n  zstd_level: 3\n  wal_segment_bytes: 1048576\n",
+            "vigil.yaml",
+        )
+        .expect("parses");
+        let a = c.archive.archive_config(Path::new("d"));
+        assert_eq!(
+            (
+                a.max_file_age_secs,
+                a.max_open_files,
+                a.zstd_level,
+                a.wal_segment_bytes
+            ),
+            (30, 8, 3, 1 << 20)
+        );
+        for (text, says) in [
+            (
+                "ingest:\n  max_body_bytes: 0\n",
+                "ingest.max_body_bytes is 0",
+            ),
+            ("ingest:\n  queue_batches: 0\n", "ingest.queue_batches is 0"),
+            ("tenant: ''\n", "tenant is empty"),
+        ] {
+            let e = Config::parse(text, "vigil.yaml").unwrap_err().to_string();
+            assert!(e.starts_with("vigil.yaml: ") && e.contains(says), "{e}");
+        }
+    }
 
     #[test]
     fn scenario_fragments_are_accepted_as_written() {

@@ -445,7 +445,8 @@ fn print_rule_list(
             "{:<30} {:<12} {:<13} {:<8} {:<40} {}",
             r.id,
             kind,
-            r.severity,
+            // Padding applies to strings; the severity's Display ignores it.
+            r.severity.to_string(),
             active,
             format!("{}:{}", r.source, r.line),
             r.title
