@@ -752,10 +752,7 @@ pub(crate) async fn serve_receivers(
                 };
                 match loaded {
                     Some((tx, Ok(set))) => {
-                        info!(
-                            rules = set.len(),
-                            "rule files reloaded; rebuilding detection state"
-                        );
+                        info!(rules = set.len(), "rule files reloaded");
                         let _ = tx.send(set);
                     }
                     Some((_, Err(e))) => error!(
@@ -1119,6 +1116,15 @@ fn detect_stage(
     let mut emitted = 0u64;
     loop {
         if let Ok(set) = setup.reloads.try_recv() {
+            if set.digest() == engine.ruleset().digest() {
+                // A SIGHUP for the tokens or the certificate: the rules are
+                // the same, and rebuilding their state would stall ingest.
+                info!(
+                    rules = set.len(),
+                    "rule files unchanged; detection state kept"
+                );
+                continue;
+            }
             // Everything the old rules raised is written first, so the rebuild knows it.
             outputs.deliver(&mut pending, health, pm);
             let rules = set.len();

@@ -31,6 +31,8 @@ pub enum AuthError {
         line: usize,
         message: String,
     },
+    #[error("{path} names no token and no certificate: every sender would be refused (add `<tenant>: [sha256:...]`, from `vigil token hash`)")]
+    Empty { path: PathBuf },
     #[error("{path}: tenant `{tenant}`: {message}")]
     Invalid {
         path: PathBuf,
@@ -64,6 +66,11 @@ impl TokenStore {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<TokenStore, AuthError> {
+        if text.trim().is_empty() {
+            return Err(AuthError::Empty {
+                path: path.to_path_buf(),
+            });
+        }
         let map: BTreeMap<String, Vec<String>> =
             serde_yaml::from_str(text).map_err(|e| AuthError::Parse {
                 path: path.to_path_buf(),
@@ -114,6 +121,11 @@ impl TokenStore {
                     }
                 }
             }
+        }
+        if by_hash.is_empty() && by_cn.is_empty() {
+            return Err(AuthError::Empty {
+                path: path.to_path_buf(),
+            });
         }
         Ok(TokenStore { by_hash, by_cn })
     }
@@ -234,6 +246,30 @@ mod tests {
         assert_eq!(store.tenant_for("globex-1").as_deref(), Some("globex"));
         assert_eq!(store.tenant_for("guess"), None);
         assert!(!text.contains("s3cret-acme"));
+    }
+
+    #[test]
+    fn a_file_with_no_credentials_is_refused_and_a_reload_keeps_the_old_ones() {
+        for text in ["", "  \n", "acme: []\n", "{}\n"] {
+            let e = TokenStore::parse(text, Path::new("tokens.yaml")).unwrap_err();
+            assert!(matches!(e, AuthError::Empty { .. }), "{text:?}: {e}");
+            assert!(
+                e.to_string().contains("every sender would be refused"),
+                "{e}"
+            );
+        }
+        let dir = std::env::temp_dir().join(format!("vigil-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tokens.yaml");
+        std::fs::write(&path, format!("acme: [{}]\n", hash_token("t"))).unwrap();
+        let auth = Authenticator::open(&path).unwrap();
+        std::fs::write(&path, "").unwrap();
+        assert!(matches!(auth.reload(), Err(AuthError::Empty { .. })));
+        assert_eq!(
+            auth.check(Some("Bearer t"), None).as_deref().ok(),
+            Some("acme")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

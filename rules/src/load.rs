@@ -389,6 +389,20 @@ pub(crate) fn compile_parsed(
     unread_lists.sort();
     let mut read: Vec<String> = lists.keys().filter(|n| read_lists(n)).cloned().collect();
     read.sort();
+    // What the set is made of: each rule's text, every list's entries (files
+    // and config), the business hours. Equal digests: the same detections.
+    let digest = {
+        let mut text = String::new();
+        for r in &rules {
+            text.push_str(&format!("{}:{:016x}\n", r.info.id, r.fingerprint));
+        }
+        for l in &parsed.lists {
+            text.push_str(&format!("{}={:?}\n", l.name, l.entries));
+        }
+        text.push_str(&serde_json::to_string(&ctx.lists).unwrap_or_default());
+        text.push_str(&serde_json::to_string(&ctx.business_hours).unwrap_or_default());
+        xxhash_rust::xxh3::xxh3_64(text.as_bytes())
+    };
     // Every `attrs.<key>` a rule's text names (conditions, keys, summaries):
     // the engine keeps only these attributes of the events it holds.
     let attr_refs = parsed
@@ -409,6 +423,7 @@ pub(crate) fn compile_parsed(
         attr_refs: Arc::new(attr_refs),
         named_fields: Arc::new(named_fields),
         unread_lists: Arc::new((unread_lists, read)),
+        digest,
     })
 }
 
@@ -476,6 +491,8 @@ pub struct RuleSet {
     pub(crate) named_fields: Arc<std::collections::HashSet<&'static str>>,
     /// The config's lists no loaded rule reads, and the lists rules do read.
     pub(crate) unread_lists: Arc<(Vec<String>, Vec<String>)>,
+    /// See [`RuleSet::digest`].
+    pub(crate) digest: u64,
 }
 
 impl std::fmt::Debug for RuleSet {
@@ -509,6 +526,13 @@ impl RuleSet {
     ) -> Result<RuleSet, RulesError> {
         let parsed = parse_all(default_pack, extra_paths)?;
         compile_parsed(&parsed, ctx, Some(id)).map_err(RulesError::Invalid)
+    }
+
+    /// A hash of everything the set was compiled from (rule texts, lists,
+    /// business hours): two sets with the same digest detect the same, so a
+    /// reload that changed nothing need not rebuild any state.
+    pub fn digest(&self) -> u64 {
+        self.digest
     }
 
     /// Lists given in the configuration that no loaded rule reads (most

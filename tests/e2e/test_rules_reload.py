@@ -38,6 +38,12 @@ def test_sighup_reloads_rules_and_keeps_the_old_ones_when_the_new_are_broken(vig
     # The new rule runs over the archived history too: the earlier prompt alerts.
     wait_for(lambda: [a for a in v.alerts() if a["rule_id"] == "watch-quinn"])
 
+    # A SIGHUP that changes no rule (a token or certificate rotation) keeps
+    # the state: no rebuild, which would hold ingest up on a large archive.
+    v.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "rule files unchanged; detection state kept" in v.log())
+    assert v.log().count("state rebuilt from the archive") == 1, v.log()
+
     (rules_dir / "broken.yaml").write_text("id: broken\ntitle: x\nseverity: loud\ncondition: {kind: nope}\n")
     v.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: "rules NOT reloaded" in v.log())
