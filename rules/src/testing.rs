@@ -170,6 +170,32 @@ fn describe(a: &Alert) -> String {
     )
 }
 
+/// An expected alert as the test wrote it: only the fields it gives.
+fn describe_expect(x: &ExpectDoc) -> String {
+    let mut parts = Vec::new();
+    let mut text = |name: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            parts.push(format!("{name}: {v}"));
+        }
+    };
+    text("user", &x.user);
+    text("session", &x.session);
+    text("host", &x.host);
+    text("tenant", &x.tenant);
+    text("summary_contains", &x.summary_contains);
+    if let Some(k) = &x.key {
+        let kv: Vec<String> = k.iter().map(|(f, v)| format!("{f}: {v}")).collect();
+        parts.push(format!("key: {{{}}}", kv.join(", ")));
+    }
+    if let Some(c) = x.count {
+        parts.push(format!("count: {c}"));
+    }
+    if let Some(s) = x.suppressed {
+        parts.push(format!("suppressed: {s}"));
+    }
+    format!("{{{}}}", parts.join(", "))
+}
+
 fn matches(a: &Alert, x: &ExpectDoc) -> bool {
     let eq = |want: &Option<String>, got: &Option<String>| {
         want.as_ref().is_none_or(|w| got.as_ref() == Some(w))
@@ -208,8 +234,9 @@ fn compare(alerts: &[Alert], t: &TestDoc) -> Result<(), String> {
             Some(j) => used[j] = true,
             None => {
                 return Err(format!(
-                    "expected alert #{} ({x:?}) not produced; got:\n{got}",
-                    i + 1
+                    "expected alert #{} {} not produced; got:\n{got}",
+                    i + 1,
+                    describe_expect(x)
                 ))
             }
         }
@@ -344,6 +371,12 @@ mod tests {
         report.print_table(&mut out).unwrap();
         let out = String::from_utf8(out).unwrap();
         assert!(out.contains("FAIL") && out.contains("user: a"), "{out}");
+        // The expectation as the test wrote it, not a debug dump.
+        assert!(
+            out.contains("expected alert #1 {user: b} not produced"),
+            "{out}"
+        );
+        assert!(!out.contains("ExpectDoc"), "{out}");
         assert!(out.contains("1 passed, 1 failed"), "{out}");
         std::fs::write(&file, "id: t\ntitle: T\nseverity: low\ncondition: {kind: file_read}\ntests:\n  - name: bad\n    events:\n      - {time: \"2026-01-01T00:00:00Z\", kind: file_read, usr: a}\n    expect: []\n").unwrap();
         let err =
