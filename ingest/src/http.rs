@@ -55,27 +55,37 @@ impl Format {
     }
 }
 
+/// A request body, or why axum could not read it (over `max_body_bytes`,
+/// a broken connection): answered by [`export`] in OTLP's error format.
+type BodyResult = Result<Bytes, axum::extract::rejection::BytesRejection>;
+
 /// The router; serve it with [`serve`] or embed it.
 pub fn router(ingest: Ingest) -> Router {
     let limit = ingest.max_body_bytes;
     Router::new()
         .route(
             "/v1/logs",
-            post(|s: State<Ingest>, h: HeaderMap, x: Extensions, b: Bytes| {
-                export(s, h, x, b, Signal::Log)
-            }),
+            post(
+                |s: State<Ingest>, h: HeaderMap, x: Extensions, b: BodyResult| {
+                    export(s, h, x, b, Signal::Log)
+                },
+            ),
         )
         .route(
             "/v1/traces",
-            post(|s: State<Ingest>, h: HeaderMap, x: Extensions, b: Bytes| {
-                export(s, h, x, b, Signal::Span)
-            }),
+            post(
+                |s: State<Ingest>, h: HeaderMap, x: Extensions, b: BodyResult| {
+                    export(s, h, x, b, Signal::Span)
+                },
+            ),
         )
         .route(
             "/v1/metrics",
-            post(|s: State<Ingest>, h: HeaderMap, x: Extensions, b: Bytes| {
-                export(s, h, x, b, Signal::Metric)
-            }),
+            post(
+                |s: State<Ingest>, h: HeaderMap, x: Extensions, b: BodyResult| {
+                    export(s, h, x, b, Signal::Metric)
+                },
+            ),
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -137,7 +147,7 @@ async fn export(
     State(ingest): State<Ingest>,
     headers: HeaderMap,
     extensions: Extensions,
-    body: Bytes,
+    body: BodyResult,
     signal: Signal,
 ) -> Response {
     let authorization = headers
@@ -184,6 +194,26 @@ async fn export(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 format!("content type {content_type:?} is not supported; send application/x-protobuf or application/json"),
             );
+        }
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ingest.metrics.request("http", signal.as_str(), "too_large");
+            return error(
+                format,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "body exceeds ingest.max_body_bytes ({} bytes); send smaller batches",
+                    ingest.max_body_bytes
+                ),
+            );
+        }
+        Err(rejection) => {
+            ingest
+                .metrics
+                .request("http", signal.as_str(), "bad_request");
+            return error(format, rejection.status(), rejection.body_text());
         }
     };
     let encoding = headers

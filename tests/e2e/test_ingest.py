@@ -193,7 +193,12 @@ def test_bad_input_gets_clear_errors_and_keeps_what_was_accepted(vigil_factory):
     assert post(v.http + "/v1/logs", good, "application/x-protobuf", "br")[0] == 415
     status, body, _ = post(v.http + "/v1/logs", b'{"resourceLogs": [', "application/json")
     assert status == 400 and json.loads(body)["code"] == 3
-    assert post(v.http + "/v1/logs", b"x" * (2 << 20))[0] == 413
+    status, body, _ = post(v.http + "/v1/logs", b"x" * (2 << 20))
+    assert status == 413
+    # In OTLP's error format (a google.rpc.Status), naming the setting.
+    assert "ingest.max_body_bytes" in status_pb2.Status.FromString(body).message
+    status, body, _ = post(v.http + "/v1/logs", b"x" * (2 << 20), "application/json")
+    assert status == 413 and "ingest.max_body_bytes" in json.loads(body)["message"]
     bomb = gzip.compress(b"\x00" * (32 << 20))
     assert len(bomb) < (1 << 20)
     assert post(v.http + "/v1/logs", bomb, "application/x-protobuf", "gzip")[0] == 413
@@ -208,6 +213,7 @@ def test_bad_input_gets_clear_errors_and_keeps_what_was_accepted(vigil_factory):
     assert urllib.request.urlopen(v.http + "/healthz").status == 200
     metrics = v.metrics()
     assert 'vigil_requests_total{transport="http",signal="log",status="bad_request"}' in metrics
+    assert 'vigil_requests_total{transport="http",signal="log",status="too_large"} 3' in metrics, metrics
     assert v.stop() == 0
     counts = dict(duck(f"select user, count(*) from read_parquet('{events_glob(v)}') group by 1"))
     assert counts == {"before@example.com": 4, "json@example.com": 2}
