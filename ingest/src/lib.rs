@@ -223,6 +223,14 @@ impl Ingest {
             }
         }
         let accepted = events.len();
+        if accepted == 0 && rejected == 0 && snake_case_json(&payload) {
+            // Valid OTLP/JSON ignores unknown keys, so such a request is
+            // taken and holds nothing: say why, or its data vanishes unseen.
+            tracing::warn!(
+                tenant = %capture_tenant,
+                "an OTLP/JSON request held no records: its keys are snake_case (resource_logs, resource_spans); OTLP/JSON names them in lowerCamelCase (resourceLogs) and ignores other keys"
+            );
+        }
         let mut by_source: std::collections::BTreeMap<&'static str, u64> = Default::default();
         for e in &events {
             *by_source.entry(e.source.as_str()).or_default() += 1;
@@ -400,6 +408,17 @@ pub fn json_decode<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Res
             .unwrap_or("request");
         format!("body is not a valid JSON {what}: {e}")
     })
+}
+
+/// Whether an OTLP/JSON body names its top level in snake_case, which
+/// OTLP/JSON does not read.
+fn snake_case_json(payload: &Payload) -> bool {
+    let (body, key): (&[u8], &[u8]) = match payload {
+        Payload::LogsJson(b) => (b, b"\"resource_logs\""),
+        Payload::TracesJson(b) => (b, b"\"resource_spans\""),
+        _ => return false,
+    };
+    body.windows(key.len()).any(|w| w == key)
 }
 
 /// Nanoseconds since the Unix epoch, now.

@@ -193,6 +193,10 @@ def test_bad_input_gets_clear_errors_and_keeps_what_was_accepted(vigil_factory):
     assert post(v.http + "/v1/logs", good, "application/x-protobuf", "br")[0] == 415
     status, body, _ = post(v.http + "/v1/logs", b'{"resourceLogs": [', "application/json")
     assert status == 400 and json.loads(body)["code"] == 3
+    # snake_case keys are not OTLP/JSON: taken (unknown keys are ignored) and said.
+    snake = json_logs(1, "snake@example.com").replace(b"resourceLogs", b"resource_logs")
+    assert post(v.http + "/v1/logs", snake, "application/json")[0] == 200
+    assert "its keys are snake_case" in v.log(), v.log()
     status, body, _ = post(v.http + "/v1/logs", b"x" * (2 << 20))
     assert status == 413
     # In OTLP's error format (a google.rpc.Status), naming the setting.
