@@ -891,6 +891,10 @@ fn archive_stage(
     pm: &PipelineMetrics,
 ) -> Result<()> {
     let mut last_tick = Instant::now();
+    // A write that failed keeps the archive unready for a while even when
+    // other writes (another partition, maintenance) succeed in between:
+    // readiness must not flip back between the failing requests.
+    let mut last_failure: Option<Instant> = None;
     loop {
         let asked = control.flush_requested.load(Ordering::Acquire);
         if asked > control.flush_done.load(Ordering::Acquire) {
@@ -945,6 +949,7 @@ fn archive_stage(
                     }
                     Err(e) => {
                         pm.archive_errors.inc();
+                        last_failure = Some(Instant::now());
                         error!(error = %e, requests = acks.len(), "archive write failed; the senders are asked to retry");
                         for ack in acks {
                             let _ = ack.send(Err(e.to_string()));
@@ -962,7 +967,8 @@ fn archive_stage(
             }
             pm.archive_busy.inc_by(last_tick.elapsed().as_secs_f64());
         }
-        let healthy = writer.is_healthy();
+        let healthy =
+            writer.is_healthy() && last_failure.is_none_or(|t| t.elapsed() >= ARCHIVE_FAILURE_HOLD);
         pm.archive_healthy.set(healthy as i64);
         Health::set(
             &health.archive,
@@ -986,6 +992,10 @@ fn archive_stage(
     );
     Ok(())
 }
+
+/// How long a failed archive write keeps `/readyz` at 503 after the last
+/// failure, whatever succeeds in between.
+const ARCHIVE_FAILURE_HOLD: Duration = Duration::from_secs(10);
 
 /// Where alerts go: the JSONL file and the alert archive always, Kafka when configured.
 struct AlertOutputs {

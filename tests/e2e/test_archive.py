@@ -162,6 +162,13 @@ def test_archive_that_cannot_be_written_pushes_back_and_recovers(vigil_factory):
     except urllib.error.HTTPError as e:
         assert e.code == 503 and b"archive" in e.read()
     assert "vigil_archive_errors_total 1" in v.metrics()
+    # Maintenance that succeeds in between (every 0.5 s) does not make it ready.
+    time.sleep(2)
+    try:
+        urllib.request.urlopen(v.http + "/readyz", timeout=5)
+        raise AssertionError("ready again while the failed write is not written")
+    except urllib.error.HTTPError as e:
+        assert e.code == 503
     blocker.unlink()
     time.sleep(1)
     assert post(v.http + "/v1/logs", json_logs(2, "blocked@example.com", T0 + 3600), "application/json")[0] == 200
