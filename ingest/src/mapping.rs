@@ -558,7 +558,7 @@ impl MappingSet {
                 }
             })?;
             for m in spec.mappings {
-                let compiled = compile_mapping(file, m)?;
+                let compiled = compile_mapping(file, m).map_err(|e| at_line(e, text))?;
                 by_name.insert(compiled.name.clone(), compiled);
             }
             for v in spec.verbs {
@@ -922,6 +922,47 @@ fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, MappingError> {
     Ok(out)
 }
 
+/// A compile error with the line it is about, as far as the text shows it:
+/// the first line, from the mapping's `name:` on, that holds the value the
+/// message quotes in backticks (`pth`, `user_prmpt`), else the `name:` line.
+fn at_line(e: MappingError, text: &str) -> MappingError {
+    let MappingError::Invalid {
+        file,
+        mapping,
+        message,
+    } = e
+    else {
+        return e;
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let named = |l: &&str| {
+        let l = l.trim_start().trim_start_matches("- ");
+        l.strip_prefix("name:")
+            .is_some_and(|v| v.trim().trim_matches(['"', '\'']) == mapping)
+    };
+    let start = lines.iter().position(named);
+    let quoted = message.split('`').nth(1).filter(|q| !q.is_empty());
+    let line = start.map(|s| {
+        // Up to the next mapping's name, not into it.
+        let end = lines[s + 1..]
+            .iter()
+            .position(|l| l.trim_start().starts_with("- name:"))
+            .map_or(lines.len(), |n| s + 1 + n);
+        quoted
+            .and_then(|q| lines[s..end].iter().position(|l| l.contains(q)))
+            .map_or(s, |i| s + i)
+            + 1
+    });
+    MappingError::Invalid {
+        file: match line {
+            Some(l) => format!("{file}:{l}"),
+            None => file,
+        },
+        mapping,
+        message,
+    }
+}
+
 fn compile_mapping(file: &str, m: MappingSpec) -> Result<Mapping, MappingError> {
     let invalid = |message: String| MappingError::Invalid {
         file: file.to_string(),
@@ -1244,5 +1285,17 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("unknown column `usr`"), "{err}");
+        assert!(err.starts_with("m.yaml:5: mapping `x`"), "{err}");
+        // The second mapping of a file: its own line, not the first's.
+        let err = MappingSet::from_texts(&[(
+            "m.yaml".into(),
+            "mappings:\n  - name: a\n    source: agent\n    signals: [log]\n    kinds:\n      - {kind: user_prompt}\n  - name: b\n    source: agent\n    signals: [log]\n    kinds:\n      - {kind: user_prmpt}\n".into(),
+        )])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("m.yaml:11: mapping `b`: unknown kind `user_prmpt`"),
+            "{err}"
+        );
     }
 }

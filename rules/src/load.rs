@@ -590,7 +590,21 @@ pub fn check(
         }
         for t in &r.doc.tests {
             if let Err(message) = crate::testing::validate_test(t) {
-                let line = locate(&r.chunk, r.line_start(), &t.name).unwrap_or(r.line);
+                // The test's line, or further down the line of what the
+                // message quotes (`usr`: an event's unknown field).
+                let start = r.line_start();
+                let named = locate(&r.chunk, start, &t.name);
+                let quoted = message.split('`').nth(1).filter(|q| !q.is_empty());
+                let line = named
+                    .and_then(|n| {
+                        let q = quoted?;
+                        let below = r.chunk.lines().skip(n - start);
+                        let key = format!("{q}:");
+                        let at = |pat: &str| below.clone().position(|l| l.contains(pat));
+                        at(&key).or_else(|| at(q)).map(|i| n + i)
+                    })
+                    .or(named)
+                    .unwrap_or(r.line);
                 diags.push(Diagnostic {
                     file: r.file.clone(),
                     line,

@@ -385,7 +385,8 @@ mod tests {
             err.to_string().contains("unknown event field `usr`"),
             "{err}"
         );
-        assert!(err.to_string().contains("r.yaml:6:"), "{err}");
+        // The event's own line, not the test's (line 6).
+        assert!(err.to_string().contains("r.yaml:8:"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
