@@ -950,6 +950,10 @@ fn archive_stage(
                     Err(e) => {
                         pm.archive_errors.inc();
                         last_failure = Some(Instant::now());
+                        // Unready before the senders hear of the failure: one
+                        // that asks /readyz next must not find it ready.
+                        pm.archive_healthy.set(0);
+                        Health::set(&health.archive, Some(format!("archive: {e}")));
                         error!(error = %e, requests = acks.len(), "archive write failed; the senders are asked to retry");
                         for ack in acks {
                             let _ = ack.send(Err(e.to_string()));

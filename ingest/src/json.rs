@@ -94,15 +94,7 @@ fn decode_or_repair<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Re
 /// there is neither. Lengths do not matter in JSON, but these keep them.
 pub fn repair_text(body: &[u8]) -> Option<Vec<u8>> {
     let mut out = body.to_vec();
-    let mut changed = false;
-    let mut at = 0;
-    while let Err(e) = std::str::from_utf8(&out[at..]) {
-        let bad = at + e.valid_up_to();
-        let n = e.error_len().unwrap_or(out.len() - bad);
-        out[bad..bad + n].fill(b'?');
-        at = bad + n;
-        changed = true;
-    }
+    let mut changed = crate::wire::question_marks_for_invalid_utf8(&mut out);
     let hex = |b: &[u8]| -> Option<u16> {
         u16::from_str_radix(std::str::from_utf8(b.get(..4)?).ok()?, 16).ok()
     };

@@ -65,16 +65,24 @@ pub fn repair_utf8(buf: &[u8], traces: bool) -> Option<(Vec<u8>, usize)> {
     }
     let mut out = buf.to_vec();
     for &(start, len) in &spans {
-        let text = &mut out[start..start + len];
-        let mut at = 0;
-        while let Err(e) = std::str::from_utf8(&text[at..]) {
-            let bad = at + e.valid_up_to();
-            let n = e.error_len().unwrap_or(text.len() - bad);
-            text[bad..bad + n].fill(b'?');
-            at = bad + n;
-        }
+        question_marks_for_invalid_utf8(&mut out[start..start + len]);
     }
     Some((out, spans.len()))
+}
+
+/// Replaces each byte of `text` that is not part of valid UTF-8 by `?`, one
+/// for one; true when there was any.
+pub(crate) fn question_marks_for_invalid_utf8(text: &mut [u8]) -> bool {
+    let mut at = 0;
+    let mut changed = false;
+    while let Err(e) = std::str::from_utf8(&text[at..]) {
+        let bad = at + e.valid_up_to();
+        let n = e.error_len().unwrap_or(text.len() - bad);
+        text[bad..bad + n].fill(b'?');
+        at = bad + n;
+        changed = true;
+    }
+    changed
 }
 
 /// The levels logs and traces share: request -> resource -> scope -> records

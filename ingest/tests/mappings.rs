@@ -908,6 +908,33 @@ fn generic_api_tools_write_by_their_arguments() {
     );
     assert_eq!(dml.kind, EventKind::ConnectorAction);
     assert_eq!(dml.action.as_deref(), Some("delete"));
+    // A POST to a search or query endpoint reads.
+    let search = span(
+        json!({"service.name": "mcp-gateway"}),
+        "tools/call es_request",
+        json!({"mcp.method.name": "tools/call", "gen_ai.tool.name": "es_request", "server.address": "es.mcp.example.org",
+               "user.email": "ivy@example.com",
+               "gen_ai.tool.call.arguments": "{\"method\": \"POST\", \"path\": \"/logs-*/_search\"}"}),
+        false,
+    );
+    assert_eq!(search.kind, EventKind::ToolCall);
+    // An LLM completion tool generates text; completing a task writes.
+    let complete = span(
+        json!({"service.name": "mcp-gateway"}),
+        "tools/call complete",
+        json!({"mcp.method.name": "tools/call", "gen_ai.tool.name": "complete", "server.address": "llm.mcp.example.org",
+               "user.email": "ivy@example.com"}),
+        false,
+    );
+    assert_eq!(complete.kind, EventKind::ToolCall);
+    assert_eq!(complete.action.as_deref(), Some("generate"));
+    // The agent calling the generic tool itself: its tool_input carries the method.
+    let agent = claude(
+        json!({"event.name": "tool_result", "tool_name": "mcp__lokka__Lokka-Microsoft", "success": "true",
+                              "tool_input": "{\"method\": \"delete\", \"path\": \"/users/x\"}"}),
+    );
+    assert_eq!(agent.kind, EventKind::ConnectorAction);
+    assert_eq!(agent.action.as_deref(), Some("delete"));
     // A read through the same generic tool stays a read.
     let get = span(
         json!({"service.name": "mcp-gateway"}),
@@ -939,10 +966,15 @@ fn generic_api_tools_write_by_their_arguments() {
 #[test]
 fn claude_code_mode_changes_by_keypress_are_the_person_at_the_terminal() {
     let key = claude(
-        json!({"event.name": "permission_mode_changed", "from_mode": "plan", "to_mode": "default", "trigger": "exit_plan_mode"}),
+        json!({"event.name": "permission_mode_changed", "from_mode": "default", "to_mode": "plan", "trigger": "shift_tab"}),
     );
     assert_eq!(key.kind, EventKind::PermissionModeChange);
     assert!(key.interactive);
+    // Leaving plan mode is approved by a callback in SDK runs: not surely a person.
+    let plan = claude(
+        json!({"event.name": "permission_mode_changed", "from_mode": "plan", "to_mode": "default", "trigger": "exit_plan_mode"}),
+    );
+    assert!(!plan.interactive);
     let auto = claude(
         json!({"event.name": "permission_mode_changed", "from_mode": "default", "to_mode": "auto", "trigger": "auto_opt_in"}),
     );
