@@ -159,10 +159,9 @@ async fn export(
     let tenant = match ingest.authenticate(authorization, peer) {
         Ok(t) => t,
         Err(refusal) => {
-            ingest
-                .metrics
-                .request("http", signal.as_str(), "unauthenticated");
-            let mut r = error(
+            let mut r = refused(
+                &ingest,
+                signal,
                 Format::Json,
                 StatusCode::UNAUTHORIZED,
                 refusal.message().to_string(),
@@ -186,10 +185,9 @@ async fn export(
         "application/x-protobuf" | "application/protobuf" => Format::Protobuf,
         "application/json" => Format::Json,
         _ => {
-            ingest
-                .metrics
-                .request("http", signal.as_str(), "unsupported_media_type");
-            return error(
+            return refused(
+                &ingest,
+                signal,
                 Format::Json,
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 format!("content type {content_type:?} is not supported; send application/x-protobuf or application/json"),
@@ -199,8 +197,9 @@ async fn export(
     let body = match body {
         Ok(b) => b,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ingest.metrics.request("http", signal.as_str(), "too_large");
-            return error(
+            return refused(
+                &ingest,
+                signal,
                 format,
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
@@ -210,10 +209,13 @@ async fn export(
             );
         }
         Err(rejection) => {
-            ingest
-                .metrics
-                .request("http", signal.as_str(), "bad_request");
-            return error(format, rejection.status(), rejection.body_text());
+            return refused(
+                &ingest,
+                signal,
+                format,
+                rejection.status(),
+                rejection.body_text(),
+            );
         }
     };
     let encoding = headers
@@ -227,8 +229,9 @@ async fn export(
         "gzip" | "x-gzip" => match gunzip_limited(&body, ingest.max_body_bytes) {
             Ok(b) => Bytes::from(b),
             Err(GunzipError::TooLarge) => {
-                ingest.metrics.request("http", signal.as_str(), "too_large");
-                return error(
+                return refused(
+                    &ingest,
+                    signal,
                     format,
                     StatusCode::PAYLOAD_TOO_LARGE,
                     format!(
@@ -238,10 +241,9 @@ async fn export(
                 );
             }
             Err(GunzipError::Corrupt(e)) => {
-                ingest
-                    .metrics
-                    .request("http", signal.as_str(), "bad_request");
-                return error(
+                return refused(
+                    &ingest,
+                    signal,
                     format,
                     StatusCode::BAD_REQUEST,
                     format!("gzip body could not be decompressed: {e}"),
@@ -249,10 +251,9 @@ async fn export(
             }
         },
         other => {
-            ingest
-                .metrics
-                .request("http", signal.as_str(), "unsupported_media_type");
-            return error(
+            return refused(
+                &ingest,
+                signal,
                 format,
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 format!("content encoding {other:?} is not supported; send gzip or identity"),
@@ -261,8 +262,9 @@ async fn export(
     };
     if let Some(limit) = ingest.limits.as_ref().and_then(|l| l.body_limit(&tenant)) {
         if body.len() > limit {
-            ingest.metrics.request("http", signal.as_str(), "too_large");
-            return error(
+            return refused(
+                &ingest,
+                signal,
                 format,
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
@@ -275,10 +277,7 @@ async fn export(
     let payload = match decode(signal, format, &body) {
         Ok(p) => p,
         Err(msg) => {
-            ingest
-                .metrics
-                .request("http", signal.as_str(), "bad_request");
-            return error(format, StatusCode::BAD_REQUEST, msg);
+            return refused(&ingest, signal, format, StatusCode::BAD_REQUEST, msg);
         }
     };
     match ingest.export(payload, "http", tenant).await {
@@ -379,6 +378,25 @@ fn encode<T: Message + Serialize>(format: Format, msg: &T) -> Vec<u8> {
         Format::Protobuf => msg.encode_to_vec(),
         Format::Json => serde_json::to_vec(msg).unwrap_or_else(|_| b"{}".to_vec()),
     }
+}
+
+/// A request refused before it reaches the pipeline: counted under the
+/// status it is answered with, and answered in the sender's format.
+fn refused(
+    ingest: &Ingest,
+    signal: Signal,
+    format: Format,
+    status: StatusCode,
+    message: String,
+) -> Response {
+    let counted = match status {
+        StatusCode::UNAUTHORIZED => "unauthenticated",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        _ => "bad_request",
+    };
+    ingest.metrics.request("http", signal.as_str(), counted);
+    error(format, status, message)
 }
 
 fn error(format: Format, status: StatusCode, message: String) -> Response {

@@ -198,9 +198,6 @@ impl Ingest {
             static LAST_WARNING: std::sync::atomic::AtomicI64 =
                 std::sync::atomic::AtomicI64::new(i64::MIN);
             let last = LAST_WARNING.load(std::sync::atomic::Ordering::Relaxed);
-            let first = events
-                .iter()
-                .find(|e| e.attrs.contains_key("vigil.sender_time"));
             if received_ns.saturating_sub(last) >= 60_000_000_000
                 && LAST_WARNING
                     .compare_exchange(
@@ -211,6 +208,9 @@ impl Ingest {
                     )
                     .is_ok()
             {
+                let first = events
+                    .iter()
+                    .find(|e| e.attrs.contains_key("vigil.sender_time"));
                 tracing::warn!(
                     tenant = %capture_tenant,
                     records = clock_ahead,

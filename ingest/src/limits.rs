@@ -30,6 +30,13 @@ pub struct Rate {
     pub max_body_bytes: Option<usize>,
 }
 
+impl Rate {
+    /// The most records taken at once: `burst`, else one second's worth.
+    fn burst(&self) -> u32 {
+        self.burst.unwrap_or(self.records_per_second).max(1)
+    }
+}
+
 /// `auth.rate_limits` in vigil.yaml: a default for every tenant and per-tenant overrides.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -72,7 +79,7 @@ impl TenantLimiter {
                 ));
             }
             // The OTel SDKs export up to 512 records a request by default.
-            let burst = rate.burst.unwrap_or(rate.records_per_second);
+            let burst = rate.burst();
             if burst < 512 {
                 tracing::warn!(
                     tenant = name,
@@ -96,13 +103,9 @@ impl TenantLimiter {
         let mut map = self.limiters.lock().ok()?;
         map.entry(tenant.clone())
             .or_insert_with(|| {
-                let rate = self
-                    .limits
-                    .tenants
-                    .get(tenant.as_ref())
-                    .or(self.limits.default.as_ref())?;
+                let rate = self.rate(tenant)?;
                 let per_second = NonZeroU32::new(rate.records_per_second)?;
-                let burst = NonZeroU32::new(rate.burst.unwrap_or(rate.records_per_second).max(1))?;
+                let burst = NonZeroU32::new(rate.burst())?;
                 Some(Arc::new(RateLimiter::direct(
                     Quota::per_second(per_second).allow_burst(burst),
                 )))
@@ -110,22 +113,17 @@ impl TenantLimiter {
             .clone()
     }
 
-    /// The most records one request of `tenant` may carry.
-    fn burst_of(&self, tenant: &str) -> u32 {
+    /// The tenant's own limits, else the default ones.
+    fn rate(&self, tenant: &str) -> Option<&Rate> {
         self.limits
             .tenants
             .get(tenant)
             .or(self.limits.default.as_ref())
-            .map_or(0, |r| r.burst.unwrap_or(r.records_per_second).max(1))
     }
 
     /// The largest request the tenant may send, when it has its own limit.
     pub fn body_limit(&self, tenant: &str) -> Option<usize> {
-        self.limits
-            .tenants
-            .get(tenant)
-            .or(self.limits.default.as_ref())?
-            .max_body_bytes
+        self.rate(tenant)?.max_body_bytes
     }
 
     /// Takes `records` from the tenant's allowance, or says when to retry.
@@ -148,7 +146,7 @@ impl TenantLimiter {
                 retry_after: Duration::from_secs(1),
                 message: format!(
                     "a request of {records} records is larger than tenant {tenant}'s burst allowance ({}); send smaller batches (OTEL_BLRP_MAX_EXPORT_BATCH_SIZE, OTEL_BSP_MAX_EXPORT_BATCH_SIZE) or raise auth.rate_limits burst",
-                    self.burst_of(tenant)
+                    self.rate(tenant).map_or(0, Rate::burst)
                 ),
                 too_large: true,
             }),
