@@ -57,27 +57,55 @@ fn cmp_key(p: &Event, time: i64, id: &str) -> Ordering {
 }
 
 /// Key hashes of the event being processed, computed at most once per
-/// distinct `key:` list (most rules key on `session`, `user` or both), and
-/// shared by the rule states and the suppression maps.
+/// distinct `key:` (and `fallback_key:`) of the rules (most rules key on
+/// `session`, `user` or both), and shared by the rule states and the
+/// suppression maps.
 struct EventKeys {
-    /// Distinct key lists of the rules; a rule refers to one by index.
-    lists: Vec<Vec<FieldRef>>,
+    /// Distinct keys of the rules; a rule refers to one by index.
+    lists: Vec<RuleKey>,
     /// Per list, for the current event: `None` not yet computed, then the
-    /// hash, or `Some(None)` when a key field is missing.
+    /// hash, or `Some(None)` when the event has no key.
     hashes: Vec<Option<Option<u128>>>,
     buf: Vec<u8>,
 }
 
+/// A rule's `key:` and its `fallback_key:` (empty when it has none).
+#[derive(PartialEq)]
+struct RuleKey {
+    fields: Vec<FieldRef>,
+    fallback: Vec<FieldRef>,
+}
+
+impl RuleKey {
+    /// The key of an event with every field of `fields`, else of one with
+    /// every field of `fallback`; `None` for any other event.
+    fn required(&self, buf: &mut Vec<u8>, e: &Event) -> Option<u128> {
+        key_hash(buf, &self.fields, e, KeyFields::Required).or_else(|| {
+            if self.fallback.is_empty() {
+                None
+            } else {
+                key_hash(buf, &self.fallback, e, KeyFields::Fallback)
+            }
+        })
+    }
+}
+
 impl EventKeys {
     fn new(rules: &[CompiledRule]) -> (EventKeys, Vec<usize>) {
-        let mut lists: Vec<Vec<FieldRef>> = Vec::new();
+        let mut lists: Vec<RuleKey> = Vec::new();
         let slots = rules
             .iter()
-            .map(|r| match lists.iter().position(|l| *l == r.key) {
-                Some(i) => i,
-                None => {
-                    lists.push(r.key.clone());
-                    lists.len() - 1
+            .map(|r| {
+                let key = RuleKey {
+                    fields: r.key.clone(),
+                    fallback: r.fallback_key.clone(),
+                };
+                match lists.iter().position(|l| *l == key) {
+                    Some(i) => i,
+                    None => {
+                        lists.push(key);
+                        lists.len() - 1
+                    }
                 }
             })
             .collect();
@@ -93,19 +121,25 @@ impl EventKeys {
         self.hashes.fill(None);
     }
 
-    /// The key of list `slot`, `None` when the event lacks a key field.
+    /// The key of list `slot`, `None` when the event has no key: it lacks a
+    /// field of `key:`, and of `fallback_key:` too when the rule has one.
     fn required(&mut self, slot: usize, e: &Event) -> Option<u128> {
-        *self.hashes[slot]
-            .get_or_insert_with(|| key_hash(&mut self.buf, &self.lists[slot], e, true))
+        *self.hashes[slot].get_or_insert_with(|| self.lists[slot].required(&mut self.buf, e))
     }
 
-    /// The key of list `slot` with missing fields as an "absent" value.
+    /// The key of list `slot`, with missing fields of `key:` as an "absent"
+    /// value when the event has no key.
     fn any(&mut self, slot: usize, e: &Event) -> u128 {
         match self.required(slot, e) {
             // With every field present both encodings are the same bytes.
             Some(k) => k,
-            None => key_hash(&mut self.buf, &self.lists[slot], e, false)
-                .expect("a key without required fields always exists"),
+            None => key_hash(
+                &mut self.buf,
+                &self.lists[slot].fields,
+                e,
+                KeyFields::Absent,
+            )
+            .expect("a key without required fields always exists"),
         }
     }
 }
@@ -940,13 +974,26 @@ impl RuleSet {
     }
 }
 
-/// Hash of tenant and the rule's key values. With `required`, an event
-/// lacking a key field has no key (stateful kinds skip it); otherwise a
-/// missing field is a distinct "absent" value.
-fn key_hash(buf: &mut Vec<u8>, key: &[FieldRef], e: &Event, required: bool) -> Option<u128> {
+/// How `key_hash` treats the key's fields.
+#[derive(Clone, Copy, PartialEq)]
+enum KeyFields {
+    /// An event lacking a field has no key (stateful kinds skip it).
+    Required,
+    /// The same, for a rule's `fallback_key:`: its hashes are kept apart
+    /// from those of `key:` by a leading byte no `key:` hash has.
+    Fallback,
+    /// A missing field is a distinct "absent" value.
+    Absent,
+}
+
+/// Hash of tenant and the rule's key values.
+fn key_hash(buf: &mut Vec<u8>, key: &[FieldRef], e: &Event, fields: KeyFields) -> Option<u128> {
     buf.clear();
     buf.extend_from_slice(&(e.tenant.len() as u64).to_le_bytes());
     buf.extend_from_slice(e.tenant.as_bytes());
+    if fields == KeyFields::Fallback {
+        buf.push(2);
+    }
     for f in key {
         match f.get(e) {
             Some(v) => {
@@ -955,8 +1002,8 @@ fn key_hash(buf: &mut Vec<u8>, key: &[FieldRef], e: &Event, required: bool) -> O
                 buf.extend_from_slice(&(t.len() as u64).to_le_bytes());
                 buf.extend_from_slice(t.as_bytes());
             }
-            None if required => return None,
-            None => buf.push(0),
+            None if fields == KeyFields::Absent => buf.push(0),
+            None => return None,
         }
     }
     Some(xxhash_rust::xxh3::xxh3_128(buf))
@@ -969,10 +1016,19 @@ fn build_alert(
     suppressed: u64,
     max_evidence: usize,
 ) -> Alert {
-    let key: BTreeMap<String, String> = rule
-        .key
+    // The fields the event was keyed by: `fallback_key:` when it lacks a
+    // field of `key:` and has all of the fallback's.
+    let fallback = !rule.fallback_key.is_empty()
+        && rule.key.iter().any(|f| f.get(e).is_none())
+        && rule.fallback_key.iter().all(|f| f.get(e).is_some());
+    let (fields, names) = if fallback {
+        (&rule.fallback_key, &rule.fallback_key_names)
+    } else {
+        (&rule.key, &rule.key_names)
+    };
+    let key: BTreeMap<String, String> = fields
         .iter()
-        .zip(&rule.key_names)
+        .zip(names)
         .filter_map(|(f, n)| f.get(e).map(|v| (n.clone(), v.to_text().into_owned())))
         .collect();
     let event_ids: Vec<String> = t
@@ -1504,6 +1560,101 @@ mod tests {
         let out = run_all(&mut eng, vec![r(2), r(3), r(4), w(5)]);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].count, 4);
+    }
+
+    #[test]
+    fn events_without_the_key_are_keyed_by_the_fallback_key() {
+        let y = SEQ.replace(
+            "key: [session]\n",
+            "key: [session]\nfallback_key: [user, host]\n",
+        );
+        let seen = |i: i64, kind: EventKind, user: &str, host: Option<&str>| {
+            with(ev(T0 + i * S, kind, user), |e| {
+                e.session = None;
+                e.host = host.map(Into::into);
+            })
+        };
+        let (r, w) = (EventKind::FileRead, EventKind::ConnectorAction);
+        let out = run_all(
+            &mut engine(&y),
+            vec![
+                // An endpoint's chain on one host: keyed by user and host.
+                seen(0, r, "bob", Some("ws-1")),
+                seen(1, r, "bob", Some("ws-1")),
+                // The same user on another host, and a session of the same
+                // user: neither joins the host's chain.
+                seen(2, r, "bob", Some("ws-2")),
+                ev(T0 + 2 * S, r, "bob"),
+                seen(3, r, "bob", Some("ws-1")),
+                // No session and no host: no key, skipped.
+                seen(4, w, "bob", None),
+                seen(5, w, "bob", Some("ws-1")),
+                seen(6, w, "bob", Some("ws-2")),
+            ],
+        );
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].count, 4);
+        assert_eq!(
+            out[0].key,
+            BTreeMap::from([
+                ("host".to_string(), "ws-1".to_string()),
+                ("user".to_string(), "bob".to_string())
+            ])
+        );
+        // Events with a session stay keyed by it, whatever their host.
+        let out = run_all(
+            &mut engine(&y),
+            vec![
+                with(ev(T0, r, "a"), |e| e.host = Some("h1".into())),
+                with(ev(T0 + S, r, "a"), |e| e.host = Some("h2".into())),
+                ev(T0 + 2 * S, r, "a"),
+                ev(T0 + 3 * S, w, "a"),
+            ],
+        );
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(
+            out[0].key,
+            BTreeMap::from([("session".to_string(), "s-a".to_string())])
+        );
+        // Without a fallback key the sessionless events are skipped.
+        let out = run_all(
+            &mut engine(SEQ),
+            (0..3)
+                .map(|i| seen(i, r, "bob", Some("ws-1")))
+                .chain([seen(4, w, "bob", Some("ws-1"))])
+                .collect(),
+        );
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn a_fallback_key_needs_a_key_of_other_fields() {
+        for (yaml, says) in [
+            (
+                SEQ.replace("key: [session]\n", "fallback_key: [host]\n"),
+                "needs a `key:`",
+            ),
+            (
+                SEQ.replace(
+                    "key: [session]\n",
+                    "key: [session]\nfallback_key: [session]\n",
+                ),
+                "same fields",
+            ),
+            (
+                SEQ.replace("key: [session]\n", "key: [session]\nfallback_key: [hots]\n"),
+                "hots",
+            ),
+        ] {
+            let mut p = Parsed::default();
+            parse_text("t.yaml", &yaml, &mut p);
+            let err = compile_parsed(&p, &RulesContext::default(), None).unwrap_err();
+            let text = format!("{err:?}");
+            assert!(
+                text.contains(says) && text.contains("fallback_key"),
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -98,6 +98,8 @@ pub(crate) struct RuleDoc {
     #[serde(default)]
     pub key: Vec<String>,
     #[serde(default)]
+    pub fallback_key: Vec<String>,
+    #[serde(default)]
     pub suppress: Option<Dur>,
     #[serde(default)]
     pub summary: Option<String>,
@@ -322,6 +324,10 @@ pub(crate) struct CompiledRule {
     pub info: RuleInfo,
     pub key: Vec<FieldRef>,
     pub key_names: Vec<String>,
+    /// The key of events that lack a field of `key` (empty: such events
+    /// have no key).
+    pub fallback_key: Vec<FieldRef>,
+    pub fallback_key_names: Vec<String>,
     pub suppress_ns: i64,
     pub summary: Vec<Seg>,
     pub condition: Option<Pred>,
@@ -448,6 +454,25 @@ pub(crate) fn compile_rule(
         .iter()
         .map(|k| field(k, "key"))
         .collect::<Result<Vec<_>, _>>()?;
+    let fallback_key = doc
+        .fallback_key
+        .iter()
+        .map(|k| field(k, "fallback_key"))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !fallback_key.is_empty() && key.is_empty() {
+        return Err(cerr(
+            "fallback_key",
+            "a fallback key needs a `key:` to fall back from",
+            Some("fallback_key:".into()),
+        ));
+    }
+    if !fallback_key.is_empty() && fallback_key == key {
+        return Err(cerr(
+            "fallback_key",
+            "the fallback key names the same fields as `key:`",
+            Some("fallback_key:".into()),
+        ));
+    }
     let cond = |v: &Value, path: &str| compile(v, path, &env);
     let condition = doc
         .condition
@@ -677,6 +702,8 @@ pub(crate) fn compile_rule(
         },
         key_names: key.iter().map(FieldRef::name).collect(),
         key,
+        fallback_key_names: fallback_key.iter().map(FieldRef::name).collect(),
+        fallback_key,
         suppress_ns,
         summary,
         condition,
