@@ -626,7 +626,8 @@ impl MappingSet {
     ///
     /// Tools generated from an HTTP API name the method first (Notion's
     /// `API-post-search`, `API-post-database-query`): after `api`, a method
-    /// followed by a reading verb is a read.
+    /// followed by a reading verb is a read, and so is `submit` followed by
+    /// one (`submit_query`).
     pub fn verb_of(&self, tool: &str) -> Option<(&str, bool)> {
         let words = words(tool);
         let last = words.len().saturating_sub(1);
@@ -641,11 +642,10 @@ impl MappingSet {
                 return Some((read.action.as_str(), false));
             }
         }
-        words
-            .iter()
-            .enumerate()
-            .find_map(|(i, w)| {
-                self.verbs.get(w.as_str()).or_else(|| {
+        let (i, verb) = words.iter().enumerate().find_map(|(i, w)| {
+            self.verbs
+                .get(w.as_str())
+                .or_else(|| {
                     if i == last || w.len() < 5 {
                         return None;
                     }
@@ -654,8 +654,20 @@ impl MappingSet {
                         .flatten()
                         .find_map(|s| self.verbs.get(s))
                 })
-            })
-            .map(|v| (v.action.as_str(), v.writes))
+                .map(|v| (i, v))
+        })?;
+        // A submitted query or search reads (`submit_query`: an asynchronous
+        // SELECT); submitting anything else (a form, a review) writes.
+        if verb.action == "submit" {
+            if let Some(read) = words
+                .get(i + 1)
+                .and_then(|w| self.verbs.get(w.as_str()))
+                .filter(|v| !v.writes)
+            {
+                return Some((read.action.as_str(), false));
+            }
+        }
+        Some((verb.action.as_str(), verb.writes))
     }
 
     fn connector_of(&self, candidates: &[Option<&str>]) -> Option<&str> {
@@ -1265,6 +1277,17 @@ mod tests {
         );
         assert_eq!(set.verb_of("chat.postMessage"), Some(("post", true)));
         assert_eq!(set.verb_of("gmail_trash_message"), Some(("delete", true)));
+        // A submitted query reads; a submitted form or review writes.
+        assert_eq!(set.verb_of("submit_query"), Some(("read", false)));
+        assert_eq!(
+            set.verb_of("snowflake_submit_search"),
+            Some(("read", false))
+        );
+        assert_eq!(set.verb_of("submit_form"), Some(("submit", true)));
+        assert_eq!(
+            set.verb_of("submit_pull_request_review"),
+            Some(("submit", true))
+        );
     }
 
     #[test]

@@ -124,6 +124,14 @@ static SSH_HOST: LazyLock<Regex> = LazyLock::new(|| {
         .expect("static regex")
 });
 
+/// The storage account an `az storage` command names (`az storage blob
+/// upload --account-name acmedata ...`): its host is the account's endpoint
+/// of that service (`acmedata.blob.core.windows.net`).
+static AZ_ACCOUNT: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r#"(?i)\baz\s+storage\s+(blob|file|share|directory|fs)\b[^;&|]*?\s--account-name[\s=]+["']?([a-z0-9]{3,24})\b"#)
+        .expect("static regex")
+});
+
 /// Flags whose quoted value is a payload or a message, not a destination:
 /// hosts named inside it (`-d '{"url": "https://..."}'`, `-m 'see https://...'`,
 /// `-H 'Origin: https://...'`) are not where the command sends anything.
@@ -238,13 +246,14 @@ fn is_local_ip(ip: IpAddr) -> bool {
 /// True when `pred` holds for a host the value names: the value itself when
 /// it is a bare host (`mcp.slack.com`, `host:443`), else every URL host,
 /// every scp/rsync style `user@host:path` destination, the host an `sftp`
-/// or `ssh` connects to, and every host
+/// or `ssh` connects to, the endpoint of the storage account an `az
+/// storage` command names, and every host
 /// written without a scheme but with a path or a port
 /// (`paste.example.net/api`, `203.0.113.5 4444`) in it (a command line).
 /// In a command line, hosts inside a quoted payload or message
 /// ([`PAYLOAD_FLAGS`]) and single-label web hosts (`http://api:8000`, a
 /// container or LAN name) are not destinations and are skipped.
-pub(crate) fn any_host<'a>(text: &'a str, mut pred: impl FnMut(&'a str) -> bool) -> bool {
+pub(crate) fn any_host(text: &str, mut pred: impl FnMut(&str) -> bool) -> bool {
     let t = text.trim();
     if !t.is_empty() && !t.contains(|c: char| c.is_whitespace() || c == '/' || c == '@') {
         let host = match t.rsplit_once(':') {
@@ -291,6 +300,22 @@ pub(crate) fn any_host<'a>(text: &'a str, mut pred: impl FnMut(&'a str) -> bool)
             }
         }
     }
+    if t.contains("storage") {
+        for c in AZ_ACCOUNT.captures_iter(t) {
+            let (Some(service), Some(account)) = (c.get(1), c.get(2)) else {
+                continue;
+            };
+            let service = match service.as_str().to_ascii_lowercase().as_str() {
+                "blob" => "blob",
+                "fs" => "dfs",
+                _ => "file",
+            };
+            let host = format!("{}.{service}.core.windows.net", account.as_str());
+            if !in_payload(account.start()) && pred(&host) {
+                return true;
+            }
+        }
+    }
     bare_hosts(t, |at, host| !in_payload(at) && pred(host))
 }
 
@@ -333,10 +358,10 @@ fn bare_hosts<'a>(text: &'a str, mut pred: impl FnMut(usize, &'a str) -> bool) -
 
 /// Every host [`any_host`] looks at, in order.
 #[cfg(test)]
-pub(crate) fn extract_hosts(text: &str) -> Vec<&str> {
+pub(crate) fn extract_hosts(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     any_host(text, |h| {
-        out.push(h);
+        out.push(h.to_string());
         false
     });
     out
@@ -431,6 +456,28 @@ mod tests {
             vec!["203.0.113.8"]
         );
         assert!(extract_hosts("ssh-add ~/.ssh/id_ed25519").is_empty());
+    }
+
+    #[test]
+    fn az_storage_names_its_accounts_endpoint() {
+        assert_eq!(
+            extract_hosts(
+                "az storage blob upload --account-name acmedata -c drop -f d.tgz -n d.tgz"
+            ),
+            vec!["acmedata.blob.core.windows.net"]
+        );
+        assert_eq!(
+            extract_hosts("az storage file upload --share-name s --source x --account-name=Ext01"),
+            vec!["Ext01.file.core.windows.net"]
+        );
+        assert_eq!(
+            extract_hosts("az storage fs file upload -f fs1 -s x -p y --account-name lake9"),
+            vec!["lake9.dfs.core.windows.net"]
+        );
+        // Without the account's name the command names no host; other az
+        // commands' --account-name is not a storage endpoint.
+        assert!(extract_hosts("az storage blob upload -c drop -f d.tgz -n d.tgz").is_empty());
+        assert!(extract_hosts("az batch pool list --account-name b1").is_empty());
     }
 
     #[test]
