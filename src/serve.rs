@@ -8,6 +8,7 @@
 //! JSONL file and the alert archive. Stages are joined by bounded channels, so
 //! a slow stage slows the one before it and, in the end, the senders (429).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -533,11 +534,13 @@ pub fn run(config: Config) -> Result<()> {
             idle: config.engine.idle_timeout,
             missed: restored.missed,
             reloads: reload_rx,
-            control: control.clone(),
-            archive_dir: archive_cfg.dir.clone(),
-            alerts_path: alerts_path.clone(),
-            restore_window: config.engine.restore_window,
-            engine_config: config.engine.engine_config(),
+            rebuild: Rebuild {
+                control: control.clone(),
+                archive_dir: archive_cfg.dir.clone(),
+                alerts_path: alerts_path.clone(),
+                restore_window: config.engine.restore_window,
+                engine_config: config.engine.engine_config(),
+            },
             snapshot,
         };
         let stdout = config.alerts.stdout;
@@ -1084,21 +1087,34 @@ struct DetectSetup {
     missed: Vec<Alert>,
     /// New rule sets from SIGHUP.
     reloads: Receiver<rules::RuleSet>,
+    rebuild: Rebuild,
+    /// Where the engine's state goes at a clean shutdown (none: start empty next time).
+    snapshot: Option<std::path::PathBuf>,
+}
+
+/// What rebuilding detection state from the archive for new rules needs.
+struct Rebuild {
     control: Arc<StageControl>,
     archive_dir: std::path::PathBuf,
     alerts_path: std::path::PathBuf,
     restore_window: Duration,
     engine_config: rules::EngineConfig,
-    /// Where the engine's state goes at a clean shutdown (none: start empty next time).
-    snapshot: Option<std::path::PathBuf>,
 }
 
-impl DetectSetup {
+impl Rebuild {
     /// A new engine for `set`, its state rebuilt from the archive; alerts it
     /// raises over that history that were never written come back with it.
-    fn rebuild(&self, set: rules::RuleSet) -> Result<(rules::Engine, Vec<Alert>)> {
+    fn run(&self, set: rules::RuleSet) -> Result<(rules::Engine, Vec<Alert>)> {
         if !self.control.flush_archive(Duration::from_secs(10)) {
             warn!("the archive did not close its files in time; the newest events may be missing from the rebuilt state");
+        }
+        // The end-to-end tests hold a rebuild up to see that ingest goes on meanwhile.
+        #[cfg(debug_assertions)]
+        if let Some(ms) = std::env::var("VIGIL_TEST_REBUILD_PAUSE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            std::thread::sleep(Duration::from_millis(ms));
         }
         let mut engine = rules::Engine::new(set, self.engine_config.clone());
         let restored = crate::restore::warm_up(
@@ -1108,6 +1124,52 @@ impl DetectSetup {
             self.restore_window,
         )?;
         Ok((engine, restored.missed))
+    }
+
+    /// [`Rebuild::run`] on another thread while this one keeps taking the
+    /// archived batches off the detection queue, so the archive stage and the
+    /// senders do not wait for a rebuild that may read millions of events.
+    /// The batches wait in `backlog`, in order, for whichever engine is in
+    /// force afterwards (as they would have waited in the queue); past the
+    /// engine's memory budget (`engine.max_buffered_mib`) they are left in
+    /// the queue, which pushes back on ingest as before.
+    fn run_draining(
+        &self,
+        set: rules::RuleSet,
+        events: &Receiver<Vec<Vec<Event>>>,
+        backlog: &mut VecDeque<Vec<Vec<Event>>>,
+    ) -> Result<(rules::Engine, Vec<Alert>)> {
+        let budget = self.engine_config.max_buffered_mib << 20;
+        let mut bytes: usize = backlog
+            .iter()
+            .flatten()
+            .flatten()
+            .map(rules::held_size)
+            .sum();
+        let mut open = true;
+        std::thread::scope(|scope| {
+            let job = std::thread::Builder::new()
+                .name("vigil-rebuild".into())
+                .spawn_scoped(scope, || self.run(set))
+                .context("cannot start the rebuild thread")?;
+            while !job.is_finished() {
+                if !open || bytes >= budget {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+                match events.recv_timeout(Duration::from_millis(20)) {
+                    Ok(batch) => {
+                        bytes += batch.iter().flatten().map(rules::held_size).sum::<usize>();
+                        backlog.push_back(batch);
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    // Shutting down: the backlog and then the end of the stream follow the rebuild.
+                    Err(RecvTimeoutError::Disconnected) => open = false,
+                }
+            }
+            job.join()
+                .map_err(|_| anyhow::anyhow!("rebuilding detection state panicked"))?
+        })
     }
 }
 
@@ -1128,6 +1190,7 @@ fn detect_stage(
     let mut last_tick = Instant::now();
     let mut last_batch = Instant::now();
     let mut emitted = 0u64;
+    let mut backlog = VecDeque::new();
     loop {
         if let Ok(set) = setup.reloads.try_recv() {
             if set.digest() == engine.ruleset().digest() {
@@ -1142,12 +1205,20 @@ fn detect_stage(
             // Everything the old rules raised is written first, so the rebuild knows it.
             outputs.deliver(&mut pending, health, pm);
             let rules = set.len();
-            match setup.rebuild(set) {
+            info!(
+                rules,
+                "rules changed; rebuilding detection state from the archive (ingest goes on, alerts wait)"
+            );
+            let started = Instant::now();
+            let waiting = backlog.len();
+            match setup.rebuild.run_draining(set, &events, &mut backlog) {
                 Ok((fresh, missed)) => {
                     engine = fresh;
                     info!(
                         rules,
                         alerts_over_history = missed.len(),
+                        seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
+                        batches_waiting = backlog.len() - waiting,
                         "rules reloaded; state rebuilt from the archive"
                     );
                     pending.local.extend(missed);
@@ -1157,7 +1228,11 @@ fn detect_stage(
                 }
             }
         }
-        let next = events.recv_timeout(idle.min(Duration::from_secs(1)));
+        // Batches taken off the queue during a rebuild go first, in order.
+        let next = match backlog.pop_front() {
+            Some(batch) => Ok(batch),
+            None => events.recv_timeout(idle.min(Duration::from_secs(1))),
+        };
         let working = Instant::now();
         let (alerts, done) = match next {
             Ok(batch) => {

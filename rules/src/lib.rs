@@ -23,7 +23,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 pub use config::{BusinessHours, ClockTime, Day, EngineConfig, HoursOverride, Lists, RulesContext};
-pub use engine::{Engine, EngineStats, RestoreReport, RuleStats, SnapshotError};
+pub use engine::{held_size, Engine, EngineStats, RestoreReport, RuleStats, SnapshotError};
 pub use load::{check, default_pack_files, load, RuleSet, MAX_FILE_BYTES};
 pub use rule::{RuleInfo, RuleKind};
 
