@@ -492,8 +492,9 @@ mod tests {
         let err = Config::parse("engine:\n  idle_timeout: soon\n", "vigil.yaml")
             .unwrap_err()
             .to_string();
+        // At the value, with its key: not at the section.
         assert!(
-            err.contains("vigil.yaml:2") && err.contains("soon"),
+            err.starts_with("vigil.yaml:2:17: engine.idle_timeout:") && err.contains("soon"),
             "{err}"
         );
     }

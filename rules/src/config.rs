@@ -256,8 +256,19 @@ pub mod duration_text {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        parse(&text).map_err(de::Error::custom)
+        // Parsed inside the visitor, so that YAML errors point at the value
+        // (`engine.idle_timeout` at its line and column), not at its section.
+        struct Text;
+        impl de::Visitor<'_> for Text {
+            type Value = Duration;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a duration such as 30s, 5m, 2h or 1h30m")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+                parse(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Text)
     }
 
     /// Parses `30s`, `5m`, `2h`, `7d`, `1h30m`.

@@ -763,6 +763,16 @@ mod tests {
             d.message.contains("inactivity.start.sourc: unknown field"),
             "{d}"
         );
+        // A bad duration is reported at its own line, with its key.
+        let d = first_error(
+            "id: a\ntitle: A\nseverity: low\nkey: [user]\nkind: threshold\ncondition: {kind: file_read}\nthreshold:\n  count: 3\n  window: 5\n",
+        );
+        assert_eq!(d.line, 9, "{d}");
+        assert!(
+            d.message
+                .contains("threshold.window: invalid duration \"5\""),
+            "{d}"
+        );
     }
 
     #[test]

@@ -26,10 +26,7 @@ pub(crate) struct Dur(pub Duration);
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        crate::config::duration_text::parse(&text)
-            .map(Dur)
-            .map_err(serde::de::Error::custom)
+        crate::config::duration_text::deserialize(d).map(Dur)
     }
 }
 
