@@ -8,6 +8,8 @@ use std::future::Future;
 
 use std::convert::Infallible;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
 use opentelemetry_proto::tonic::collector::logs::v1::{
@@ -97,6 +99,8 @@ impl Otlp {
 trait BytesExport: Send + Sync + 'static {
     const NAME: &'static str;
     const PATH: &'static str;
+    /// The signal's name in the metrics' labels.
+    const SIGNAL: &'static str;
     type Response: Message + Send + 'static;
     fn export(otlp: Otlp, request: Request<Bytes>) -> BoxFuture<Response<Self::Response>, Status>;
 }
@@ -106,11 +110,12 @@ struct LogsExport;
 impl BytesExport for LogsExport {
     const NAME: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
     const PATH: &'static str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+    const SIGNAL: &'static str = "log";
     type Response = ExportLogsServiceResponse;
 
     fn export(otlp: Otlp, request: Request<Bytes>) -> BoxFuture<Response<Self::Response>, Status> {
         Box::pin(async move {
-            let tenant = otlp.tenant(&request, Bytes::len, "log")?;
+            let tenant = otlp.tenant(&request, Bytes::len, Self::SIGNAL)?;
             let o = otlp
                 .run(Payload::LogsBytes(request.into_inner()), tenant)
                 .await?;
@@ -129,11 +134,12 @@ struct TracesExport;
 impl BytesExport for TracesExport {
     const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
     const PATH: &'static str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+    const SIGNAL: &'static str = "span";
     type Response = ExportTraceServiceResponse;
 
     fn export(otlp: Otlp, request: Request<Bytes>) -> BoxFuture<Response<Self::Response>, Status> {
         Box::pin(async move {
-            let tenant = otlp.tenant(&request, Bytes::len, "span")?;
+            let tenant = otlp.tenant(&request, Bytes::len, Self::SIGNAL)?;
             let o = otlp
                 .run(Payload::TracesBytes(request.into_inner()), tenant)
                 .await?;
@@ -185,7 +191,9 @@ impl<E: BytesExport> Service<http::Request<Body>> for BytesServer<E> {
                 Ok(Status::unimplemented("only Export is served here").into_http())
             });
         }
-        let method = Export::<E>(self.otlp.clone(), PhantomData);
+        let reached = Arc::new(AtomicBool::new(false));
+        let method = Export::<E>(self.otlp.clone(), reached.clone(), PhantomData);
+        let otlp = self.otlp.clone();
         let limit = self.max_decoding_message_size;
         Box::pin(async move {
             let mut accept = EnabledCompressionEncodings::default();
@@ -193,18 +201,29 @@ impl<E: BytesExport> Service<http::Request<Body>> for BytesServer<E> {
             let mut grpc = tonic::server::Grpc::new(BytesCodec::<E::Response>(PhantomData))
                 .apply_compression_config(accept, EnabledCompressionEncodings::default())
                 .apply_max_message_size_config(Some(limit), None);
-            Ok(grpc.unary(method, req).await)
+            let response = grpc.unary(method, req).await;
+            // tonic refuses a message over the limit from its length prefix,
+            // before vigil's method runs: counted here, as over HTTP.
+            if !reached.load(Ordering::Relaxed)
+                && Status::from_header_map(response.headers())
+                    .is_some_and(|s| s.code() == tonic::Code::OutOfRange)
+            {
+                otlp.0.metrics.request("grpc", E::SIGNAL, "too_large");
+            }
+            Ok(response)
         })
     }
 }
 
-struct Export<E>(Otlp, PhantomData<fn() -> E>);
+/// The Export method; it says when it is reached (the request was read).
+struct Export<E>(Otlp, Arc<AtomicBool>, PhantomData<fn() -> E>);
 
 impl<E: BytesExport> UnaryService<Bytes> for Export<E> {
     type Response = E::Response;
     type Future = BoxFuture<Response<Self::Response>, Status>;
 
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+        self.1.store(true, Ordering::Relaxed);
         E::export(self.0.clone(), request)
     }
 }

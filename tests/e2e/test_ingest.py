@@ -298,6 +298,8 @@ def test_grpc_bad_input_and_metrics(vigil_factory):
     assert 'vigil_records_rejected_total{signal="log"} 1' in m
     # The unreadable request is counted as a bad request, as over HTTP.
     assert 'transport="grpc",signal="log",status="bad_request"} 1' in m, m
+    # The over-limit one, refused by tonic before vigil reads it, as too large.
+    assert 'transport="grpc",signal="log",status="too_large"} 1' in m, m
     assert 'transport="grpc",signal="span",status="bad_request"} 1' in m, m
     # Each stage says how long it worked: some time, and less than it has run.
     for stage in ("archive", "detect"):
