@@ -395,13 +395,11 @@ fn rules_command(cmd: RulesCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         "check" => match rules::check(config.default_rules, &config.rules, &ctx) {
-            Ok(list) => {
-                let set = rules::load(config.default_rules, &config.rules, &ctx)
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(set) => {
                 for w in rule_warnings(&set) {
                     eprintln!("warning: {w}");
                 }
-                println!("ok: {} rules", list.len());
+                println!("ok: {} rules", set.len());
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {

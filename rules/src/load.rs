@@ -568,12 +568,12 @@ pub fn load(
 
 /// Validates rule files without running them: every parse and compile
 /// problem, and every malformed test, as located diagnostics
-/// ([`RulesError::Invalid`]); on success, the rules that would load.
+/// ([`RulesError::Invalid`]); on success, the rule set that would load.
 pub fn check(
     default_pack: bool,
     extra_paths: &[PathBuf],
     ctx: &RulesContext,
-) -> Result<Vec<RuleInfo>, RulesError> {
+) -> Result<RuleSet, RulesError> {
     let parsed = parse_all(default_pack, extra_paths)?;
     let mut diags = Vec::new();
     let set = match compile_parsed(&parsed, ctx, None) {
@@ -614,7 +614,7 @@ pub fn check(
         }
     }
     match (set, diags.is_empty()) {
-        (Some(s), true) => Ok(s.rules()),
+        (Some(s), true) => Ok(s),
         _ => Err(RulesError::Invalid(diags)),
     }
 }
