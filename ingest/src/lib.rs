@@ -323,40 +323,10 @@ pub fn read_request<T>(
     metrics: impl FnOnce(&ExportMetricsServiceRequest) -> T,
 ) -> Result<T, SubmitError> {
     Ok(match payload {
-        Payload::LogsBytes(bytes) => match wire::decode_logs(bytes) {
-            Some(req) => logs(req),
-            None => match prost_decode::<ExportLogsServiceRequest>(bytes) {
-                Ok(req) => {
-                    by_reference("protobuf", "log");
-                    logs(otlp::LogsRef::from_prost(&req))
-                }
-                Err(e) => {
-                    let fixed = repaired(bytes, false).ok_or(e)?;
-                    by_reference("protobuf-utf8-repaired", "log");
-                    match wire::decode_logs(&fixed) {
-                        Some(req) => logs(req),
-                        None => logs(otlp::LogsRef::from_prost(&prost_decode(&fixed)?)),
-                    }
-                }
-            },
-        },
-        Payload::TracesBytes(bytes) => match wire::decode_traces(bytes) {
-            Some(req) => traces(req),
-            None => match prost_decode::<ExportTraceServiceRequest>(bytes) {
-                Ok(req) => {
-                    by_reference("protobuf", "span");
-                    traces(otlp::TracesRef::from_prost(&req))
-                }
-                Err(e) => {
-                    let fixed = repaired(bytes, true).ok_or(e)?;
-                    by_reference("protobuf-utf8-repaired", "span");
-                    match wire::decode_traces(&fixed) {
-                        Some(req) => traces(req),
-                        None => traces(otlp::TracesRef::from_prost(&prost_decode(&fixed)?)),
-                    }
-                }
-            },
-        },
+        Payload::LogsBytes(bytes) => read_protobuf::<LogsBytes, T>(bytes, by_reference, logs)?,
+        Payload::TracesBytes(bytes) => {
+            read_protobuf::<TracesBytes, T>(bytes, by_reference, traces)?
+        }
         Payload::LogsJson(body) => json::with_logs(body, || by_reference("json", "log"), logs)
             .map_err(SubmitError::Invalid)?,
         Payload::TracesJson(body) => {
@@ -367,6 +337,76 @@ pub fn read_request<T>(
         Payload::Traces(r) => traces(otlp::TracesRef::from_prost(r)),
         Payload::Metrics(r) => metrics(r),
     })
+}
+
+/// A signal whose protobuf requests are read in place ([`wire`]), with prost
+/// as the reference for what the walk declines.
+trait ProtobufSignal {
+    const SIGNAL: &'static str;
+    /// Whether [`wire::repair_utf8`] reads the bytes as spans.
+    const TRACES: bool;
+    type Prost: Message + Default;
+    type Ref<'a>;
+    fn walk(bytes: &[u8]) -> Option<Self::Ref<'_>>;
+    fn from_prost(req: &Self::Prost) -> Self::Ref<'_>;
+}
+
+struct LogsBytes;
+
+impl ProtobufSignal for LogsBytes {
+    const SIGNAL: &'static str = "log";
+    const TRACES: bool = false;
+    type Prost = ExportLogsServiceRequest;
+    type Ref<'a> = otlp::LogsRef<'a>;
+    fn walk(bytes: &[u8]) -> Option<Self::Ref<'_>> {
+        wire::decode_logs(bytes)
+    }
+    fn from_prost(req: &Self::Prost) -> Self::Ref<'_> {
+        otlp::LogsRef::from_prost(req)
+    }
+}
+
+struct TracesBytes;
+
+impl ProtobufSignal for TracesBytes {
+    const SIGNAL: &'static str = "span";
+    const TRACES: bool = true;
+    type Prost = ExportTraceServiceRequest;
+    type Ref<'a> = otlp::TracesRef<'a>;
+    fn walk(bytes: &[u8]) -> Option<Self::Ref<'_>> {
+        wire::decode_traces(bytes)
+    }
+    fn from_prost(req: &Self::Prost) -> Self::Ref<'_> {
+        otlp::TracesRef::from_prost(req)
+    }
+}
+
+/// A protobuf request of signal `S`: walked in place; else decoded by prost
+/// (`by_reference` says so); else, when only its strings are not UTF-8,
+/// repaired and read again; else refused as invalid.
+fn read_protobuf<S: ProtobufSignal, T>(
+    bytes: &[u8],
+    by_reference: impl FnOnce(&'static str, &'static str),
+    read: impl FnOnce(S::Ref<'_>) -> T,
+) -> Result<T, SubmitError> {
+    if let Some(req) = S::walk(bytes) {
+        return Ok(read(req));
+    }
+    match prost_decode::<S::Prost>(bytes) {
+        Ok(req) => {
+            by_reference("protobuf", S::SIGNAL);
+            Ok(read(S::from_prost(&req)))
+        }
+        Err(e) => {
+            let fixed = repaired(bytes, S::TRACES).ok_or(e)?;
+            by_reference("protobuf-utf8-repaired", S::SIGNAL);
+            let out = match S::walk(&fixed) {
+                Some(req) => read(req),
+                None => read(S::from_prost(&prost_decode(&fixed)?)),
+            };
+            Ok(out)
+        }
+    }
 }
 
 /// [`wire::repair_utf8`], with a warning: the request is taken with `?` for
