@@ -86,7 +86,11 @@ fn known_alert_ids(alerts_path: &Path) -> Result<HashSet<String>> {
     Ok(ids)
 }
 
-/// Replays the newest `window` of the archive through `engine`.
+/// How often a long restore says how far it has got.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// Replays the newest `window` of the archive through `engine`, saying
+/// every [`PROGRESS_EVERY`] how far it has got.
 pub fn warm_up(
     engine: &mut rules::Engine,
     archive: &Path,
@@ -108,6 +112,7 @@ pub fn warm_up(
     let known = known_alert_ids(alerts_path)?;
     out.known = known.len();
     let mut missed = Vec::new();
+    let mut last_said: Option<std::time::Instant> = None;
     let summary = replay::replay_archive(
         archive,
         Some(from),
@@ -126,7 +131,19 @@ pub fn warm_up(
             );
             Ok(())
         },
-        |_| {},
+        |p| {
+            // A long window takes a while: say how far it has got, from
+            // the first batch on.
+            if last_said.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY) {
+                last_said = Some(std::time::Instant::now());
+                info!(
+                    events = p.events,
+                    of = p.total.unwrap_or(0),
+                    at = %p.position.map_or_else(|| "-".to_string(), event::format_ns),
+                    "restoring detection state from the archive"
+                );
+            }
+        },
     )
     .context("restoring detection state from the archive")?;
     out.events = summary.events;

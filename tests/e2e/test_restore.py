@@ -93,6 +93,8 @@ def test_a_damaged_snapshot_falls_back_to_the_archive(tmp_path):
         assert v.stop() == 0, v.log()
         log = v.log_path.read_text(errors="replace")
         assert "engine snapshot not usable" in log and "detection state restored from the archive" in log
+        # The restore says how far it has got (from its first batch, then every 10 s).
+        assert "restoring detection state from the archive events=" in log, log
         assert len(unattended(v)) == 1, v.log()
     finally:
         if v.proc and v.proc.poll() is None:
