@@ -26,6 +26,7 @@ pub mod record;
 pub mod tls;
 pub mod wire;
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -186,7 +187,14 @@ impl Ingest {
             error,
             clock_ahead,
             clock_ahead_max_ns,
+            ahead_taken,
         } = normalized;
+        if ahead_taken > 0 && once_a_minute(&AHEAD_TAKEN_SAID, received_ns) {
+            tracing::warn!(
+                tenant = %capture_tenant,
+                "records dated ahead of vigil's clock are taken as sent: no sender's clock has agreed with vigil's in the last 10 minutes (a replay or test stream dated ahead?); if this is a live deployment, check this machine's clock"
+            );
+        }
         if clock_ahead > 0 {
             self.metrics
                 .records_clock_ahead
@@ -195,19 +203,7 @@ impl Ingest {
                 })
                 .inc_by(clock_ahead);
             // At most one warning a minute: a broken clock sends every few seconds.
-            static LAST_WARNING: std::sync::atomic::AtomicI64 =
-                std::sync::atomic::AtomicI64::new(i64::MIN);
-            let last = LAST_WARNING.load(std::sync::atomic::Ordering::Relaxed);
-            if received_ns.saturating_sub(last) >= 60_000_000_000
-                && LAST_WARNING
-                    .compare_exchange(
-                        last,
-                        received_ns,
-                        std::sync::atomic::Ordering::Relaxed,
-                        std::sync::atomic::Ordering::Relaxed,
-                    )
-                    .is_ok()
-            {
+            if once_a_minute(&CLOCK_AHEAD_SAID, received_ns) {
                 let first = events
                     .iter()
                     .find(|e| e.attrs.contains_key("vigil.sender_time"));
@@ -459,6 +455,19 @@ fn snake_case_json(payload: &Payload) -> bool {
         _ => return false,
     };
     body.windows(key.len()).any(|w| w == key)
+}
+
+static CLOCK_AHEAD_SAID: AtomicI64 = AtomicI64::new(i64::MIN);
+static AHEAD_TAKEN_SAID: AtomicI64 = AtomicI64::new(i64::MIN);
+
+/// Whether a warning last said at `said` may be said again at `now_ns` (a
+/// minute later); one caller of many wins.
+fn once_a_minute(said: &AtomicI64, now_ns: i64) -> bool {
+    let last = said.load(Ordering::Relaxed);
+    now_ns.saturating_sub(last) >= 60_000_000_000
+        && said
+            .compare_exchange(last, now_ns, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
 }
 
 /// Nanoseconds since the Unix epoch, now.

@@ -12,7 +12,14 @@
 //! all its records moved back by the same amount, the newest to the receipt
 //! time: their order and spacing stay, and each keeps the time it was sent
 //! with in `attrs["vigil.sender_time"]`.
+//!
+//! That needs senders whose clocks agree with vigil's to be blinded: records
+//! ahead of vigil's clock are moved back only while some sender's newest
+//! record lay near its receipt in the last [`LIVE_FOR`]. A stream that is
+//! ahead as a whole (a test or a replay of scenarios dated in the future,
+//! sent faster than they happened) has no such sender and is taken as sent.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use event::Event;
@@ -39,6 +46,10 @@ pub struct Normalized {
     pub clock_ahead: u64,
     /// The largest such move, in nanoseconds.
     pub clock_ahead_max_ns: i64,
+    /// Senders (resources) whose records lie ahead of the receipt time and
+    /// were taken as sent, because no sender's clock has agreed with vigil's
+    /// lately (see the module's text).
+    pub ahead_taken: u64,
 }
 
 impl Normalized {
@@ -54,11 +65,24 @@ impl Normalized {
 /// sender's records are moved back (see the module's text).
 pub const DEFAULT_MAX_CLOCK_AHEAD: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Applies the mapping set to OTLP requests. Cheap to clone.
+/// How long a sender whose clock agrees with vigil's shows that the stream
+/// is live, so that records ahead of vigil's clock are a sender's error.
+pub const LIVE_FOR: std::time::Duration = std::time::Duration::from_secs(600);
+const LIVE_FOR_NS: i64 = LIVE_FOR.as_nanos() as i64;
+/// How far behind its receipt a sender's newest record may lie and still
+/// count as sent by a clock that agrees with vigil's (exporters batch and
+/// retry: seconds to minutes).
+const LIVE_BEHIND_NS: i64 = 600_000_000_000;
+
+/// Applies the mapping set to OTLP requests. Cheap to clone; clones share
+/// what they learn of the senders' clocks.
 #[derive(Debug, Clone)]
 pub struct Normalizer {
     mappings: Arc<MappingSet>,
     max_ahead_ns: i64,
+    /// Receipt time of the newest request from a sender whose clock agreed
+    /// with vigil's (`i64::MIN`: none yet).
+    live_at: Arc<AtomicI64>,
 }
 
 impl Normalizer {
@@ -66,6 +90,7 @@ impl Normalizer {
         Normalizer {
             mappings,
             max_ahead_ns: DEFAULT_MAX_CLOCK_AHEAD.as_nanos() as i64,
+            live_at: Arc::new(AtomicI64::new(i64::MIN)),
         }
     }
 
@@ -77,16 +102,26 @@ impl Normalizer {
     }
 
     /// How far one sender's records move back: 0 unless its newest record
-    /// lies more than the allowed amount past `observed_ns`.
+    /// lies more than the allowed amount past `observed_ns` while other
+    /// senders' clocks agree with vigil's.
     fn shift(&self, newest: Option<i64>, observed_ns: i64, out: &mut Normalized) -> i64 {
-        match newest {
-            Some(t) if t.saturating_sub(observed_ns) > self.max_ahead_ns => {
-                let shift = t - observed_ns;
-                out.clock_ahead_max_ns = out.clock_ahead_max_ns.max(shift);
-                shift
+        let Some(t) = newest else { return 0 };
+        let ahead = t.saturating_sub(observed_ns);
+        if ahead <= self.max_ahead_ns {
+            // A written line per second at most: receivers share it.
+            if ahead >= -LIVE_BEHIND_NS
+                && self.live_at.load(Ordering::Relaxed) < observed_ns.saturating_sub(1_000_000_000)
+            {
+                self.live_at.fetch_max(observed_ns, Ordering::Relaxed);
             }
-            _ => 0,
+            return 0;
         }
+        if observed_ns.saturating_sub(self.live_at.load(Ordering::Relaxed)) > LIVE_FOR_NS {
+            out.ahead_taken += 1;
+            return 0;
+        }
+        out.clock_ahead_max_ns = out.clock_ahead_max_ns.max(ahead);
+        ahead
     }
 
     pub fn mappings(&self) -> &MappingSet {

@@ -18,6 +18,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{status, ResourceSpans, ScopeSpans, Span, Status};
 use serde_json::{json, Value};
+use vigil_ingest::normalize::LIVE_FOR;
 use vigil_ingest::{MappingSet, Normalizer};
 
 const T0: u64 = 1_773_154_800_000_000_000; // 2026-03-10T15:00:00Z
@@ -1010,8 +1011,28 @@ fn a_sender_whose_clock_runs_ahead_is_moved_back_as_a_whole() {
             resource("slightly-ahead", &[T0 + 50_000_000_000]),
         ],
     };
-    let out = normalizer().logs(&req, "default", T0 as i64);
+    let norm = normalizer();
+    // Alone, the stream is ahead as a whole (a test or a replay dated ahead):
+    // taken as sent.
+    let alone = ExportLogsServiceRequest {
+        resource_logs: vec![resource("ahead", &[T0 + DAY])],
+    };
+    let out = norm.logs(&alone, "default", T0 as i64 - 60_000_000_000);
+    assert_eq!((out.clock_ahead, out.ahead_taken), (0, 1));
+    assert_eq!(out.events[0].time, (T0 + DAY) as i64);
+    // Once a sender whose clock agrees with vigil's has been heard, the one
+    // ahead is moved.
+    let honest = ExportLogsServiceRequest {
+        resource_logs: vec![resource("honest", &[T0 - 20_000_000_000])],
+    };
+    assert_eq!(
+        norm.logs(&honest, "default", T0 as i64 - 10_000_000_000)
+            .clock_ahead,
+        0
+    );
+    let out = norm.logs(&req, "default", T0 as i64);
     assert_eq!(out.clock_ahead, 2);
+    assert_eq!(out.ahead_taken, 0);
     assert_eq!(out.clock_ahead_max_ns, (DAY + 30_000_000_000) as i64);
     let t: Vec<i64> = out.events.iter().map(|e| e.time).collect();
     // The day-ahead sender's newest lands at the receipt, 30 s after its first.
@@ -1028,4 +1049,11 @@ fn a_sender_whose_clock_runs_ahead_is_moved_back_as_a_whole() {
     assert!(out.events[2..]
         .iter()
         .all(|e| e.attrs.get("vigil.sender_time").is_none()));
+    // The honest sender vouches for ten minutes; after that, with none
+    // heard since, records ahead are taken as sent again.
+    let later = T0 as i64 + LIVE_FOR.as_nanos() as i64;
+    let out = norm.logs(&alone, "default", later - 1_000_000_000);
+    assert_eq!((out.clock_ahead, out.ahead_taken), (1, 0));
+    let out = norm.logs(&alone, "default", later + 1_000_000_000);
+    assert_eq!((out.clock_ahead, out.ahead_taken), (0, 1));
 }

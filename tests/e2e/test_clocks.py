@@ -6,7 +6,9 @@ import json
 import urllib.request
 from datetime import datetime, timedelta, timezone
 
-from conftest import duck, events_glob, send_scenario
+import pytest
+
+from conftest import duck, events_glob, scenario_dir, send_scenario
 
 CLAUDE = {"service.name": "claude-code", "service.version": "2.1.230", "os.type": "linux"}
 
@@ -24,6 +26,13 @@ def scenario(tmp_path, name, base, records):
 def test_a_sender_a_day_ahead_does_not_blind_the_rules_for_the_others(vigil_factory, tmp_path):
     now = datetime.now(timezone.utc).replace(microsecond=0)
     v = vigil_factory()
+    # A live deployment: senders whose clocks agree with vigil's are heard.
+    first = scenario(tmp_path, "first", now - timedelta(seconds=40), [
+        {"at": "+0s", "signal": "log", "resource": CLAUDE, "body": "claude_code.user_prompt",
+         "attributes": {"event.name": "user_prompt", "session.id": "s-first", "user.email": "first@example.com",
+                        "prompt_length": 5}},
+    ])
+    send_scenario([first], v.http)
     ahead = scenario(tmp_path, "ahead", now + timedelta(days=1), [
         {"at": "+0s", "signal": "log", "resource": CLAUDE, "body": "claude_code.user_prompt",
          "attributes": {"event.name": "user_prompt", "session.id": "s-skew", "user.email": "skew@example.com",
@@ -63,3 +72,26 @@ def test_a_sender_a_day_ahead_does_not_blind_the_rules_for_the_others(vigil_fact
     assert rows[0][0] == rows[0][1] and rows[1][0] == rows[1][1], rows
     assert rows[0][0] < rows[1][0], rows
     assert rows[0][2].startswith((now + timedelta(days=1)).strftime("%Y-%m-%d")), rows
+
+
+# Scenarios whose alerts do not depend on the day or the hour they are dated at.
+@pytest.mark.parametrize("name", ["unattended-session", "exfiltration-chain"])
+def test_scenarios_dated_ahead_of_this_machine_alert_as_dated(vigil_factory, name):
+    """A stream that is ahead of vigil's clock as a whole (scenarios dated a
+    month from now, sent in seconds) has no sender whose clock agrees with
+    vigil's: it is taken as sent, so hours of spacing and the order of a
+    sequence survive, and its alerts are those of the scenario."""
+    path = scenario_dir() / f"{name}.json"
+    spec = json.loads(path.read_text())
+    v = vigil_factory(config=spec.get("config") or {})
+    ahead = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(days=30)
+    send_scenario([path], v.http, extra=["--base-time", iso(ahead)])
+    want = {(e["rule_id"], e["user"]) for e in spec["expect"]}
+    v.wait_alerts(until=lambda a: want <= {(x["rule_id"], x["user"]) for x in a})
+    with urllib.request.urlopen(v.http + "/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    assert "vigil_records_clock_ahead_total{" not in metrics, metrics
+    assert v.stop() == 0, v.log()
+    got = {(a["rule_id"], a["user"]) for a in v.alerts()}
+    assert got == want, (got, v.log())
+    assert "taken as sent" in v.log(), v.log()
