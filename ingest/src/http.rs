@@ -485,6 +485,20 @@ mod tests {
         assert_eq!(fast, crate::otlp::LogsRef::from_prost(&req));
         assert!(crate::json_decode::<ExportLogsServiceRequest>(b"{}").is_ok());
         assert!(crate::json_decode::<ExportLogsServiceRequest>(b"{\"resourceLogs\": [").is_err());
+        // An empty array value as the protobuf JSON mapping writes it (no
+        // `values`), in a metric request's resource: read, as an empty array.
+        let empty = br#"{"resourceMetrics":[{"resource":{"attributes":[{"key":"tags","value":{"arrayValue":{}}},{"key":"kv","value":{"kvlistValue":{}}}]}}]}"#;
+        let Ok(Payload::Metrics(m)) =
+            decode(Signal::Metric, Format::Json, &Bytes::from_static(empty))
+        else {
+            panic!("an empty array value is refused")
+        };
+        let attrs = &m.resource_metrics[0]
+            .resource
+            .as_ref()
+            .expect("resource")
+            .attributes;
+        assert_eq!(attrs.len(), 2, "{m:?}");
         let bytes = |b: &'static [u8]| Bytes::from_static(b);
         assert!(decode(
             Signal::Metric,

@@ -659,7 +659,9 @@ impl<'a> Object<'a> for Value<'a> {
 }
 
 /// `{"values": [...]}`: an array value's values or a key-value list's
-/// entries (`values` is required, as the reference has it).
+/// entries. An empty list is `{}`: the protobuf JSON mapping omits empty
+/// repeated fields, and the Collector and protobuf's own printers write it
+/// so (the reference, opentelemetry-proto's serde, refuses it).
 #[derive(Clone, Copy)]
 struct Values<'a, O>(&'a Bump, O);
 
@@ -679,7 +681,7 @@ impl<'a, O: Object<'a>> Object<'a> for Values<'a, O> {
             }
             out = Some(map.next_value_seed(seq(Many(self.1)))?);
         }
-        out.ok_or_else(|| A::Error::custom("missing values"))
+        Ok(out.unwrap_or_default())
     }
 }
 
@@ -1177,11 +1179,23 @@ mod tests {
             r#"{"traceId":"abc"}"#,
             r#"{"timeUnixNano":-1}"#,
             r#"{"body":{"intValue":1.5}}"#,
-            r#"{"body":{"arrayValue":{}}}"#,
             r#"{"body":{"bytesValue":"aGk"}}"#,
         ] {
             let body = record(r);
             assert!(declined(&body) && !reference_ok(&body), "{r}");
+        }
+        // An empty array or list omits its `values`, as the protobuf JSON
+        // mapping writes it (opentelemetry-proto's serde alone refuses it;
+        // `json_decode` gives it): read here and there alike.
+        for (r, want) in [
+            (r#"{"body":{"arrayValue":{}}}"#, "Array([])"),
+            (r#"{"body":{"kvlistValue":{}}}"#, "Kvlist([])"),
+        ] {
+            let body = record(r);
+            assert_eq!(logs_agree(body.as_bytes()), Some(true), "{r}");
+            let arena = Bump::new();
+            let read = format!("{:?}", decode_logs(body.as_bytes(), &arena).expect(r));
+            assert!(read.contains(want), "{r}: {read}");
         }
         // A message sent as null is absent, as the reference has it.
         for r in [

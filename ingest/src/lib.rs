@@ -437,13 +437,46 @@ pub fn json_decode<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Res
     if trimmed == 2 && body.contains(&b'{') {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| {
-        let what = std::any::type_name::<T>()
-            .rsplit("::")
-            .next()
-            .unwrap_or("request");
-        format!("body is not a valid JSON {what}: {e}")
-    })
+    serde_json::from_slice(body)
+        .or_else(|e| empty_lists_given(body).ok_or(e))
+        .map_err(|e| {
+            let what = std::any::type_name::<T>()
+                .rsplit("::")
+                .next()
+                .unwrap_or("request");
+            format!("body is not a valid JSON {what}: {e}")
+        })
+}
+
+/// An empty array or key-value list value is `{"arrayValue": {}}` in the
+/// protobuf JSON mapping (empty repeated fields are omitted), as the OTel
+/// Collector and protobuf's own printers write it; opentelemetry-proto's
+/// serde requires its `values`. Such a body is read again with them given.
+fn empty_lists_given<T: serde::de::DeserializeOwned>(body: &[u8]) -> Option<T> {
+    fn give(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, inner) in map.iter_mut() {
+                    if let ("arrayValue" | "kvlistValue", serde_json::Value::Object(list)) =
+                        (k.as_str(), &mut *inner)
+                    {
+                        list.entry("values")
+                            .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+                    }
+                    give(inner);
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(give),
+            _ => {}
+        }
+    }
+    let named = |key: &[u8]| body.windows(key.len()).any(|w| w == key);
+    if !named(b"\"arrayValue\"") && !named(b"\"kvlistValue\"") {
+        return None;
+    }
+    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    give(&mut v);
+    serde_json::from_value(v).ok()
 }
 
 /// Whether an OTLP/JSON body names its top level in snake_case, which
