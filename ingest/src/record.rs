@@ -398,14 +398,42 @@ fn joined(a: &str, sep: &str, b: &str) -> String {
     out
 }
 
-/// `[{name: A, value: 1}, {name: B, value: 2}]` as pairs, when every element has that shape.
-/// A pair whose value is unset adds nothing, like any unset value.
+/// `[{name: A, value: 1}, {name: B, value: 2}]` as pairs, when every element has that shape,
+/// or `[{A: 1}, {B: 2}]`, when every element has one entry and no name repeats (the Windows
+/// Event Log receiver's `event_data.data`). A pair whose value is unset adds nothing, like any
+/// unset value.
 type Pair<'v, 'a> = (&'a str, Option<&'v AnyRef<'a>>);
 
 fn name_value_pairs<'v, 'a>(values: &'v [Option<AnyRef<'a>>]) -> Option<Vec<Pair<'v, 'a>>> {
     if values.is_empty() {
         return None;
     }
+    named_pairs(values).or_else(|| single_entries(values))
+}
+
+fn single_entries<'v, 'a>(values: &'v [Option<AnyRef<'a>>]) -> Option<Vec<Pair<'v, 'a>>> {
+    // Event data has a few dozen names; a longer list is data, and kept as
+    // JSON (the repeat check below is quadratic).
+    if values.len() > 64 {
+        return None;
+    }
+    let mut out: Vec<Pair<'v, 'a>> = Vec::with_capacity(values.len());
+    for v in values {
+        let Some(AnyRef::Kvlist(list)) = v else {
+            return None;
+        };
+        let [kv] = list.as_slice() else {
+            return None;
+        };
+        if out.iter().any(|(name, _)| *name == kv.key) {
+            return None;
+        }
+        out.push((kv.key, kv.value.as_ref()));
+    }
+    Some(out)
+}
+
+fn named_pairs<'v, 'a>(values: &'v [Option<AnyRef<'a>>]) -> Option<Vec<Pair<'v, 'a>>> {
     let mut out = Vec::with_capacity(values.len());
     for v in values {
         let Some(AnyRef::Kvlist(list)) = v else {
@@ -513,6 +541,35 @@ mod tests {
         assert_eq!(
             view.get("body.event_data.SubjectUserName"),
             Some(&Val::Str("bob".into()))
+        );
+    }
+
+    #[test]
+    fn lists_of_one_entry_maps_flatten_unless_a_name_repeats() {
+        let list = |entries: &[(&str, &str)]| AnyValue {
+            value: Some(any_value::Value::ArrayValue(ArrayValue {
+                values: entries
+                    .iter()
+                    .map(|(k, v)| map(vec![kv(k, s(v))]))
+                    .collect(),
+            })),
+        };
+        let data = list(&[("SubjectUserName", "dave"), ("CommandLine", "whoami")]);
+        let repeated = list(&[("text", "a"), ("text", "b")]);
+        let (data, repeated) = (otlp::any(Some(&data)), otlp::any(Some(&repeated)));
+        let mut view = RecordView::default();
+        view.add_any("d".into(), data.as_ref(), Origin::Record, 0);
+        assert_eq!(
+            view.get("d.SubjectUserName"),
+            Some(&Val::Str("dave".into()))
+        );
+        assert_eq!(view.get("d.CommandLine"), Some(&Val::Str("whoami".into())));
+        // A repeated name is data, not a record's fields: kept whole as JSON.
+        let mut view = RecordView::default();
+        view.add_any("d".into(), repeated.as_ref(), Origin::Record, 0);
+        assert_eq!(
+            view.get("d"),
+            Some(&Val::Str(r#"[{"text":"a"},{"text":"b"}]"#.into()))
         );
     }
 

@@ -643,6 +643,13 @@ fn endpoint_ecs_arrays_and_semantic_convention_only_records() {
         json!({"process.owner": "ann", "process.command_line": "schtasks /create /tn u /tr c:\\u.exe", "process.pid": 4242}),
     );
     assert_eq!(semconv.kind, EventKind::ProcessStart);
+    // The process owner under its ECS / current semantic-convention name.
+    let owner = log(
+        json!({"host.name": "ws-10"}),
+        json!(""),
+        json!({"process.user.name": "CORP\\kim", "process.command_line": "crontab -l", "process.pid": 77}),
+    );
+    assert_eq!(owner.user.as_deref(), Some("kim"));
     // Only an argument vector: the command line it was.
     let args = log(
         json!({}),
@@ -682,6 +689,46 @@ fn windows_event_log_receiver_bodies_and_osquery_rows() {
     assert_eq!(
         (p.kind, p.command.as_deref(), p.user.as_deref()),
         (EventKind::ProcessStart, Some("cmd /c crontab"), Some("bob"))
+    );
+    // Security 4688, process creation, in the receiver's array format.
+    let created = json!({"channel": "Security", "computer": "WS-8", "event_id": {"id": 4688},
+        "event_data": {"data": [{"SubjectUserName": "dave"}, {"NewProcessName": "C:\\Windows\\System32\\schtasks.exe"},
+                                {"CommandLine": "schtasks /create /tn Sync /tr C:\\t\\s.exe /sc hourly"}]}});
+    let c = log(json!({}), created, json!({}));
+    assert_eq!(
+        (c.kind, c.user.as_deref(), c.command.as_deref()),
+        (
+            EventKind::ProcessStart,
+            Some("dave"),
+            Some("schtasks /create /tn Sync /tr C:\\t\\s.exe /sc hourly")
+        )
+    );
+    // Without command-line auditing, the image names the process.
+    let bare = json!({"channel": "Security", "computer": "WS-8", "event_id": {"id": 4688},
+        "event_data": {"SubjectUserName": "dave", "NewProcessName": "C:\\Windows\\System32\\whoami.exe"}});
+    assert_eq!(
+        log(json!({}), bare, json!({})).command.as_deref(),
+        Some("C:\\Windows\\System32\\whoami.exe")
+    );
+    // Security 4663, a read of a file under a SACL; a write is a write.
+    let access = |accesses: &str| {
+        json!({"channel": "Security", "computer": "WS-8", "event_id": {"id": 4663},
+            "event_data": [{"name": "SubjectUserName", "value": "erin"}, {"name": "ObjectType", "value": "File"},
+                           {"name": "ObjectName", "value": "C:\\Users\\erin\\.aws\\credentials"},
+                           {"name": "Accesses", "value": accesses}]})
+    };
+    let r = log(json!({}), access("ReadData (or ListDirectory)"), json!({}));
+    assert_eq!(
+        (r.kind, r.user.as_deref(), r.path.as_deref()),
+        (
+            EventKind::FileRead,
+            Some("erin"),
+            Some("C:\\Users\\erin\\.aws\\credentials")
+        )
+    );
+    assert_eq!(
+        log(json!({}), access("WriteData (or AddFile)"), json!({})).kind,
+        EventKind::FileWrite
     );
     let osq = log(
         json!({}),
