@@ -13,7 +13,7 @@
 //! time: their order and spacing stay, and each keeps the time it was sent
 //! with in `attrs["vigil.sender_time"]`.
 //!
-//! That needs senders whose clocks agree with vigil's to be blinded: records
+//! That harm needs other senders, whose clocks agree with vigil's: records
 //! ahead of vigil's clock are moved back only while some sender's newest
 //! record lay near its receipt in the last [`LIVE_FOR`]. A stream that is
 //! ahead as a whole (a test or a replay of scenarios dated in the future,
@@ -108,7 +108,7 @@ impl Normalizer {
         let Some(t) = newest else { return 0 };
         let ahead = t.saturating_sub(observed_ns);
         if ahead <= self.max_ahead_ns {
-            // A written line per second at most: receivers share it.
+            // Written at most once a second: every receiver reads it.
             if ahead >= -LIVE_BEHIND_NS
                 && self.live_at.load(Ordering::Relaxed) < observed_ns.saturating_sub(1_000_000_000)
             {
