@@ -15,9 +15,6 @@ use bytes::{Buf, Bytes};
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceResponse,
 };
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
-    MetricsService, MetricsServiceServer,
-};
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
@@ -95,7 +92,8 @@ impl Otlp {
     }
 }
 
-/// An OTLP service whose requests vigil reads from their bytes ([`crate::wire`]).
+/// An OTLP service whose requests vigil takes as bytes: logs and spans are
+/// read in place ([`crate::wire`]), metrics decoded by prost.
 trait BytesExport: Send + Sync + 'static {
     const NAME: &'static str;
     const PATH: &'static str;
@@ -146,6 +144,37 @@ impl BytesExport for TracesExport {
             Ok(Response::new(ExportTraceServiceResponse {
                 partial_success: (o.rejected > 0).then(|| ExportTracePartialSuccess {
                     rejected_spans: o.rejected as i64,
+                    error_message: o.error.unwrap_or_default(),
+                }),
+            }))
+        })
+    }
+}
+
+struct MetricsExport;
+
+impl BytesExport for MetricsExport {
+    const NAME: &'static str = "opentelemetry.proto.collector.metrics.v1.MetricsService";
+    const PATH: &'static str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+    const SIGNAL: &'static str = "metric";
+    type Response = ExportMetricsServiceResponse;
+
+    fn export(otlp: Otlp, request: Request<Bytes>) -> BoxFuture<Response<Self::Response>, Status> {
+        Box::pin(async move {
+            let tenant = otlp.tenant(&request, Bytes::len, Self::SIGNAL)?;
+            // Metrics are decoded by prost, as over HTTP; an unreadable
+            // request is refused as invalid (sending it again will not help).
+            let request =
+                ExportMetricsServiceRequest::decode(request.into_inner()).map_err(|e| {
+                    otlp.0.metrics.request("grpc", Self::SIGNAL, "bad_request");
+                    Status::invalid_argument(format!(
+                        "request is not a valid protobuf ExportMetricsServiceRequest: {e}"
+                    ))
+                })?;
+            let o = otlp.run(Payload::Metrics(request), tenant).await?;
+            Ok(Response::new(ExportMetricsServiceResponse {
+                partial_success: (o.rejected > 0).then(|| ExportMetricsPartialSuccess {
+                    rejected_data_points: o.rejected as i64,
                     error_message: o.error.unwrap_or_default(),
                 }),
             }))
@@ -270,25 +299,6 @@ impl Decoder for BytesDecoder {
     }
 }
 
-#[tonic::async_trait]
-impl MetricsService for Otlp {
-    async fn export(
-        &self,
-        request: Request<ExportMetricsServiceRequest>,
-    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        let tenant = self.tenant(&request, Message::encoded_len, "metric")?;
-        let o = self
-            .run(Payload::Metrics(request.into_inner()), tenant)
-            .await?;
-        Ok(Response::new(ExportMetricsServiceResponse {
-            partial_success: (o.rejected > 0).then(|| ExportMetricsPartialSuccess {
-                rejected_data_points: o.rejected as i64,
-                error_message: o.error.unwrap_or_default(),
-            }),
-        }))
-    }
-}
-
 /// The three services, with gzip and the size limit.
 fn router(ingest: Ingest) -> tonic::transport::server::Router {
     let limit = ingest.max_body_bytes;
@@ -304,11 +314,11 @@ fn router(ingest: Ingest) -> tonic::transport::server::Router {
             max_decoding_message_size: limit,
             export: PhantomData,
         })
-        .add_service(
-            MetricsServiceServer::new(svc)
-                .accept_compressed(CompressionEncoding::Gzip)
-                .max_decoding_message_size(limit),
-        )
+        .add_service(BytesServer::<MetricsExport> {
+            otlp: svc,
+            max_decoding_message_size: limit,
+            export: PhantomData,
+        })
 }
 
 /// Serves the three OTLP services on `listener` until `shutdown` completes.

@@ -284,6 +284,17 @@ def test_grpc_bad_input_and_metrics(vigil_factory):
     # tonic refuses an over-limit message before decoding it, naming the limit.
     assert e.value.code() in (grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.RESOURCE_EXHAUSTED)
     assert "1048576" in e.value.details()
+    # Metrics likewise: an unreadable request is invalid, an over-limit one too large.
+    raw_metrics = ch.unary_unary("/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+                                 request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    with pytest.raises(grpc.RpcError) as e:
+        raw_metrics(b"\xff\xff\xff\xff garbage", timeout=10)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid protobuf ExportMetricsServiceRequest" in e.value.details()
+    with pytest.raises(grpc.RpcError) as e:
+        raw_metrics(b"\x0a" + b"\xff\xff\xff\x0f" + b"x" * (2 << 20), timeout=10)
+    assert e.value.code() in (grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert raw_metrics(b"", timeout=10) == b""
     from google.protobuf import json_format
     req = json_format.Parse(json_logs(5, "grpc@example.com").decode(), ExportLogsServiceRequest())
     resp = stub.Export(req, timeout=10)
@@ -301,6 +312,9 @@ def test_grpc_bad_input_and_metrics(vigil_factory):
     # The over-limit one, refused by tonic before vigil reads it, as too large.
     assert 'transport="grpc",signal="log",status="too_large"} 1' in m, m
     assert 'transport="grpc",signal="span",status="bad_request"} 1' in m, m
+    assert 'transport="grpc",signal="metric",status="bad_request"} 1' in m, m
+    assert 'transport="grpc",signal="metric",status="too_large"} 1' in m, m
+    assert 'transport="grpc",signal="metric",status="ok"} 1' in m, m
     # Each stage says how long it worked: some time, and less than it has run.
     for stage in ("archive", "detect"):
         busy = re.search(rf"^vigil_{stage}_busy_seconds_total (\S+)$", m, re.M)
@@ -347,3 +361,42 @@ def test_a_taken_port_is_named_at_exit_and_a_new_start_takes_another(tmp_path):
             assert post(v.http + "/v1/logs", json_logs(1, "port@example.com"), "application/json")[0] == 200
         finally:
             assert v.stop() == 0, v.log()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_sdk_metrics_are_taken_over_both_transports(vigil_factory, protocol):
+    """Claude Code's token counters, sent by the SDK's metric exporter (gzip
+    over gRPC), arrive as metric events: one per data point, with the point's
+    attributes, and the requests are counted as taken."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+    from opentelemetry.sdk.resources import Resource
+
+    v = vigil_factory()
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+        from opentelemetry.exporter.otlp.proto.grpc.exporter import Compression
+        exporter = OTLPMetricExporter(endpoint=f"127.0.0.1:{v.grpc_port}", insecure=True,
+                                      compression=Compression.Gzip)
+    else:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+        exporter = OTLPMetricExporter(endpoint=v.http + "/v1/metrics")
+    reader = PeriodicExportingMetricReader(exporter, export_interval_millis=3_600_000)
+    provider = MeterProvider(resource=Resource.create({"service.name": "claude-code"}),
+                             metric_readers=[reader])
+    tokens = provider.get_meter("com.anthropic.claude_code").create_counter(
+        "claude_code.token.usage", unit="tokens")
+    for kind, n in (("input", 1200), ("output", 300)):
+        tokens.add(n, {"user.email": "metrics@example.com", "session.id": "s-metrics", "type": kind})
+    provider.shutdown()  # one collection, exported once
+    time.sleep(0.3)
+    m = v.metrics()
+    assert f'transport="{protocol}",signal="metric",status="ok"}} 1' in m, m
+    assert 'vigil_records_received_total{signal="metric",source="agent"} 2' in m, m
+    assert v.stop() == 0
+    rows = duck(f"SELECT user, session, kind, attrs['metric.name'], attrs['metric.value'], attrs['type'] "
+                f"FROM read_parquet('{events_glob(v)}') ORDER BY 6")
+    assert rows == [
+        ("metrics@example.com", "s-metrics", "metric", "claude_code.token.usage", "1200", "input"),
+        ("metrics@example.com", "s-metrics", "metric", "claude_code.token.usage", "300", "output"),
+    ], rows
