@@ -15,7 +15,8 @@
 //!
 //! That harm needs other senders, whose clocks agree with vigil's: records
 //! ahead of vigil's clock are moved back only while some sender's newest
-//! record lay near its receipt in the last [`LIVE_FOR`]. A stream that is
+//! record lay near its receipt in the last [`LIVE_FOR`] (or in the same
+//! request, wherever it stands among the resources). A stream that is
 //! ahead as a whole (a test or a replay of scenarios dated in the future,
 //! sent faster than they happened) has no such sender and is taken as sent.
 
@@ -101,6 +102,29 @@ impl Normalizer {
         self
     }
 
+    /// The newest record time of each sender (resource) of a request, in
+    /// order; a sender among them whose clock agrees with vigil's shows the
+    /// stream is live before any of them is judged by [`Self::shift`], so the
+    /// order of resources within a request does not matter.
+    fn newest_of_senders(
+        &self,
+        newest: impl Iterator<Item = Option<i64>>,
+        observed_ns: i64,
+    ) -> Vec<Option<i64>> {
+        let newest: Vec<Option<i64>> = newest.collect();
+        let agrees = newest.iter().flatten().any(|&t| {
+            let ahead = t.saturating_sub(observed_ns);
+            (-LIVE_BEHIND_NS..=self.max_ahead_ns).contains(&ahead)
+        });
+        // Written at most once a second: every receiver reads it.
+        if agrees
+            && self.live_at.load(Ordering::Relaxed) < observed_ns.saturating_sub(1_000_000_000)
+        {
+            self.live_at.fetch_max(observed_ns, Ordering::Relaxed);
+        }
+        newest
+    }
+
     /// How far one sender's records move back: 0 unless its newest record
     /// lies more than the allowed amount past `observed_ns` while other
     /// senders' clocks agree with vigil's.
@@ -108,12 +132,6 @@ impl Normalizer {
         let Some(t) = newest else { return 0 };
         let ahead = t.saturating_sub(observed_ns);
         if ahead <= self.max_ahead_ns {
-            // Written at most once a second: every receiver reads it.
-            if ahead >= -LIVE_BEHIND_NS
-                && self.live_at.load(Ordering::Relaxed) < observed_ns.saturating_sub(1_000_000_000)
-            {
-                self.live_at.fetch_max(observed_ns, Ordering::Relaxed);
-            }
             return 0;
         }
         if observed_ns.saturating_sub(self.live_at.load(Ordering::Relaxed)) > LIVE_FOR_NS {
@@ -188,14 +206,19 @@ impl Normalizer {
         // One view for every record of the request, cleared per record: its
         // table is allocated once (requests often carry a resource per sender).
         let mut view = RecordView::default();
-        for resource in &req.resources {
+        let newest = self.newest_of_senders(
+            req.resources.iter().map(|resource| {
+                resource
+                    .scopes
+                    .iter()
+                    .flat_map(|s| &s.records)
+                    .filter_map(|r| pick_time(&times(r), observed_ns).ok())
+                    .max()
+            }),
+            observed_ns,
+        );
+        for (resource, newest) in req.resources.iter().zip(newest) {
             let base = base_view(&resource.attributes);
-            let newest = resource
-                .scopes
-                .iter()
-                .flat_map(|s| &s.records)
-                .filter_map(|r| pick_time(&times(r), observed_ns).ok())
-                .max();
             let shift = self.shift(newest, observed_ns, &mut out);
             for scope in &resource.scopes {
                 view.set_parent(with_scope(&base, scope.name, scope.version));
@@ -293,15 +316,19 @@ impl Normalizer {
     ) -> Normalized {
         let mut out = Normalized::default();
         let mut view = RecordView::default();
-        for rm in &req.resource_metrics {
+        let newest = self.newest_of_senders(
+            req.resource_metrics.iter().map(|rm| {
+                rm.scope_metrics
+                    .iter()
+                    .flat_map(|sm| &sm.metrics)
+                    .flat_map(data_points)
+                    .filter_map(|p| pick_time(&[p.time], observed_ns).ok())
+                    .max()
+            }),
+            observed_ns,
+        );
+        for (rm, newest) in req.resource_metrics.iter().zip(newest) {
             let base = base_view(&otlp::resource(rm.resource.as_ref()));
-            let newest = rm
-                .scope_metrics
-                .iter()
-                .flat_map(|sm| &sm.metrics)
-                .flat_map(data_points)
-                .filter_map(|p| pick_time(&[p.time], observed_ns).ok())
-                .max();
             let shift = self.shift(newest, observed_ns, &mut out);
             for sm in &rm.scope_metrics {
                 let (name, version) = otlp::scope(sm.scope.as_ref());

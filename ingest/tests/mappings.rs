@@ -1103,4 +1103,9 @@ fn a_sender_whose_clock_runs_ahead_is_moved_back_as_a_whole() {
     assert_eq!((out.clock_ahead, out.ahead_taken), (1, 0));
     let out = norm.logs(&alone, "default", later + 1_000_000_000);
     assert_eq!((out.clock_ahead, out.ahead_taken), (0, 1));
+    // A live sender vouches within its own request too, wherever it stands
+    // among the resources: a collector forwarding both at a fresh start.
+    let fresh = normalizer();
+    let out = fresh.logs(&req, "default", T0 as i64);
+    assert_eq!((out.clock_ahead, out.ahead_taken), (2, 0));
 }
