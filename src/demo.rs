@@ -4,7 +4,6 @@
 //! every attack the default pack knows), prints the alerts as they fire, and
 //! says where the archive is and what to ask it next.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -13,18 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{
-    any_value, AnyValue, ArrayValue, KeyValue, KeyValueList,
-};
-use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{
-    span, status, ResourceSpans, ScopeSpans, Span, Status,
-};
-use serde_json::Value;
+
+use crate::scenario::{self, Scenario};
 
 /// The day the demo replays: the acceptance scenarios of the default pack.
 const STORIES: &[&str] = &[
@@ -54,108 +44,6 @@ business_hours:
   users:
     ken@example.com: {timezone: Asia/Tokyo}
 "#;
-
-/// One record of a story, at its event time.
-struct Record {
-    arrival: f64,
-    time_ns: u64,
-    value: Value,
-}
-
-fn parse_offset(text: &str) -> Result<f64> {
-    let t = text.trim();
-    let (sign, body) = match t.strip_prefix('-') {
-        Some(rest) => (-1.0, rest),
-        None => (1.0, t.trim_start_matches('+')),
-    };
-    let mut total = 0.0;
-    let mut num = String::new();
-    let mut chars = body.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() || c == '.' {
-            num.push(c);
-            continue;
-        }
-        let unit = if c == 'm' && chars.peek() == Some(&'s') {
-            chars.next();
-            0.001
-        } else {
-            match c {
-                's' => 1.0,
-                'm' => 60.0,
-                'h' => 3600.0,
-                'd' => 86400.0,
-                _ => bail!("bad offset {text:?}"),
-            }
-        };
-        total += num
-            .parse::<f64>()
-            .with_context(|| format!("bad offset {text:?}"))?
-            * unit;
-        num.clear();
-    }
-    if !num.is_empty() {
-        bail!("bad offset {text:?}: a number without a unit");
-    }
-    Ok(sign * total)
-}
-
-fn expand(story: &Value) -> Result<Vec<Record>> {
-    let base = story["base_time"]
-        .as_str()
-        .context("story without base_time")?;
-    let base_ns = event::parse_rfc3339_ns(base).context("bad base_time")? as f64;
-    let mut out = Vec::new();
-    for rec in story["records"]
-        .as_array()
-        .context("story without records")?
-    {
-        let n = rec.get("repeat").and_then(Value::as_u64).unwrap_or(1);
-        let every = parse_offset(rec.get("every").and_then(Value::as_str).unwrap_or("0s"))?;
-        let delay = parse_offset(rec.get("delay").and_then(Value::as_str).unwrap_or("0s"))?;
-        let at = parse_offset(rec.get("at").and_then(Value::as_str).unwrap_or("+0s"))?;
-        for i in 0..n {
-            let t = at + i as f64 * every;
-            out.push(Record {
-                arrival: t + delay,
-                time_ns: (base_ns + t * 1e9) as u64,
-                value: rec.clone(),
-            });
-        }
-    }
-    Ok(out)
-}
-
-fn any(v: &Value) -> AnyValue {
-    let value = match v {
-        Value::String(s) => any_value::Value::StringValue(s.clone()),
-        Value::Bool(b) => any_value::Value::BoolValue(*b),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => any_value::Value::IntValue(i),
-            None => any_value::Value::DoubleValue(n.as_f64().unwrap_or(0.0)),
-        },
-        Value::Array(a) => any_value::Value::ArrayValue(ArrayValue {
-            values: a.iter().map(any).collect(),
-        }),
-        Value::Object(_) => any_value::Value::KvlistValue(KeyValueList { values: kvs(v) }),
-        Value::Null => return AnyValue { value: None },
-    };
-    AnyValue { value: Some(value) }
-}
-
-fn kvs(v: &Value) -> Vec<KeyValue> {
-    v.as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| KeyValue {
-                    key: k.clone(),
-                    value: Some(any(v)),
-                    ..Default::default()
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -222,25 +110,26 @@ pub fn run(data_dir: PathBuf) -> Result<std::process::ExitCode> {
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    let stories = STORIES
+        .iter()
+        .map(|text| Scenario::parse(text, "a demo story"))
+        .collect::<Result<Vec<_>>>()?;
     let mut records = Vec::new();
     let mut people = std::collections::BTreeSet::new();
-    for text in STORIES {
-        let story: Value = serde_json::from_str(text).context("a demo story is not valid JSON")?;
-        for r in expand(&story)? {
-            if let Some(u) = r.value["attributes"]["user.email"]
-                .as_str()
-                .or(r.value["attributes"]["user.name"].as_str())
+    for story in &stories {
+        for r in story.instances()? {
+            let attrs = &r.record.attributes;
+            if let Some(u) = attrs
+                .get("user.email")
+                .or(attrs.get("user.name"))
+                .and_then(|u| u.as_str())
             {
                 people.insert(u.to_string());
             }
             records.push(r);
         }
     }
-    records.sort_by(|a, b| {
-        a.time_ns
-            .cmp(&b.time_ns)
-            .then(a.arrival.total_cmp(&b.arrival))
-    });
+    records.sort_by_key(|r| (r.time_ns, r.arrival_ns));
     println!(
         "sending {} records of agent, AI gateway, MCP gateway and endpoint telemetry for {} people over OTLP/gRPC...\n",
         records.len(),
@@ -259,10 +148,10 @@ pub fn run(data_dir: PathBuf) -> Result<std::process::ExitCode> {
         // Runs of one signal, in event-time order: a logs request and a traces
         // request from the same stretch of time would make one of them late.
         for chunk in records
-            .chunk_by(|a, b| a.value["signal"] == b.value["signal"])
+            .chunk_by(|a, b| a.record.signal == b.record.signal)
             .flat_map(|run| run.chunks(25))
         {
-            let (l, t) = requests(chunk);
+            let (l, t) = scenario::requests(chunk);
             if !l.resource_logs.is_empty() {
                 logs.export(l).await.context("exporting logs")?;
             }
@@ -310,88 +199,6 @@ pub fn run(data_dir: PathBuf) -> Result<std::process::ExitCode> {
         config_path.display()
     );
     Ok(std::process::ExitCode::SUCCESS)
-}
-
-/// Groups records into one logs and one traces request, a resource per distinct resource.
-fn requests(chunk: &[Record]) -> (ExportLogsServiceRequest, ExportTraceServiceRequest) {
-    let mut logs: BTreeMap<String, Vec<LogRecord>> = BTreeMap::new();
-    let mut spans: BTreeMap<String, Vec<Span>> = BTreeMap::new();
-    for (i, r) in chunk.iter().enumerate() {
-        let v = &r.value;
-        let resource = v
-            .get("resource")
-            .cloned()
-            .unwrap_or(Value::Null)
-            .to_string();
-        let attributes = kvs(v.get("attributes").unwrap_or(&Value::Null));
-        if v["signal"] == "span" {
-            let kind = match v.get("kind").and_then(Value::as_str) {
-                Some("client") => span::SpanKind::Client,
-                Some("server") => span::SpanKind::Server,
-                _ => span::SpanKind::Internal,
-            };
-            let duration_ms = v.get("duration_ms").and_then(Value::as_f64).unwrap_or(10.0);
-            let error = v.get("status").and_then(Value::as_str) == Some("error");
-            let mut trace_id = [0u8; 16];
-            trace_id[..8].copy_from_slice(&r.time_ns.to_be_bytes());
-            trace_id[8..].copy_from_slice(&(i as u64 + 1).to_be_bytes());
-            spans.entry(resource).or_default().push(Span {
-                trace_id: trace_id.to_vec(),
-                span_id: (r.time_ns ^ (i as u64 + 1)).to_be_bytes().to_vec(),
-                name: v["name"].as_str().unwrap_or("span").to_string(),
-                kind: kind as i32,
-                start_time_unix_nano: r.time_ns,
-                end_time_unix_nano: r.time_ns + (duration_ms * 1e6) as u64,
-                attributes,
-                status: error.then(|| Status {
-                    code: status::StatusCode::Error as i32,
-                    message: String::new(),
-                }),
-                ..Default::default()
-            });
-        } else {
-            logs.entry(resource).or_default().push(LogRecord {
-                time_unix_nano: r.time_ns,
-                observed_time_unix_nano: r.time_ns,
-                severity_number: 9,
-                severity_text: "INFO".into(),
-                body: v.get("body").map(any),
-                attributes,
-                ..Default::default()
-            });
-        }
-    }
-    let res = |text: &str| Resource {
-        attributes: kvs(&serde_json::from_str(text).unwrap_or(Value::Null)),
-        ..Default::default()
-    };
-    let logs = ExportLogsServiceRequest {
-        resource_logs: logs
-            .into_iter()
-            .map(|(r, records)| ResourceLogs {
-                resource: Some(res(&r)),
-                scope_logs: vec![ScopeLogs {
-                    log_records: records,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            })
-            .collect(),
-    };
-    let traces = ExportTraceServiceRequest {
-        resource_spans: spans
-            .into_iter()
-            .map(|(r, spans)| ResourceSpans {
-                resource: Some(res(&r)),
-                scope_spans: vec![ScopeSpans {
-                    spans,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            })
-            .collect(),
-    };
-    (logs, traces)
 }
 
 /// Prints alerts from alerts.jsonl as a table, as they are appended.
@@ -462,22 +269,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn offsets_parse_like_the_scenario_sender() {
-        assert_eq!(parse_offset("+1h30m").unwrap(), 5400.0);
-        assert_eq!(parse_offset("-6h30m").unwrap(), -23400.0);
-        assert_eq!(parse_offset("+0h5s").unwrap(), 5.0);
-        assert_eq!(parse_offset("+250ms").unwrap(), 0.25);
-        assert!(parse_offset("+5").is_err());
-        assert!(parse_offset("+5y").is_err());
-    }
-
-    #[test]
     fn every_story_expands_and_becomes_requests() {
         let mut total = 0;
         for text in STORIES {
-            let story: Value = serde_json::from_str(text).unwrap();
-            let records = expand(&story).unwrap();
-            let (l, t) = requests(&records);
+            let story = Scenario::parse(text, "story").unwrap();
+            let records = story.instances().unwrap();
+            let (l, t) = scenario::requests(&records);
             let n: usize = l
                 .resource_logs
                 .iter()

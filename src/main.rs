@@ -8,6 +8,7 @@ mod ingest_role;
 mod loadgen;
 mod replay;
 mod restore;
+mod scenario;
 mod scratch;
 mod serve;
 mod stages;
@@ -213,8 +214,20 @@ enum RulesCommand {
     List(RulesArgs),
     /// Validate rule files (schema, unknown fields and lists, bad regexes) with file:line errors.
     Check(RulesArgs),
-    /// Run the examples in each rule's `tests:` and print a pass/fail table.
-    Test(RulesArgs),
+    /// Run the examples in each rule's `tests:` (and with --scenario, whole
+    /// scenario files) and print a pass/fail table.
+    Test(RulesTestArgs),
+}
+
+#[derive(Args)]
+struct RulesTestArgs {
+    #[command(flatten)]
+    rules: RulesArgs,
+    /// Scenario files (or folders of them, *.json) to run through the
+    /// mappings and rules in process, each checked against its `expect` and
+    /// `expect_none` (repeatable).
+    #[arg(long = "scenario", value_name = "PATH")]
+    scenarios: Vec<PathBuf>,
 }
 
 #[derive(Args)]
@@ -377,7 +390,7 @@ fn rules_command(cmd: RulesCommand) -> Result<ExitCode> {
     let (args, which) = match cmd {
         RulesCommand::List(a) => (a, "list"),
         RulesCommand::Check(a) => (a, "check"),
-        RulesCommand::Test(a) => (a, "test"),
+        RulesCommand::Test(a) => return rules_test(a),
     };
     let mut config = Config::load_or_default(args.config.as_deref())?;
     if !args.paths.is_empty() {
@@ -407,17 +420,35 @@ fn rules_command(cmd: RulesCommand) -> Result<ExitCode> {
                 Ok(ExitCode::from(1))
             }
         },
-        _ => {
-            let report = rules::testing::run(config.default_rules, &config.rules, &ctx)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            report.print_table(&mut out)?;
-            Ok(if report.failed() == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
-        }
+        _ => unreachable!("`rules test` has its own function"),
     }
+}
+
+/// `vigil rules test`: the rules' own examples, then any scenarios.
+fn rules_test(args: RulesTestArgs) -> Result<ExitCode> {
+    let mut config = Config::load_or_default(args.rules.config.as_deref())?;
+    if !args.rules.paths.is_empty() {
+        config.rules = args.rules.paths.clone();
+    }
+    if args.rules.no_default {
+        config.default_rules = false;
+    }
+    let mut out = std::io::stdout().lock();
+    let report = rules::testing::run(config.default_rules, &config.rules, &config.rules_context())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    report.print_table(&mut out)?;
+    let mut failed = report.failed();
+    if !args.scenarios.is_empty() {
+        let outcomes = scenario::check_all(&args.scenarios, args.rules.config.as_deref(), &config)?;
+        std::io::Write::write_all(&mut out, b"\n")?;
+        scenario::print_table(&outcomes, &mut out)?;
+        failed += outcomes.iter().filter(|o| !o.problems.is_empty()).count();
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn print_rule_list(

@@ -1,6 +1,7 @@
 """Every scenario, sent through the real OpenTelemetry SDK to a real `vigil serve`,
 raises exactly its expected alerts, once per subject, and nothing else."""
 import json
+import re
 import subprocess
 
 import pytest
@@ -93,3 +94,57 @@ def test_replaying_the_archive_or_the_capture_gives_the_live_alerts(vigil_factor
     assert run.returncode == 0, run.stderr
     from_capture = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(map(json.dumps, map(strip, from_capture))) == sorted(map(json.dumps, map(strip, live)))
+
+
+def rules_test(*args):
+    return subprocess.run([VIGIL_BIN, "rules", "test", *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def test_rules_test_runs_every_scenario_in_process_with_the_live_verdict():
+    """`vigil rules test --scenario`: a detection engineer's check of a pack
+    against stories, without a server. Every scenario the live runs above
+    pass, it passes too."""
+    dirs = sorted({p.parent for p in SCENARIOS})
+    run = rules_test(*[a for d in dirs for a in ("--scenario", d)])
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"{len(SCENARIOS)} scenarios passed, 0 failed" in run.stdout, run.stdout
+    # The rules' own examples run first, as without --scenario.
+    examples = run.stdout.split("RESULT SCENARIO")[0]
+    assert re.search(r"^[1-9]\d* passed, 0 failed$", examples, re.M), examples
+
+
+def test_rules_test_says_why_a_scenario_fails_and_runs_the_others(tmp_path):
+    burst = json.loads((scenario_dir() / "connector-write-burst.json").read_text())
+    burst["expect"][0]["user"] = "someone-else@example.com"
+    (tmp_path / "a-wrong-user.json").write_text(json.dumps(burst))
+    typo = (scenario_dir() / "sensitive-file-read.json").read_text().replace('"signal"', '"signl"', 1)
+    (tmp_path / "b-typo.json").write_text(typo)
+    (tmp_path / "c-good.json").write_text((scenario_dir() / "scheduled-task-created.json").read_text())
+    run = rules_test("--scenario", tmp_path)
+    assert run.returncode == 1, run.stdout + run.stderr
+    out = run.stdout
+    assert "expected connector-write-burst user=someone-else@example.com once, fired 0 times" in out, out
+    assert "unexpected: connector-write-burst user=erin@example.com" in out, out
+    # The broken file is named with its line and the unknown key; the good one still runs.
+    assert "b-typo.json:" in out and "signl" in out, out
+    assert "1 scenarios passed, 2 failed" in out, out
+
+
+def test_rules_test_scenarios_take_their_config_over_the_config_file(tmp_path):
+    scenario = json.loads((scenario_dir() / "mcp-unapproved-server.json").read_text())
+    lists = scenario.pop("config")["lists"]
+    path = tmp_path / "mcp.json"
+    path.write_text(json.dumps(scenario))
+    # Without the approved list the rule is inactive, and the scenario says so.
+    run = rules_test("--scenario", path)
+    assert run.returncode == 1
+    assert "rule `mcp-unapproved-server` is not active" in run.stdout, run.stdout
+    config = tmp_path / "vigil.yaml"
+    config.write_text(json.dumps({"lists": lists}))
+    run = rules_test("--config", config, "--scenario", path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    # The scenario's own list replaces the file's list of that name.
+    scenario["config"] = {"lists": {"approved_mcp_domains": ["*"]}}
+    path.write_text(json.dumps(scenario))
+    run = rules_test("--config", config, "--scenario", path)
+    assert run.returncode == 1 and "fired 0 times" in run.stdout, run.stdout
