@@ -509,6 +509,9 @@ pub fn run(config: Config) -> Result<()> {
             })?
     };
     let (reload_tx, reload_rx) = std::sync::mpsc::channel::<rules::RuleSet>();
+    // The newest event of the restored state: whether the stream was live
+    // just before this start (the clock protection, below).
+    let restored_newest;
     let detect_thread = {
         let (health, pm) = (health.clone(), pm.clone());
         // A restore window of 0 s means start empty: no snapshot either.
@@ -530,6 +533,7 @@ pub fn run(config: Config) -> Result<()> {
                 (engine, restored)
             }
         };
+        restored_newest = engine.newest_event_time();
         let setup = DetectSetup {
             idle: config.engine.idle_timeout,
             missed: restored.missed,
@@ -574,6 +578,17 @@ pub fn run(config: Config) -> Result<()> {
         },
     )?;
     drop(pipeline);
+    if let Some(newest) = restored_newest {
+        if ingest
+            .normalizer
+            .heard_before_start(newest, ingest::now_ns())
+        {
+            info!(
+                newest = %event::format_ns(newest),
+                "the stream was live until just before this start: records of a sender whose clock runs ahead are moved back from the first request"
+            );
+        }
+    }
 
     let result = runtime.block_on(serve_receivers(&config, ingest, Some(reload_tx)));
     control.stopping.store(true, Ordering::Relaxed);

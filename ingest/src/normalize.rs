@@ -16,7 +16,8 @@
 //! That harm needs other senders, whose clocks agree with vigil's: records
 //! ahead of vigil's clock are moved back only while some sender's newest
 //! record lay near its receipt in the last [`LIVE_FOR`] (or in the same
-//! request, wherever it stands among the resources). A stream that is
+//! request, wherever it stands among the resources, or, at a start, in the
+//! restored state: [`Normalizer::heard_before_start`]). A stream that is
 //! ahead as a whole (a test or a replay of scenarios dated in the future,
 //! sent faster than they happened) has no such sender and is taken as sent.
 
@@ -123,6 +124,23 @@ impl Normalizer {
             self.live_at.fetch_max(observed_ns, Ordering::Relaxed);
         }
         newest
+    }
+
+    /// At a start: the newest event of the restored state, `newest_ns`, lay
+    /// near `now_ns` (within what a live sender's newest may lie from its
+    /// receipt), so the stream was live until just before this start and
+    /// vouches for senders' clocks as one heard then would. Without it a
+    /// restart would forget that the stream is live, and a sender whose
+    /// clock runs ahead, heard first, would move the watermark for everyone.
+    /// Returns whether it vouched.
+    pub fn heard_before_start(&self, newest_ns: i64, now_ns: i64) -> bool {
+        let ahead = newest_ns.saturating_sub(now_ns);
+        let live = (-LIVE_BEHIND_NS..=self.max_ahead_ns).contains(&ahead);
+        if live {
+            self.live_at
+                .fetch_max(newest_ns.min(now_ns), Ordering::Relaxed);
+        }
+        live
     }
 
     /// How far one sender's records move back: 0 unless its newest record

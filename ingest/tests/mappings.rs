@@ -1108,4 +1108,13 @@ fn a_sender_whose_clock_runs_ahead_is_moved_back_as_a_whole() {
     let fresh = normalizer();
     let out = fresh.logs(&req, "default", T0 as i64);
     assert_eq!((out.clock_ahead, out.ahead_taken), (2, 0));
+    // After a restart, state restored with an event from just before vouches
+    // too; one from an hour before (vigil was down) or ahead does not.
+    let restarted = normalizer();
+    assert!(!restarted.heard_before_start(T0 as i64 - 3_600_000_000_000, T0 as i64));
+    assert!(!restarted.heard_before_start((T0 + DAY) as i64, T0 as i64));
+    assert_eq!(restarted.logs(&alone, "default", T0 as i64).ahead_taken, 1);
+    assert!(restarted.heard_before_start(T0 as i64 - 5_000_000_000, T0 as i64));
+    let out = restarted.logs(&alone, "default", T0 as i64);
+    assert_eq!((out.clock_ahead, out.ahead_taken), (1, 0));
 }

@@ -674,6 +674,12 @@ impl Engine {
         }
     }
 
+    /// The time of the newest event this engine has taken (restored state
+    /// included), `None` before the first.
+    pub fn newest_event_time(&self) -> Option<i64> {
+        self.max_seen
+    }
+
     /// The rules this engine runs.
     pub fn ruleset(&self) -> &RuleSet {
         &self.set

@@ -74,6 +74,36 @@ def test_a_sender_a_day_ahead_does_not_blind_the_rules_for_the_others(vigil_fact
     assert rows[0][2].startswith((now + timedelta(days=1)).strftime("%Y-%m-%d")), rows
 
 
+@pytest.mark.parametrize("crash", [False, True], ids=["snapshot", "crash"])
+def test_a_restart_remembers_that_the_stream_was_live(vigil_factory, tmp_path, crash):
+    """After a restart the first sender heard may be the one whose clock runs
+    ahead: the restored state (the snapshot of a clean stop, or the archive
+    after a crash) shows the stream was live just before, so its records are
+    moved back all the same and do not carry the watermark a day ahead."""
+    import signal
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    v = vigil_factory()
+    honest = scenario(tmp_path, "honest", now - timedelta(seconds=10), [
+        {"at": "+0s", "signal": "log", "resource": CLAUDE, "body": "claude_code.user_prompt",
+         "attributes": {"event.name": "user_prompt", "session.id": "s-ok", "user.email": "ok@example.com",
+                        "prompt_length": 5}},
+    ])
+    send_scenario([honest], v.http)
+    assert v.stop(signal.SIGKILL if crash else signal.SIGTERM) == (-9 if crash else 0), v.log()
+    v.start()
+    assert "the stream was live until just before this start" in v.log(), v.log()
+    ahead = scenario(tmp_path, "ahead", now + timedelta(days=1), [
+        {"at": "+0s", "signal": "log", "resource": CLAUDE, "body": "claude_code.user_prompt",
+         "attributes": {"event.name": "user_prompt", "session.id": "s-skew", "user.email": "skew@example.com",
+                        "prompt_length": 3}},
+    ])
+    send_scenario([ahead], v.http)
+    with urllib.request.urlopen(v.http + "/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    assert 'vigil_records_clock_ahead_total{signal="log"} 1' in metrics, metrics
+    assert v.stop() == 0, v.log()
+
+
 # Scenarios whose alerts do not depend on the day or the hour they are dated at.
 @pytest.mark.parametrize("name", ["unattended-session", "exfiltration-chain"])
 def test_scenarios_dated_ahead_of_this_machine_alert_as_dated(vigil_factory, name):
