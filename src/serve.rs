@@ -90,6 +90,7 @@ struct PipelineMetrics {
     alerts: Family<RuleLabel, Counter>,
     alert_sink_errors: Counter,
     late_events: Gauge,
+    duplicate_events: Gauge,
     forced_releases: Gauge,
     buffered_events: Gauge,
     buffered_bytes: Gauge,
@@ -155,6 +156,11 @@ impl PipelineMetrics {
             "vigil_engine_late_events",
             "events that arrived later than the allowed lateness (archived, not detected on)",
             self.late_events.clone(),
+        );
+        r.register(
+            "vigil_engine_duplicate_events",
+            "copies of an event the engine already held, dropped (a sender sent a batch again: at-least-once delivery); the archive keeps both, with the same event_id",
+            self.duplicate_events.clone(),
         );
         r.register(
             "vigil_engine_buffered_events",
@@ -1295,6 +1301,7 @@ fn detect_stage(
             }
             let s = engine.stats();
             pm.late_events.set(s.late_events as i64);
+            pm.duplicate_events.set(s.duplicate_events as i64);
             pm.forced_releases.set(s.forced_releases as i64);
             pm.buffered_events.set(s.buffered_events as i64);
             pm.buffered_bytes.set(s.buffered_bytes as i64);

@@ -56,6 +56,12 @@ fn cmp_key(p: &Event, time: i64, id: &str) -> Ordering {
     p.time.cmp(&time).then_with(|| p.event_id.as_str().cmp(id))
 }
 
+/// Whether two events are one sent twice: the same id (events built
+/// without one, as some tests do, are never the same).
+fn same_event(a: &Event, b: &Event) -> bool {
+    a.time == b.time && !a.event_id.is_empty() && a.event_id == b.event_id
+}
+
 /// Key hashes of the event being processed, computed at most once per
 /// distinct `key:` (and `fallback_key:`) of the rules (most rules key on
 /// `session`, `user` or both), and shared by the rule states and the
@@ -310,6 +316,8 @@ pub struct EngineStats {
     /// Events older than the watermark on arrival: judged by match rules
     /// only, not by the stateful ones.
     pub late_events: u64,
+    /// Copies of a held event dropped (a batch sent twice), since this start.
+    pub duplicate_events: u64,
     /// Times `max_buffered_events` or `max_buffered_mib` made the engine
     /// release held events early.
     pub forced_releases: u64,
@@ -356,6 +364,8 @@ pub struct Engine {
     late: u64,
     /// Times the buffer bound moved the watermark up early.
     forced: u64,
+    /// Events dropped as copies of a held one (since this start).
+    duplicates: u64,
 }
 
 impl Engine {
@@ -415,6 +425,7 @@ impl Engine {
             processed: 0,
             late: 0,
             forced: 0,
+            duplicates: 0,
         }
     }
 
@@ -591,6 +602,11 @@ impl Engine {
     /// of what is held: the batch is sorted, and only the held events after
     /// its first are merged with it (one pass, instead of one insert per
     /// event moving everything after it).
+    /// Merges `incoming` into the held events in `(time, event id)` order.
+    /// A copy of an event already held or just before it in `incoming` (a
+    /// sender that sent a batch again, its answer lost: at-least-once
+    /// delivery) is dropped, so stateful rules count each event once. The
+    /// id covers the whole event, its time included.
     fn hold(&mut self, mut incoming: Vec<Event>) {
         incoming.sort_by(|a, b| cmp_key(a, b.time, &b.event_id));
         let Some(first) = incoming.first() else {
@@ -599,10 +615,6 @@ impl Engine {
         let at = self
             .pending
             .partition_point(|p| cmp_key(p, first.time, &first.event_id) != Ordering::Greater);
-        if at == self.pending.len() {
-            self.pending.extend(incoming);
-            return;
-        }
         let held: Vec<Event> = self.pending.drain(at..).collect();
         self.pending.reserve(held.len() + incoming.len());
         let mut held = held.into_iter().peekable();
@@ -619,7 +631,17 @@ impl Engine {
             } else {
                 incoming.next()
             };
-            self.pending.extend(next);
+            let Some(next) = next else { break };
+            if self
+                .pending
+                .back()
+                .is_some_and(|last| same_event(last, &next))
+            {
+                self.pending_bytes -= held_size(&next);
+                self.duplicates += 1;
+                continue;
+            }
+            self.pending.push_back(next);
         }
     }
 
@@ -664,6 +686,7 @@ impl Engine {
             events_received: self.received,
             events_processed: self.processed,
             late_events: self.late,
+            duplicate_events: self.duplicates,
             forced_releases: self.forced,
             buffered_events: self.pending.len(),
             buffered_bytes: self.pending_bytes,
@@ -1173,9 +1196,9 @@ mod tests {
 
     proptest! {
         /// Group commits merged into the held events: by `(time, event_id)`,
-        /// and equal keys (the same record sent twice) in order of arrival,
-        /// held events first, exactly as a stable sort of everything would
-        /// put them.
+        /// exactly as a stable sort of everything would put them, and of
+        /// equal keys (the same record sent twice) only the first to
+        /// arrive, held events first.
         #[test]
         fn held_events_stay_in_key_order_and_equal_keys_in_arrival_order(
             held in proptest::collection::vec((0i64..20, 0usize..3), 0..30),
@@ -1199,6 +1222,10 @@ mod tests {
                 .collect();
             let mut want: Vec<Event> = held.iter().chain(parts.iter().flatten()).cloned().collect();
             want.sort_by(|a, b| cmp_key(a, b.time, &b.event_id));
+            // A copy of a record is dropped: the first to arrive stays.
+            let copies = want.len();
+            want.dedup_by(|b, a| same_event(a, b));
+            let copies = copies - want.len();
             let mut eng = engine(MATCH);
             // Within the allowed lateness: nothing is released yet.
             prop_assert!(eng.push(held).is_empty());
@@ -1207,6 +1234,7 @@ mod tests {
             let got: Vec<_> = eng.pending.iter().map(key).collect();
             let want: Vec<_> = want.iter().map(key).collect();
             prop_assert_eq!(got, want);
+            prop_assert_eq!(eng.stats().duplicate_events, copies as u64);
         }
     }
 
@@ -1374,6 +1402,47 @@ mod tests {
             (2, 4, 2)
         );
         assert_eq!(st.suppressed, 1, "b's second late read is folded");
+    }
+
+    #[test]
+    fn a_batch_sent_twice_is_counted_once() {
+        let threshold = "id: t\ntitle: T\nseverity: low\nkey: [user]\nkind: threshold\ncondition: {kind: file_read}\nthreshold: {count: 3, window: 5m}\n";
+        let mut eng = engine(threshold);
+        let reads: Vec<Event> = (0..2)
+            .map(|i| {
+                with(ev(T0 + i * S, EventKind::FileRead, "a"), |e| {
+                    e.path = Some(format!("/f{i}").into())
+                })
+            })
+            .collect();
+        // The exporter sends the batch, its answer is lost, it sends it
+        // again 5 s later: two reads, not four. Within one push too.
+        assert!(eng.push(reads.clone()).is_empty());
+        assert!(eng
+            .push(vec![ev(T0 + 5 * S, EventKind::UserPrompt, "a")])
+            .is_empty());
+        assert!(eng.push(reads.clone()).is_empty());
+        assert!(eng
+            .push(vec![reads[0].clone(), reads[0].clone()])
+            .is_empty());
+        assert!(
+            eng.finish().is_empty(),
+            "two distinct reads do not make three"
+        );
+        assert_eq!(eng.stats().duplicate_events, 4);
+        // A third distinct read does.
+        let mut eng = engine(threshold);
+        eng.push(reads.clone());
+        eng.push(reads.clone());
+        eng.push(vec![ev(T0 + 3 * S, EventKind::FileRead, "a")]);
+        assert_eq!(eng.finish().len(), 1);
+        // Events built without an id are never taken for copies.
+        let mut eng = engine(threshold);
+        let mut bare = ev(T0, EventKind::FileRead, "a");
+        bare.event_id.clear();
+        eng.push(vec![bare.clone(), bare.clone(), bare]);
+        assert_eq!(eng.finish().len(), 1);
+        assert_eq!(eng.stats().duplicate_events, 0);
     }
 
     #[test]
@@ -1793,6 +1862,9 @@ mod tests {
                     e.tool = Some("Bash".into())
                 }),
             };
+            // Distinct records, as real ones are (a sequence number, a span
+            // id): two alike at the same time would be one sent twice.
+            let e = with(e, |e| e.attrs.insert("seq", out.len().to_string()));
             out.push(e);
         }
         out
