@@ -417,6 +417,80 @@ fn gateway_identities_forwarded_requests_and_agents_own_tool_spans() {
 }
 
 #[test]
+fn agents_own_tool_spans_without_a_model_read_files_and_write_through_named_saas() {
+    // The GenAI conventions' execute_tool span names no model or provider.
+    let read = span(
+        json!({"service.name": "ops-agent"}),
+        "execute_tool read_file",
+        json!({"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "read_file", "gen_ai.tool.type": "function",
+               "user.email": "Ops.Lead@Example.com",
+               "gen_ai.tool.call.arguments": "{\"path\": \"/home/ops/.aws/credentials\"}"}),
+        false,
+    );
+    assert_eq!(read.kind, EventKind::FileRead);
+    assert_eq!(read.path.as_deref(), Some("/home/ops/.aws/credentials"));
+    // One person, one key, however the source writes the address.
+    assert_eq!(read.user.as_deref(), Some("ops.lead@example.com"));
+    let post = span(
+        json!({"service.name": "ops-agent"}),
+        "execute_tool slack_post_message",
+        json!({"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "slack_post_message", "gen_ai.tool.type": "function"}),
+        false,
+    );
+    assert_eq!(
+        (post.kind, post.action.as_deref()),
+        (EventKind::ConnectorAction, Some("post"))
+    );
+    // A local function, or a SaaS tool that only reads, writes nothing outside.
+    for tool in ["write_file", "slack_list_channels"] {
+        let e = span(
+            json!({"service.name": "ops-agent"}),
+            &format!("execute_tool {tool}"),
+            json!({"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": tool, "gen_ai.tool.type": "function"}),
+            false,
+        );
+        assert_eq!(e.kind, EventKind::ToolCall, "{tool}");
+    }
+}
+
+#[test]
+fn sql_tools_write_when_their_statement_does() {
+    let sql = |name: &str, query: &str| {
+        span(
+            json!({"service.name": "mcp-gateway"}),
+            &format!("tools/call {name}"),
+            json!({"mcp.method.name": "tools/call", "gen_ai.tool.name": name, "server.address": "mcp.supabase.com",
+                   "user.email": "kim@example.com",
+                   "gen_ai.tool.call.arguments": json!({"query": query}).to_string()}),
+            false,
+        )
+    };
+    let delete = sql("execute_sql", "  DELETE FROM invoices WHERE paid");
+    assert_eq!(
+        (delete.kind, delete.action.as_deref()),
+        (EventKind::ConnectorAction, Some("delete"))
+    );
+    let drop = sql("apply_migration", "drop table audit_log");
+    assert_eq!(
+        (drop.kind, drop.action.as_deref()),
+        (EventKind::ConnectorAction, Some("drop"))
+    );
+    assert_eq!(
+        sql("execute_sql", "select * from invoices").kind,
+        EventKind::ToolCall
+    );
+    // The agent calling the same tool itself.
+    let agent = claude(
+        json!({"event.name": "tool_result", "tool_name": "mcp__supabase__execute_sql", "success": "true",
+               "tool_input": "{\"query\": \"truncate sessions\"}"}),
+    );
+    assert_eq!(
+        (agent.kind, agent.action.as_deref()),
+        (EventKind::ConnectorAction, Some("truncate"))
+    );
+}
+
+#[test]
 fn verbs_are_found_through_their_third_person() {
     let set = MappingSet::load(&[]).expect("default pack");
     assert_eq!(
