@@ -100,7 +100,11 @@ trait BytesExport: Send + Sync + 'static {
     /// The signal's name in the metrics' labels.
     const SIGNAL: &'static str;
     type Response: Message + Send + 'static;
-    fn export(otlp: Otlp, request: Request<Bytes>) -> BoxFuture<Response<Self::Response>, Status>;
+    /// The request as the pipeline takes it, or why it is not one.
+    fn payload(otlp: &Otlp, bytes: Bytes) -> Result<Payload, Status>;
+    /// The answer to an accepted request: partial success when some
+    /// records were refused.
+    fn response(outcome: ExportOutcome) -> Self::Response;
 }
 
 struct LogsExport;
@@ -111,19 +115,17 @@ impl BytesExport for LogsExport {
     const SIGNAL: &'static str = "log";
     type Response = ExportLogsServiceResponse;
 
-    fn export(otlp: Otlp, request: Request<Bytes>) -> BoxFuture<Response<Self::Response>, Status> {
-        Box::pin(async move {
-            let tenant = otlp.tenant(&request, Bytes::len, Self::SIGNAL)?;
-            let o = otlp
-                .run(Payload::LogsBytes(request.into_inner()), tenant)
-                .await?;
-            Ok(Response::new(ExportLogsServiceResponse {
-                partial_success: (o.rejected > 0).then(|| ExportLogsPartialSuccess {
-                    rejected_log_records: o.rejected as i64,
-                    error_message: o.error.unwrap_or_default(),
-                }),
-            }))
-        })
+    fn payload(_: &Otlp, bytes: Bytes) -> Result<Payload, Status> {
+        Ok(Payload::LogsBytes(bytes))
+    }
+
+    fn response(o: ExportOutcome) -> Self::Response {
+        ExportLogsServiceResponse {
+            partial_success: (o.rejected > 0).then(|| ExportLogsPartialSuccess {
+                rejected_log_records: o.rejected as i64,
+                error_message: o.error.unwrap_or_default(),
+            }),
+        }
     }
 }
 
@@ -135,19 +137,17 @@ impl BytesExport for TracesExport {
     const SIGNAL: &'static str = "span";
     type Response = ExportTraceServiceResponse;
 
-    fn export(otlp: Otlp, request: Request<Bytes>) -> BoxFuture<Response<Self::Response>, Status> {
-        Box::pin(async move {
-            let tenant = otlp.tenant(&request, Bytes::len, Self::SIGNAL)?;
-            let o = otlp
-                .run(Payload::TracesBytes(request.into_inner()), tenant)
-                .await?;
-            Ok(Response::new(ExportTraceServiceResponse {
-                partial_success: (o.rejected > 0).then(|| ExportTracePartialSuccess {
-                    rejected_spans: o.rejected as i64,
-                    error_message: o.error.unwrap_or_default(),
-                }),
-            }))
-        })
+    fn payload(_: &Otlp, bytes: Bytes) -> Result<Payload, Status> {
+        Ok(Payload::TracesBytes(bytes))
+    }
+
+    fn response(o: ExportOutcome) -> Self::Response {
+        ExportTraceServiceResponse {
+            partial_success: (o.rejected > 0).then(|| ExportTracePartialSuccess {
+                rejected_spans: o.rejected as i64,
+                error_message: o.error.unwrap_or_default(),
+            }),
+        }
     }
 }
 
@@ -159,26 +159,26 @@ impl BytesExport for MetricsExport {
     const SIGNAL: &'static str = "metric";
     type Response = ExportMetricsServiceResponse;
 
-    fn export(otlp: Otlp, request: Request<Bytes>) -> BoxFuture<Response<Self::Response>, Status> {
-        Box::pin(async move {
-            let tenant = otlp.tenant(&request, Bytes::len, Self::SIGNAL)?;
-            // Metrics are decoded by prost, as over HTTP; an unreadable
-            // request is refused as invalid (sending it again will not help).
-            let request =
-                ExportMetricsServiceRequest::decode(request.into_inner()).map_err(|e| {
-                    otlp.0.metrics.request("grpc", Self::SIGNAL, "bad_request");
-                    Status::invalid_argument(format!(
-                        "request is not a valid protobuf ExportMetricsServiceRequest: {e}"
-                    ))
-                })?;
-            let o = otlp.run(Payload::Metrics(request), tenant).await?;
-            Ok(Response::new(ExportMetricsServiceResponse {
-                partial_success: (o.rejected > 0).then(|| ExportMetricsPartialSuccess {
-                    rejected_data_points: o.rejected as i64,
-                    error_message: o.error.unwrap_or_default(),
-                }),
-            }))
-        })
+    /// Metrics are decoded by prost, as over HTTP; an unreadable request is
+    /// refused as invalid (sending it again will not help).
+    fn payload(otlp: &Otlp, bytes: Bytes) -> Result<Payload, Status> {
+        ExportMetricsServiceRequest::decode(bytes)
+            .map(Payload::Metrics)
+            .map_err(|e| {
+                otlp.0.metrics.request("grpc", Self::SIGNAL, "bad_request");
+                Status::invalid_argument(format!(
+                    "request is not a valid protobuf ExportMetricsServiceRequest: {e}"
+                ))
+            })
+    }
+
+    fn response(o: ExportOutcome) -> Self::Response {
+        ExportMetricsServiceResponse {
+            partial_success: (o.rejected > 0).then(|| ExportMetricsPartialSuccess {
+                rejected_data_points: o.rejected as i64,
+                error_message: o.error.unwrap_or_default(),
+            }),
+        }
     }
 }
 
@@ -253,7 +253,13 @@ impl<E: BytesExport> UnaryService<Bytes> for Export<E> {
 
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
         self.1.store(true, Ordering::Relaxed);
-        E::export(self.0.clone(), request)
+        let otlp = self.0.clone();
+        Box::pin(async move {
+            let tenant = otlp.tenant(&request, Bytes::len, E::SIGNAL)?;
+            let payload = E::payload(&otlp, request.into_inner())?;
+            let outcome = otlp.run(payload, tenant).await?;
+            Ok(Response::new(E::response(outcome)))
+        })
     }
 }
 
