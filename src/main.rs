@@ -378,6 +378,7 @@ fn rule_warnings(set: &rules::RuleSet) -> Vec<String> {
             )
         })
         .collect();
+    out.extend(set.list_notes().iter().cloned());
     for r in set.rules() {
         if let (true, Some(why)) = (r.enabled, &r.inactive_reason) {
             out.push(format!("rule `{}` is inactive: {why}", r.id));

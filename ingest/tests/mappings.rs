@@ -670,6 +670,29 @@ fn endpoint_ecs_scheduled_tasks_file_reads_and_process_starts() {
 }
 
 #[test]
+fn endpoint_ecs_documents_carried_as_the_body() {
+    // A filelog receiver parsing NDJSON into the body, or a forwarder.
+    let read = log(
+        json!({"service.name": "edr-forwarder", "host.name": "ws-dax"}),
+        json!({"event": {"category": "file", "action": "open"}, "file": {"path": "/home/dax/.aws/credentials"},
+               "process": {"command_line": "python3 sync.py"}, "user": {"name": "CORP\\dax"}}),
+        json!({}),
+    );
+    assert_eq!(read.kind, EventKind::FileRead);
+    assert_eq!(read.path.as_deref(), Some("/home/dax/.aws/credentials"));
+    assert_eq!(read.user.as_deref(), Some("dax"));
+    assert_eq!(read.host.as_deref(), Some("ws-dax"));
+    let task = log(
+        json!({"service.name": "edr-forwarder"}),
+        json!({"event": {"category": "configuration", "action": "scheduled-task-created"},
+               "process": {"command_line": "schtasks /create /tn Sync /tr C:\\t\\s.cmd /sc hourly"}, "user": {"name": "eva"}}),
+        json!({}),
+    );
+    assert_eq!(task.kind, EventKind::ScheduledTaskCreate);
+    assert_eq!(task.user.as_deref(), Some("eva"));
+}
+
+#[test]
 fn endpoint_ecs_arrays_and_semantic_convention_only_records() {
     // Elastic exports event.category and event.type as arrays.
     let exec = log(

@@ -19,6 +19,13 @@ pub(crate) struct ListMatcher {
     suffixes: Vec<String>,
     globs: GlobSet,
     len: usize,
+    /// The host names of entries written as a URL, `host:port` or
+    /// `host/path` (`https://mcp.example.com/sse`, `mcp.example.com:443`):
+    /// host lists compare host names, so those entries count by their host
+    /// there ([`ListMatcher::matches_host`]); path lists never read these.
+    hosts: Option<Box<ListMatcher>>,
+    /// The entries read by their host, for a warning.
+    pub(crate) host_forms: Vec<(String, String)>,
 }
 
 impl ListMatcher {
@@ -26,6 +33,16 @@ impl ListMatcher {
         let mut exact = HashSet::new();
         let mut suffixes = Vec::new();
         let mut globs = GlobSetBuilder::new();
+        let host_forms: Vec<(String, String)> = entries
+            .iter()
+            .filter_map(|e| host_form(e.trim()).map(|h| (e.clone(), h)))
+            .collect();
+        let hosts = if host_forms.is_empty() {
+            None
+        } else {
+            let names: Vec<String> = host_forms.iter().map(|(_, h)| h.clone()).collect();
+            Some(Box::new(ListMatcher::compile(name, &names)?))
+        };
         for raw in entries {
             let entry = normalize(raw.trim()).into_owned();
             if entry.is_empty() {
@@ -52,7 +69,15 @@ impl ListMatcher {
             suffixes,
             globs: globs.build().map_err(|e| format!("list {name}: {e}"))?,
             len: entries.len(),
+            hosts,
+            host_forms,
         })
+    }
+
+    /// [`ListMatcher::matches`] for a host name: entries written as a URL,
+    /// `host:port` or `host/path` count by their host.
+    pub(crate) fn matches_host(&self, host: &str) -> bool {
+        self.matches(host) || self.hosts.as_ref().is_some_and(|h| h.matches(host))
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -76,6 +101,54 @@ impl ListMatcher {
         // The globs are case-insensitive themselves: only `\` needs rewriting.
         !self.globs.is_empty() && self.globs.is_match(&*forward_slashes(value))
     }
+}
+
+/// The host an entry names when it is written as a URL
+/// (`https://mcp.example.com/sse`), `host:port` or `host/path` with a dotted
+/// host (`mcp.example.com/mcp`, `*.corp.example.com:8443`); `None` for a bare
+/// host or a path (`*/.ssh/*`, `/etc/shadow`, `C:/Users/x`).
+fn host_form(entry: &str) -> Option<String> {
+    // A bucket by its endpoint: commands name it `s3://name` or `gs://name`.
+    let lower = entry.to_ascii_lowercase();
+    for endpoint in [".storage.googleapis.com", ".amazonaws.com"] {
+        if let Some(head) = lower.strip_suffix(endpoint) {
+            let bucket = match endpoint {
+                ".amazonaws.com" => head
+                    .split_once(".s3.")
+                    .or_else(|| head.split_once(".s3-"))
+                    .map(|(b, _)| b)
+                    .or_else(|| head.strip_suffix(".s3")),
+                _ => Some(head),
+            };
+            return bucket
+                .filter(|b| !b.is_empty() && !b.contains(['*', '?']))
+                .map(str::to_string);
+        }
+    }
+    let (rest, scheme) = match entry.split_once("://") {
+        Some((s, rest)) if s.eq_ignore_ascii_case("s3") || s.eq_ignore_ascii_case("gs") => {
+            // A bucket's name needs no dot.
+            let bucket = rest.split('/').next().unwrap_or("");
+            return (!bucket.is_empty()).then(|| bucket.to_string());
+        }
+        Some((_, rest)) => (rest, true),
+        None => (entry, false),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], true),
+        None => (rest, false),
+    };
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => (h, true),
+        _ => (authority, false),
+    };
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let named = !host.is_empty() && (host.contains('.') || host.parse::<IpAddr>().is_ok());
+    (named && (scheme || port || path) && host != entry).then(|| host.to_string())
 }
 
 /// Builds one glob: `*` crosses `/` (Sigma-like wildcards), `\` is not an escape.
@@ -408,6 +481,56 @@ mod tests {
         assert!(l.matches("/home/hank/.aws/credentials"));
         assert!(l.matches("/srv/tls/server.PEM"));
         assert!(!l.matches("/Users/gina/src/app/README.md"));
+    }
+
+    #[test]
+    fn host_lists_read_urls_ports_and_paths_by_their_host() {
+        let entries: Vec<String> = [
+            "https://mcp.atlassian.com/v1/sse",
+            "mcp.linear.app:443",
+            "mcp.notion.com/mcp",
+            "*.corp.example.com:8443",
+            "*/.ssh/*",
+            "/etc/shadow",
+            "C:/Users/x/.aws/*",
+            "plain.example.org",
+            // Buckets, as commands name them (`s3://releases-7/x`).
+            "releases-7.s3.amazonaws.com",
+            "logs-eu.s3.eu-west-1.amazonaws.com",
+            "gs://ml-data-3",
+            "models-1.storage.googleapis.com",
+        ]
+        .map(String::from)
+        .to_vec();
+        let l = ListMatcher::compile("approved", &entries).unwrap();
+        for host in [
+            "mcp.atlassian.com",
+            "mcp.linear.app",
+            "mcp.notion.com",
+            "tools.corp.example.com",
+            "plain.example.org",
+            "releases-7",
+            "logs-eu",
+            "ml-data-3",
+            "models-1",
+        ] {
+            assert!(l.matches_host(host), "{host}");
+        }
+        assert!(!l.matches_host("evil.example.net"));
+        // As a path list nothing changes: the host forms are not entries.
+        assert!(!l.matches("mcp.linear.app"));
+        assert!(l.matches("/home/u/.ssh/id_rsa"));
+        let said: Vec<&str> = l.host_forms.iter().map(|(_, h)| h.as_str()).collect();
+        assert_eq!(
+            said[..4],
+            [
+                "mcp.atlassian.com",
+                "mcp.linear.app",
+                "mcp.notion.com",
+                "*.corp.example.com"
+            ]
+        );
+        assert!(!l.matches_host("s3"), "{said:?}");
     }
 
     #[test]

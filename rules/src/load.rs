@@ -389,6 +389,24 @@ pub(crate) fn compile_parsed(
     unread_lists.sort();
     let mut read: Vec<String> = lists.keys().filter(|n| read_lists(n)).cloned().collect();
     read.sort();
+    // Entries pasted as a URL or `host:port` count by their host: said, so
+    // that whoever wrote them knows what is compared.
+    let list_notes = read
+        .iter()
+        .flat_map(|name| {
+            lists[name]
+                .host_forms
+                .iter()
+                .filter(|(raw, _)| {
+                    // Buckets (`s3://name`, `name.s3.amazonaws.com`) are meant so.
+                    let r = raw.to_ascii_lowercase();
+                    r.contains(['/', ':']) && !r.starts_with("s3://") && !r.starts_with("gs://")
+                })
+                .map(move |(raw, host)| {
+                    format!("list `{name}`: entry {raw:?} is compared as the host name {host:?} where a rule reads the list as hosts")
+                })
+        })
+        .collect();
     // What the set is made of: each rule's text, every list's entries (files
     // and config), the business hours. Equal digests: the same detections.
     let digest = {
@@ -423,6 +441,7 @@ pub(crate) fn compile_parsed(
         attr_refs: Arc::new(attr_refs),
         named_fields: Arc::new(named_fields),
         unread_lists: Arc::new((unread_lists, read)),
+        list_notes: Arc::new(list_notes),
         digest,
     })
 }
@@ -491,6 +510,8 @@ pub struct RuleSet {
     pub(crate) named_fields: Arc<std::collections::HashSet<&'static str>>,
     /// The config's lists no loaded rule reads, and the lists rules do read.
     pub(crate) unread_lists: Arc<(Vec<String>, Vec<String>)>,
+    /// What a list's entries came to, where that is not what they say.
+    pub(crate) list_notes: Arc<Vec<String>>,
     /// See [`RuleSet::digest`].
     pub(crate) digest: u64,
 }
@@ -539,6 +560,12 @@ impl RuleSet {
     /// likely a misspelt name), and the names the rules do read.
     pub fn unread_config_lists(&self) -> (&[String], &[String]) {
         (&self.unread_lists.0, &self.unread_lists.1)
+    }
+
+    /// List entries read otherwise than written: a URL or `host:port` in a
+    /// list rules read as hosts counts by its host name.
+    pub fn list_notes(&self) -> &[String] {
+        &self.list_notes
     }
 
     /// Every loaded rule, in load order (disabled and inactive ones included).

@@ -181,8 +181,8 @@ impl Test {
             Test::Cidr(nets) => parse_ip(s).is_some_and(|ip| nets.iter().any(|n| n.contains(&ip))),
             Test::InList(l) => l.matches(s),
             // Local and private addresses are inside every host list.
-            Test::HostNotInList(l) => any_host(s, |h| !is_local_host(h) && !l.matches(h)),
-            Test::HostInList(l) => any_host(s, |h| is_local_host(h) || l.matches(h)),
+            Test::HostNotInList(l) => any_host(s, |h| !is_local_host(h) && !l.matches_host(h)),
+            Test::HostInList(l) => any_host(s, |h| is_local_host(h) || l.matches_host(h)),
             Test::KindIn(mask) => EventKind::parse(s).is_some_and(|k| mask & kind_bit(k) != 0),
             Test::Exists(_) | Test::All(_) | Test::Num(..) => unreachable!("handled above"),
         }
