@@ -596,17 +596,15 @@ impl Engine {
         true
     }
 
-    /// Adds events to `pending`, keeping it sorted by `(time, event_id)`;
-    /// an event goes after any held event with the same key. Several
-    /// senders interleave, so a batch is not in order and overlaps the end
-    /// of what is held: the batch is sorted, and only the held events after
-    /// its first are merged with it (one pass, instead of one insert per
-    /// event moving everything after it).
-    /// Merges `incoming` into the held events in `(time, event id)` order.
-    /// A copy of an event already held or just before it in `incoming` (a
-    /// sender that sent a batch again, its answer lost: at-least-once
-    /// delivery) is dropped, so stateful rules count each event once. The
-    /// id covers the whole event, its time included.
+    /// Adds events to `pending`, keeping it sorted by `(time, event_id)`.
+    /// Several senders interleave, so a batch is not in order and overlaps
+    /// the end of what is held: the batch is sorted, and only the held
+    /// events after its first are merged with it (one pass, instead of one
+    /// insert per event moving everything after it). A copy of an event
+    /// already held, or just before it in the batch (a sender that sent a
+    /// batch again, its answer lost: at-least-once delivery), is dropped,
+    /// so stateful rules count each event once; the id covers the whole
+    /// event, its time included.
     fn hold(&mut self, mut incoming: Vec<Event>) {
         incoming.sort_by(|a, b| cmp_key(a, b.time, &b.event_id));
         let Some(first) = incoming.first() else {
@@ -1200,7 +1198,7 @@ mod tests {
         /// equal keys (the same record sent twice) only the first to
         /// arrive, held events first.
         #[test]
-        fn held_events_stay_in_key_order_and_equal_keys_in_arrival_order(
+        fn held_events_stay_in_key_order_and_copies_are_dropped(
             held in proptest::collection::vec((0i64..20, 0usize..3), 0..30),
             parts in proptest::collection::vec(
                 proptest::collection::vec((0i64..20, 0usize..3), 0..20),
