@@ -162,13 +162,11 @@ impl BytesExport for MetricsExport {
     /// Metrics are decoded by prost, as over HTTP; an unreadable request is
     /// refused as invalid (sending it again will not help).
     fn payload(otlp: &Otlp, bytes: Bytes) -> Result<Payload, Status> {
-        ExportMetricsServiceRequest::decode(bytes)
+        crate::prost_decode::<ExportMetricsServiceRequest>(&bytes)
             .map(Payload::Metrics)
             .map_err(|e| {
                 otlp.0.metrics.request("grpc", Self::SIGNAL, "bad_request");
-                Status::invalid_argument(format!(
-                    "request is not a valid protobuf ExportMetricsServiceRequest: {e}"
-                ))
+                Status::invalid_argument(e.to_string())
             })
     }
 

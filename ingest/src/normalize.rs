@@ -103,6 +103,14 @@ impl Normalizer {
         self
     }
 
+    /// Whether a sender whose newest record is `newest_ns`, received at
+    /// `observed_ns`, has a clock that agrees with vigil's: ahead by no more
+    /// than allowed, behind by no more than exporters batch and retry.
+    fn agrees(&self, newest_ns: i64, observed_ns: i64) -> bool {
+        let ahead = newest_ns.saturating_sub(observed_ns);
+        (-LIVE_BEHIND_NS..=self.max_ahead_ns).contains(&ahead)
+    }
+
     /// The newest record time of each sender (resource) of a request, in
     /// order; a sender among them whose clock agrees with vigil's shows the
     /// stream is live before any of them is judged by [`Self::shift`], so the
@@ -113,10 +121,10 @@ impl Normalizer {
         observed_ns: i64,
     ) -> Vec<Option<i64>> {
         let newest: Vec<Option<i64>> = newest.collect();
-        let agrees = newest.iter().flatten().any(|&t| {
-            let ahead = t.saturating_sub(observed_ns);
-            (-LIVE_BEHIND_NS..=self.max_ahead_ns).contains(&ahead)
-        });
+        let agrees = newest
+            .iter()
+            .flatten()
+            .any(|&t| self.agrees(t, observed_ns));
         // Written at most once a second: every receiver reads it.
         if agrees
             && self.live_at.load(Ordering::Relaxed) < observed_ns.saturating_sub(1_000_000_000)
@@ -134,8 +142,7 @@ impl Normalizer {
     /// clock runs ahead, heard first, would move the watermark for everyone.
     /// Returns whether it vouched.
     pub fn heard_before_start(&self, newest_ns: i64, now_ns: i64) -> bool {
-        let ahead = newest_ns.saturating_sub(now_ns);
-        let live = (-LIVE_BEHIND_NS..=self.max_ahead_ns).contains(&ahead);
+        let live = self.agrees(newest_ns, now_ns);
         if live {
             self.live_at
                 .fetch_max(newest_ns.min(now_ns), Ordering::Relaxed);
