@@ -208,7 +208,8 @@ const SNAPSHOT_MAGIC: &[u8; 8] = b"VGLSNAP\0";
 /// Bumped when the snapshot's layout changes; older snapshots are refused
 /// (and the state rebuilt from the archive or topic instead).
 /// 2: threshold state counts each `per` value on its own.
-const SNAPSHOT_VERSION: u32 = 2;
+/// 3: baseline state keeps its last window's amount by slot (it slides).
+const SNAPSHOT_VERSION: u32 = 3;
 
 #[derive(Serialize)]
 struct SnapshotRef<'a> {
@@ -274,7 +275,7 @@ impl State {
 pub enum SnapshotError {
     #[error("not a vigil engine snapshot")]
     NotASnapshot,
-    #[error("engine snapshot of format version {0}, this vigil reads version 1")]
+    #[error("engine snapshot of format version {0}, this vigil reads version {SNAPSHOT_VERSION}")]
     Version(u32),
     #[error("engine snapshot is damaged: {0}")]
     Corrupt(String),
@@ -1805,6 +1806,35 @@ mod tests {
     }
 
     #[test]
+    fn baseline_judges_the_last_window_not_the_clock_hour() {
+        let y = "id: b\ntitle: B\nseverity: low\nkey: [user]\nkind: baseline\ncondition: {kind: model_call}\nbaseline: {window: 1h, history: 1d, factor: 4, floor: 30, warmup: 6h, sum: tokens_in}\n";
+        let m = |mins: i64, tokens: i64| {
+            with(ev(T0 + mins * 60 * S, EventKind::ModelCall, "a"), |e| {
+                e.tokens_in = Some(tokens)
+            })
+        };
+        let quiet: Vec<Event> = (0..10).map(|h| m(h * 60, 2)).collect();
+        // 4 x 10 tokens from 10:30 to 11:15: 20 in each clock hour, 40 in
+        // the hour ending 11:15.
+        let mut evs = quiet.clone();
+        evs.extend([630, 645, 660, 675].map(|at| m(at, 10)));
+        let out = run_all(&mut engine(y), evs);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].count, 40);
+        assert_eq!(out[0].time, T0 + 675 * 60 * S);
+        // The same four spread over more than an hour: never 30 at once.
+        let mut evs = quiet.clone();
+        evs.extend([630, 650, 670, 691].map(|at| m(at, 10)));
+        assert!(run_all(&mut engine(y), evs).is_empty());
+        // A spike that goes on is one alert per window, not one per call.
+        let mut evs = quiet;
+        evs.extend((0..90).map(|i| m(600 + i, 10)));
+        let out = run_all(&mut engine(y), evs);
+        let times: Vec<i64> = out.iter().map(|a| (a.time - T0) / (60 * S)).collect();
+        assert_eq!(times, [603, 663], "{out:?}");
+    }
+
+    #[test]
     fn batching_does_not_change_alerts() {
         let pack = RuleSet::load(true, &[], &RulesContext::default()).unwrap();
         let events = mixed_stream(7, 400);
@@ -2020,9 +2050,14 @@ mod tests {
         // A snapshot of another layout version is named as such, not as corrupt.
         let mut old = SNAPSHOT_MAGIC.to_vec();
         old.extend(postcard::to_stdvec(&(SNAPSHOT_VERSION - 1, 7u8)).unwrap());
-        assert!(matches!(
-            engine(a).restore(&old),
-            Err(SnapshotError::Version(v)) if v == SNAPSHOT_VERSION - 1
-        ));
+        let err = engine(a).restore(&old).unwrap_err();
+        assert!(matches!(err, SnapshotError::Version(v) if v == SNAPSHOT_VERSION - 1));
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "engine snapshot of format version {}, this vigil reads version {SNAPSHOT_VERSION}",
+                SNAPSHOT_VERSION - 1
+            )
+        );
     }
 }

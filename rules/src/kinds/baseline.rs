@@ -1,7 +1,13 @@
 //! baseline: per key, the amount (event count, or the sum of a numeric field
-//! such as `tokens_out`) in the current fixed window against an exponentially
-//! weighted mean of that key's earlier windows. Fires when the current window
+//! such as `tokens_out`) in the last `window` against an exponentially
+//! weighted mean of that key's earlier fixed windows. Fires when the amount
 //! exceeds `max(floor, factor * mean)`, once the key is older than `warmup`.
+//!
+//! The usual rate is learnt over fixed windows (hours from :00 for `1h`); the
+//! amount judged slides, so a spike that straddles two of them (3M tokens
+//! from 10:30 to 11:25) is seen whole, not as two halves under the bar.
+
+use std::collections::VecDeque;
 
 use event::Event;
 
@@ -152,10 +158,16 @@ impl Rate {
     }
 }
 
+/// Slots per window of the sliding amount: a minute for an hour.
+const SLOTS: i64 = 60;
+
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct BaselineState {
     rate: Rate,
-    fired_bucket: i64,
+    /// The amount of each of the last [`SLOTS`] slots of `window / SLOTS`
+    /// that had any, oldest first: `(slot index, amount)`.
+    recent: VecDeque<(i64, f64)>,
+    fired: i64,
     last: i64,
 }
 
@@ -169,9 +181,26 @@ impl BaselineState {
     pub(crate) fn new(t: i64) -> Self {
         BaselineState {
             rate: Rate::new(t),
-            fired_bucket: i64::MIN,
+            recent: VecDeque::new(),
+            fired: i64::MIN,
             last: t,
         }
+    }
+
+    /// Adds `amount` at `t` and returns the amount of the window ending at
+    /// `t`, to the slot: the slots kept span between `window - slot` and
+    /// `window`, and always the whole of the fixed window `t` falls in.
+    fn slide(&mut self, spec: &BaselineSpec, t: i64, amount: f64) -> f64 {
+        let slot = t.div_euclid((spec.window / SLOTS).max(1));
+        while self.recent.front().is_some_and(|&(s, _)| s <= slot - SLOTS) {
+            self.recent.pop_front();
+        }
+        match self.recent.back_mut() {
+            Some((s, a)) if *s == slot => *a += amount,
+            _ => self.recent.push_back((slot, amount)),
+        }
+        // At most SLOTS terms, summed afresh: no drift from subtracting.
+        self.recent.iter().map(|&(_, a)| a).sum()
     }
 
     pub(crate) fn on_event(&mut self, spec: &BaselineSpec, e: &Event) -> Option<Trigger> {
@@ -181,12 +210,15 @@ impl BaselineState {
         };
         self.last = e.time;
         self.rate.add(spec, e.time, amount);
+        let amount = self.slide(spec, e.time, amount);
         let required = spec.required(&self.rate, e.time)?;
-        if self.rate.current > required && self.fired_bucket != self.rate.bucket {
-            self.fired_bucket = self.rate.bucket;
+        // At most once per window: one spike is one alert.
+        let rested = self.fired == i64::MIN || e.time - self.fired >= spec.window;
+        if amount > required && rested {
+            self.fired = e.time;
             return Some(Trigger {
                 evidence: vec![EvidenceItem::Current],
-                count: self.rate.current as u64,
+                count: amount as u64,
             });
         }
         None
