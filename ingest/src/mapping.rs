@@ -628,9 +628,30 @@ impl MappingSet {
     /// `API-post-search`, `API-post-database-query`): after `api`, a method
     /// followed by a reading verb is a read, and so is `submit` followed by
     /// one (`submit_query`).
+    ///
+    /// Tools generated from resource-oriented APIs name the method last
+    /// (`commentThreads.list`, `posts_list`, `drafts_get`), and the resource
+    /// may be a verb's word: a `get` at the end, or a `list` after a plural,
+    /// reads (a `list` after a singular is the noun: `create_task_list`).
     pub fn verb_of(&self, tool: &str) -> Option<(&str, bool)> {
         let words = words(tool);
         let last = words.len().saturating_sub(1);
+        if last >= 1 {
+            let before = words[last - 1].as_str();
+            let plural = before.len() >= 4 && before.ends_with('s') && !before.ends_with("ss");
+            let method = match words[last].as_str() {
+                "get" => true,
+                "list" => plural,
+                _ => false,
+            };
+            if let Some(read) = self
+                .verbs
+                .get(words[last].as_str())
+                .filter(|v| method && !v.writes)
+            {
+                return Some((read.action.as_str(), false));
+            }
+        }
         if words.len() > 2
             && words[0] == "api"
             && matches!(words[1].as_str(), "post" | "put" | "patch")
@@ -1284,6 +1305,23 @@ mod tests {
             Some(("read", false))
         );
         assert_eq!(set.verb_of("submit_form"), Some(("submit", true)));
+        // The method last (resource-oriented APIs), the resource a verb's word.
+        for read in [
+            "comment_threads_list",
+            "posts_list",
+            "drafts_get",
+            "commentThreads.list",
+        ] {
+            assert_eq!(set.verb_of(read), Some(("read", false)), "{read}");
+        }
+        for write in [
+            "create_task_list",
+            "add_to_list",
+            "delete_list",
+            "share_list",
+        ] {
+            assert_eq!(set.verb_of(write).map(|v| v.1), Some(true), "{write}");
+        }
         assert_eq!(
             set.verb_of("submit_pull_request_review"),
             Some(("submit", true))
