@@ -903,11 +903,12 @@ impl Engine {
                         m.map.remove(&k);
                         continue;
                     }
-                    // Without state, only a first-step event can start
-                    // anything: every step's events must come after the
-                    // first step's, and later events are later. (Most tool
-                    // calls match some last step; few sessions start one.)
-                    if hit.steps & 1 == 0 && !m.map.contains_key(&k) {
+                    // Without state, only a first-step event (or an
+                    // optional step's) can start anything: every other
+                    // step's events must come after the first step's, and
+                    // later events are later. (Most tool calls match some
+                    // last step; few sessions start one.)
+                    if !sp.can_start(hit.steps) && !m.map.contains_key(&k) {
                         continue;
                     }
                     m.entry(k, || SequenceState::new(sp))
@@ -1729,6 +1730,57 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn bound_and_optional_steps_are_checked_at_load() {
+        let rule = |steps: &str| {
+            format!("id: q\ntitle: Q\nseverity: low\nkey: [session]\nkind: sequence\nsequence:\n  within: 10m\n  steps:\n{steps}")
+        };
+        let b = "bind: {field: command, regex: 'x(?P<value>y)'}";
+        for (steps, path, says) in [
+            (
+                format!("    - {{condition: {{kind: file_read}}, optional: true, {b}}}\n    - {{condition: {{kind: tool_call}}, {b}}}\n"),
+                "steps[0].optional",
+                "first and the last",
+            ),
+            (
+                format!("    - {{condition: {{kind: file_read}}}}\n    - {{condition: {{kind: tool_call}}, optional: true}}\n    - {{condition: {{kind: tool_call}}, {b}}}\n"),
+                "steps[1].optional",
+                "binds a value",
+            ),
+            (
+                format!("    - {{condition: {{kind: file_read}}}}\n    - {{condition: {{kind: tool_call}}, optional: true, {b}}}\n    - {{condition: {{kind: tool_call}}}}\n"),
+                "steps[1].optional",
+                "so does the next step",
+            ),
+            (
+                format!("    - {{condition: {{kind: file_read}}}}\n    - {{condition: {{kind: tool_call}}, count: 2, {b}}}\n"),
+                "steps[1].bind",
+                "count 1",
+            ),
+            (
+                "    - {condition: {kind: file_read}}\n    - {condition: {kind: tool_call}, bind: {field: command, regex: '(x'}}\n".to_string(),
+                "steps[1].bind.regex",
+                "bad regex",
+            ),
+            (
+                "    - {condition: {kind: file_read}}\n    - {condition: {kind: tool_call}, bind: {field: comand, regex: x}}\n".to_string(),
+                "steps[1].bind.field",
+                "unknown field `comand`",
+            ),
+        ] {
+            let mut p = Parsed::default();
+            parse_text("t.yaml", &rule(&steps), &mut p);
+            let err = compile_parsed(&p, &RulesContext::default(), None).unwrap_err();
+            let text = format!("{err:?}");
+            assert!(text.contains(path) && text.contains(says), "{steps}: {text}");
+        }
+        // The shape the default pack uses loads.
+        let mut p = Parsed::default();
+        let ok = format!("    - {{condition: {{kind: file_read}}}}\n    - {{condition: {{kind: tool_call}}, optional: true, {b}}}\n    - {{condition: {{kind: tool_call}}, {b}}}\n");
+        parse_text("t.yaml", &rule(&ok), &mut p);
+        assert!(compile_parsed(&p, &RulesContext::default(), None).is_ok());
     }
 
     #[test]

@@ -19,7 +19,7 @@ const REGEX_SIZE_LIMIT: usize = 1 << 20;
 /// A rule's regex. The regex crate matches in time linear in the input (no
 /// backtracking), so a "catastrophic" pattern such as `(a+)+$` cannot stall
 /// the engine on a hostile command line; its compiled size is bounded too.
-fn rule_regex(pattern: &str) -> Result<Regex, regex::Error> {
+pub(crate) fn rule_regex(pattern: &str) -> Result<Regex, regex::Error> {
     // Only the compiled program is bounded; the lazy DFA keeps its default
     // cache (a smaller one makes matching thrash).
     RegexBuilder::new(pattern)

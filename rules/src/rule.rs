@@ -15,7 +15,7 @@ use crate::field::FieldRef;
 use crate::kinds::baseline::BaselineSpec;
 use crate::kinds::inactivity::InactivitySpec;
 use crate::kinds::new_value::NewValueSpec;
-use crate::kinds::sequence::{SequenceSpec, Step};
+use crate::kinds::sequence::{Bind, SequenceSpec, Step};
 use crate::kinds::threshold::ThresholdSpec;
 use crate::list::ListMatcher;
 use crate::predicate::{compile, CompileEnv, CondError, Pred};
@@ -167,6 +167,19 @@ pub(crate) struct StepDoc {
     pub condition: Value,
     #[serde(default = "one")]
     pub count: usize,
+    /// A value of the step's event that joins it to a neighbouring step.
+    #[serde(default)]
+    pub bind: Option<BindDoc>,
+    /// Needed only when the next step's event binds a value.
+    #[serde(default)]
+    pub optional: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BindDoc {
+    pub field: String,
+    pub regex: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -593,11 +606,55 @@ pub(crate) fn compile_rule(
                 }
                 let pred = cond(&st.condition, &format!("sequence.steps[{i}].condition"))?;
                 k |= kinds_of(&pred);
+                let here = format!("sequence.steps[{i}].bind");
+                let bind = match &st.bind {
+                    None => None,
+                    Some(b) => {
+                        if st.count != 1 {
+                            return Err(cerr(
+                                &here,
+                                "a step that binds a value has count 1",
+                                Some("bind:".into()),
+                            ));
+                        }
+                        let pattern = crate::predicate::rule_regex(&b.regex).map_err(|e| {
+                            cerr(
+                                &format!("{here}.regex"),
+                                format!("bad regex: {e}"),
+                                Some(b.regex.clone()),
+                            )
+                        })?;
+                        Some(Bind {
+                            field: field(&b.field, &format!("{here}.field"))?,
+                            pattern,
+                        })
+                    }
+                };
                 steps.push(Step {
                     name: st.name.clone().unwrap_or_else(|| format!("step {}", i + 1)),
                     pred,
                     count: st.count,
+                    bind,
+                    optional: st.optional,
                 });
+            }
+            for (i, st) in s.steps.iter().enumerate().filter(|(_, st)| st.optional) {
+                let next = s.steps.get(i + 1);
+                let why = if i == 0 || next.is_none() {
+                    Some("the first and the last step cannot be optional")
+                } else if st.bind.is_none() || next.is_some_and(|n| n.bind.is_none() || n.optional)
+                {
+                    Some("an optional step binds a value, and so does the next step, which is not optional")
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    return Err(cerr(
+                        &format!("sequence.steps[{i}].optional"),
+                        why,
+                        Some("optional:".into()),
+                    ));
+                }
             }
             let until = s
                 .until
@@ -610,6 +667,13 @@ pub(crate) fn compile_rule(
             (
                 Spec::Sequence(SequenceSpec {
                     within: s.within.ns(),
+                    starts: steps.iter().enumerate().take(64).fold(1, |m, (i, st)| {
+                        if st.optional {
+                            m | 1 << i
+                        } else {
+                            m
+                        }
+                    }),
                     steps,
                     until,
                 }),

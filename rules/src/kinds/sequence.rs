@@ -3,12 +3,20 @@
 //! looks backwards for the newest events of each earlier step, each strictly
 //! before those chosen for the next step, all inside the span. An `until`
 //! event clears the key. A completed sequence clears the key too.
+//!
+//! Steps may `bind` a value of their event (a regex's `value` group): two
+//! neighbouring steps that both bind join only on equal values (the remote
+//! a `git remote add` names and the one a `git push` pushes to). An
+//! `optional` step links that way and is needed only when the next step's
+//! event binds a value.
 
 use std::collections::VecDeque;
 
 use event::Event;
+use regex::Regex;
 
 use super::{EvidenceItem, Kept, Touched, Trigger};
+use crate::field::FieldRef;
 use crate::predicate::{EvalEnv, Pred};
 
 #[derive(Debug)]
@@ -17,6 +25,32 @@ pub(crate) struct Step {
     pub(crate) name: String,
     pub(crate) pred: Pred,
     pub(crate) count: usize,
+    pub(crate) bind: Option<Bind>,
+    pub(crate) optional: bool,
+}
+
+/// The value a step's event binds: the `value` group of a regex over a
+/// field (or the whole match).
+#[derive(Debug)]
+pub(crate) struct Bind {
+    pub(crate) field: FieldRef,
+    pub(crate) pattern: Regex,
+}
+
+impl Bind {
+    fn value(&self, e: &Event) -> Option<Box<str>> {
+        let text = self.field.get(e)?.to_text();
+        let caps = self.pattern.captures(&text)?;
+        let m = caps.name("value").or_else(|| caps.get(0))?;
+        (!m.as_str().is_empty()).then(|| m.as_str().into())
+    }
+}
+
+/// A step's event as a sequence keeps it: its evidence, and what it binds.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Held {
+    kept: Kept,
+    bind: Option<Box<str>>,
 }
 
 #[derive(Debug)]
@@ -24,6 +58,9 @@ pub(crate) struct SequenceSpec {
     pub(crate) within: i64,
     pub(crate) steps: Vec<Step>,
     pub(crate) until: Option<Pred>,
+    /// The steps whose events may start a key's state (bits): the first
+    /// and the optional ones.
+    pub(crate) starts: u64,
 }
 
 /// Which steps an event satisfies (bit per step), and whether it cancels.
@@ -33,6 +70,13 @@ pub(crate) struct Matched {
 }
 
 impl SequenceSpec {
+    /// Whether an event matching `steps` (bits) is worth new state for a
+    /// key: the first step's events come before all others, and an
+    /// optional step's may come before them too.
+    pub(crate) fn can_start(&self, steps: u64) -> bool {
+        steps & self.starts != 0
+    }
+
     pub(crate) fn matched(&self, e: &Event, env: &EvalEnv) -> Matched {
         let until = self.until.as_ref().is_some_and(|u| u.eval(e, env));
         let mut steps = 0u64;
@@ -51,7 +95,10 @@ impl SequenceSpec {
         // (plus the current event, which may match it too); earlier steps
         // keep some slack for interleavings.
         let c = self.steps[i].count;
-        if i + 2 >= self.steps.len() {
+        // A binding step before the last is searched by value: it keeps
+        // more than its newest.
+        let last = i + 1 == self.steps.len();
+        if last || (i + 2 == self.steps.len() && self.steps[i].bind.is_none()) {
             c + 1
         } else {
             (c + 64).min(4096)
@@ -65,8 +112,8 @@ pub(crate) struct SequenceState {
     /// pointer chase to expire; the events themselves are not kept). The
     /// first two steps live inline (most sequences have two): one cache
     /// miss fewer per event on a table of many sessions.
-    first: [VecDeque<Kept>; 2],
-    rest: Vec<VecDeque<Kept>>,
+    first: [VecDeque<Held>; 2],
+    rest: Vec<VecDeque<Held>>,
     last: i64,
 }
 
@@ -77,8 +124,8 @@ impl Touched for SequenceState {
 }
 
 /// `(time, event_id)` order, the engine's processing order.
-fn before(a: &Kept, b: &Kept) -> bool {
-    (a.time(), a.id()) < (b.time(), b.id())
+fn before(a: &Held, b: &Held) -> bool {
+    (a.kept.time(), a.kept.id()) < (b.kept.time(), b.kept.id())
 }
 
 impl SequenceState {
@@ -90,14 +137,14 @@ impl SequenceState {
         }
     }
 
-    fn step(&self, i: usize) -> &VecDeque<Kept> {
+    fn step(&self, i: usize) -> &VecDeque<Held> {
         match i {
             0 | 1 => &self.first[i],
             _ => &self.rest[i - 2],
         }
     }
 
-    fn step_mut(&mut self, i: usize) -> &mut VecDeque<Kept> {
+    fn step_mut(&mut self, i: usize) -> &mut VecDeque<Held> {
         match i {
             0 | 1 => &mut self.first[i],
             _ => &mut self.rest[i - 2],
@@ -116,8 +163,12 @@ impl SequenceState {
         let last_step = spec.steps.len() - 1;
         let mut kept: Option<Kept> = None;
         for i in 0..spec.steps.len() {
+            let bind = match &spec.steps[i].bind {
+                Some(b) if steps & (1 << i) != 0 => b.value(e),
+                _ => None,
+            };
             let q = self.step_mut(i);
-            while q.front().is_some_and(|x| x.time() < horizon) {
+            while q.front().is_some_and(|x| x.kept.time() < horizon) {
                 q.pop_front();
             }
             if steps & (1 << i) != 0 {
@@ -127,7 +178,8 @@ impl SequenceState {
                 if q.capacity() == 0 {
                     q.reserve_exact(1);
                 }
-                q.push_back(kept.get_or_insert_with(|| Kept::new(e)).clone());
+                let kept = kept.get_or_insert_with(|| Kept::new(e)).clone();
+                q.push_back(Held { kept, bind });
                 if q.len() > spec.cap(i) {
                     q.pop_front();
                 }
@@ -142,24 +194,39 @@ impl SequenceState {
         if q.len() < need {
             return None;
         }
-        let mut chosen: Vec<Kept> = q.iter().rev().take(need).cloned().collect();
-        let mut bound = chosen.last().expect("need >= 1").clone();
+        let mut chosen: Vec<&Held> = q.iter().rev().take(need).collect();
+        // Earlier steps come before `bound`; a binding step joins `next`.
+        let mut bound = *chosen.last().expect("need >= 1");
+        let mut next = bound;
         for i in (0..last_step).rev() {
-            let need = spec.steps[i].count;
+            let step = &spec.steps[i];
+            let want = match (&step.bind, &next.bind) {
+                (Some(_), Some(v)) => Some(v),
+                _ => None,
+            };
+            if step.optional && want.is_none() {
+                continue;
+            }
             let from = chosen.len();
             chosen.extend(
                 self.step(i)
                     .iter()
                     .rev()
-                    .filter(|x| before(x, &bound))
-                    .take(need)
-                    .cloned(),
+                    .filter(|x| before(x, bound))
+                    .filter(|x| want.is_none_or(|v| x.bind.as_ref() == Some(v)))
+                    .take(step.count),
             );
-            if chosen.len() - from < need {
+            if chosen.len() - from < step.count {
                 return None;
             }
-            bound = chosen.last().expect("need >= 1").clone();
+            next = *chosen.last().expect("count >= 1");
+            // An optional step links by value; it does not order the
+            // steps before it, which need only come before the next one.
+            if !step.optional {
+                bound = next;
+            }
         }
+        let mut chosen: Vec<Kept> = chosen.into_iter().map(|h| h.kept.clone()).collect();
         chosen.sort_by(|a, b| (a.time(), a.id()).cmp(&(b.time(), b.id())));
         for q in self.first.iter_mut().chain(&mut self.rest) {
             q.clear();
