@@ -631,17 +631,34 @@ impl MappingSet {
     ///
     /// Tools generated from resource-oriented APIs name the method last
     /// (`commentThreads.list`, `posts_list`, `drafts_get`), and the resource
-    /// may be a verb's word: a `get` at the end, or a `list` after a plural,
-    /// reads (a `list` after a singular is the noun: `create_task_list`).
+    /// may be a verb's word: a `get` at the end, or a reading method (`list`,
+    /// `search`, `retrieve`, ...) after a plural, reads (a `list` after a
+    /// singular is the noun: `create_task_list`). In a dotted name
+    /// (`views.publish`, `gmail.users.messages.send`) the last segment is the
+    /// method and is looked at first.
     pub fn verb_of(&self, tool: &str) -> Option<(&str, bool)> {
-        let words = words(tool);
+        // Dotted names (`chat.postMessage`, `views.publish`,
+        // `gmail.users.messages.send`) are API methods: the last segment
+        // names the method, the segments before it the resource.
+        if let Some((resource, method)) = tool.rsplit_once('.') {
+            if !resource.is_empty() {
+                if let Some(v) = self.verb_of_words(&words(method)) {
+                    return Some(v);
+                }
+            }
+        }
+        self.verb_of_words(&words(tool))
+    }
+
+    fn verb_of_words(&self, words: &[String]) -> Option<(&str, bool)> {
         let last = words.len().saturating_sub(1);
         if last >= 1 {
             let before = words[last - 1].as_str();
             let plural = before.len() >= 4 && before.ends_with('s') && !before.ends_with("ss");
             let method = match words[last].as_str() {
                 "get" => true,
-                "list" => plural,
+                "list" | "search" | "retrieve" | "query" | "find" | "count" | "read" | "fetch"
+                | "lookup" | "describe" => plural,
                 _ => false,
             };
             if let Some(read) = self
@@ -1311,8 +1328,23 @@ mod tests {
             "posts_list",
             "drafts_get",
             "commentThreads.list",
+            "posts_search",
+            "schedules_retrieve",
+            "gmail.users.drafts.get",
+            "conversations.history",
         ] {
             assert_eq!(set.verb_of(read), Some(("read", false)), "{read}");
+        }
+        // A dotted name's last segment is its method.
+        for (write, action) in [
+            ("views.publish", "post"),
+            ("checks.create", "create"),
+            ("checks.update", "update"),
+            ("reactions.add", "create"),
+            ("gmail.users.messages.send", "send"),
+            ("calendar.events.delete", "delete"),
+        ] {
+            assert_eq!(set.verb_of(write), Some((action, true)), "{write}");
         }
         for write in [
             "create_task_list",

@@ -180,6 +180,9 @@ pub(crate) struct StepDoc {
 pub(crate) struct BindDoc {
     pub field: String,
     pub regex: String,
+    /// The value when the regex matches without its `value` group.
+    #[serde(default)]
+    pub default: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -627,6 +630,7 @@ pub(crate) fn compile_rule(
                         Some(Bind {
                             field: field(&b.field, &format!("{here}.field"))?,
                             pattern,
+                            default: b.default.as_deref().map(Box::from),
                         })
                     }
                 };

@@ -30,19 +30,29 @@ pub(crate) struct Step {
 }
 
 /// The value a step's event binds: the `value` group of a regex over a
-/// field (or the whole match).
+/// field (or the whole match), or `default` when the regex matched without
+/// its `value` group (a bare `git push` pushes to origin).
 #[derive(Debug)]
 pub(crate) struct Bind {
     pub(crate) field: FieldRef,
     pub(crate) pattern: Regex,
+    pub(crate) default: Option<Box<str>>,
 }
 
 impl Bind {
     fn value(&self, e: &Event) -> Option<Box<str>> {
         let text = self.field.get(e)?.to_text();
         let caps = self.pattern.captures(&text)?;
-        let m = caps.name("value").or_else(|| caps.get(0))?;
-        (!m.as_str().is_empty()).then(|| m.as_str().into())
+        let has_group = self.pattern.capture_names().any(|n| n == Some("value"));
+        let found = if has_group {
+            caps.name("value")
+        } else {
+            caps.get(0)
+        };
+        match found {
+            Some(m) if !m.as_str().is_empty() => Some(m.as_str().into()),
+            _ => self.default.clone(),
+        }
     }
 }
 
