@@ -208,7 +208,8 @@ const SNAPSHOT_MAGIC: &[u8; 8] = b"VGLSNAP\0";
 /// Bumped when the snapshot's layout changes; older snapshots are refused
 /// (and the state rebuilt from the archive or topic instead).
 /// 2: threshold state counts each `per` value on its own.
-/// 3: baseline state keeps its last window's amount by slot (it slides).
+/// 3: baseline state keeps its last window's amount by slot (it slides),
+/// its daily peaks and its `per` parts; sequence steps keep bound values.
 const SNAPSHOT_VERSION: u32 = 3;
 
 #[derive(Serialize)]
@@ -1729,6 +1730,34 @@ mod tests {
                 text.contains(says) && text.contains("fallback_key"),
                 "{text}"
             );
+        }
+    }
+
+    #[test]
+    fn baseline_per_and_peak_are_checked_at_load() {
+        for (yaml, path, says) in [
+            (
+                "kind: baseline\ncondition: {kind: model_call}\nbaseline: {window: 1h, peak_factor: 0.5}\n",
+                "baseline.peak_factor",
+                "at least 1",
+            ),
+            (
+                "kind: baseline\ncondition: {kind: model_call}\nbaseline: {window: 1h, per: sorce}\n",
+                "baseline.per",
+                "unknown field `sorce`",
+            ),
+            (
+                "kind: threshold\ncondition: {kind: model_call}\nthreshold: {count: 5, window: 5m, baseline: {peak_factor: 2}}\n",
+                "threshold.baseline.peak_factor",
+                "belong to the baseline kind",
+            ),
+        ] {
+            let mut p = Parsed::default();
+            let text = format!("id: b\ntitle: B\nseverity: low\nkey: [user]\n{yaml}");
+            parse_text("t.yaml", &text, &mut p);
+            let err = compile_parsed(&p, &RulesContext::default(), None).unwrap_err();
+            let text = format!("{err:?}");
+            assert!(text.contains(path) && text.contains(says), "{yaml}: {text}");
         }
     }
 

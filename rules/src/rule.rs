@@ -148,6 +148,14 @@ pub(crate) struct BaselineDoc {
     pub warmup: Option<Dur>,
     #[serde(default)]
     pub sum: Option<String>,
+    /// Each value of this field (the reporting source) has its own amount
+    /// and usual rate; the baseline kind only.
+    #[serde(default)]
+    pub per: Option<String>,
+    /// Also above this many times the key's largest window of the past
+    /// days; the baseline kind only.
+    #[serde(default)]
+    pub peak_factor: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]

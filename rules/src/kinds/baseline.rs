@@ -6,6 +6,12 @@
 //! The usual rate is learnt over fixed windows (hours from :00 for `1h`); the
 //! amount judged slides, so a spike that straddles two of them (3M tokens
 //! from 10:30 to 11:25) is seen whole, not as two halves under the bar.
+//!
+//! A mean over every window, idle ones included, makes a daily job look
+//! like a spike every day: with `peak_factor` the amount must also exceed
+//! that many times the key's largest amount on any earlier day of the
+//! history. With `per`, each value of a field (the reporting source) has its
+//! own amount and rate, so a call reported by two observers counts once.
 
 use std::collections::VecDeque;
 
@@ -28,6 +34,8 @@ pub(crate) struct BaselineSpec {
     pub(crate) floor: f64,
     pub(crate) warmup: i64,
     pub(crate) sum: Option<FieldRef>,
+    pub(crate) per: Option<FieldRef>,
+    pub(crate) peak_factor: Option<f64>,
 }
 
 impl BaselineSpec {
@@ -42,6 +50,7 @@ impl BaselineSpec {
             message: msg.to_string(),
             needle: Some(format!("{field}:")),
         };
+        let nested = window.is_some();
         let window = match (window, d.window) {
             (Some(w), None) => w,
             (None, Some(w)) => w.ns(),
@@ -64,12 +73,26 @@ impl BaselineSpec {
         if factor.is_nan() || factor <= 1.0 {
             return Err(bad("factor", "factor must be greater than 1"));
         }
-        let sum = match &d.sum {
-            Some(s) => Some(
-                FieldRef::parse(s).ok_or_else(|| bad("sum", &format!("unknown field `{s}`")))?,
-            ),
-            None => None,
+        let field = |name: &Option<String>, key: &str| match name {
+            Some(s) => FieldRef::parse(s)
+                .map(Some)
+                .ok_or_else(|| bad(key, &format!("unknown field `{s}`"))),
+            None => Ok(None),
         };
+        let sum = field(&d.sum, "sum")?;
+        let per = field(&d.per, "per")?;
+        if let Some(p) = d.peak_factor {
+            if p.is_nan() || p < 1.0 {
+                return Err(bad("peak_factor", "peak_factor must be at least 1"));
+            }
+        }
+        if nested && (per.is_some() || d.peak_factor.is_some()) {
+            let key = if per.is_some() { "per" } else { "peak_factor" };
+            return Err(bad(
+                key,
+                "a baseline inside a threshold counts as the threshold does: `per` and `peak_factor` belong to the baseline kind",
+            ));
+        }
         Ok(BaselineSpec {
             window,
             history,
@@ -78,6 +101,8 @@ impl BaselineSpec {
             floor: d.floor.unwrap_or(10.0),
             warmup: d.warmup.map(Dur::ns).unwrap_or(86_400 * NS_PER_SEC),
             sum,
+            per,
+            peak_factor: d.peak_factor,
         })
     }
 
@@ -160,6 +185,9 @@ impl Rate {
 
 /// Slots per window of the sliding amount: a minute for an hour.
 const SLOTS: i64 = 60;
+const DAY: i64 = 86_400 * NS_PER_SEC;
+/// Days of peaks kept at most, whatever the history.
+const MAX_PEAK_DAYS: usize = 31;
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct BaselineState {
@@ -169,6 +197,12 @@ pub(crate) struct BaselineState {
     recent: VecDeque<(i64, f64)>,
     fired: i64,
     last: i64,
+    /// With `peak_factor`: the largest amount of each earlier day (UTC) of
+    /// the history that had any, oldest first, and today's so far.
+    peaks: VecDeque<(i64, f64)>,
+    today: (i64, f64),
+    /// With `per`: one state for each value of that field (value hash).
+    parts: Vec<(u64, BaselineState)>,
 }
 
 impl Touched for BaselineState {
@@ -184,7 +218,32 @@ impl BaselineState {
             recent: VecDeque::new(),
             fired: i64::MIN,
             last: t,
+            peaks: VecDeque::new(),
+            today: (i64::MIN, 0.0),
+            parts: Vec::new(),
         }
+    }
+
+    /// The largest amount of the past days of the history (not today's).
+    fn usual_peak(&mut self, spec: &BaselineSpec, t: i64, amount: f64) -> Option<f64> {
+        let day = t.div_euclid(DAY);
+        if self.today.0 != day {
+            if self.today.0 != i64::MIN {
+                self.peaks.push_back(self.today);
+            }
+            self.today = (day, 0.0);
+        }
+        let days = (spec.history / DAY).max(1);
+        while self
+            .peaks
+            .front()
+            .is_some_and(|&(d, _)| d < day - days || self.peaks.len() > MAX_PEAK_DAYS)
+        {
+            self.peaks.pop_front();
+        }
+        let peak = self.peaks.iter().map(|&(_, a)| a).reduce(f64::max);
+        self.today.1 = self.today.1.max(amount);
+        peak
     }
 
     /// Adds `amount` at `t` and returns the amount of the window ending at
@@ -204,6 +263,29 @@ impl BaselineState {
     }
 
     pub(crate) fn on_event(&mut self, spec: &BaselineSpec, e: &Event) -> Option<Trigger> {
+        let Some(per) = &spec.per else {
+            return self.judge(spec, e);
+        };
+        self.last = e.time;
+        let h = per
+            .get(e)
+            .map_or(0, |v| xxhash_rust::xxh3::xxh3_64(v.to_text().as_bytes()));
+        // A value not heard from for the whole history has nothing left.
+        let keep = spec.retention();
+        self.parts
+            .retain(|(vh, p)| *vh == h || p.last.saturating_add(keep) >= e.time);
+        let i = match self.parts.iter().position(|(vh, _)| *vh == h) {
+            Some(i) => i,
+            None => {
+                self.parts.push((h, BaselineState::new(e.time)));
+                self.parts.len() - 1
+            }
+        };
+        self.parts[i].1.judge(spec, e)
+    }
+
+    /// One amount and rate (the whole key's, or one `per` value's).
+    fn judge(&mut self, spec: &BaselineSpec, e: &Event) -> Option<Trigger> {
         let amount = match &spec.sum {
             Some(f) => f.get(e).and_then(|v| v.to_f64()).unwrap_or(0.0),
             None => 1.0,
@@ -211,7 +293,11 @@ impl BaselineState {
         self.last = e.time;
         self.rate.add(spec, e.time, amount);
         let amount = self.slide(spec, e.time, amount);
-        let required = spec.required(&self.rate, e.time)?;
+        let peak = match spec.peak_factor {
+            Some(f) => self.usual_peak(spec, e.time, amount).map(|p| p * f),
+            None => None,
+        };
+        let required = spec.required(&self.rate, e.time)?.max(peak.unwrap_or(0.0));
         // At most once per window: one spike is one alert.
         let rested = self.fired == i64::MIN || e.time - self.fired >= spec.window;
         if amount > required && rested {
