@@ -137,11 +137,23 @@ fn default_priority() -> i32 {
     50
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 enum SourceSpec {
     Key(String),
     Full(SourceFull),
+}
+
+/// A key, or the full form, whose own errors (an unknown field, a bad
+/// condition) are reported as such rather than as "no variant matched".
+impl<'de> Deserialize<'de> for SourceSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match serde_yaml::Value::deserialize(d)? {
+            serde_yaml::Value::String(key) => Ok(SourceSpec::Key(key)),
+            full => SourceFull::deserialize(full)
+                .map(SourceSpec::Full)
+                .map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -159,6 +171,9 @@ struct SourceFull {
     /// Lower-case the result.
     #[serde(default)]
     lower: bool,
+    /// Use this source only when the record matches (`host.os.type` is windows).
+    #[serde(default)]
+    when: Option<Box<PredSpec>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -336,12 +351,16 @@ struct ValueSource {
     literal: Option<String>,
     pattern: Option<Pattern>,
     lower: bool,
+    when: Option<Pred>,
 }
 
 impl ValueSource {
     /// The value and, when it came whole from a view key, that key (it is then
     /// taken by the column and not repeated in `attrs`).
     fn extract<'v>(&self, view: &'v RecordView<'_>) -> Option<(Text, Option<&'v str>)> {
+        if self.when.as_ref().is_some_and(|w| !w.eval(view)) {
+            return None;
+        }
         if let Some(lit) = &self.literal {
             return Some((Text::from(lit.as_str()), None));
         }
@@ -1107,6 +1126,7 @@ fn compile_source(s: &SourceSpec) -> Result<ValueSource, String> {
             literal: None,
             pattern: None,
             lower: false,
+            when: None,
         },
         SourceSpec::Full(f) => {
             if f.field.is_some() == f.value.is_some() {
@@ -1122,6 +1142,7 @@ fn compile_source(s: &SourceSpec) -> Result<ValueSource, String> {
                     .transpose()
                     .map_err(|e| e.to_string())?,
                 lower: f.lower,
+                when: f.when.as_deref().map(compile_pred).transpose()?,
             }
         }
     })
@@ -1379,6 +1400,15 @@ mod tests {
         .to_string();
         assert!(err.contains("unknown column `usr`"), "{err}");
         assert!(err.starts_with("m.yaml:5: mapping `x`"), "{err}");
+        // A source's condition is checked like any other.
+        let err = MappingSet::from_texts(&[(
+            "m.yaml".into(),
+            "mappings:\n  - name: x\n    source: agent\n    signals: [log]\n    columns:\n      user:\n        - {field: user.name, when: {feild: os.type, eq: windows}}\n".into(),
+        )])
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("m.yaml:"), "{err}");
+        assert!(err.contains("unknown field `feild`"), "{err}");
         // The second mapping of a file: its own line, not the first's.
         let err = MappingSet::from_texts(&[(
             "m.yaml".into(),
