@@ -894,7 +894,7 @@ impl Engine {
                 }
                 (Spec::Sequence(sp), State::Sequence(m)) => {
                     let hit = sp.matched(e, &env);
-                    if !hit.until && hit.steps == 0 {
+                    if !hit.any() {
                         continue;
                     }
                     let Some(k) = self.keys.required(self.key_slot[ri], e) else {
@@ -913,7 +913,7 @@ impl Engine {
                         continue;
                     }
                     m.entry(k, || SequenceState::new(sp))
-                        .on_event(sp, e, hit.steps)
+                        .on_event(sp, e, hit.steps, hit.undoes)
                 }
                 (Spec::Inactivity(sp), State::Inactivity(m)) => {
                     let role = sp.role(e, &env);
@@ -993,10 +993,7 @@ impl RuleSet {
                 return false;
             }
             match &rule.spec {
-                Spec::Sequence(sp) => {
-                    let hit = sp.matched(e, &env);
-                    hit.until || hit.steps != 0
-                }
+                Spec::Sequence(sp) => sp.matched(e, &env).any(),
                 Spec::Inactivity(sp) => !matches!(sp.role(e, &env), Role::None),
                 _ => true,
             }

@@ -8,7 +8,9 @@
 //! neighbouring steps that both bind join only on equal values (the remote
 //! a `git remote add` names and the one a `git push` pushes to). An
 //! `optional` step links that way and is needed only when the next step's
-//! event binds a value.
+//! event binds a value; its newest event binding that value decides, so an
+//! event that binds it without meeting the step's condition (the remote
+//! pointed back inside, or removed) undoes an earlier one.
 
 use std::collections::VecDeque;
 
@@ -61,6 +63,9 @@ impl Bind {
 pub(crate) struct Held {
     kept: Kept,
     bind: Option<Box<str>>,
+    /// It bound the value without meeting the step's condition: it only
+    /// undoes what earlier events of the step bound.
+    undoes: bool,
 }
 
 #[derive(Debug)]
@@ -73,10 +78,19 @@ pub(crate) struct SequenceSpec {
     pub(crate) starts: u64,
 }
 
-/// Which steps an event satisfies (bit per step), and whether it cancels.
+/// Which steps an event satisfies (bit per step), which optional steps'
+/// values it binds without satisfying them, and whether it cancels.
 pub(crate) struct Matched {
     pub(crate) until: bool,
     pub(crate) steps: u64,
+    pub(crate) undoes: u64,
+}
+
+impl Matched {
+    /// Whether the event has any role in the sequence.
+    pub(crate) fn any(&self) -> bool {
+        self.until || self.steps != 0 || self.undoes != 0
+    }
 }
 
 impl SequenceSpec {
@@ -90,14 +104,21 @@ impl SequenceSpec {
     pub(crate) fn matched(&self, e: &Event, env: &EvalEnv) -> Matched {
         let until = self.until.as_ref().is_some_and(|u| u.eval(e, env));
         let mut steps = 0u64;
+        let mut undoes = 0u64;
         if !until {
             for (i, s) in self.steps.iter().enumerate().take(64) {
                 if s.pred.eval(e, env) {
                     steps |= 1 << i;
+                } else if s.optional && s.bind.as_ref().is_some_and(|b| b.value(e).is_some()) {
+                    undoes |= 1 << i;
                 }
             }
         }
-        Matched { until, steps }
+        Matched {
+            until,
+            steps,
+            undoes,
+        }
     }
 
     fn cap(&self, i: usize) -> usize {
@@ -161,27 +182,30 @@ impl SequenceState {
         }
     }
 
-    /// Feeds an event that matched at least one step (bits in `steps`).
+    /// Feeds an event that matched at least one step (bits in `steps`) or
+    /// binds an optional step's value without matching it (`undoes`).
     pub(crate) fn on_event(
         &mut self,
         spec: &SequenceSpec,
         e: &Event,
         steps: u64,
+        undoes: u64,
     ) -> Option<Trigger> {
         self.last = e.time;
         let horizon = e.time.saturating_sub(spec.within);
         let last_step = spec.steps.len() - 1;
         let mut kept: Option<Kept> = None;
         for i in 0..spec.steps.len() {
+            let bit = 1 << i;
             let bind = match &spec.steps[i].bind {
-                Some(b) if steps & (1 << i) != 0 => b.value(e),
+                Some(b) if (steps | undoes) & bit != 0 => b.value(e),
                 _ => None,
             };
             let q = self.step_mut(i);
             while q.front().is_some_and(|x| x.kept.time() < horizon) {
                 q.pop_front();
             }
-            if steps & (1 << i) != 0 {
+            if (steps | undoes) & bit != 0 {
                 // Grown as needed, from one: most keys never see more than
                 // one or two events of a step, and there is one state per
                 // live session.
@@ -189,7 +213,8 @@ impl SequenceState {
                     q.reserve_exact(1);
                 }
                 let kept = kept.get_or_insert_with(|| Kept::new(e)).clone();
-                q.push_back(Held { kept, bind });
+                let undoes = steps & bit == 0;
+                q.push_back(Held { kept, bind, undoes });
                 if q.len() > spec.cap(i) {
                     q.pop_front();
                 }
@@ -226,7 +251,7 @@ impl SequenceState {
                     .filter(|x| want.is_none_or(|v| x.bind.as_ref() == Some(v)))
                     .take(step.count),
             );
-            if chosen.len() - from < step.count {
+            if chosen.len() - from < step.count || chosen[from..].iter().any(|x| x.undoes) {
                 return None;
             }
             next = *chosen.last().expect("count >= 1");
