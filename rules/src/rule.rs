@@ -637,6 +637,7 @@ pub(crate) fn compile_rule(
                         })?;
                         Some(Bind {
                             field: field(&b.field, &format!("{here}.field"))?,
+                            has_group: pattern.capture_names().any(|n| n == Some("value")),
                             pattern,
                             default: b.default.as_deref().map(Box::from),
                         })

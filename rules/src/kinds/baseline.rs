@@ -195,6 +195,8 @@ pub(crate) struct BaselineState {
     /// The amount of each of the last [`SLOTS`] slots of `window / SLOTS`
     /// that had any, oldest first: `(slot index, amount)`.
     recent: VecDeque<(i64, f64)>,
+    /// The sum of `recent`.
+    sum: f64,
     fired: i64,
     last: i64,
     /// With `peak_factor`: the largest amount of each earlier day (UTC) of
@@ -216,6 +218,7 @@ impl BaselineState {
         BaselineState {
             rate: Rate::new(t),
             recent: VecDeque::new(),
+            sum: 0.0,
             fired: i64::MIN,
             last: t,
             peaks: VecDeque::new(),
@@ -251,15 +254,23 @@ impl BaselineState {
     /// `window`, and always the whole of the fixed window `t` falls in.
     fn slide(&mut self, spec: &BaselineSpec, t: i64, amount: f64) -> f64 {
         let slot = t.div_euclid((spec.window / SLOTS).max(1));
+        let mut dropped = false;
         while self.recent.front().is_some_and(|&(s, _)| s <= slot - SLOTS) {
             self.recent.pop_front();
+            dropped = true;
         }
         match self.recent.back_mut() {
             Some((s, a)) if *s == slot => *a += amount,
             _ => self.recent.push_back((slot, amount)),
         }
-        // At most SLOTS terms, summed afresh: no drift from subtracting.
-        self.recent.iter().map(|&(_, a)| a).sum()
+        // Summed afresh (at most SLOTS terms) when a slot left, rather than
+        // subtracted: no drift.
+        self.sum = if dropped {
+            self.recent.iter().map(|&(_, a)| a).sum()
+        } else {
+            self.sum + amount
+        };
+        self.sum
     }
 
     pub(crate) fn on_event(&mut self, spec: &BaselineSpec, e: &Event) -> Option<Trigger> {

@@ -39,14 +39,15 @@ pub(crate) struct Bind {
     pub(crate) field: FieldRef,
     pub(crate) pattern: Regex,
     pub(crate) default: Option<Box<str>>,
+    /// The regex has a `value` group.
+    pub(crate) has_group: bool,
 }
 
 impl Bind {
     fn value(&self, e: &Event) -> Option<Box<str>> {
         let text = self.field.get(e)?.to_text();
         let caps = self.pattern.captures(&text)?;
-        let has_group = self.pattern.capture_names().any(|n| n == Some("value"));
-        let found = if has_group {
+        let found = if self.has_group {
             caps.name("value")
         } else {
             caps.get(0)
@@ -55,6 +56,14 @@ impl Bind {
             Some(m) if !m.as_str().is_empty() => Some(m.as_str().into()),
             _ => self.default.clone(),
         }
+    }
+
+    /// Whether the event's field matches (cheaper than its value: most
+    /// events are looked at for nothing else).
+    fn matches(&self, e: &Event) -> bool {
+        self.field
+            .get(e)
+            .is_some_and(|v| self.pattern.is_match(&v.to_text()))
     }
 }
 
@@ -109,7 +118,7 @@ impl SequenceSpec {
             for (i, s) in self.steps.iter().enumerate().take(64) {
                 if s.pred.eval(e, env) {
                     steps |= 1 << i;
-                } else if s.optional && s.bind.as_ref().is_some_and(|b| b.value(e).is_some()) {
+                } else if s.optional && s.bind.as_ref().is_some_and(|b| b.matches(e)) {
                     undoes |= 1 << i;
                 }
             }
