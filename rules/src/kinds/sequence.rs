@@ -135,10 +135,15 @@ impl SequenceSpec {
         // (plus the current event, which may match it too); earlier steps
         // keep some slack for interleavings.
         let c = self.steps[i].count;
-        // A binding step before the last is searched by value: it keeps
-        // more than its newest.
-        let last = i + 1 == self.steps.len();
-        if last || (i + 2 == self.steps.len() && self.steps[i].bind.is_none()) {
+        let n = self.steps.len();
+        if i + 1 == n {
+            return c + 1;
+        }
+        // Optional steps between this one and the last do not order it: it
+        // is searched before the last step's event, as the step just before
+        // the last is. A binding step is searched by value: it keeps more.
+        let before_last = self.steps[i + 1..n - 1].iter().all(|s| s.optional);
+        if before_last && self.steps[i].bind.is_none() {
             c + 1
         } else {
             (c + 64).min(4096)
