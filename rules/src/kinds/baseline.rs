@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 
 use event::Event;
 
-use super::{EvidenceItem, Touched, Trigger};
+use super::{part_of, EvidenceItem, Touched, Trigger};
 use crate::field::FieldRef;
 use crate::predicate::CondError;
 use crate::rule::{BaselineDoc, Dur};
@@ -278,21 +278,10 @@ impl BaselineState {
             return self.judge(spec, e);
         };
         self.last = e.time;
-        let h = per
-            .get(e)
-            .map_or(0, |v| xxhash_rust::xxh3::xxh3_64(v.to_text().as_bytes()));
-        // A value not heard from for the whole history has nothing left.
-        let keep = spec.retention();
-        self.parts
-            .retain(|(vh, p)| *vh == h || p.last.saturating_add(keep) >= e.time);
-        let i = match self.parts.iter().position(|(vh, _)| *vh == h) {
-            Some(i) => i,
-            None => {
-                self.parts.push((h, BaselineState::new(e.time)));
-                self.parts.len() - 1
-            }
-        };
-        self.parts[i].1.judge(spec, e)
+        part_of(&mut self.parts, per, e, spec.retention(), || {
+            BaselineState::new(e.time)
+        })
+        .judge(spec, e)
     }
 
     /// One amount and rate (the whole key's, or one `per` value's).

@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 use event::{Event, EventKind, Evidence};
 
+use crate::field::FieldRef;
+
 /// The evidence fields of an event a kind keeps in its state (a sequence
 /// step, a threshold window), packed into one shared allocation: the
 /// event itself is freed as soon as the engine has run it, instead of
@@ -206,6 +208,30 @@ impl Hasher for KeyHasher {
 /// State that knows when it was last touched, for eviction.
 pub(crate) trait Touched {
     fn last(&self) -> i64;
+}
+
+/// With `per`: the state of `e`'s value of that field (an absent value is a
+/// value of its own), made by `new` the first time. A value not heard from
+/// for `keep` has nothing left to count and is dropped.
+pub(crate) fn part_of<'a, S: Touched>(
+    parts: &'a mut Vec<(u64, S)>,
+    per: &FieldRef,
+    e: &Event,
+    keep: i64,
+    new: impl FnOnce() -> S,
+) -> &'a mut S {
+    let h = per
+        .get(e)
+        .map_or(0, |v| xxhash_rust::xxh3::xxh3_64(v.to_text().as_bytes()));
+    parts.retain(|(vh, p)| *vh == h || p.last().saturating_add(keep) >= e.time);
+    let i = match parts.iter().position(|(vh, _)| *vh == h) {
+        Some(i) => i,
+        None => {
+            parts.push((h, new()));
+            parts.len() - 1
+        }
+    };
+    &mut parts[i].1
 }
 
 /// Bounded per-key state of one rule. Snapshots keep the keys and their

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use event::Event;
 
 use super::baseline::{BaselineSpec, Rate};
-use super::{EvidenceItem, Kept, Touched, Trigger};
+use super::{part_of, EvidenceItem, Kept, Touched, Trigger};
 use crate::field::FieldRef;
 
 #[derive(Debug)]
@@ -54,24 +54,15 @@ impl ThresholdState {
         let Some(per) = &spec.per else {
             return self.count(spec, e);
         };
-        let t = e.time;
-        self.last = t;
-        let h = per
-            .get(e)
-            .map_or(0, |v| xxhash_rust::xxh3::xxh3_64(v.to_text().as_bytes()));
-        // A value not heard from for longer than the spec remembers anything
-        // has nothing left to count.
-        let keep = spec.retention();
-        self.parts
-            .retain(|(vh, p)| *vh == h || p.last.saturating_add(keep) >= t);
-        let i = match self.parts.iter().position(|(vh, _)| *vh == h) {
-            Some(i) => i,
-            None => {
-                self.parts.push((h, ThresholdState::default()));
-                self.parts.len() - 1
-            }
-        };
-        self.parts[i].1.count(spec, e)
+        self.last = e.time;
+        part_of(
+            &mut self.parts,
+            per,
+            e,
+            spec.retention(),
+            ThresholdState::default,
+        )
+        .count(spec, e)
     }
 
     /// One count (the whole key's, or one `per` value's).
