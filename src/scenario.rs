@@ -387,22 +387,32 @@ pub struct Outcome {
     pub problems: Vec<String>,
 }
 
-/// The scenario files named: files as they are, folders' `*.json` in name
-/// order.
+/// The scenario files named: files as they are, folders' `*.json` (their
+/// subfolders' too, a group of scenarios each) in path order.
 pub fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("cannot list {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for f in entries {
+            if f.is_dir() {
+                walk(&f, out)?;
+            } else if f.is_file() && f.extension().is_some_and(|x| x == "json") {
+                out.push(f);
+            }
+        }
+        Ok(())
+    }
     let mut out = Vec::new();
     for p in paths {
         if p.is_dir() {
-            let mut found: Vec<PathBuf> = std::fs::read_dir(p)
-                .with_context(|| format!("cannot list {}", p.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|f| f.is_file() && f.extension().is_some_and(|x| x == "json"))
-                .collect();
-            if found.is_empty() {
+            let before = out.len();
+            walk(p, &mut out)?;
+            if out.len() == before {
                 bail!("{} holds no scenario files (*.json)", p.display());
             }
-            found.sort();
-            out.extend(found);
         } else if p.is_file() {
             out.push(p.clone());
         } else {
@@ -651,6 +661,42 @@ mod tests {
         for bad in ["+5", "+5y", "", "+", "h"] {
             assert!(parse_offset(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn folders_give_their_json_files_and_their_subfolders_in_path_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for f in [
+            "b.json",
+            "a.json",
+            "notes.md",
+            "g2/z.json",
+            "g1/y.json",
+            "g1/deep/x.json",
+        ] {
+            let path = root.join(f);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, "{}").unwrap();
+        }
+        let names: Vec<String> = files(&[root.to_path_buf()])
+            .unwrap()
+            .iter()
+            .map(|p| p.strip_prefix(root).unwrap().display().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "a.json",
+                "b.json",
+                "g1/deep/x.json",
+                "g1/y.json",
+                "g2/z.json"
+            ]
+        );
+        std::fs::create_dir_all(root.join("empty/sub")).unwrap();
+        let err = files(&[root.join("empty")]).unwrap_err().to_string();
+        assert!(err.contains("holds no scenario files"), "{err}");
     }
 
     const STORY: &str = r#"{
