@@ -28,6 +28,11 @@ pub const DEFAULT_PACK: &[(&str, &str)] = &[
         include_str!("../mappings/claude_code.yaml"),
     ),
     (
+        "gemini_cli.yaml",
+        include_str!("../mappings/gemini_cli.yaml"),
+    ),
+    ("codex.yaml", include_str!("../mappings/codex.yaml")),
+    (
         "genai_gateway.yaml",
         include_str!("../mappings/genai_gateway.yaml"),
     ),
