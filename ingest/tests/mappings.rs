@@ -429,6 +429,9 @@ fn agents_own_tool_spans_without_a_model_read_files_and_write_through_named_saas
     );
     assert_eq!(read.kind, EventKind::FileRead);
     assert_eq!(read.path.as_deref(), Some("/home/ops/.aws/credentials"));
+    // The agent acting, as an OpenInference agent's tool span is: its sessions are
+    // judged as an agent's (unattended-session starts on agent events).
+    assert_eq!(read.source, Source::Agent);
     // One person, one key, however the source writes the address.
     assert_eq!(read.user.as_deref(), Some("ops.lead@example.com"));
     let post = span(
