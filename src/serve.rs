@@ -154,7 +154,7 @@ impl PipelineMetrics {
         );
         r.register(
             "vigil_engine_late_events",
-            "events that arrived later than the allowed lateness (archived, not detected on)",
+            "events that arrived later than the allowed lateness (archived, judged out of order)",
             self.late_events.clone(),
         );
         r.register(

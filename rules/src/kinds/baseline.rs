@@ -230,6 +230,17 @@ impl BaselineState {
     /// The largest amount of the past days of the history (not today's).
     fn usual_peak(&mut self, spec: &BaselineSpec, t: i64, amount: f64) -> Option<f64> {
         let day = t.div_euclid(DAY);
+        if day < self.today.0 {
+            // Out of order, from an earlier day: judged against the days
+            // before it, and no day's peak changes.
+            let days = (spec.history / DAY).max(1);
+            return self
+                .peaks
+                .iter()
+                .filter(|&&(d, _)| d < day && d >= day - days)
+                .map(|&(_, a)| a)
+                .reduce(f64::max);
+        }
         if self.today.0 != day {
             if self.today.0 != i64::MIN {
                 self.peaks.push_back(self.today);
@@ -254,6 +265,11 @@ impl BaselineState {
     /// `window`, and always the whole of the fixed window `t` falls in.
     fn slide(&mut self, spec: &BaselineSpec, t: i64, amount: f64) -> f64 {
         let slot = t.div_euclid((spec.window / SLOTS).max(1));
+        if let Some(&(newest, _)) = self.recent.back() {
+            if slot < newest {
+                return self.slide_late(slot, amount);
+            }
+        }
         let mut dropped = false;
         while self.recent.front().is_some_and(|&(s, _)| s <= slot - SLOTS) {
             self.recent.pop_front();
@@ -273,11 +289,33 @@ impl BaselineState {
         self.sum
     }
 
+    /// [`Self::slide`] for an amount that arrived out of order, at a slot
+    /// behind the newest: added to its slot while that slot is kept, and the
+    /// amount of the window ending at that slot returned.
+    fn slide_late(&mut self, slot: i64, amount: f64) -> f64 {
+        let newest = self.recent.back().map_or(slot, |&(s, _)| s);
+        if slot <= newest - SLOTS {
+            // The slots around it are gone: it is judged on its own.
+            return amount;
+        }
+        let at = self.recent.partition_point(|&(s, _)| s < slot);
+        match self.recent.get_mut(at) {
+            Some((s, a)) if *s == slot => *a += amount,
+            _ => self.recent.insert(at, (slot, amount)),
+        }
+        self.sum += amount;
+        self.recent
+            .iter()
+            .take_while(|&&(s, _)| s <= slot)
+            .map(|&(_, a)| a)
+            .sum()
+    }
+
     pub(crate) fn on_event(&mut self, spec: &BaselineSpec, e: &Event) -> Option<Trigger> {
         let Some(per) = &spec.per else {
             return self.judge(spec, e);
         };
-        self.last = e.time;
+        self.last = self.last.max(e.time);
         part_of(&mut self.parts, per, e, spec.retention(), || {
             BaselineState::new(e.time)
         })
@@ -290,7 +328,7 @@ impl BaselineState {
             Some(f) => f.get(e).and_then(|v| v.to_f64()).unwrap_or(0.0),
             None => 1.0,
         };
-        self.last = e.time;
+        self.last = self.last.max(e.time);
         self.rate.add(spec, e.time, amount);
         let amount = self.slide(spec, e.time, amount);
         let peak = match spec.peak_factor {

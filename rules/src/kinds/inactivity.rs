@@ -76,12 +76,20 @@ impl InactivityState {
         }
     }
 
+    /// A reset older than the one held (it arrived after the allowed
+    /// lateness) says nothing about the time since the newer one.
     pub(crate) fn reset(&mut self, e: &Event) {
+        if e.time < self.reset_time {
+            self.last = self.last.max(e.time);
+            return;
+        }
+        let last = self.last.max(e.time);
         *self = InactivityState::new_reset(e);
+        self.last = last;
     }
 
     pub(crate) fn on_activity(&mut self, spec: &InactivitySpec, e: &Event) -> Option<Trigger> {
-        self.last = e.time;
+        self.last = self.last.max(e.time);
         self.activity = self.activity.saturating_add(1);
         if self.fired || e.time - self.reset_time <= spec.after {
             return None;

@@ -41,7 +41,7 @@ impl NewValueState {
 
     pub(crate) fn on_event(&mut self, spec: &NewValueSpec, e: &Event) -> Option<Trigger> {
         let v = spec.field.get(e)?;
-        self.last = e.time;
+        self.last = self.last.max(e.time);
         let text = v.to_text();
         let h = xxhash_rust::xxh3::xxh3_64(text.to_ascii_lowercase().as_bytes());
         if self.seen.contains(&h) || self.seen.len() >= spec.max_values {

@@ -196,6 +196,15 @@ impl SequenceState {
         }
     }
 
+    /// An `until` event that arrived out of order: it ends what came
+    /// before it, not the key's newer events.
+    pub(crate) fn forget_before(&mut self, e: &Event) {
+        let at = (e.time, &*e.event_id);
+        for q in self.first.iter_mut().chain(&mut self.rest) {
+            q.retain(|x| (x.kept.time(), x.kept.id()) > at);
+        }
+    }
+
     /// Feeds an event that matched at least one step (bits in `steps`) or
     /// binds an optional step's value without matching it (`undoes`).
     pub(crate) fn on_event(
@@ -205,9 +214,21 @@ impl SequenceState {
         steps: u64,
         undoes: u64,
     ) -> Option<Trigger> {
-        self.last = e.time;
-        let horizon = e.time.saturating_sub(spec.within);
         let last_step = spec.steps.len() - 1;
+        // An event that arrived out of order (after the allowed lateness,
+        // behind what this key has seen) is put in its place by time below;
+        // a copy of one already kept (a retry arriving late) changes nothing.
+        if e.time <= self.last
+            && !e.event_id.is_empty()
+            && (0..spec.steps.len()).any(|i| {
+                (steps | undoes) & (1 << i) != 0
+                    && self.step(i).iter().any(|x| x.kept.id() == &*e.event_id)
+            })
+        {
+            return None;
+        }
+        self.last = self.last.max(e.time);
+        let horizon = e.time.saturating_sub(spec.within);
         let mut kept: Option<Kept> = None;
         for i in 0..spec.steps.len() {
             let bit = 1 << i;
@@ -228,7 +249,13 @@ impl SequenceState {
                 }
                 let kept = kept.get_or_insert_with(|| Kept::new(e)).clone();
                 let undoes = steps & bit == 0;
-                q.push_back(Held { kept, bind, undoes });
+                let held = Held { kept, bind, undoes };
+                if q.back().is_some_and(|b| before(&held, b)) {
+                    let at = q.partition_point(|x| before(x, &held));
+                    q.insert(at, held);
+                } else {
+                    q.push_back(held);
+                }
                 if q.len() > spec.cap(i) {
                     q.pop_front();
                 }
@@ -237,13 +264,20 @@ impl SequenceState {
         if steps & (1 << last_step) == 0 {
             return None;
         }
-        // The last step: its newest `count` events end with this one.
+        // The last step: its newest `count` events end with this one (and
+        // a late one's with it: those after it are not its to count).
         let q = self.step(last_step);
         let need = spec.steps[last_step].count;
-        if q.len() < need {
+        let now = (e.time, &*e.event_id);
+        let mut chosen: Vec<&Held> = q
+            .iter()
+            .rev()
+            .filter(|x| (x.kept.time(), x.kept.id()) <= now)
+            .take(need)
+            .collect();
+        if chosen.len() < need {
             return None;
         }
-        let mut chosen: Vec<&Held> = q.iter().rev().take(need).collect();
         // Earlier steps come before `bound`; a binding step joins `next`.
         let mut bound = *chosen.last().expect("need >= 1");
         let mut next = bound;

@@ -54,7 +54,7 @@ impl ThresholdState {
         let Some(per) = &spec.per else {
             return self.count(spec, e);
         };
-        self.last = e.time;
+        self.last = self.last.max(e.time);
         part_of(
             &mut self.parts,
             per,
@@ -68,7 +68,7 @@ impl ThresholdState {
     /// One count (the whole key's, or one `per` value's).
     fn count(&mut self, spec: &ThresholdSpec, e: &Event) -> Option<Trigger> {
         let t = e.time;
-        self.last = t;
+        self.last = self.last.max(t);
         let horizon = t.saturating_sub(spec.window);
         let required = match &spec.baseline {
             Some(b) => {
@@ -82,6 +82,13 @@ impl ThresholdState {
             None => spec.count,
         };
         let (n, evidence): (usize, Vec<EvidenceItem>) = match &spec.distinct {
+            None if self.recent.back().is_some_and(|b| behind(e, b)) => {
+                let (n, evidence) = late_window(&mut self.recent, spec, Kept::new(e))?;
+                if n < required {
+                    return None;
+                }
+                (n, evidence)
+            }
             None => {
                 self.recent.push_back(Kept::new(e));
                 while self.recent.front().is_some_and(|f| f.time() <= horizon)
@@ -104,6 +111,29 @@ impl ThresholdState {
             Some(f) => {
                 let v = f.get(e)?;
                 let h = xxhash_rust::xxh3::xxh3_64(v.to_text().as_bytes());
+                if self.distinct.last().is_some_and(|(_, b)| behind(e, b)) {
+                    // Out of order: a value already counted adds nothing new.
+                    if self.distinct.iter().any(|(vh, _)| *vh == h) {
+                        return None;
+                    }
+                    let mut kept: VecDeque<Kept> =
+                        self.distinct.iter().map(|(_, x)| x.clone()).collect();
+                    let mut hashes: Vec<u64> = self.distinct.iter().map(|(vh, _)| *vh).collect();
+                    let at = kept.partition_point(|x| !behind(e, x));
+                    hashes.insert(at, h);
+                    let found = late_window(&mut kept, spec, Kept::new(e));
+                    self.distinct = hashes.into_iter().zip(kept).collect();
+                    let extra = self.distinct.len().saturating_sub(spec.count);
+                    self.distinct.drain(..extra);
+                    let (n, evidence) = found?;
+                    if n < required {
+                        return None;
+                    }
+                    return Some(Trigger {
+                        evidence,
+                        count: n as u64,
+                    });
+                }
                 self.distinct
                     .retain(|(vh, x)| *vh != h && x.time() > horizon);
                 self.distinct.push((h, Kept::new(e)));
@@ -128,4 +158,54 @@ impl ThresholdState {
             count: n as u64,
         })
     }
+}
+
+/// Whether `e` comes before `x` in the engine's order, `(time, event_id)`,
+/// or is `x` again: it arrived after the allowed lateness, behind what this
+/// key has seen.
+fn behind(e: &Event, x: &Kept) -> bool {
+    (e.time, e.event_id.as_ref()) <= (x.time(), x.id())
+}
+
+/// Counts an event that arrived out of order (`recent` already holds newer
+/// ones): it is put in its place by time, and the window of `window` that
+/// holds it and the most events decides. A copy of an event already counted
+/// (a sender's retry arriving late) counts nothing; events without an id are
+/// never taken for copies. Keeps the newest `count`.
+fn late_window(
+    recent: &mut VecDeque<Kept>,
+    spec: &ThresholdSpec,
+    k: Kept,
+) -> Option<(usize, Vec<EvidenceItem>)> {
+    if !k.id().is_empty() && recent.iter().any(|x| x.id() == k.id()) {
+        return None;
+    }
+    let at = recent.partition_point(|x| (x.time(), x.id()) < (k.time(), k.id()));
+    recent.insert(at, k);
+    // Windows are `(t - window, t]`: the events of one are less than
+    // `window` apart. Slide the end from the late event onwards.
+    let mut best = (at, at);
+    let mut lo = 0;
+    for hi in at..recent.len() {
+        while recent[hi].time() - recent[lo].time() >= spec.window {
+            lo += 1;
+        }
+        if lo > at {
+            break;
+        }
+        if hi - lo > best.1 - best.0 {
+            best = (lo, hi);
+        }
+    }
+    let found = (
+        best.1 - best.0 + 1,
+        recent
+            .range(best.0..=best.1)
+            .map(|x| EvidenceItem::Kept(x.clone()))
+            .collect(),
+    );
+    while recent.len() > spec.count {
+        recent.pop_front();
+    }
+    Some(found)
 }
