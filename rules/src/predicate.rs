@@ -29,7 +29,9 @@ pub(crate) fn rule_regex(pattern: &str) -> Result<Regex, regex::Error> {
 use serde_yaml::Value;
 
 use crate::field::FieldRef;
-use crate::list::{any_host, build_glob, forward_slashes, is_local_host, ListMatcher};
+use crate::list::{
+    any_email_domain, any_host, build_glob, forward_slashes, is_local_host, ListMatcher,
+};
 use crate::schedule::Schedule;
 
 /// A compile error inside a condition: where (a dotted path) and what, plus
@@ -95,6 +97,7 @@ pub(crate) enum Test {
     InList(Arc<ListMatcher>),
     HostNotInList(Arc<ListMatcher>),
     HostInList(Arc<ListMatcher>),
+    EmailNotInList(Arc<ListMatcher>),
     /// `kind` equality compiled to a bit test.
     KindIn(u32),
     All(Vec<Test>),
@@ -183,6 +186,9 @@ impl Test {
             // Local and private addresses are inside every host list.
             Test::HostNotInList(l) => any_host(s, |h| !is_local_host(h) && !l.matches_host(h)),
             Test::HostInList(l) => any_host(s, |h| is_local_host(h) || l.matches_host(h)),
+            Test::EmailNotInList(l) => {
+                any_email_domain(s, |d| !is_local_host(d) && !l.matches_host(d))
+            }
             Test::KindIn(mask) => EventKind::parse(s).is_some_and(|k| mask & kind_bit(k) != 0),
             Test::Exists(_) | Test::All(_) | Test::Num(..) => unreachable!("handled above"),
         }
@@ -465,11 +471,12 @@ fn compile_test(
             "in_list" | "glob_list" => Test::InList(list(val)?),
             "host_not_in_list" => Test::HostNotInList(list(val)?),
             "host_in_list" => Test::HostInList(list(val)?),
+            "email_not_in_list" => Test::EmailNotInList(list(val)?),
             other => {
                 return Err(err(
                     &here,
                     format!(
-                        "unknown matcher `{other}` (eq, in, glob, prefix, suffix, contains, regex, cidr, gt, gte, lt, lte, exists, nocase, in_list, glob_list, host_in_list, host_not_in_list)"
+                        "unknown matcher `{other}` (eq, in, glob, prefix, suffix, contains, regex, cidr, gt, gte, lt, lte, exists, nocase, in_list, glob_list, host_in_list, host_not_in_list, email_not_in_list)"
                     ),
                     Some(format!("{other}:")),
                 ))
