@@ -1183,6 +1183,21 @@ mod tests {
         out
     }
 
+    /// Three file reads by one user within 5 minutes.
+    const READS_3_IN_5M: &str = "id: t\ntitle: T\nseverity: low\nkey: [user]\nkind: threshold\ncondition: {kind: file_read}\nthreshold: {count: 3, window: 5m}\n";
+
+    /// File reads by `user`, one at each of `T0 + secs`, each of its own file.
+    fn reads(user: &str, secs: impl IntoIterator<Item = i64>) -> Vec<Event> {
+        secs.into_iter()
+            .enumerate()
+            .map(|(i, t)| {
+                with(ev(T0 + t * S, EventKind::FileRead, user), |e| {
+                    e.path = Some(format!("/f{i}").into())
+                })
+            })
+            .collect()
+    }
+
     const MATCH: &str = "id: m\ntitle: M\nseverity: low\nkey: [user]\nsuppress: 10m\nsummary: '{user} read {path} ({count})'\ncondition: {kind: file_read}\n";
 
     #[test]
@@ -1447,22 +1462,15 @@ mod tests {
 
     #[test]
     fn a_late_copy_of_counted_events_counts_nothing() {
-        let threshold = "id: t\ntitle: T\nseverity: low\nkey: [user]\nkind: threshold\ncondition: {kind: file_read}\nthreshold: {count: 3, window: 5m}\n";
-        let mut eng = engine(threshold);
-        let reads: Vec<Event> = (0..2)
-            .map(|i| {
-                with(ev(T0 + i * S, EventKind::FileRead, "a"), |e| {
-                    e.path = Some(format!("/f{i}").into())
-                })
-            })
-            .collect();
-        assert!(eng.push(reads.clone()).is_empty());
+        let mut eng = engine(READS_3_IN_5M);
+        let two = reads("a", 0..2);
+        assert!(eng.push(two.clone()).is_empty());
         // The newest event moves 2 min on: the two reads are judged; their
         // batch sent again now is late, and the same two reads.
         assert!(eng
             .push(vec![ev(T0 + 120 * S, EventKind::UserPrompt, "a")])
             .is_empty());
-        assert!(eng.push(reads).is_empty(), "two reads, not four");
+        assert!(eng.push(two).is_empty(), "two reads, not four");
         assert_eq!(eng.stats().late_events, 2);
         // A third read, late too, makes three.
         let third = with(ev(T0 + 2 * S, EventKind::FileRead, "a"), |e| {
@@ -1477,25 +1485,14 @@ mod tests {
     fn a_late_event_completes_a_window_in_the_middle() {
         let threshold = "id: t\ntitle: T\nseverity: low\nkey: [user]\nkind: threshold\ncondition: {kind: file_read}\nthreshold: {count: 3, window: 1m}\n";
         let mut eng = engine(threshold);
-        let read = |t: i64, i: u32| {
-            with(ev(t, EventKind::FileRead, "a"), |e| {
-                e.path = Some(format!("/f{i}").into())
-            })
-        };
         // Reads at 0, 50 and 95 s: no minute holds three, and the first has
         // left the window of the newest.
-        assert!(eng
-            .push(vec![
-                read(T0, 0),
-                read(T0 + 50 * S, 1),
-                read(T0 + 95 * S, 2)
-            ])
-            .is_empty());
+        assert!(eng.push(reads("a", [0, 50, 95])).is_empty());
         assert!(eng
             .push(vec![ev(T0 + 140 * S, EventKind::UserPrompt, "z")])
             .is_empty());
         // One at 40 s arrives late: 40, 50 and 95 s are in one minute.
-        let late = read(T0 + 40 * S, 3);
+        let late = reads("a", [40]).remove(0);
         let out = eng.push(vec![late.clone()]);
         assert_eq!(out.len(), 1, "{out:?}");
         let times: Vec<i64> = out[0].evidence.iter().map(|e| (e.time - T0) / S).collect();
@@ -1509,17 +1506,12 @@ mod tests {
     fn a_sender_whose_clock_runs_behind_still_completes_a_sequence() {
         let seq = "id: x\ntitle: X\nseverity: high\nkey: [session]\nkind: sequence\nsequence:\n  within: 10m\n  steps:\n    - {name: reads, count: 3, condition: {kind: file_read}}\n    - {name: upload, condition: {kind: connector_action}}\n";
         let mut eng = engine(seq);
-        let read = |t: i64, i: u32| {
-            with(ev(t, EventKind::FileRead, "r"), |e| {
-                e.path = Some(format!("/f{i}").into())
-            })
-        };
         // Another sender keeps the newest time 6 minutes ahead of r's.
         let mut out = Vec::new();
         for i in 0..3 {
-            let now = T0 + (360 + i64::from(i) * 10) * S;
+            let now = T0 + (360 + i * 10) * S;
             out.extend(eng.push(vec![ev(now, EventKind::UserPrompt, "other")]));
-            out.extend(eng.push(vec![read(T0 + i64::from(i) * 10 * S, i)]));
+            out.extend(eng.push(vec![reads("r", [i * 10]).remove(0)]));
         }
         out.extend(eng.push(vec![ev(T0 + 400 * S, EventKind::UserPrompt, "other")]));
         out.extend(eng.push(vec![ev(T0 + 40 * S, EventKind::ConnectorAction, "r")]));
@@ -1535,14 +1527,7 @@ mod tests {
     fn a_late_upload_after_reads_judged_in_time_completes_the_sequence() {
         let seq = "id: x\ntitle: X\nseverity: high\nkey: [session]\nkind: sequence\nsequence:\n  within: 10m\n  steps:\n    - {name: reads, count: 2, condition: {kind: file_read}}\n    - {name: upload, condition: {kind: connector_action}}\n";
         let mut eng = engine(seq);
-        let reads: Vec<Event> = (0..2)
-            .map(|i| {
-                with(ev(T0 + i * S, EventKind::FileRead, "u"), |e| {
-                    e.path = Some(format!("/f{i}").into())
-                })
-            })
-            .collect();
-        assert!(eng.push(reads).is_empty());
+        assert!(eng.push(reads("u", 0..2)).is_empty());
         assert!(eng
             .push(vec![ev(T0 + 200 * S, EventKind::UserPrompt, "other")])
             .is_empty());
@@ -1552,14 +1537,7 @@ mod tests {
         // An upload from before the reads, arriving late, completes nothing:
         // a fresh pair of reads is needed, and they come after it.
         let mut eng = engine(seq);
-        let reads: Vec<Event> = (0..2)
-            .map(|i| {
-                with(ev(T0 + (20 + i) * S, EventKind::FileRead, "v"), |e| {
-                    e.path = Some(format!("/f{i}").into())
-                })
-            })
-            .collect();
-        assert!(eng.push(reads).is_empty());
+        assert!(eng.push(reads("v", 20..22)).is_empty());
         assert!(eng
             .push(vec![ev(T0 + 200 * S, EventKind::UserPrompt, "other")])
             .is_empty());
@@ -1572,14 +1550,7 @@ mod tests {
     fn a_late_end_ends_only_what_came_before_it() {
         let seq = "id: x\ntitle: X\nseverity: high\nkey: [session]\nkind: sequence\nsequence:\n  within: 10m\n  until: {kind: session_end}\n  steps:\n    - {name: reads, count: 2, condition: {kind: file_read}}\n    - {name: upload, condition: {kind: connector_action}}\n";
         let mut eng = engine(seq);
-        let reads: Vec<Event> = (0..2)
-            .map(|i| {
-                with(ev(T0 + (30 + i) * S, EventKind::FileRead, "u"), |e| {
-                    e.path = Some(format!("/f{i}").into())
-                })
-            })
-            .collect();
-        assert!(eng.push(reads).is_empty());
+        assert!(eng.push(reads("u", 30..32)).is_empty());
         assert!(eng
             .push(vec![ev(T0 + 200 * S, EventKind::UserPrompt, "other")])
             .is_empty());
@@ -1615,58 +1586,43 @@ mod tests {
 
     #[test]
     fn sweeps_keep_the_state_of_senders_running_behind() {
-        let threshold = "id: t\ntitle: T\nseverity: low\nkey: [user]\nkind: threshold\ncondition: {kind: file_read}\nthreshold: {count: 3, window: 5m}\n";
-        let mut eng = engine(threshold);
-        let read = |t: i64, i: i64| {
-            with(ev(t, EventKind::FileRead, "slow"), |e| {
-                e.path = Some(format!("/f{i}").into())
-            })
-        };
+        let mut eng = engine(READS_3_IN_5M);
         // slow's clock is 8 minutes behind the other sender's; its reads
-        // come a minute apart, sweeps run every minute of event time.
+        // come 100 s apart, sweeps run every minute of event time.
         let mut out = Vec::new();
         for i in 0..3 {
             let t = T0 + i * 100 * S;
             out.extend(eng.push(vec![ev(t + 480 * S, EventKind::UserPrompt, "other")]));
-            out.extend(eng.push(vec![read(t, i)]));
+            out.extend(eng.push(vec![reads("slow", [i * 100]).remove(0)]));
         }
         assert_eq!(out.len(), 1, "three reads in 200 s: {out:?}");
     }
 
     #[test]
     fn a_batch_sent_twice_is_counted_once() {
-        let threshold = "id: t\ntitle: T\nseverity: low\nkey: [user]\nkind: threshold\ncondition: {kind: file_read}\nthreshold: {count: 3, window: 5m}\n";
-        let mut eng = engine(threshold);
-        let reads: Vec<Event> = (0..2)
-            .map(|i| {
-                with(ev(T0 + i * S, EventKind::FileRead, "a"), |e| {
-                    e.path = Some(format!("/f{i}").into())
-                })
-            })
-            .collect();
+        let mut eng = engine(READS_3_IN_5M);
+        let two = reads("a", 0..2);
         // The exporter sends the batch, its answer is lost, it sends it
         // again 5 s later: two reads, not four. Within one push too.
-        assert!(eng.push(reads.clone()).is_empty());
+        assert!(eng.push(two.clone()).is_empty());
         assert!(eng
             .push(vec![ev(T0 + 5 * S, EventKind::UserPrompt, "a")])
             .is_empty());
-        assert!(eng.push(reads.clone()).is_empty());
-        assert!(eng
-            .push(vec![reads[0].clone(), reads[0].clone()])
-            .is_empty());
+        assert!(eng.push(two.clone()).is_empty());
+        assert!(eng.push(vec![two[0].clone(), two[0].clone()]).is_empty());
         assert!(
             eng.finish().is_empty(),
             "two distinct reads do not make three"
         );
         assert_eq!(eng.stats().duplicate_events, 4);
         // A third distinct read does.
-        let mut eng = engine(threshold);
-        eng.push(reads.clone());
-        eng.push(reads.clone());
+        let mut eng = engine(READS_3_IN_5M);
+        eng.push(two.clone());
+        eng.push(two.clone());
         eng.push(vec![ev(T0 + 3 * S, EventKind::FileRead, "a")]);
         assert_eq!(eng.finish().len(), 1);
         // Events built without an id are never taken for copies.
-        let mut eng = engine(threshold);
+        let mut eng = engine(READS_3_IN_5M);
         let mut bare = ev(T0, EventKind::FileRead, "a");
         bare.event_id.clear();
         eng.push(vec![bare.clone(), bare.clone(), bare]);
