@@ -214,7 +214,8 @@ const SNAPSHOT_MAGIC: &[u8; 8] = b"VGLSNAP\0";
 /// 2: threshold state counts each `per` value on its own.
 /// 3: baseline state keeps its last window's amount by slot (it slides),
 /// its daily peaks and its `per` parts; sequence steps keep bound values.
-const SNAPSHOT_VERSION: u32 = 3;
+/// 4: baseline state keeps the ids of the events of its last window.
+const SNAPSHOT_VERSION: u32 = 4;
 
 #[derive(Serialize)]
 struct SnapshotRef<'a> {
@@ -2097,6 +2098,32 @@ mod tests {
         let out = run_all(&mut engine(y), evs);
         let times: Vec<i64> = out.iter().map(|a| (a.time - T0) / (60 * S)).collect();
         assert_eq!(times, [603, 663], "{out:?}");
+    }
+
+    #[test]
+    fn a_late_copy_of_a_model_call_is_not_summed_twice() {
+        let y = "id: b\ntitle: B\nseverity: low\nkey: [user]\nkind: baseline\ncondition: {kind: model_call}\nbaseline: {window: 1h, history: 1d, factor: 4, floor: 30, warmup: 6h, sum: tokens_in}\n";
+        let m = |mins: i64, tokens: i64| {
+            with(ev(T0 + mins * 60 * S, EventKind::ModelCall, "a"), |e| {
+                e.tokens_in = Some(tokens)
+            })
+        };
+        let mut eng = engine(y);
+        let quiet: Vec<Event> = (0..10).map(|h| m(h * 60, 2)).collect();
+        assert!(eng.push(quiet).is_empty());
+        // 25 tokens in the hour, under the floor of 30; then the batch is
+        // sent again, 3 minutes later (its answer was lost): still 25.
+        let calls = vec![m(600, 10), m(601, 15)];
+        assert!(eng.push(calls.clone()).is_empty());
+        assert!(eng
+            .push(vec![ev(T0 + 604 * 60 * S, EventKind::UserPrompt, "z")])
+            .is_empty());
+        assert!(eng.push(calls).is_empty(), "25 tokens, not 50");
+        assert_eq!(eng.stats().late_events, 2);
+        // Another call, late too, is counted: 25 + 10 is over 30.
+        let out = eng.push(vec![m(602, 10)]);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].count, 35);
     }
 
     #[test]

@@ -183,6 +183,11 @@ impl Rate {
     }
 }
 
+/// How long the ids of counted events are kept to recognize a late copy
+/// (senders give up retrying well before), and how many at most per key.
+const COPIES_WITHIN: i64 = 15 * 60 * NS_PER_SEC;
+const MAX_COUNTED: usize = 4096;
+
 /// Slots per window of the sliding amount: a minute for an hour.
 const SLOTS: i64 = 60;
 const DAY: i64 = 86_400 * NS_PER_SEC;
@@ -205,6 +210,10 @@ pub(crate) struct BaselineState {
     today: (i64, f64),
     /// With `per`: one state for each value of that field (value hash).
     parts: Vec<(u64, BaselineState)>,
+    /// The events counted in the last 15 minutes (or window), as `(time,
+    /// id hash)`, oldest first: a copy arriving after the allowed lateness
+    /// (a sender's retry) is recognized and not counted again.
+    counted: VecDeque<(i64, u64)>,
 }
 
 impl Touched for BaselineState {
@@ -224,6 +233,7 @@ impl BaselineState {
             peaks: VecDeque::new(),
             today: (i64::MIN, 0.0),
             parts: Vec::new(),
+            counted: VecDeque::new(),
         }
     }
 
@@ -324,6 +334,28 @@ impl BaselineState {
 
     /// One amount and rate (the whole key's, or one `per` value's).
     fn judge(&mut self, spec: &BaselineSpec, e: &Event) -> Option<Trigger> {
+        let id = if e.event_id.is_empty() {
+            None
+        } else {
+            Some(xxhash_rust::xxh3::xxh3_64(e.event_id.as_bytes()))
+        };
+        // Events come in time order, except those that arrived late: only
+        // an event not after the newest can be a copy of one counted.
+        if e.time <= self.last && id.is_some_and(|h| self.counted.iter().any(|&(_, c)| c == h)) {
+            return None;
+        }
+        if let Some(h) = id {
+            let horizon = self
+                .last
+                .max(e.time)
+                .saturating_sub(spec.window.min(COPIES_WITHIN));
+            while self.counted.front().is_some_and(|&(t, _)| t <= horizon)
+                || self.counted.len() >= MAX_COUNTED
+            {
+                self.counted.pop_front();
+            }
+            self.counted.push_back((e.time, h));
+        }
         let amount = match &spec.sum {
             Some(f) => f.get(e).and_then(|v| v.to_f64()).unwrap_or(0.0),
             None => 1.0,

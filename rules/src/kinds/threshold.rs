@@ -65,8 +65,22 @@ impl ThresholdState {
         .count(spec, e)
     }
 
+    /// Whether `e`, arriving behind what this count has seen, is a copy of
+    /// an event it still holds (a sender's retry arriving late): counted
+    /// once, in the rate too. Events without an id are never copies.
+    fn holds_copy(&self, e: &Event) -> bool {
+        if e.event_id.is_empty() || e.time > self.last {
+            return false;
+        }
+        let id = &*e.event_id;
+        self.recent.iter().any(|x| x.id() == id) || self.distinct.iter().any(|(_, x)| x.id() == id)
+    }
+
     /// One count (the whole key's, or one `per` value's).
     fn count(&mut self, spec: &ThresholdSpec, e: &Event) -> Option<Trigger> {
+        if self.holds_copy(e) {
+            return None;
+        }
         let t = e.time;
         self.last = self.last.max(t);
         let horizon = t.saturating_sub(spec.window);
@@ -83,7 +97,7 @@ impl ThresholdState {
         };
         let (n, evidence): (usize, Vec<EvidenceItem>) = match &spec.distinct {
             None if self.recent.back().is_some_and(|b| behind(e, b)) => {
-                let (n, evidence) = late_window(&mut self.recent, spec, Kept::new(e))?;
+                let (n, evidence) = late_window(&mut self.recent, spec, Kept::new(e));
                 if n < required {
                     return None;
                 }
@@ -125,7 +139,7 @@ impl ThresholdState {
                     self.distinct = hashes.into_iter().zip(kept).collect();
                     let extra = self.distinct.len().saturating_sub(spec.count);
                     self.distinct.drain(..extra);
-                    let (n, evidence) = found?;
+                    let (n, evidence) = found;
                     if n < required {
                         return None;
                     }
@@ -169,17 +183,13 @@ fn behind(e: &Event, x: &Kept) -> bool {
 
 /// Counts an event that arrived out of order (`recent` already holds newer
 /// ones): it is put in its place by time, and the window of `window` that
-/// holds it and the most events decides. A copy of an event already counted
-/// (a sender's retry arriving late) counts nothing; events without an id are
-/// never taken for copies. Keeps the newest `count`.
+/// holds it and the most events decides (copies were left out before, see
+/// [`ThresholdState::holds_copy`]). Keeps the newest `count`.
 fn late_window(
     recent: &mut VecDeque<Kept>,
     spec: &ThresholdSpec,
     k: Kept,
-) -> Option<(usize, Vec<EvidenceItem>)> {
-    if !k.id().is_empty() && recent.iter().any(|x| x.id() == k.id()) {
-        return None;
-    }
+) -> (usize, Vec<EvidenceItem>) {
     let at = recent.partition_point(|x| (x.time(), x.id()) < (k.time(), k.id()));
     recent.insert(at, k);
     // Windows are `(t - window, t]`: the events of one are less than
@@ -207,5 +217,5 @@ fn late_window(
     while recent.len() > spec.count {
         recent.pop_front();
     }
-    Some(found)
+    found
 }
