@@ -98,6 +98,14 @@ pub(crate) enum Test {
     HostNotInList(Arc<ListMatcher>),
     HostInList(Arc<ListMatcher>),
     EmailNotInList(Arc<ListMatcher>),
+    /// `extract`: the other matchers of the field judge each piece the
+    /// regex finds (its `value` group, or the whole match); any piece that
+    /// satisfies them all makes the test true.
+    Extract {
+        pieces: Regex,
+        has_group: bool,
+        then: Box<Test>,
+    },
     /// `kind` equality compiled to a bit test.
     KindIn(u32),
     All(Vec<Test>),
@@ -152,6 +160,24 @@ impl Test {
         let v = match (self, v) {
             (Test::Exists(want), v) => return v.is_some() == *want,
             (Test::All(ts), v) => return ts.iter().all(|t| t.eval(v)),
+            (
+                Test::Extract {
+                    pieces,
+                    has_group,
+                    then,
+                },
+                Some(v),
+            ) => {
+                let text = v.to_text();
+                return pieces.captures_iter(&text).any(|c| {
+                    let piece = if *has_group {
+                        c.name("value")
+                    } else {
+                        c.get(0)
+                    };
+                    piece.is_some_and(|p| then.eval(Some(FieldValue::Str(p.as_str()))))
+                });
+            }
             (_, None) => return false,
             (_, Some(v)) => v,
         };
@@ -190,7 +216,9 @@ impl Test {
                 any_email_domain(s, |d| !is_local_host(d) && !l.matches_host(d))
             }
             Test::KindIn(mask) => EventKind::parse(s).is_some_and(|k| mask & kind_bit(k) != 0),
-            Test::Exists(_) | Test::All(_) | Test::Num(..) => unreachable!("handled above"),
+            Test::Exists(_) | Test::All(_) | Test::Num(..) | Test::Extract { .. } => {
+                unreachable!("handled above")
+            }
         }
     }
 }
@@ -424,7 +452,7 @@ fn compile_test(
                 })
         };
         let t = match op {
-            "nocase" => continue,
+            "nocase" | "extract" => continue,
             "eq" | "in" => {
                 let values = strings(val, &here, op)?;
                 check_enum_values(field, &values, &here)?;
@@ -476,7 +504,7 @@ fn compile_test(
                 return Err(err(
                     &here,
                     format!(
-                        "unknown matcher `{other}` (eq, in, glob, prefix, suffix, contains, regex, cidr, gt, gte, lt, lte, exists, nocase, in_list, glob_list, host_in_list, host_not_in_list, email_not_in_list)"
+                        "unknown matcher `{other}` (eq, in, glob, prefix, suffix, contains, regex, cidr, gt, gte, lt, lte, exists, nocase, in_list, glob_list, host_in_list, host_not_in_list, email_not_in_list, extract)"
                     ),
                     Some(format!("{other}:")),
                 ))
@@ -484,11 +512,35 @@ fn compile_test(
         };
         tests.push(t);
     }
-    match tests.len() {
-        0 => Err(err(path, "no matcher given", None)),
-        1 => Ok(tests.pop().expect("one test")),
-        _ => Ok(Test::All(tests)),
-    }
+    let test = match tests.len() {
+        0 => return Err(err(path, "no matcher given", None)),
+        1 => tests.pop().expect("one test"),
+        _ => Test::All(tests),
+    };
+    let Some(x) = map.get("extract") else {
+        return Ok(test);
+    };
+    let here = format!("{path}.extract");
+    let pat = x.as_str().ok_or_else(|| {
+        err(
+            &here,
+            "`extract` takes one regex (with a `value` group, or the whole match)",
+            Some("extract:".into()),
+        )
+    })?;
+    let full = if nocase {
+        format!("(?i){pat}")
+    } else {
+        pat.to_string()
+    };
+    let pieces = rule_regex(&full)
+        .map_err(|e| err(&here, format!("bad regex: {e}"), Some(pat.to_string())))?;
+    let has_group = pieces.capture_names().any(|n| n == Some("value"));
+    Ok(Test::Extract {
+        pieces,
+        has_group,
+        then: Box::new(test),
+    })
 }
 
 #[cfg(test)]
@@ -605,6 +657,40 @@ mod tests {
         assert!(!check("command: {host_not_in_list: internal_domains}", &e2));
         e2.command = Some("git push origin main".into());
         assert!(!check("command: {host_not_in_list: internal_domains}", &e2));
+    }
+
+    #[test]
+    fn extract_judges_each_piece_the_regex_finds() {
+        let mut e = ev();
+        e.command = Some(
+            r#"{"url": "https://mcp.evil.net/sse", "help": "see https://a.example.com/x"}"#.into(),
+        );
+        let urls = r#"command: {extract: '"url"\s*:\s*"(?P<value>[^"]+)"', host_not_in_list: internal_domains}"#;
+        assert!(check(urls, &e));
+        e.command = Some(
+            r#"{"url": "https://mcp.example.com/sse", "help": "see https://evil.net/x"}"#.into(),
+        );
+        assert!(!check(urls, &e), "only the url value is judged");
+        // Every piece is tried; all of the other matchers must hold for one.
+        e.command = Some("a=1 b=22 c=333".into());
+        assert!(check(
+            r#"command: {extract: '\w=(?P<value>\d+)', regex: '^\d{3}$'}"#,
+            &e
+        ));
+        assert!(!check(
+            r#"command: {extract: '\w=\d+', regex: '^\d{3}$'}"#,
+            &e
+        ));
+        assert!(!check(
+            r#"command: {extract: 'z=(?P<value>\d+)', exists: true}"#,
+            &e
+        ));
+        let e = compile_err("command: {extract: '(', regex: x}");
+        assert_eq!(e.path, "condition.command.extract");
+        let e = compile_err("command: {extract: [a, b], regex: x}");
+        assert!(e.message.contains("one regex"), "{}", e.message);
+        let e = compile_err("command: {extract: 'a'}");
+        assert!(e.message.contains("no matcher"), "{}", e.message);
     }
 
     #[test]
