@@ -1504,6 +1504,29 @@ mod tests {
     }
 
     #[test]
+    fn a_late_event_completes_a_distinct_count_with_a_new_value_only() {
+        let distinct = "id: d\ntitle: D\nseverity: low\nkey: [user]\nkind: threshold\ncondition: {kind: file_read}\nthreshold: {count: 4, window: 1m, distinct: path}\n";
+        let mut eng = engine(distinct);
+        // Files f0, f1, f2 read at 0, 50 and 55 s: three files in a minute.
+        assert!(eng.push(reads("a", [0, 50, 55])).is_empty());
+        assert!(eng
+            .push(vec![ev(T0 + 100 * S, EventKind::UserPrompt, "z")])
+            .is_empty());
+        // f1 again at 30 s, late: a file already counted adds nothing.
+        let again = with(ev(T0 + 30 * S, EventKind::FileRead, "a"), |e| {
+            e.path = Some("/f1".into())
+        });
+        assert!(eng.push(vec![again]).is_empty());
+        // A fourth file at 20 s, late: f0, f3, f1 and f2 are within 55 s.
+        let fourth = with(ev(T0 + 20 * S, EventKind::FileRead, "a"), |e| {
+            e.path = Some("/f3".into())
+        });
+        let out = eng.push(vec![fourth]);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].count, 4);
+    }
+
+    #[test]
     fn a_sender_whose_clock_runs_behind_still_completes_a_sequence() {
         let seq = "id: x\ntitle: X\nseverity: high\nkey: [session]\nkind: sequence\nsequence:\n  within: 10m\n  steps:\n    - {name: reads, count: 3, condition: {kind: file_read}}\n    - {name: upload, condition: {kind: connector_action}}\n";
         let mut eng = engine(seq);

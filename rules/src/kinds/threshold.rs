@@ -35,7 +35,7 @@ pub(crate) struct ThresholdState {
     /// Newest last; at most `count` entries (only the newest `count` decide).
     recent: VecDeque<Kept>,
     /// For distinct counts: (value hash, newest event with it).
-    distinct: Vec<(u64, Kept)>,
+    distinct: VecDeque<(u64, Kept)>,
     rate: Option<Rate>,
     last: i64,
     /// With `per`: one count for each value of that field (value hash, its
@@ -97,7 +97,7 @@ impl ThresholdState {
         };
         let (n, evidence): (usize, Vec<EvidenceItem>) = match &spec.distinct {
             None if self.recent.back().is_some_and(|b| behind(e, b)) => {
-                let (n, evidence) = late_window(&mut self.recent, spec, Kept::new(e));
+                let (n, evidence) = late_window(&mut self.recent, Kept::new(e), |k| k, spec);
                 if n < required {
                     return None;
                 }
@@ -125,21 +125,13 @@ impl ThresholdState {
             Some(f) => {
                 let v = f.get(e)?;
                 let h = xxhash_rust::xxh3::xxh3_64(v.to_text().as_bytes());
-                if self.distinct.last().is_some_and(|(_, b)| behind(e, b)) {
+                if self.distinct.back().is_some_and(|(_, b)| behind(e, b)) {
                     // Out of order: a value already counted adds nothing new.
                     if self.distinct.iter().any(|(vh, _)| *vh == h) {
                         return None;
                     }
-                    let mut kept: VecDeque<Kept> =
-                        self.distinct.iter().map(|(_, x)| x.clone()).collect();
-                    let mut hashes: Vec<u64> = self.distinct.iter().map(|(vh, _)| *vh).collect();
-                    let at = kept.partition_point(|x| !behind(e, x));
-                    hashes.insert(at, h);
-                    let found = late_window(&mut kept, spec, Kept::new(e));
-                    self.distinct = hashes.into_iter().zip(kept).collect();
-                    let extra = self.distinct.len().saturating_sub(spec.count);
-                    self.distinct.drain(..extra);
-                    let (n, evidence) = found;
+                    let (n, evidence) =
+                        late_window(&mut self.distinct, (h, Kept::new(e)), |(_, k)| k, spec);
                     if n < required {
                         return None;
                     }
@@ -150,9 +142,9 @@ impl ThresholdState {
                 }
                 self.distinct
                     .retain(|(vh, x)| *vh != h && x.time() > horizon);
-                self.distinct.push((h, Kept::new(e)));
+                self.distinct.push_back((h, Kept::new(e)));
                 if self.distinct.len() > spec.count {
-                    self.distinct.remove(0);
+                    self.distinct.pop_front();
                 }
                 let n = self.distinct.len();
                 if n < required {
@@ -182,22 +174,26 @@ fn behind(e: &Event, x: &Kept) -> bool {
 }
 
 /// Counts an event that arrived out of order (`recent` already holds newer
-/// ones): it is put in its place by time, and the window of `window` that
-/// holds it and the most events decides (copies were left out before, see
-/// [`ThresholdState::holds_copy`]). Keeps the newest `count`.
-fn late_window(
-    recent: &mut VecDeque<Kept>,
+/// ones, each of which `kept` reads): it is put in its place by time, and
+/// the window of `window` that holds it and the most events decides (copies
+/// were left out before, see [`ThresholdState::holds_copy`]). Keeps the
+/// newest `count`.
+fn late_window<T>(
+    recent: &mut VecDeque<T>,
+    item: T,
+    kept: fn(&T) -> &Kept,
     spec: &ThresholdSpec,
-    k: Kept,
 ) -> (usize, Vec<EvidenceItem>) {
-    let at = recent.partition_point(|x| (x.time(), x.id()) < (k.time(), k.id()));
-    recent.insert(at, k);
+    let k = kept(&item);
+    let at = recent.partition_point(|x| (kept(x).time(), kept(x).id()) < (k.time(), k.id()));
+    recent.insert(at, item);
+    let time = |i: usize| kept(&recent[i]).time();
     // Windows are `(t - window, t]`: the events of one are less than
     // `window` apart. Slide the end from the late event onwards.
     let mut best = (at, at);
     let mut lo = 0;
     for hi in at..recent.len() {
-        while recent[hi].time() - recent[lo].time() >= spec.window {
+        while time(hi) - time(lo) >= spec.window {
             lo += 1;
         }
         if lo > at {
@@ -211,7 +207,7 @@ fn late_window(
         best.1 - best.0 + 1,
         recent
             .range(best.0..=best.1)
-            .map(|x| EvidenceItem::Kept(x.clone()))
+            .map(|x| EvidenceItem::Kept(kept(x).clone()))
             .collect(),
     );
     while recent.len() > spec.count {
