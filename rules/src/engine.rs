@@ -887,9 +887,7 @@ impl Engine {
             self.processed += 1;
         }
         self.keys.next_event();
-        let env = EvalEnv {
-            schedule: &self.set.schedule,
-        };
+        let env = EvalEnv::new(&self.set.schedule);
         let rules = &self.set.rules;
         for &ri in &self.by_kind[e.kind as usize] {
             let rule = &rules[ri];
@@ -1019,9 +1017,7 @@ impl RuleSet {
     /// hand the engine just its time ([`Engine::push_times`]). Runs on any
     /// thread: a rule set is shared, immutable.
     pub fn may_act_on(&self, e: &Event) -> bool {
-        let env = EvalEnv {
-            schedule: &self.schedule,
-        };
+        let env = EvalEnv::new(&self.schedule);
         self.rules.iter().any(|rule| {
             if !rule.info.is_active() || rule.kinds & kind_bit(e.kind) == 0 {
                 return false;

@@ -17,6 +17,7 @@ mod load;
 mod predicate;
 mod rule;
 mod schedule;
+mod shell;
 pub mod testing;
 
 use std::fmt;

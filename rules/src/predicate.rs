@@ -2,6 +2,7 @@
 //! matchers and `schedule`, compiled once from YAML into typed matchers
 //! (Aho-Corasick for `contains`, one `GlobSet` per glob list, one `Regex`).
 
+use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -51,6 +52,24 @@ pub(crate) struct CompileEnv<'a> {
 /// Everything evaluation needs besides the event.
 pub(crate) struct EvalEnv<'a> {
     pub(crate) schedule: &'a Schedule,
+    /// The event's command as the shell reads it ([`crate::shell::as_read`]),
+    /// worked out once per event, the first time a condition asks.
+    pub(crate) shell_command: OnceCell<Option<String>>,
+}
+
+impl<'a> EvalEnv<'a> {
+    pub(crate) fn new(schedule: &'a Schedule) -> Self {
+        EvalEnv {
+            schedule,
+            shell_command: OnceCell::new(),
+        }
+    }
+
+    fn shell_command(&self, e: &Event) -> Option<&str> {
+        self.shell_command
+            .get_or_init(|| e.command.as_deref().and_then(crate::shell::as_read))
+            .as_deref()
+    }
 }
 
 #[derive(Debug)]
@@ -119,6 +138,14 @@ impl Pred {
             Pred::Any(ps) => ps.iter().any(|p| p.eval(e, env)),
             Pred::Not(p) => !p.eval(e, env),
             Pred::Field(_, Test::KindIn(mask)) => mask & kind_bit(e.kind) != 0,
+            // A command is judged as written and as the shell reads it, so
+            // `c\at ~/.ss\h/id_rsa` is the `cat ~/.ssh/id_rsa` it runs.
+            Pred::Field(FieldRef::Command, t) => {
+                t.eval(FieldRef::Command.get(e))
+                    || env
+                        .shell_command(e)
+                        .is_some_and(|s| t.eval(Some(FieldValue::Str(s))))
+            }
             Pred::Field(f, t) => t.eval(f.get(e)),
             Pred::Schedule { inside } => {
                 env.schedule
@@ -572,7 +599,7 @@ mod tests {
         )
         .unwrap();
         let s = Schedule::new(&BusinessHours::default());
-        p.eval(e, &EvalEnv { schedule: &s })
+        p.eval(e, &EvalEnv::new(&s))
     }
 
     fn compile_err(cond: &str) -> CondError {
