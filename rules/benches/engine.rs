@@ -285,6 +285,46 @@ fn engine_throughput(c: &mut Criterion) {
             events.len() as f64 / cpu.max(0.01)
         );
     }
+    // Commands with quotes are also judged as the shell reads them (a second
+    // look at each command test): the same stream with every shell command
+    // quoted, against the same commands written without quotes.
+    let with_commands = |quoted: bool| -> Vec<Event> {
+        const QUOTED: [&str; 4] = [
+            r#"git commit -m "fix: handle empty input""#,
+            r#"grep -rn 'TODO' src"#,
+            r#"cd "src/app" && cargo test"#,
+            r#"echo "build done" > /tmp/status"#,
+        ];
+        let mut es = events.clone();
+        for (i, e) in es.iter_mut().enumerate() {
+            if e.command.is_some() {
+                let c = QUOTED[i % QUOTED.len()];
+                let c = if quoted {
+                    c.to_string()
+                } else {
+                    c.replace(['"', '\''], "")
+                };
+                e.command = Some(c.into());
+            }
+        }
+        es
+    };
+    let (plain, quoted) = (with_commands(false), with_commands(true));
+    let cpu_of = |es: &[Event]| {
+        let input = batches(es);
+        let cpu = thread_cpu_secs();
+        run(&set, input);
+        thread_cpu_secs() - cpu
+    };
+    let (mut p, mut q) = (0.0, 0.0);
+    for _ in 0..3 {
+        p += cpu_of(&plain);
+        q += cpu_of(&quoted);
+    }
+    eprintln!(
+        "quoted shell commands: cpu {q:.2}s against {p:.2}s unquoted (3 runs each): ratio {:.3}",
+        q / p.max(0.01)
+    );
     // The floor: buffering, ordering and freeing the events with no rule at all.
     let empty = RuleSet::load(false, &[], &ctx()).expect("no rules");
     let input = batches(&events);
