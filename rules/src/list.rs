@@ -44,7 +44,12 @@ impl ListMatcher {
             Some(Box::new(ListMatcher::compile(name, &names)?))
         };
         for raw in entries {
-            let entry = normalize(raw.trim()).into_owned();
+            let mut entry = normalize(raw.trim()).into_owned();
+            // A fully qualified name (`api.githubcopilot.com.`) is the same host;
+            // values lose their dot in `matches` too. Paths keep theirs.
+            if entry.len() > 1 && entry.ends_with('.') && !entry.contains('/') {
+                entry.pop();
+            }
             if entry.is_empty() {
                 continue;
             }
@@ -147,6 +152,7 @@ fn host_form(entry: &str) -> Option<String> {
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host);
+    let host = host.strip_suffix('.').unwrap_or(host);
     let named = !host.is_empty() && (host.contains('.') || host.parse::<IpAddr>().is_ok());
     (named && (scheme || port || path) && host != entry).then(|| host.to_string())
 }
@@ -521,6 +527,21 @@ mod tests {
         assert!(!l.matches("evilslack.com"));
         assert!(!l.matches("tools.quickmcp-hub.io"));
         assert!(!l.matches("atlassian.com"));
+    }
+
+    #[test]
+    fn entries_written_fully_qualified_match_with_or_without_the_dot() {
+        let l = list(&[
+            "api.githubcopilot.com.",
+            "*.slack.com.",
+            "https://mcp.notion.com./mcp",
+        ]);
+        assert!(l.matches("api.githubcopilot.com"));
+        assert!(l.matches("API.GitHubCopilot.com."));
+        assert!(l.matches("mcp.slack.com"));
+        assert!(l.matches_host("mcp.notion.com"));
+        assert!(!l.matches("githubcopilot.com"));
+        assert!(!l.matches_host("notion.com"));
     }
 
     #[test]
