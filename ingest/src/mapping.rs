@@ -802,6 +802,15 @@ impl Mapping {
         }
 
         // Generic completion that every source family wants.
+        // An e-mail address names one person however a source writes it
+        // (`Raj.Patel@Contoso.IO` in a gateway's `enduser.id`, lower-case in
+        // the agent's `user.email`): one key for both. Account names keep
+        // their case (Linux and macOS accounts differ by it).
+        if let Some(u) = &mut ev.user {
+            if u.contains('@') && u.chars().any(char::is_uppercase) {
+                *u = Text::from(u.to_lowercase());
+            }
+        }
         if ev.domain.is_none() {
             ev.domain = ev.target.as_deref().and_then(host_of).map(Text::from);
         }

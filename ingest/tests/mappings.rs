@@ -324,6 +324,31 @@ fn api_key_users_come_from_resource_enduser_id() {
 }
 
 #[test]
+fn e_mail_users_are_lower_cased_whatever_names_them_and_accounts_keep_their_case() {
+    let key = log(
+        json!({"service.name": "claude-code", "enduser.id": "Raj.Patel@Contoso.IO"}),
+        json!("claude_code.user_prompt"),
+        json!({"event.name": "user_prompt", "session.id": "s"}),
+    );
+    assert_eq!(key.user.as_deref(), Some("raj.patel@contoso.io"));
+    let gateway = span(
+        json!({"service.name": "litellm"}),
+        "raw_gen_ai_request",
+        json!({"gen_ai.system": "openai", "gen_ai.request.model": "gpt-4o",
+               "metadata.user_api_key_user_id": "Ana.Silva@Example.COM"}),
+        false,
+    );
+    assert_eq!(gateway.user.as_deref(), Some("ana.silva@example.com"));
+    let account = log(
+        json!({"service.name": "endpoint-agent", "host.name": "build-01", "os.type": "linux"}),
+        json!(""),
+        json!({"event.category": "file", "event.action": "open", "file.path": "/home/Alice/notes.txt",
+               "user.name": "Alice"}),
+    );
+    assert_eq!(account.user.as_deref(), Some("Alice"));
+}
+
+#[test]
 fn genai_gateway_spans_accept_old_and_new_names_and_ignore_caller_supplied_users() {
     let new = span(
         json!({"service.name": "ai-gateway"}),
