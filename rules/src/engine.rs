@@ -88,7 +88,7 @@ struct RuleKey {
 
 impl RuleKey {
     /// The key of an event with every field of `fields`, else of one with
-    /// every field of `fallback`; `None` for any other event.
+    /// a field of `fallback` (those it has); `None` for any other event.
     fn required(&self, buf: &mut Vec<u8>, e: &Event) -> Option<u128> {
         key_hash(buf, &self.fields, e, KeyFields::Required).or_else(|| {
             if self.fallback.is_empty() {
@@ -1039,7 +1039,8 @@ impl RuleSet {
 enum KeyFields {
     /// An event lacking a field has no key (stateful kinds skip it).
     Required,
-    /// The same, for a rule's `fallback_key:`: its hashes are kept apart
+    /// A rule's `fallback_key:`: the fields the event has (at least one;
+    /// a missing one is a distinct "absent" value), its hashes kept apart
     /// from those of `key:` by a leading byte no `key:` hash has.
     Fallback,
     /// A missing field is a distinct "absent" value.
@@ -1054,6 +1055,7 @@ fn key_hash(buf: &mut Vec<u8>, key: &[FieldRef], e: &Event, fields: KeyFields) -
     if fields == KeyFields::Fallback {
         buf.push(2);
     }
+    let mut present = false;
     for f in key {
         match f.get(e) {
             Some(v) => {
@@ -1061,10 +1063,14 @@ fn key_hash(buf: &mut Vec<u8>, key: &[FieldRef], e: &Event, fields: KeyFields) -
                 buf.push(1);
                 buf.extend_from_slice(&(t.len() as u64).to_le_bytes());
                 buf.extend_from_slice(t.as_bytes());
+                present = true;
             }
-            None if fields == KeyFields::Absent => buf.push(0),
+            None if fields != KeyFields::Required => buf.push(0),
             None => return None,
         }
+    }
+    if fields == KeyFields::Fallback && !present {
+        return None;
     }
     Some(xxhash_rust::xxh3::xxh3_128(buf))
 }
@@ -1077,10 +1083,11 @@ fn build_alert(
     max_evidence: usize,
 ) -> Alert {
     // The fields the event was keyed by: `fallback_key:` when it lacks a
-    // field of `key:` and has all of the fallback's.
+    // field of `key:` and has one of the fallback's (the key names those
+    // it has).
     let fallback = !rule.fallback_key.is_empty()
         && rule.key.iter().any(|f| f.get(e).is_none())
-        && rule.fallback_key.iter().all(|f| f.get(e).is_some());
+        && rule.fallback_key.iter().any(|f| f.get(e).is_some());
     let (fields, names) = if fallback {
         (&rule.fallback_key, &rule.fallback_key_names)
     } else {
@@ -1866,7 +1873,8 @@ mod tests {
                 seen(2, r, "bob", Some("ws-2")),
                 ev(T0 + 2 * S, r, "bob"),
                 seen(3, r, "bob", Some("ws-1")),
-                // No session and no host: no key, skipped.
+                // No session and no host: keyed by the user alone, a chain
+                // of its own (it has no reads).
                 seen(4, w, "bob", None),
                 seen(5, w, "bob", Some("ws-1")),
                 seen(6, w, "bob", Some("ws-2")),
@@ -1874,6 +1882,34 @@ mod tests {
         );
         assert_eq!(out.len(), 1, "{out:?}");
         assert_eq!(out[0].count, 4);
+        // A source that names only the user (a gateway without sessions), or
+        // only the host (an MCP gateway that names no user): keyed by what
+        // it names; an event with neither is skipped.
+        let only = |i: i64, kind: EventKind, user: Option<&str>, host: Option<&str>| {
+            with(ev(T0 + i * S, kind, "x"), |e| {
+                e.session = None;
+                e.user = user.map(Into::into);
+                e.host = host.map(Into::into);
+            })
+        };
+        let partial = run_all(
+            &mut engine(&y),
+            vec![
+                only(0, r, Some("pia"), None),
+                only(1, r, None, Some("gw-1")),
+                only(2, r, Some("pia"), None),
+                only(3, r, None, Some("gw-1")),
+                only(4, r, Some("pia"), None),
+                only(5, r, None, Some("gw-1")),
+                only(6, r, None, None),
+                only(7, w, Some("pia"), None),
+                only(8, w, None, Some("gw-1")),
+            ],
+        );
+        assert_eq!(partial.len(), 2, "{partial:?}");
+        let keys: Vec<_> = partial.iter().map(|a| a.key.clone()).collect();
+        assert!(keys.contains(&BTreeMap::from([("user".to_string(), "pia".to_string())])));
+        assert!(keys.contains(&BTreeMap::from([("host".to_string(), "gw-1".to_string())])));
         assert_eq!(
             out[0].key,
             BTreeMap::from([
