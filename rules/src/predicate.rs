@@ -67,7 +67,11 @@ impl<'a> EvalEnv<'a> {
 
     fn shell_command(&self, e: &Event) -> Option<&str> {
         self.shell_command
-            .get_or_init(|| e.command.as_deref().and_then(crate::shell::as_read))
+            .get_or_init(|| {
+                e.command
+                    .as_deref()
+                    .and_then(|c| crate::shell::as_read(c, e.tool.as_deref()))
+            })
             .as_deref()
     }
 }

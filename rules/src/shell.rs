@@ -19,7 +19,9 @@
 
 /// The command with quotes and backslashes inside its words undone, or
 /// `None` when that changes nothing (most commands: no quote, no backslash).
-pub(crate) fn as_read(cmd: &str) -> Option<String> {
+/// `tool` is the agent tool that ran it: Claude Code's `PowerShell` tool
+/// reports its commands without naming PowerShell.
+pub(crate) fn as_read(cmd: &str, tool: Option<&str>) -> Option<String> {
     let (mut posix, mut windows) = (false, false);
     for b in cmd.bytes() {
         match b {
@@ -31,7 +33,12 @@ pub(crate) fn as_read(cmd: &str) -> Option<String> {
     if !posix && !windows {
         return None;
     }
-    if let Some(shell) = windows_shell(cmd) {
+    let shell = if tool.is_some_and(|t| t.eq_ignore_ascii_case("powershell")) {
+        Some(WindowsShell::PowerShell)
+    } else {
+        windows_shell(cmd)
+    };
+    if let Some(shell) = shell {
         return if windows {
             as_windows_reads(cmd, shell)
         } else {
@@ -235,8 +242,10 @@ fn windows_shell(cmd: &str) -> Option<WindowsShell> {
 }
 
 /// cmd's `^` escapes undone outside double quotes, and under PowerShell
-/// also its backtick escapes of ordinary characters (`` `n ``, `` `t `` and
-/// the like stand for control characters and are left as written).
+/// also its backtick escapes of ordinary characters (`` `0 `a `b `f `n `r
+/// `t `v `` stand for control characters and are left as written; `` `e ``
+/// and `` `u `` are escapes only since PowerShell 6, and Windows PowerShell
+/// 5.1 reads `` G`et-Content `` as `Get-Content`).
 fn as_windows_reads(cmd: &str, shell: WindowsShell) -> Option<String> {
     let mut out = String::with_capacity(cmd.len());
     let (mut double, mut single) = (false, false);
@@ -253,7 +262,7 @@ fn as_windows_reads(cmd: &str, shell: WindowsShell) -> Option<String> {
             }
             '`' if shell == WindowsShell::PowerShell && !single => {
                 match chars.peek() {
-                    Some(&n) if n.is_alphanumeric() && !"0abefnrtuv".contains(n) => {
+                    Some(&n) if n.is_alphanumeric() && !"0abfnrtv".contains(n) => {
                         chars.next();
                         out.push(n);
                     }
@@ -276,7 +285,7 @@ mod tests {
     use super::as_read;
 
     fn read(s: &str) -> String {
-        as_read(s).unwrap_or_else(|| s.to_string())
+        as_read(s, None).unwrap_or_else(|| s.to_string())
     }
 
     #[test]
@@ -307,7 +316,7 @@ mod tests {
             r#"echo 'a|b' "c;d" e\&f"#,
             "echo it's fine",
         ] {
-            assert_eq!(as_read(s), None, "{s}");
+            assert_eq!(as_read(s, None), None, "{s}");
         }
         // Only the words that can be read change.
         assert_eq!(
@@ -315,7 +324,7 @@ mod tests {
             r#"git commit -m "two words" --author="x""#
         );
         // A word that is one quoted string is how arguments are written.
-        assert_eq!(as_read(r#"grep '.env' .gitignore "id_rsa""#), None);
+        assert_eq!(as_read(r#"grep '.env' .gitignore "id_rsa""#, None), None);
         assert_eq!(
             read(r#"grep '.env' .gitign\ore"#),
             r#"grep '.env' .gitignore"#
@@ -326,10 +335,10 @@ mod tests {
 
     #[test]
     fn plain_commands_cost_nothing() {
-        assert_eq!(as_read("cat ~/.ssh/id_rsa"), None);
-        assert_eq!(as_read("ls -la"), None);
-        assert_eq!(as_read(""), None);
-        assert_eq!(as_read("   "), None);
+        assert_eq!(as_read("cat ~/.ssh/id_rsa", None), None);
+        assert_eq!(as_read("ls -la", None), None);
+        assert_eq!(as_read("", None), None);
+        assert_eq!(as_read("   ", None), None);
     }
 
     #[test]
@@ -350,10 +359,19 @@ mod tests {
         );
         // Quoted carets, control-character escapes and POSIX lines stay as written;
         // a Windows path keeps its backslashes.
-        assert_eq!(as_read(r#"type "C:\Users\a\notes.txt""#), None);
-        assert_eq!(as_read(r#"cmd /c echo "a^b""#), None);
-        assert_eq!(as_read("pwsh -c Write-Host \"a`tb\""), None);
-        assert_eq!(as_read("git diff HEAD^ -- src"), None);
-        assert_eq!(as_read("echo `date`"), None);
+        assert_eq!(as_read(r#"type "C:\Users\a\notes.txt""#, None), None);
+        assert_eq!(as_read(r#"cmd /c echo "a^b""#, None), None);
+        assert_eq!(as_read("pwsh -c Write-Host \"a`tb\"", None), None);
+        assert_eq!(as_read("git diff HEAD^ -- src", None), None);
+        assert_eq!(as_read("echo `date`", None), None);
+        // Claude Code's PowerShell tool names no shell on the line.
+        assert_eq!(
+            as_read(
+                r"G`et-Content $env:USERPROFILE\.ssh\id_rsa",
+                Some("PowerShell")
+            )
+            .as_deref(),
+            Some(r"Get-Content $env:USERPROFILE\.ssh\id_rsa")
+        );
     }
 }
