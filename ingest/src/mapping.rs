@@ -18,7 +18,7 @@ use serde::Deserialize;
 use smallvec::SmallVec;
 
 use crate::pattern::Pattern;
-use crate::record::{Key, Origin, RecordView, Val};
+use crate::record::{ItemLists, Key, Origin, RecordView, Val};
 use event::Text;
 
 /// The default mapping pack, embedded at build time.
@@ -98,6 +98,10 @@ struct FileSpec {
     /// Verb table: which tool-name words mean which action.
     #[serde(default)]
     verbs: Vec<VerbSpec>,
+    /// Which argument names list the objects one call acts on; a later
+    /// file's table replaces an earlier one's.
+    #[serde(default)]
+    items: Option<ItemsSpec>,
     /// Connector table: which SaaS a domain or tool name belongs to.
     #[serde(default)]
     connectors: Vec<ConnectorSpec>,
@@ -244,6 +248,20 @@ struct VerbSpec {
     /// True when this verb changes something outside (a connector write).
     writes: bool,
     words: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ItemsSpec {
+    /// Regex over an argument's name (the last part of its path): lists of
+    /// plain values.
+    names: String,
+    /// The same for lists of objects.
+    #[serde(default)]
+    objects: Option<String>,
+    /// Names that match `names` but list something else (labels, recipients).
+    #[serde(default)]
+    except: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -528,7 +546,11 @@ pub struct MappingSet {
     mappings: Vec<Mapping>,
     verbs: BTreeMap<String, Verb>,
     connectors: Vec<(String, Regex)>,
+    items: Option<ItemLists>,
 }
+
+/// The attribute that says how many objects one call acts on (see [`ItemLists`]).
+pub const ITEMS_ATTR: &str = "vigil.items";
 
 /// What the mapping step decided for one record.
 pub struct Applied<'m> {
@@ -571,6 +593,7 @@ impl MappingSet {
         let mut by_name: BTreeMap<String, Mapping> = BTreeMap::new();
         let mut verbs = BTreeMap::new();
         let mut connectors = Vec::new();
+        let mut items = None;
         for (file, text) in files {
             let spec: FileSpec = serde_yaml::from_str(text).map_err(|e| {
                 let loc = e.location();
@@ -596,6 +619,20 @@ impl MappingSet {
                     );
                 }
             }
+            if let Some(i) = spec.items {
+                let compile = |p: &str| {
+                    Regex::new(p).map_err(|e| MappingError::Invalid {
+                        file: file.clone(),
+                        mapping: "items".into(),
+                        message: e.to_string(),
+                    })
+                };
+                items = Some(ItemLists {
+                    names: compile(&i.names)?,
+                    objects: i.objects.as_deref().map(compile).transpose()?,
+                    except: i.except.as_deref().map(compile).transpose()?,
+                });
+            }
             for c in spec.connectors {
                 for p in c.patterns {
                     let re =
@@ -618,6 +655,7 @@ impl MappingSet {
             mappings,
             verbs,
             connectors,
+            items,
         })
     }
 
@@ -747,10 +785,15 @@ impl Mapping {
         // Keys borrowed, not copied: this runs for every record.
         // A handful of keys each: a list scan beats hashing.
         let mut expanded: Vec<&str> = Vec::new();
+        let mut items = 0;
         for key in &self.expand_json {
-            if view.expand_json(key) {
+            if let Some(n) = view.expand_json(key, set.items.as_ref()) {
                 expanded.push(key);
+                items = items.max(n);
             }
+        }
+        if items > 0 {
+            view.insert(ITEMS_ATTR.into(), Val::Int(items as i64), Origin::Attribute);
         }
         for (key, sources) in &self.derive {
             if let Some((v, _)) = sources.iter().find_map(|s| s.extract(view)) {

@@ -109,6 +109,33 @@ impl Val<'_> {
     }
 }
 
+/// Which argument names hold the objects one call acts on (`messageIds`,
+/// `file_ids`, `paths`): the mapping files' `items:` table. A call whose
+/// arguments hold such a list of N values stands for N actions
+/// (`attrs["vigil.items"]`), as a batch delete of 400 mails is 400 deletes.
+#[derive(Debug, Clone)]
+pub struct ItemLists {
+    /// Names of lists of plain values (ids, paths).
+    pub(crate) names: regex::Regex,
+    /// Names of lists of objects, one per object acted on (Dropbox's batch
+    /// `entries`, Salesforce DML's `records`).
+    pub(crate) objects: Option<regex::Regex>,
+    pub(crate) except: Option<regex::Regex>,
+}
+
+impl ItemLists {
+    /// Whether an argument of this name, a list of plain values (`scalars`)
+    /// or of anything else, lists objects acted on.
+    pub fn counts(&self, name: &str, scalars: bool) -> bool {
+        let named = if scalars {
+            self.names.is_match(name)
+        } else {
+            self.objects.as_ref().is_some_and(|o| o.is_match(name))
+        };
+        named && !self.except.as_ref().is_some_and(|x| x.is_match(name))
+    }
+}
+
 /// Where a key of the view came from; decides how it is named in `attrs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
@@ -340,32 +367,47 @@ impl<'a> RecordView<'a> {
     }
 
     /// Parses a JSON-string value (Claude Code's `tool_parameters`) and adds its
-    /// members as `key.<member>`. Returns false when the value is not a JSON object.
-    pub fn expand_json(&mut self, key: &str) -> bool {
+    /// members as `key.<member>`. Returns `None` when the value is not a JSON
+    /// object; otherwise the length of its longest list of objects acted on
+    /// (members that `items` names: a batch call's `messageIds`), 0 when it
+    /// has none.
+    pub fn expand_json(&mut self, key: &str, items: Option<&ItemLists>) -> Option<usize> {
         let Some(Entry {
             val: Val::Str(text),
             origin,
             ..
         }) = self.find(key, hash_key(key))
         else {
-            return false;
+            return None;
         };
         let origin = *origin;
         let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(text)
         else {
-            return false;
+            return None;
         };
+        let mut most = 0;
         for (k, v) in map {
-            self.add_json(joined(key, ".", &k).into(), &v, origin, 0);
+            let found = self.add_json(joined(key, ".", &k).into(), &k, &v, origin, 0, items);
+            most = most.max(found);
         }
-        true
+        Some(most)
     }
 
-    fn add_json(&mut self, key: Cow<'a, str>, v: &serde_json::Value, origin: Origin, depth: usize) {
+    /// Adds one JSON member (named `name`, kept as `key`); returns the
+    /// longest list of objects acted on within it (see [`Self::expand_json`]).
+    fn add_json(
+        &mut self,
+        key: Cow<'a, str>,
+        name: &str,
+        v: &serde_json::Value,
+        origin: Origin,
+        depth: usize,
+        items: Option<&ItemLists>,
+    ) -> usize {
         use serde_json::Value as J;
         if depth >= MAX_DEPTH {
             self.insert(key, Val::Str("<nested too deep>".into()), origin);
-            return;
+            return 0;
         }
         match v {
             J::Null => {}
@@ -378,13 +420,32 @@ impl<'a> RecordView<'a> {
                 self.insert(key, val, origin)
             }
             J::String(s) => self.insert(key, Val::Str(s.clone().into()), origin),
-            J::Array(_) => self.insert(key, Val::Str(v.to_string().into()), origin),
-            J::Object(map) => {
-                for (k, inner) in map {
-                    self.add_json(joined(&key, ".", k).into(), inner, origin, depth + 1);
+            J::Array(list) => {
+                self.insert(key, Val::Str(v.to_string().into()), origin);
+                let scalars = list
+                    .iter()
+                    .all(|x| matches!(x, J::String(_) | J::Number(_)));
+                if items.is_some_and(|i| i.counts(name, scalars)) {
+                    return list.len();
                 }
             }
+            J::Object(map) => {
+                let mut most = 0;
+                for (k, inner) in map {
+                    let found = self.add_json(
+                        joined(&key, ".", k).into(),
+                        k,
+                        inner,
+                        origin,
+                        depth + 1,
+                        items,
+                    );
+                    most = most.max(found);
+                }
+                return most;
+            }
         }
+        0
     }
 }
 
@@ -601,7 +662,7 @@ mod tests {
             ),
             Origin::Attribute,
         );
-        assert!(view.expand_json("tool_parameters"));
+        assert_eq!(view.expand_json("tool_parameters", None), Some(0));
         assert_eq!(
             view.get("tool_parameters.file_path").and_then(Val::as_str),
             Some("/x/.env")
@@ -622,7 +683,51 @@ mod tests {
             Val::Str("{not json".into()),
             Origin::Attribute,
         );
-        assert!(!view.expand_json("broken"));
+        assert_eq!(view.expand_json("broken", None), None);
+    }
+
+    #[test]
+    fn lists_of_objects_acted_on_are_counted() {
+        let items = ItemLists {
+            names: regex::Regex::new("(?i)^ids$|[a-z]Ids$").unwrap(),
+            objects: Some(regex::Regex::new("^entries$").unwrap()),
+            except: Some(regex::Regex::new("(?i)label").unwrap()),
+        };
+        let args = |text: &str| {
+            let mut view = RecordView::default();
+            view.insert(
+                "args".into(),
+                Val::Str(text.to_string().into()),
+                Origin::Attribute,
+            );
+            let n = view.expand_json("args", Some(&items));
+            (n, view.get("args.messageIds").cloned())
+        };
+        // The longest list named as objects acted on, nested ones too; the list
+        // itself is still kept as its JSON text.
+        let (n, kept) = args(r#"{"messageIds": ["a", "b", "c"], "params": {"ids": [1, 2, 3, 4]}}"#);
+        assert_eq!(n, Some(4));
+        assert_eq!(kept, Some(Val::Str(r#"["a","b","c"]"#.into())));
+        // Labels, lists of objects and other names are not objects acted on.
+        assert_eq!(
+            args(r#"{"addLabelIds": ["x", "y"], "to": ["a", "b"]}"#).0,
+            Some(0)
+        );
+        assert_eq!(args(r#"{"ids": [{"id": 1}, {"id": 2}]}"#).0, Some(0));
+        // ... unless their name says they are (Dropbox's batch `entries`).
+        assert_eq!(
+            args(r#"{"entries": [{"path": "/a"}, {"path": "/b"}]}"#).0,
+            Some(2)
+        );
+        assert_eq!(args(r#"{"entries": ["/a", "/b", "/c"]}"#).0, Some(0));
+        // Without a table nothing is counted.
+        let mut view = RecordView::default();
+        view.insert(
+            "args".into(),
+            Val::Str(r#"{"ids": [1, 2]}"#.into()),
+            Origin::Attribute,
+        );
+        assert_eq!(view.expand_json("args", None), Some(0));
     }
 
     #[test]

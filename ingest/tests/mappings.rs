@@ -558,6 +558,60 @@ fn verbs_are_found_through_their_third_person() {
 }
 
 #[test]
+fn calls_acting_on_lists_of_objects_say_how_many() {
+    let ids: Vec<String> = (0..400).map(|i| format!("18f{i:05x}a")).collect();
+    let batch = span(
+        json!({"service.name": "mcp-gateway"}),
+        "tools/call batch_delete_emails",
+        json!({"mcp.method.name": "tools/call", "gen_ai.tool.name": "batch_delete_emails",
+               "server.address": "gmail-mcp.example.com", "user.email": "pia@example.com",
+               "gen_ai.tool.call.arguments": json!({"messageIds": ids, "batchSize": 50}).to_string()}),
+        false,
+    );
+    assert_eq!(batch.kind, EventKind::ConnectorAction);
+    assert_eq!(batch.action.as_deref(), Some("delete"));
+    assert_eq!(batch.attrs.get("vigil.items"), Some("400"));
+    // Claude Code's MCP tool input: the longest list named as objects acted on.
+    let files = claude(
+        json!({"event.name": "tool_result", "tool_name": "mcp__drive__delete_files",
+        "session.id": "s-1", "user.email": "a@example.com",
+        "tool_input": json!({"file_ids": ["a", "b", "c"], "paths": ["x"]}).to_string()}),
+    );
+    assert_eq!(files.attrs.get("vigil.items"), Some("3"));
+    // Labels added, attachments and recipients qualify one call: no count.
+    let send = span(
+        json!({"service.name": "mcp-gateway"}),
+        "tools/call send_email",
+        json!({"mcp.method.name": "tools/call", "gen_ai.tool.name": "send_email",
+               "server.address": "gmail-mcp.example.com", "user.email": "pia@example.com",
+               "gen_ai.tool.call.arguments": json!({"to": ["a@x.com", "b@x.com"], "attachment_ids": ["1", "2", "3"], "addLabelIds": ["L1", "L2"]}).to_string()}),
+        false,
+    );
+    assert_eq!(send.kind, EventKind::ConnectorAction);
+    assert_eq!(send.attrs.get("vigil.items"), None);
+    // Lists of objects count under the names that say so (Dropbox's batch
+    // `entries`); people invited to one channel are one invitation.
+    let dropbox = span(
+        json!({"service.name": "mcp-gateway"}),
+        "tools/call delete_batch",
+        json!({"mcp.method.name": "tools/call", "gen_ai.tool.name": "delete_batch",
+               "server.address": "dropbox-mcp.example.com", "user.email": "pia@example.com",
+               "gen_ai.tool.call.arguments": json!({"entries": [{"path": "/a"}, {"path": "/b"}]}).to_string()}),
+        false,
+    );
+    assert_eq!(dropbox.attrs.get("vigil.items"), Some("2"));
+    let invite = span(
+        json!({"service.name": "mcp-gateway"}),
+        "tools/call slack_invite_users_to_channel",
+        json!({"mcp.method.name": "tools/call", "gen_ai.tool.name": "slack_invite_users_to_channel",
+               "server.address": "mcp.slack.com", "user.email": "pia@example.com",
+               "gen_ai.tool.call.arguments": json!({"channel_id": "C1", "user_ids": ["U1", "U2", "U3"]}).to_string()}),
+        false,
+    );
+    assert_eq!(invite.attrs.get("vigil.items"), None);
+}
+
+#[test]
 fn mcp_gateway_tool_calls_split_into_connector_writes_and_reads() {
     let post = span(
         json!({"service.name": "mcp-gateway"}),

@@ -215,7 +215,8 @@ const SNAPSHOT_MAGIC: &[u8; 8] = b"VGLSNAP\0";
 /// 3: baseline state keeps its last window's amount by slot (it slides),
 /// its daily peaks and its `per` parts; sequence steps keep bound values.
 /// 4: baseline state keeps the ids of the events of its last window.
-const SNAPSHOT_VERSION: u32 = 4;
+/// 5: the evidence a threshold or a sequence keeps has its weight.
+const SNAPSHOT_VERSION: u32 = 5;
 
 #[derive(Serialize)]
 struct SnapshotRef<'a> {
@@ -903,7 +904,7 @@ impl Engine {
                     let Some(k) = self.keys.required(self.key_slot[ri], e) else {
                         continue;
                     };
-                    m.entry(k, ThresholdState::default).on_event(sp, e)
+                    m.entry(k, ThresholdState::default).on_event(sp, e, &env)
                 }
                 (Spec::Baseline(sp), State::Baseline(m)) => {
                     let Some(k) = self.keys.required(self.key_slot[ri], e) else {
@@ -944,7 +945,7 @@ impl Engine {
                         continue;
                     }
                     m.entry(k, || SequenceState::new(sp))
-                        .on_event(sp, e, hit.steps, hit.undoes)
+                        .on_event(sp, e, hit.steps, hit.undoes, &env)
                 }
                 (Spec::Inactivity(sp), State::Inactivity(m)) => {
                     let role = sp.role(e, &env);
@@ -1130,7 +1131,7 @@ fn build_alert(
             .take(max_evidence)
             .map(|x| x.to_evidence(e))
             .collect(),
-        summary: rule.render_summary(e, t.count),
+        summary: rule.render_summary(e, &t),
         replayed: false,
     }
 }
@@ -1773,6 +1774,182 @@ mod tests {
         assert_eq!(out[0].count, 3);
         assert_eq!(out[0].time, T0 + 4 * S);
         assert_eq!(out[0].first_seen, T0 + S);
+    }
+
+    /// Connector writes, each standing for `attrs.vigil.items` writes.
+    const WEIGHED_10_IN_1M: &str = "id: w\ntitle: W\nseverity: low\nkey: [user]\nkind: threshold\ncondition: {kind: connector_action}\nthreshold: {count: 10, window: 1m, weight: attrs.vigil.items}\n";
+
+    fn write(t: i64, items: Option<&str>) -> Event {
+        with(ev(T0 + t * S, EventKind::ConnectorAction, "a"), |e| {
+            e.tool = Some(format!("delete_{t}").into());
+            if let Some(n) = items {
+                e.attrs.insert("vigil.items", n);
+            }
+        })
+    }
+
+    #[test]
+    fn threshold_weight_counts_each_object_a_call_acts_on() {
+        // 4 + 1 + 4 = 9 within a minute; one more write makes 10. A value
+        // that is no count (text, zero) weighs 1; a JSON list, its length.
+        let mut eng = engine(WEIGHED_10_IN_1M);
+        let out = run_all(
+            &mut eng,
+            vec![
+                write(0, Some("4")),
+                write(10, Some("zero")),
+                write(20, Some(r#"["a","b","c","d"]"#)),
+                write(30, Some("0")),
+            ],
+        );
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!((out[0].count, out[0].time), (10, T0 + 30 * S));
+        assert_eq!(out[0].event_ids.len(), 4);
+        // One call past the count fires alone, and what falls out of the
+        // window no longer counts: 6 at 0 s, 6 at 61 s.
+        let mut eng = engine(WEIGHED_10_IN_1M);
+        let out = run_all(&mut eng, vec![write(0, Some("6")), write(61, Some("6"))]);
+        assert!(out.is_empty(), "{out:?}");
+        let mut eng = engine(WEIGHED_10_IN_1M);
+        let out = run_all(&mut eng, vec![write(0, Some("400"))]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].count, 400);
+    }
+
+    #[test]
+    fn a_late_weighed_event_completes_the_window_it_belongs_to() {
+        let mut eng = engine(WEIGHED_10_IN_1M);
+        // 5 at 0 s and 3 at 50 s; then the watermark moves on.
+        assert!(eng
+            .push(vec![write(0, Some("5")), write(50, Some("3"))])
+            .is_empty());
+        assert!(eng
+            .push(vec![ev(T0 + 140 * S, EventKind::UserPrompt, "z")])
+            .is_empty());
+        // 2 at 40 s arrive late: 5 + 2 + 3 in one minute.
+        let out = eng.push(vec![write(40, Some("2"))]);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].count, 10);
+        assert_eq!(out[0].first_seen, T0);
+        // The same late batch again is a copy: nothing more is counted.
+        assert!(eng.push(vec![write(40, Some("2"))]).is_empty());
+    }
+
+    #[test]
+    fn a_sequence_step_weight_counts_towards_its_count() {
+        let rule = "id: q\ntitle: Q\nseverity: low\nkey: [session]\nkind: sequence\nsequence:\n  within: 10m\n  steps:\n    - condition: {kind: file_read}\n      count: 10\n      weight:\n        - when: {path: {regex: '\\*'}}\n          weight: 10\n        - attrs.vigil.items\n    - condition: {kind: connector_action}\n";
+        let read = |t: i64, path: &str, items: Option<&str>| {
+            with(ev(T0 + t * S, EventKind::FileRead, "a"), |e| {
+                e.path = Some(path.into());
+                if let Some(n) = items {
+                    e.attrs.insert("vigil.items", n);
+                }
+            })
+        };
+        let upload = |t: i64| ev(T0 + t * S, EventKind::ConnectorAction, "a");
+        // A glob read is the whole step.
+        let out = run_all(
+            &mut engine(rule),
+            vec![read(0, "docs/**/*.md", None), upload(5)],
+        );
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].count, 2, "the chain's events");
+        // Lists of 4 and 5 paths and one read: 10.
+        let out = run_all(
+            &mut engine(rule),
+            vec![
+                read(0, "[..]", Some("4")),
+                read(1, "[..]", Some("5")),
+                read(2, "/x", None),
+                upload(5),
+            ],
+        );
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].count, 4);
+        // 4 + 5 is not 10.
+        let out = run_all(
+            &mut engine(rule),
+            vec![
+                read(0, "[..]", Some("4")),
+                read(1, "[..]", Some("5")),
+                upload(5),
+            ],
+        );
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn a_longer_window_catches_a_slow_burst_and_names_its_window() {
+        let rule = "id: s\ntitle: S\nseverity: low\nkey: [user]\nkind: threshold\ncondition: {kind: connector_action}\nsummary: \"{count} writes within {window}\"\nthreshold: {count: 3, window: 1m, also: [{count: 5, window: 10m}]}\n";
+        // One write every 40 s: never 3 in a minute, 5 within 10 minutes
+        // at the fifth.
+        let out = run_all(
+            &mut engine(rule),
+            (0..5).map(|i| write(i * 40, None)).collect(),
+        );
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].count, 5);
+        assert_eq!(out[0].time, T0 + 160 * S);
+        assert_eq!(out[0].summary, "5 writes within 10 minutes");
+        // Three in a minute fire the short window first, named as such.
+        let out = run_all(
+            &mut engine(rule),
+            (0..3).map(|i| write(i * 10, None)).collect(),
+        );
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].summary, "3 writes within 1 minute");
+        // A late copy of a write only the longer window still holds counts
+        // nothing: four writes, the first resent after the fourth.
+        let mut eng = engine(rule);
+        let four: Vec<Event> = (0..4).map(|i| write(i * 70, None)).collect();
+        assert!(eng.push(four.clone()).is_empty());
+        assert!(eng
+            .push(vec![ev(T0 + 400 * S, EventKind::UserPrompt, "z")])
+            .is_empty());
+        assert!(
+            eng.push(vec![four[0].clone()]).is_empty(),
+            "four writes, not five"
+        );
+    }
+
+    #[test]
+    fn weights_that_cannot_work_are_refused_at_load() {
+        let bad = [
+            (
+                "threshold: {count: 3, window: 1m, distinct: path, weight: attrs.n}",
+                "give `weight` or `distinct`, not both",
+            ),
+            (
+                "threshold: {count: 3, window: 1m, weight: [{when: {kind: file_read}, weight: 0}]}",
+                "a weight is from 1 to 1000000",
+            ),
+            (
+                "threshold: {count: 3, window: 1m, weight: nosuchfield}",
+                "unknown field `nosuchfield`",
+            ),
+            (
+                "threshold: {count: 3, window: 1m, weight: []}",
+                "a weight needs a field or a case",
+            ),
+            (
+                "threshold: {count: 3, window: 1m, distinct: path, also: [{count: 5, window: 1h}]}",
+                "give `also` or `distinct`, not both",
+            ),
+            (
+                "threshold: {count: 3, window: 1m, also: [{count: 0, window: 1h}]}",
+                "count must be at least 1",
+            ),
+        ];
+        for (block, want) in bad {
+            let yaml = format!("id: b\ntitle: B\nseverity: low\nkey: [user]\nkind: threshold\ncondition: {{kind: file_read}}\n{block}\n");
+            let mut p = Parsed::default();
+            parse_text("t.yaml", &yaml, &mut p);
+            let err = compile_parsed(&p, &RulesContext::default(), None)
+                .err()
+                .unwrap_or_else(|| panic!("{block} was accepted"));
+            let text = format!("{err:?}");
+            assert!(text.contains(want), "{block}: {text}");
+        }
     }
 
     #[test]

@@ -16,7 +16,9 @@ use crate::kinds::baseline::BaselineSpec;
 use crate::kinds::inactivity::InactivitySpec;
 use crate::kinds::new_value::NewValueSpec;
 use crate::kinds::sequence::{Bind, SequenceSpec, Step};
-use crate::kinds::threshold::ThresholdSpec;
+use crate::kinds::threshold::{ThresholdSpec, Window};
+use crate::kinds::Trigger;
+use crate::kinds::{Weight, WeightSource, MAX_WEIGHT};
 use crate::list::ListMatcher;
 use crate::predicate::{compile, CompileEnv, CondError, Pred};
 
@@ -131,6 +133,42 @@ pub(crate) struct ThresholdDoc {
     pub per: Option<String>,
     #[serde(default)]
     pub baseline: Option<BaselineDoc>,
+    /// How many actions one event stands for (a batch call's list of ids).
+    #[serde(default)]
+    pub weight: Option<WeightDoc>,
+    /// Longer windows with counts of their own (a slow burst).
+    #[serde(default)]
+    pub also: Vec<AlsoDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AlsoDoc {
+    pub count: usize,
+    pub window: Dur,
+}
+
+/// `weight:` of a threshold or a sequence step: a field, or a list of
+/// fields and `{when: condition, weight: N}` cases, the first that applies.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum WeightDoc {
+    One(String),
+    Many(Vec<WeightEntryDoc>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum WeightEntryDoc {
+    Field(String),
+    When(WeightCaseDoc),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WeightCaseDoc {
+    pub when: Value,
+    pub weight: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -181,6 +219,9 @@ pub(crate) struct StepDoc {
     /// Needed only when the next step's event binds a value.
     #[serde(default)]
     pub optional: bool,
+    /// How many of `count` one event stands for (a read of a whole folder).
+    #[serde(default)]
+    pub weight: Option<WeightDoc>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -312,12 +353,14 @@ pub(crate) enum Seg {
     Lit(String),
     Field(FieldRef),
     Count,
+    /// The window a threshold's count is over (`5 minutes`, `1 hour`).
+    Window,
     Title,
     /// `[ on host {host}]`: shown only when every field inside is present.
     Optional(Vec<Seg>),
 }
 
-fn render(segs: &[Seg], rule: &CompiledRule, e: &Event, count: u64, out: &mut String) {
+fn render(segs: &[Seg], rule: &CompiledRule, e: &Event, t: &Trigger, out: &mut String) {
     for s in segs {
         match s {
             Seg::Lit(t) => out.push_str(t),
@@ -325,7 +368,11 @@ fn render(segs: &[Seg], rule: &CompiledRule, e: &Event, count: u64, out: &mut St
                 Some(v) => out.push_str(&v.to_text()),
                 None => out.push('-'),
             },
-            Seg::Count => out.push_str(&count.to_string()),
+            Seg::Count => out.push_str(&t.count.to_string()),
+            Seg::Window => match t.window {
+                Some(w) => out.push_str(&span_text(w)),
+                None => out.push('-'),
+            },
             Seg::Title => out.push_str(&rule.info.title),
             Seg::Optional(inner) => {
                 let present = inner.iter().all(|s| match s {
@@ -333,7 +380,7 @@ fn render(segs: &[Seg], rule: &CompiledRule, e: &Event, count: u64, out: &mut St
                     _ => true,
                 });
                 if present {
-                    render(inner, rule, e, count, out);
+                    render(inner, rule, e, t, out);
                 }
             }
         }
@@ -360,9 +407,9 @@ pub(crate) struct CompiledRule {
 }
 
 impl CompiledRule {
-    pub(crate) fn render_summary(&self, e: &Event, count: u64) -> String {
+    pub(crate) fn render_summary(&self, e: &Event, t: &Trigger) -> String {
         let mut out = String::new();
-        render(&self.summary, self, e, count, &mut out);
+        render(&self.summary, self, e, t, &mut out);
         out
     }
 }
@@ -385,6 +432,62 @@ fn field(name: &str, path: &str) -> Result<FieldRef, CondError> {
             Some(name.to_string()),
         )
     })
+}
+
+/// A window as a summary names it: `5 minutes`, `1 hour`, `90 seconds`.
+fn span_text(ns: i64) -> String {
+    let s = ns / 1_000_000_000;
+    let (n, unit) = if s % 86_400 == 0 && s > 0 {
+        (s / 86_400, "day")
+    } else if s % 3_600 == 0 && s > 0 {
+        (s / 3_600, "hour")
+    } else if s % 60 == 0 && s > 0 {
+        (s / 60, "minute")
+    } else {
+        (s, "second")
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
+/// Compiles a `weight:` (see [`WeightDoc`]).
+fn compile_weight(
+    doc: &WeightDoc,
+    path: &str,
+    cond: &dyn Fn(&Value, &str) -> Result<Pred, CondError>,
+) -> Result<Weight, CondError> {
+    let one;
+    let entries: &[WeightEntryDoc] = match doc {
+        WeightDoc::One(f) => {
+            one = [WeightEntryDoc::Field(f.clone())];
+            &one
+        }
+        WeightDoc::Many(list) => list,
+    };
+    if entries.is_empty() {
+        return Err(cerr(
+            path,
+            "a weight needs a field or a case",
+            Some("weight:".into()),
+        ));
+    }
+    let mut sources = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let here = format!("{path}[{i}]");
+        sources.push(match entry {
+            WeightEntryDoc::Field(f) => WeightSource::Field(field(f, &here)?),
+            WeightEntryDoc::When(c) => {
+                if c.weight == 0 || c.weight > u64::from(MAX_WEIGHT) {
+                    return Err(cerr(
+                        &format!("{here}.weight"),
+                        format!("a weight is from 1 to {MAX_WEIGHT}"),
+                        Some("weight:".into()),
+                    ));
+                }
+                WeightSource::When(cond(&c.when, &format!("{here}.when"))?, c.weight as u32)
+            }
+        });
+    }
+    Ok(Weight { sources })
 }
 
 /// A summary template: `{field}` placeholders, `{count}`, `{title}`, and
@@ -440,6 +543,7 @@ fn parse_fields(t: &str) -> Result<Vec<Seg>, CondError> {
         let name = &rest[open + 1..open + close];
         segs.push(match name {
             "count" => Seg::Count,
+            "window" => Seg::Window,
             "title" => Seg::Title,
             _ => Seg::Field(field(name, "summary")?),
         });
@@ -564,6 +668,39 @@ pub(crate) fn compile_rule(
                 .as_ref()
                 .map(|b| BaselineSpec::compile(b, Some(t.window.ns()), "threshold.baseline"))
                 .transpose()?;
+            if t.weight.is_some() && distinct.is_some() {
+                return Err(cerr(
+                    "threshold.weight",
+                    "a distinct count counts values, not weighed actions: give `weight` or `distinct`, not both",
+                    Some("weight:".into()),
+                ));
+            }
+            let weight = t
+                .weight
+                .as_ref()
+                .map(|w| compile_weight(w, "threshold.weight", &cond))
+                .transpose()?;
+            if !t.also.is_empty() && distinct.is_some() {
+                return Err(cerr(
+                    "threshold.also",
+                    "longer windows count events, not distinct values: give `also` or `distinct`, not both",
+                    Some("also:".into()),
+                ));
+            }
+            let mut also = Vec::new();
+            for (i, w) in t.also.iter().enumerate() {
+                if w.count == 0 {
+                    return Err(cerr(
+                        &format!("threshold.also[{i}].count"),
+                        "count must be at least 1",
+                        Some("count:".into()),
+                    ));
+                }
+                also.push(Window {
+                    count: w.count,
+                    window: w.window.ns(),
+                });
+            }
             (
                 Spec::Threshold(ThresholdSpec {
                     count: t.count,
@@ -571,6 +708,8 @@ pub(crate) fn compile_rule(
                     distinct,
                     per,
                     baseline,
+                    weight,
+                    also,
                 }),
                 base_kinds,
             )
@@ -643,12 +782,25 @@ pub(crate) fn compile_rule(
                         })
                     }
                 };
+                let weight = st
+                    .weight
+                    .as_ref()
+                    .map(|w| compile_weight(w, &format!("sequence.steps[{i}].weight"), &cond))
+                    .transpose()?;
+                if weight.is_some() && bind.is_some() {
+                    return Err(cerr(
+                        &format!("sequence.steps[{i}].weight"),
+                        "a step that binds a value has count 1: it has no use for a weight",
+                        Some("weight:".into()),
+                    ));
+                }
                 steps.push(Step {
                     name: st.name.clone().unwrap_or_else(|| format!("step {}", i + 1)),
                     pred,
                     count: st.count,
                     bind,
                     optional: st.optional,
+                    weight,
                 });
             }
             for (i, st) in s.steps.iter().enumerate().filter(|(_, st)| st.optional) {

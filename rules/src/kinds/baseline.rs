@@ -375,6 +375,7 @@ impl BaselineState {
             return Some(Trigger {
                 evidence: vec![EvidenceItem::Current],
                 count: amount as u64,
+                window: None,
             });
         }
         None

@@ -105,6 +105,7 @@ impl InactivityState {
                 EvidenceItem::Current,
             ],
             count: u64::from(self.activity),
+            window: None,
         })
     }
 }

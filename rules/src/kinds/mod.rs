@@ -31,6 +31,8 @@ pub(crate) struct Kept {
     /// Bit `i` set when optional part `i` (1..=5) was present.
     present: u8,
     kind: EventKind,
+    /// How many actions the event stands for ([`Weight`]); 1 for most.
+    weight: u32,
 }
 
 impl Kept {
@@ -60,7 +62,18 @@ impl Kept {
             ends,
             present,
             kind: e.kind,
+            weight: 1,
         }
+    }
+
+    /// The same evidence standing for `weight` actions.
+    pub(crate) fn with_weight(mut self, weight: u32) -> Kept {
+        self.weight = weight;
+        self
+    }
+
+    pub(crate) fn weight(&self) -> u32 {
+        self.weight
     }
 
     pub(crate) fn time(&self) -> i64 {
@@ -89,6 +102,54 @@ impl Kept {
             command: self.part(5),
         }
     }
+}
+
+/// How many actions one event stands for, in a threshold's count or a
+/// sequence step's: the first of its sources that applies, else 1. A field
+/// gives a whole number (ingest's `attrs.vigil.items`: a batch call's list of
+/// ids) or a JSON list, its length; a `when` gives its fixed weight when its
+/// condition holds (a read of a whole folder counts as many reads).
+#[derive(Debug, Default)]
+pub(crate) struct Weight {
+    pub(crate) sources: Vec<WeightSource>,
+}
+
+#[derive(Debug)]
+pub(crate) enum WeightSource {
+    Field(FieldRef),
+    When(crate::predicate::Pred, u32),
+}
+
+/// The largest weight one event may have.
+pub(crate) const MAX_WEIGHT: u32 = 1_000_000;
+
+impl Weight {
+    pub(crate) fn of(&self, e: &Event, env: &crate::predicate::EvalEnv) -> u32 {
+        for s in &self.sources {
+            let w = match s {
+                WeightSource::Field(f) => f.get(e).and_then(|v| weight_of(&v.to_text())),
+                WeightSource::When(p, w) => p.eval(e, env).then_some(*w),
+            };
+            if let Some(w) = w {
+                return w;
+            }
+        }
+        1
+    }
+}
+
+/// A field's value as a weight: a whole number of at least 1, or the
+/// length of a non-empty JSON list; at most [`MAX_WEIGHT`].
+fn weight_of(text: &str) -> Option<u32> {
+    let text = text.trim();
+    let n = if text.starts_with('[') {
+        serde_json::from_str::<Vec<serde::de::IgnoredAny>>(text)
+            .ok()?
+            .len() as u64
+    } else {
+        text.parse::<u64>().ok()?
+    };
+    (n >= 1).then(|| n.min(u64::from(MAX_WEIGHT)) as u32)
 }
 
 /// An event id kept for long in small state. Ids vigil computes are 32
@@ -175,6 +236,9 @@ impl EvidenceItem {
 pub(crate) struct Trigger {
     pub(crate) evidence: Vec<EvidenceItem>,
     pub(crate) count: u64,
+    /// The window the count is over, when the kind has one that the
+    /// summary may name (`{window}`).
+    pub(crate) window: Option<i64>,
 }
 
 impl Trigger {
@@ -183,6 +247,7 @@ impl Trigger {
         Trigger {
             evidence: vec![EvidenceItem::Current],
             count: 1,
+            window: None,
         }
     }
 }

@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use event::Event;
 use regex::Regex;
 
-use super::{EvidenceItem, Kept, Touched, Trigger};
+use super::{EvidenceItem, Kept, Touched, Trigger, Weight};
 use crate::field::FieldRef;
 use crate::predicate::{EvalEnv, Pred};
 
@@ -29,6 +29,8 @@ pub(crate) struct Step {
     pub(crate) count: usize,
     pub(crate) bind: Option<Bind>,
     pub(crate) optional: bool,
+    /// How many of the step's `count` one event stands for.
+    pub(crate) weight: Option<Weight>,
 }
 
 /// The value a step's event binds: the `value` group of a regex over a
@@ -213,6 +215,7 @@ impl SequenceState {
         e: &Event,
         steps: u64,
         undoes: u64,
+        env: &EvalEnv,
     ) -> Option<Trigger> {
         let last_step = spec.steps.len() - 1;
         // An event that arrived out of order (after the allowed lateness,
@@ -247,8 +250,11 @@ impl SequenceState {
                 if q.capacity() == 0 {
                     q.reserve_exact(1);
                 }
-                let kept = kept.get_or_insert_with(|| Kept::new(e)).clone();
+                let mut kept = kept.get_or_insert_with(|| Kept::new(e)).clone();
                 let undoes = steps & bit == 0;
+                if let (Some(w), false) = (&spec.steps[i].weight, undoes) {
+                    kept = kept.with_weight(w.of(e, env));
+                }
                 let held = Held { kept, bind, undoes };
                 if q.back().is_some_and(|b| before(&held, b)) {
                     let at = q.partition_point(|x| before(x, &held));
@@ -269,13 +275,14 @@ impl SequenceState {
         let q = self.step(last_step);
         let need = spec.steps[last_step].count;
         let now = (e.time, &*e.event_id);
-        let mut chosen: Vec<&Held> = q
-            .iter()
-            .rev()
-            .filter(|x| (x.kept.time(), x.kept.id()) <= now)
-            .take(need)
-            .collect();
-        if chosen.len() < need {
+        let mut chosen: Vec<&Held> = Vec::new();
+        if !take_weighed(
+            &mut chosen,
+            q.iter()
+                .rev()
+                .filter(|x| (x.kept.time(), x.kept.id()) <= now),
+            need,
+        ) {
             return None;
         }
         // Earlier steps come before `bound`; a binding step joins `next`.
@@ -291,15 +298,16 @@ impl SequenceState {
                 continue;
             }
             let from = chosen.len();
-            chosen.extend(
+            let enough = take_weighed(
+                &mut chosen,
                 self.step(i)
                     .iter()
                     .rev()
                     .filter(|x| before(x, bound))
-                    .filter(|x| want.is_none_or(|v| x.bind.as_ref() == Some(v)))
-                    .take(step.count),
+                    .filter(|x| want.is_none_or(|v| x.bind.as_ref() == Some(v))),
+                step.count,
             );
-            if chosen.len() - from < step.count || chosen[from..].iter().any(|x| x.undoes) {
+            if !enough || chosen[from..].iter().any(|x| x.undoes) {
                 return None;
             }
             next = *chosen.last().expect("count >= 1");
@@ -318,6 +326,25 @@ impl SequenceState {
         Some(Trigger {
             evidence: chosen.into_iter().map(EvidenceItem::Kept).collect(),
             count,
+            window: None,
         })
     }
+}
+
+/// Moves events from `from` (newest first) into `chosen` until their
+/// weights reach `need`; whether they did.
+fn take_weighed<'a>(
+    chosen: &mut Vec<&'a Held>,
+    from: impl Iterator<Item = &'a Held>,
+    need: usize,
+) -> bool {
+    let mut sum = 0;
+    for h in from {
+        if sum >= need {
+            break;
+        }
+        sum += h.kept.weight() as usize;
+        chosen.push(h);
+    }
+    sum >= need
 }

@@ -9,8 +9,9 @@ use std::collections::VecDeque;
 use event::Event;
 
 use super::baseline::{BaselineSpec, Rate};
-use super::{part_of, EvidenceItem, Kept, Touched, Trigger};
+use super::{part_of, EvidenceItem, Kept, Touched, Trigger, Weight};
 use crate::field::FieldRef;
+use crate::predicate::EvalEnv;
 
 #[derive(Debug)]
 pub(crate) struct ThresholdSpec {
@@ -19,20 +20,37 @@ pub(crate) struct ThresholdSpec {
     pub(crate) distinct: Option<FieldRef>,
     pub(crate) per: Option<FieldRef>,
     pub(crate) baseline: Option<BaselineSpec>,
+    /// How many actions an event stands for (not with `distinct`).
+    pub(crate) weight: Option<Weight>,
+    /// Longer windows with counts of their own (a slow burst: many in an
+    /// hour, never `count` in `window`); plain counts only.
+    pub(crate) also: Vec<Window>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Window {
+    pub(crate) count: usize,
+    pub(crate) window: i64,
 }
 
 impl ThresholdSpec {
     /// How long an untouched key is worth keeping.
     pub(crate) fn retention(&self) -> i64 {
+        let window = self
+            .also
+            .iter()
+            .map(|w| w.window)
+            .fold(self.window, i64::max);
         self.baseline
             .as_ref()
-            .map_or(self.window, |b| b.retention().max(self.window))
+            .map_or(window, |b| b.retention().max(window))
     }
 }
 
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct ThresholdState {
-    /// Newest last; at most `count` entries (only the newest `count` decide).
+    /// Newest last; only the newest events whose weights reach `count`
+    /// decide, so no more are kept (at most `count`).
     recent: VecDeque<Kept>,
     /// For distinct counts: (value hash, newest event with it).
     distinct: VecDeque<(u64, Kept)>,
@@ -41,6 +59,8 @@ pub(crate) struct ThresholdState {
     /// With `per`: one count for each value of that field (value hash, its
     /// count). An absent value is a value of its own.
     parts: Vec<(u64, ThresholdState)>,
+    /// The events of each longer window (`also`), as `recent`.
+    also: Vec<VecDeque<Kept>>,
 }
 
 impl Touched for ThresholdState {
@@ -50,9 +70,15 @@ impl Touched for ThresholdState {
 }
 
 impl ThresholdState {
-    pub(crate) fn on_event(&mut self, spec: &ThresholdSpec, e: &Event) -> Option<Trigger> {
+    pub(crate) fn on_event(
+        &mut self,
+        spec: &ThresholdSpec,
+        e: &Event,
+        env: &EvalEnv,
+    ) -> Option<Trigger> {
+        let weight = spec.weight.as_ref().map_or(1, |w| w.of(e, env));
         let Some(per) = &spec.per else {
-            return self.count(spec, e);
+            return self.count(spec, e, weight);
         };
         self.last = self.last.max(e.time);
         part_of(
@@ -62,7 +88,7 @@ impl ThresholdState {
             spec.retention(),
             ThresholdState::default,
         )
-        .count(spec, e)
+        .count(spec, e, weight)
     }
 
     /// Whether `e`, arriving behind what this count has seen, is a copy of
@@ -73,21 +99,23 @@ impl ThresholdState {
             return false;
         }
         let id = &*e.event_id;
-        self.recent.iter().any(|x| x.id() == id) || self.distinct.iter().any(|(_, x)| x.id() == id)
+        self.recent.iter().any(|x| x.id() == id)
+            || self.distinct.iter().any(|(_, x)| x.id() == id)
+            || self.also.iter().flatten().any(|x| x.id() == id)
     }
 
-    /// One count (the whole key's, or one `per` value's).
-    fn count(&mut self, spec: &ThresholdSpec, e: &Event) -> Option<Trigger> {
+    /// One count (the whole key's, or one `per` value's); the event stands
+    /// for `weight` actions.
+    fn count(&mut self, spec: &ThresholdSpec, e: &Event, weight: u32) -> Option<Trigger> {
         if self.holds_copy(e) {
             return None;
         }
         let t = e.time;
         self.last = self.last.max(t);
-        let horizon = t.saturating_sub(spec.window);
         let required = match &spec.baseline {
             Some(b) => {
                 let rate = self.rate.get_or_insert_with(|| Rate::new(t));
-                rate.add(b, t, 1.0);
+                rate.add(b, t, f64::from(weight));
                 // Fire at the fixed count, or earlier when the key's own
                 // baseline says this is unusual for it.
                 b.required(rate, t)
@@ -95,75 +123,111 @@ impl ThresholdState {
             }
             None => spec.count,
         };
-        let (n, evidence): (usize, Vec<EvidenceItem>) = match &spec.distinct {
-            None if self.recent.back().is_some_and(|b| behind(e, b)) => {
-                let (n, evidence) = late_window(&mut self.recent, Kept::new(e), |k| k, spec);
-                if n < required {
-                    return None;
+        let Some(f) = &spec.distinct else {
+            let kept = Kept::new(e).with_weight(weight);
+            let first = add(
+                &mut self.recent,
+                kept.clone(),
+                spec.count,
+                spec.window,
+                required,
+            )
+            .map(|(n, evidence)| (n, evidence, spec.window));
+            // Every longer window counts the event, whichever fires.
+            self.also.resize_with(spec.also.len(), VecDeque::new);
+            let mut longer = None;
+            for (w, recent) in spec.also.iter().zip(&mut self.also) {
+                let hit = add(recent, kept.clone(), w.count, w.window, w.count);
+                if longer.is_none() {
+                    longer = hit.map(|(n, evidence)| (n, evidence, w.window));
                 }
-                (n, evidence)
             }
-            None => {
-                self.recent.push_back(Kept::new(e));
-                while self.recent.front().is_some_and(|f| f.time() <= horizon)
-                    || self.recent.len() > spec.count
-                {
-                    self.recent.pop_front();
-                }
-                let n = self.recent.len();
-                if n < required {
-                    return None;
-                }
-                (
-                    n,
-                    self.recent
-                        .iter()
-                        .map(|x| EvidenceItem::Kept(x.clone()))
-                        .collect(),
-                )
-            }
-            Some(f) => {
-                let v = f.get(e)?;
-                let h = xxhash_rust::xxh3::xxh3_64(v.to_text().as_bytes());
-                if self.distinct.back().is_some_and(|(_, b)| behind(e, b)) {
-                    // Out of order: a value already counted adds nothing new.
-                    if self.distinct.iter().any(|(vh, _)| *vh == h) {
-                        return None;
-                    }
-                    let (n, evidence) =
-                        late_window(&mut self.distinct, (h, Kept::new(e)), |(_, k)| k, spec);
-                    if n < required {
-                        return None;
-                    }
-                    return Some(Trigger {
-                        evidence,
-                        count: n as u64,
-                    });
-                }
-                self.distinct
-                    .retain(|(vh, x)| *vh != h && x.time() > horizon);
-                self.distinct.push_back((h, Kept::new(e)));
-                if self.distinct.len() > spec.count {
-                    self.distinct.pop_front();
-                }
-                let n = self.distinct.len();
-                if n < required {
-                    return None;
-                }
-                (
-                    n,
-                    self.distinct
-                        .iter()
-                        .map(|(_, x)| EvidenceItem::Kept(x.clone()))
-                        .collect(),
-                )
-            }
+            let (n, evidence, window) = first.or(longer)?;
+            return Some(Trigger {
+                evidence,
+                count: n as u64,
+                window: Some(window),
+            });
         };
+        let horizon = t.saturating_sub(spec.window);
+        let v = f.get(e)?;
+        let h = xxhash_rust::xxh3::xxh3_64(v.to_text().as_bytes());
+        let (n, evidence) = if self.distinct.back().is_some_and(|(_, b)| behind(e, b)) {
+            // Out of order: a value already counted adds nothing new.
+            if self.distinct.iter().any(|(vh, _)| *vh == h) {
+                return None;
+            }
+            late_window(
+                &mut self.distinct,
+                (h, Kept::new(e)),
+                |(_, k)| k,
+                spec.count,
+                spec.window,
+            )
+        } else {
+            self.distinct
+                .retain(|(vh, x)| *vh != h && x.time() > horizon);
+            self.distinct.push_back((h, Kept::new(e)));
+            if self.distinct.len() > spec.count {
+                self.distinct.pop_front();
+            }
+            (
+                self.distinct.len(),
+                self.distinct
+                    .iter()
+                    .map(|(_, x)| EvidenceItem::Kept(x.clone()))
+                    .collect(),
+            )
+        };
+        if n < required {
+            return None;
+        }
         Some(Trigger {
             evidence,
             count: n as u64,
+            window: Some(spec.window),
         })
     }
+}
+
+/// Counts `kept` in one window's events (`recent`, newest last, holding
+/// only the newest whose weights reach `count`): the actions within
+/// `window` of it and their evidence when they reach `need`.
+fn add(
+    recent: &mut VecDeque<Kept>,
+    kept: Kept,
+    count: usize,
+    window: i64,
+    need: usize,
+) -> Option<(usize, Vec<EvidenceItem>)> {
+    if recent
+        .back()
+        .is_some_and(|b| (kept.time(), kept.id()) <= (b.time(), b.id()))
+    {
+        let (n, evidence) = late_window(recent, kept, |k| k, count, window);
+        return (n >= need).then_some((n, evidence));
+    }
+    let horizon = kept.time().saturating_sub(window);
+    recent.push_back(kept);
+    let mut n: usize = recent.iter().map(|k| k.weight() as usize).sum();
+    while let Some(f) = recent.front() {
+        let w = f.weight() as usize;
+        if f.time() > horizon && n - w < count {
+            break;
+        }
+        n -= w;
+        recent.pop_front();
+    }
+    if n < need {
+        return None;
+    }
+    Some((
+        n,
+        recent
+            .iter()
+            .map(|x| EvidenceItem::Kept(x.clone()))
+            .collect(),
+    ))
 }
 
 /// Whether `e` comes before `x` in the engine's order, `(time, event_id)`,
@@ -175,42 +239,56 @@ fn behind(e: &Event, x: &Kept) -> bool {
 
 /// Counts an event that arrived out of order (`recent` already holds newer
 /// ones, each of which `kept` reads): it is put in its place by time, and
-/// the window of `window` that holds it and the most events decides (copies
+/// the window of `window` that holds it and the most actions decides (copies
 /// were left out before, see [`ThresholdState::holds_copy`]). Keeps the
-/// newest `count`.
+/// newest events whose weights reach `count`. Returns the actions counted.
 fn late_window<T>(
     recent: &mut VecDeque<T>,
     item: T,
     kept: fn(&T) -> &Kept,
-    spec: &ThresholdSpec,
+    count: usize,
+    window: i64,
 ) -> (usize, Vec<EvidenceItem>) {
     let k = kept(&item);
     let at = recent.partition_point(|x| (kept(x).time(), kept(x).id()) < (k.time(), k.id()));
     recent.insert(at, item);
     let time = |i: usize| kept(&recent[i]).time();
+    let weight = |i: usize| kept(&recent[i]).weight() as usize;
     // Windows are `(t - window, t]`: the events of one are less than
     // `window` apart. Slide the end from the late event onwards.
-    let mut best = (at, at);
+    let mut best = (at, at, weight(at));
     let mut lo = 0;
-    for hi in at..recent.len() {
-        while time(hi) - time(lo) >= spec.window {
+    let mut sum = 0;
+    for hi in 0..recent.len() {
+        sum += weight(hi);
+        while time(hi) - time(lo) >= window {
+            sum -= weight(lo);
             lo += 1;
+        }
+        if hi < at {
+            continue;
         }
         if lo > at {
             break;
         }
-        if hi - lo > best.1 - best.0 {
-            best = (lo, hi);
+        if sum > best.2 {
+            best = (lo, hi, sum);
         }
     }
     let found = (
-        best.1 - best.0 + 1,
+        best.2,
         recent
             .range(best.0..=best.1)
             .map(|x| EvidenceItem::Kept(kept(x).clone()))
             .collect(),
     );
-    while recent.len() > spec.count {
+    let mut total: usize = (0..recent.len()).map(weight).sum();
+    while let Some(f) = recent.front() {
+        let w = kept(f).weight() as usize;
+        if total - w < count {
+            break;
+        }
+        total -= w;
         recent.pop_front();
     }
     found
