@@ -1910,6 +1910,20 @@ mod tests {
             eng.push(vec![four[0].clone()]).is_empty(),
             "four writes, not five"
         );
+        // A longer window with a condition counts only the events meeting it.
+        let only_deletes = rule.replace(
+            "window: 10m}",
+            "window: 10m, condition: {action: {eq: delete}}}",
+        );
+        let deletes_then_posts: Vec<Event> = (0..5)
+            .map(|i| {
+                with(write(i * 40, None), |e| {
+                    e.action = Some(if i < 4 { "delete" } else { "post" }.into())
+                })
+            })
+            .collect();
+        assert!(run_all(&mut engine(&only_deletes), deletes_then_posts.clone()).is_empty());
+        assert_eq!(run_all(&mut engine(rule), deletes_then_posts).len(), 1);
     }
 
     #[test]

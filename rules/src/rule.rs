@@ -146,6 +146,9 @@ pub(crate) struct ThresholdDoc {
 pub(crate) struct AlsoDoc {
     pub count: usize,
     pub window: Dur,
+    /// Only events that also meet this count in the window.
+    #[serde(default)]
+    pub condition: Option<Value>,
 }
 
 /// `weight:` of a threshold or a sequence step: a field, or a list of
@@ -687,6 +690,13 @@ pub(crate) fn compile_rule(
                     Some("also:".into()),
                 ));
             }
+            if t.also.len() > 64 {
+                return Err(cerr(
+                    "threshold.also",
+                    "at most 64 longer windows",
+                    Some("also:".into()),
+                ));
+            }
             let mut also = Vec::new();
             for (i, w) in t.also.iter().enumerate() {
                 if w.count == 0 {
@@ -696,9 +706,15 @@ pub(crate) fn compile_rule(
                         Some("count:".into()),
                     ));
                 }
+                let when = w
+                    .condition
+                    .as_ref()
+                    .map(|c| cond(c, &format!("threshold.also[{i}].condition")))
+                    .transpose()?;
                 also.push(Window {
                     count: w.count,
                     window: w.window.ns(),
+                    when,
                 });
             }
             (

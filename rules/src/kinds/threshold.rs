@@ -31,6 +31,8 @@ pub(crate) struct ThresholdSpec {
 pub(crate) struct Window {
     pub(crate) count: usize,
     pub(crate) window: i64,
+    /// Only events that also meet this are counted in the window.
+    pub(crate) when: Option<crate::predicate::Pred>,
 }
 
 impl ThresholdSpec {
@@ -77,8 +79,16 @@ impl ThresholdState {
         env: &EvalEnv,
     ) -> Option<Trigger> {
         let weight = spec.weight.as_ref().map_or(1, |w| w.of(e, env));
+        // Which longer windows count the event (bit per window).
+        let also = spec
+            .also
+            .iter()
+            .enumerate()
+            .take(64)
+            .filter(|(_, w)| w.when.as_ref().is_none_or(|p| p.eval(e, env)))
+            .fold(0u64, |m, (i, _)| m | 1 << i);
         let Some(per) = &spec.per else {
-            return self.count(spec, e, weight);
+            return self.count(spec, e, weight, also);
         };
         self.last = self.last.max(e.time);
         part_of(
@@ -88,7 +98,7 @@ impl ThresholdState {
             spec.retention(),
             ThresholdState::default,
         )
-        .count(spec, e, weight)
+        .count(spec, e, weight, also)
     }
 
     /// Whether `e`, arriving behind what this count has seen, is a copy of
@@ -105,8 +115,15 @@ impl ThresholdState {
     }
 
     /// One count (the whole key's, or one `per` value's); the event stands
-    /// for `weight` actions.
-    fn count(&mut self, spec: &ThresholdSpec, e: &Event, weight: u32) -> Option<Trigger> {
+    /// for `weight` actions, and is counted in the longer windows whose bits
+    /// `also` has.
+    fn count(
+        &mut self,
+        spec: &ThresholdSpec,
+        e: &Event,
+        weight: u32,
+        also: u64,
+    ) -> Option<Trigger> {
         if self.holds_copy(e) {
             return None;
         }
@@ -136,7 +153,10 @@ impl ThresholdState {
             // Every longer window counts the event, whichever fires.
             self.also.resize_with(spec.also.len(), VecDeque::new);
             let mut longer = None;
-            for (w, recent) in spec.also.iter().zip(&mut self.also) {
+            for (i, (w, recent)) in spec.also.iter().zip(&mut self.also).enumerate() {
+                if i >= 64 || also & (1 << i) == 0 {
+                    continue;
+                }
                 let hit = add(recent, kept.clone(), w.count, w.window, w.count);
                 if longer.is_none() {
                     longer = hit.map(|(n, evidence)| (n, evidence, w.window));
