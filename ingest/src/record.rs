@@ -124,6 +124,21 @@ pub struct ItemLists {
 }
 
 impl ItemLists {
+    /// A table from its regexes: `names` for lists of plain values,
+    /// `objects` for lists of objects, `except` for names that list
+    /// something else.
+    pub fn new(
+        names: &str,
+        objects: Option<&str>,
+        except: Option<&str>,
+    ) -> Result<ItemLists, regex::Error> {
+        Ok(ItemLists {
+            names: regex::Regex::new(names)?,
+            objects: objects.map(regex::Regex::new).transpose()?,
+            except: except.map(regex::Regex::new).transpose()?,
+        })
+    }
+
     /// Whether an argument of this name, a list of plain values (`scalars`)
     /// or of anything else, lists objects acted on.
     pub fn counts(&self, name: &str, scalars: bool) -> bool {
