@@ -620,18 +620,12 @@ impl MappingSet {
                 }
             }
             if let Some(i) = spec.items {
-                let compile = |p: &str| {
-                    Regex::new(p).map_err(|e| MappingError::Invalid {
-                        file: file.clone(),
-                        mapping: "items".into(),
-                        message: e.to_string(),
-                    })
-                };
-                items = Some(ItemLists {
-                    names: compile(&i.names)?,
-                    objects: i.objects.as_deref().map(compile).transpose()?,
-                    except: i.except.as_deref().map(compile).transpose()?,
-                });
+                let table = ItemLists::new(&i.names, i.objects.as_deref(), i.except.as_deref());
+                items = Some(table.map_err(|e| MappingError::Invalid {
+                    file: file.clone(),
+                    mapping: "items".into(),
+                    message: e.to_string(),
+                })?);
             }
             for c in spec.connectors {
                 for p in c.patterns {

@@ -116,11 +116,11 @@ impl Val<'_> {
 #[derive(Debug, Clone)]
 pub struct ItemLists {
     /// Names of lists of plain values (ids, paths).
-    pub(crate) names: regex::Regex,
+    names: regex::Regex,
     /// Names of lists of objects, one per object acted on (Dropbox's batch
     /// `entries`, Salesforce DML's `records`).
-    pub(crate) objects: Option<regex::Regex>,
-    pub(crate) except: Option<regex::Regex>,
+    objects: Option<regex::Regex>,
+    except: Option<regex::Regex>,
 }
 
 impl ItemLists {
@@ -703,11 +703,8 @@ mod tests {
 
     #[test]
     fn lists_of_objects_acted_on_are_counted() {
-        let items = ItemLists {
-            names: regex::Regex::new("(?i)^ids$|[a-z]Ids$").unwrap(),
-            objects: Some(regex::Regex::new("^entries$").unwrap()),
-            except: Some(regex::Regex::new("(?i)label").unwrap()),
-        };
+        let items =
+            ItemLists::new("(?i)^ids$|[a-z]Ids$", Some("^entries$"), Some("(?i)label")).unwrap();
         let args = |text: &str| {
             let mut view = RecordView::default();
             view.insert(

@@ -172,7 +172,11 @@ impl ThresholdState {
         let horizon = t.saturating_sub(spec.window);
         let v = f.get(e)?;
         let h = xxhash_rust::xxh3::xxh3_64(v.to_text().as_bytes());
-        let (n, evidence) = if self.distinct.back().is_some_and(|(_, b)| behind(e, b)) {
+        let (n, evidence) = if self
+            .distinct
+            .back()
+            .is_some_and(|(_, b)| behind((e.time, &e.event_id), b))
+        {
             // Out of order: a value already counted adds nothing new.
             if self.distinct.iter().any(|(vh, _)| *vh == h) {
                 return None;
@@ -222,22 +226,14 @@ fn add(
 ) -> Option<(usize, Vec<EvidenceItem>)> {
     if recent
         .back()
-        .is_some_and(|b| (kept.time(), kept.id()) <= (b.time(), b.id()))
+        .is_some_and(|b| behind((kept.time(), kept.id()), b))
     {
         let (n, evidence) = late_window(recent, kept, |k| k, count, window);
         return (n >= need).then_some((n, evidence));
     }
     let horizon = kept.time().saturating_sub(window);
     recent.push_back(kept);
-    let mut n: usize = recent.iter().map(|k| k.weight() as usize).sum();
-    while let Some(f) = recent.front() {
-        let w = f.weight() as usize;
-        if f.time() > horizon && n - w < count {
-            break;
-        }
-        n -= w;
-        recent.pop_front();
-    }
+    let n = trim(recent, |k| k, count, Some(horizon));
     if n < need {
         return None;
     }
@@ -250,11 +246,32 @@ fn add(
     ))
 }
 
-/// Whether `e` comes before `x` in the engine's order, `(time, event_id)`,
-/// or is `x` again: it arrived after the allowed lateness, behind what this
-/// key has seen.
-fn behind(e: &Event, x: &Kept) -> bool {
-    (e.time, e.event_id.as_ref()) <= (x.time(), x.id())
+/// Whether an event at `(time, event_id)` comes before `x` in the engine's
+/// order, or is `x` again: it arrived after the allowed lateness, behind
+/// what this key has seen.
+fn behind(at: (i64, &str), x: &Kept) -> bool {
+    at <= (x.time(), x.id())
+}
+
+/// Drops the oldest events of `recent` that are at or before `horizon` (if any), or
+/// whose weights the newer ones reach `count` without; returns the weights
+/// of those kept.
+fn trim<T>(
+    recent: &mut VecDeque<T>,
+    kept: fn(&T) -> &Kept,
+    count: usize,
+    horizon: Option<i64>,
+) -> usize {
+    let mut total: usize = recent.iter().map(|x| kept(x).weight() as usize).sum();
+    while let Some(f) = recent.front() {
+        let w = kept(f).weight() as usize;
+        if horizon.is_none_or(|h| kept(f).time() > h) && total - w < count {
+            break;
+        }
+        total -= w;
+        recent.pop_front();
+    }
+    total
 }
 
 /// Counts an event that arrived out of order (`recent` already holds newer
@@ -302,14 +319,8 @@ fn late_window<T>(
             .map(|x| EvidenceItem::Kept(kept(x).clone()))
             .collect(),
     );
-    let mut total: usize = (0..recent.len()).map(weight).sum();
-    while let Some(f) = recent.front() {
-        let w = kept(f).weight() as usize;
-        if total - w < count {
-            break;
-        }
-        total -= w;
-        recent.pop_front();
-    }
+    // Only the newest whose weights reach `count` are kept (no horizon: a
+    // late event's window may lie anywhere among them).
+    trim(recent, kept, count, None);
     found
 }
