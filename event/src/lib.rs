@@ -243,9 +243,19 @@ impl<'a> FieldValue<'a> {
     }
 }
 
+/// A tool call's arguments are attributes `args.<member>` whatever the
+/// source calls them (Claude Code's `tool_input`, Codex's `arguments`, a
+/// gateway's `gen_ai.tool.call.arguments`, ...): the mappings' `arguments`.
+pub const ARGS_PREFIX: &str = "args";
+
+/// The attribute naming where the source carried the arguments
+/// (`tool_input`, `arguments`, ...).
+pub const ARGS_ATTR: &str = "vigil.args";
+
 impl Event {
-    /// Looks a field up by its column name, or `attrs.<key>`. `None` when the
-    /// field is absent (an unset optional column or a missing attribute).
+    /// Looks a field up by its column name, `attrs.<key>` or `args.<member>`.
+    /// `None` when the field is absent (an unset optional column or a
+    /// missing attribute).
     pub fn field(&self, name: &str) -> Option<FieldValue<'_>> {
         use FieldValue::*;
         fn opt(v: &Option<Text>) -> Option<FieldValue<'_>> {
@@ -275,6 +285,8 @@ impl Event {
             "tokens_in" => return self.tokens_in.map(Int),
             "tokens_out" => return self.tokens_out.map(Int),
             "interactive" => Bool(self.interactive),
+            // `args.<member>` is short for `attrs.args.<member>`.
+            other if other.starts_with("args.") => return self.attrs.get(other).map(Str),
             other => {
                 let key = other.strip_prefix("attrs.")?;
                 return self.attrs.get(key).map(Str);
@@ -282,9 +294,13 @@ impl Event {
         })
     }
 
-    /// True when `name` is a column or an `attrs.` path a rule may reference.
+    /// True when `name` is a column, or an `attrs.` or `args.` path a rule
+    /// may reference.
     pub fn is_known_field(name: &str) -> bool {
-        EVENT_FIELDS.contains(&name) || name.strip_prefix("attrs.").is_some_and(|k| !k.is_empty())
+        EVENT_FIELDS.contains(&name)
+            || ["attrs.", "args."]
+                .iter()
+                .any(|p| name.strip_prefix(p).is_some_and(|k| !k.is_empty()))
     }
 
     /// The optional text columns, in schema order (product to model).
@@ -656,6 +672,21 @@ mod tests {
         assert_eq!(e.field("attrs.missing"), None);
         assert!(Event::is_known_field("domain"));
         assert!(!Event::is_known_field("domian"));
+        assert!(Event::is_known_field("args.to"));
+        assert!(!Event::is_known_field("args."));
+    }
+
+    #[test]
+    fn args_are_short_for_their_attributes() {
+        let mut e = Event::default();
+        e.attrs
+            .extend([("args.to", "[\"a@x.example\"]"), ("tool_input.cc", "x")]);
+        assert_eq!(e.field("args.to"), e.field("attrs.args.to"));
+        assert_eq!(
+            e.field("args.to"),
+            Some(FieldValue::Str("[\"a@x.example\"]"))
+        );
+        assert_eq!(e.field("args.cc"), None);
     }
 
     #[test]

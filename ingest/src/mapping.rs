@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use std::path::{Path, PathBuf};
 
-use event::{Event, EventKind, Outcome, Source};
+use event::{Event, EventKind, Outcome, Source, ARGS_ATTR, ARGS_PREFIX};
 use regex::Regex;
 use serde::Deserialize;
 use smallvec::SmallVec;
@@ -125,6 +125,11 @@ struct MappingSpec {
     /// Attributes whose string value is a JSON object, expanded into `<attr>.<member>`.
     #[serde(default)]
     expand_json: Vec<String>,
+    /// Attributes holding a tool call's arguments as a JSON object: the
+    /// first present is expanded into `args.<member>`, whatever the source
+    /// names it (any other as `expand_json` does), and `vigil.args` names it.
+    #[serde(default)]
+    arguments: Vec<String>,
     /// Helper values, available to later steps as `@<name>`.
     #[serde(default)]
     derive: BTreeMap<String, Vec<SourceSpec>>,
@@ -526,6 +531,7 @@ pub struct Mapping {
     priority: i32,
     when: Pred,
     expand_json: Vec<String>,
+    arguments: Vec<String>,
     /// Derived values by their view key (`@name`).
     derive: Vec<(String, Vec<ValueSource>)>,
     columns: Vec<(Column, Vec<ValueSource>)>,
@@ -786,8 +792,28 @@ impl Mapping {
                 items = items.max(n);
             }
         }
+        // The first attribute holding the call's arguments gives `args.*`.
+        let mut args_from = None;
+        for key in &self.arguments {
+            if expanded.contains(&key.as_str()) {
+                continue;
+            }
+            let prefix = if args_from.is_none() {
+                ARGS_PREFIX
+            } else {
+                key
+            };
+            if let Some(n) = view.expand_json_as(key, prefix, set.items.as_ref()) {
+                args_from.get_or_insert(key.as_str());
+                expanded.push(key);
+                items = items.max(n);
+            }
+        }
         if items > 0 {
             view.insert(ITEMS_ATTR.into(), Val::Int(items as i64), Origin::Attribute);
+        }
+        if let Some(from) = args_from {
+            view.insert(ARGS_ATTR.into(), Val::Str(from.into()), Origin::Attribute);
         }
         for (key, sources) in &self.derive {
             if let Some((v, _)) = sources.iter().find_map(|s| s.extract(view)) {
@@ -1162,6 +1188,7 @@ fn compile_mapping(file: &str, m: MappingSpec) -> Result<Mapping, MappingError> 
         priority: m.priority,
         when,
         expand_json: m.expand_json.clone(),
+        arguments: m.arguments.clone(),
         derive,
         columns,
         kinds,

@@ -387,6 +387,17 @@ impl<'a> RecordView<'a> {
     /// (members that `items` names: a batch call's `messageIds`), 0 when it
     /// has none.
     pub fn expand_json(&mut self, key: &str, items: Option<&ItemLists>) -> Option<usize> {
+        self.expand_json_as(key, key, items)
+    }
+
+    /// [`Self::expand_json`], the members added as `prefix.<member>`: a
+    /// tool call's arguments go under `args` whatever the source names them.
+    pub fn expand_json_as(
+        &mut self,
+        key: &str,
+        prefix: &str,
+        items: Option<&ItemLists>,
+    ) -> Option<usize> {
         let Some(Entry {
             val: Val::Str(text),
             origin,
@@ -402,7 +413,7 @@ impl<'a> RecordView<'a> {
         };
         let mut most = 0;
         for (k, v) in map {
-            let found = self.add_json(joined(key, ".", &k).into(), &k, &v, origin, 0, items);
+            let found = self.add_json(joined(prefix, ".", &k).into(), &k, &v, origin, 0, items);
             most = most.max(found);
         }
         Some(most)

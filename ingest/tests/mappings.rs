@@ -612,6 +612,60 @@ fn calls_acting_on_lists_of_objects_say_how_many() {
 }
 
 #[test]
+fn every_products_tool_arguments_read_as_args() {
+    // Each product's arguments become `args.*`, and `vigil.args` says whose
+    // they were. Claude Code's MCP tool: tool_input, not tool_parameters (the
+    // tool's metadata, kept under its own name).
+    let claude_share = claude(
+        json!({"event.name": "tool_result", "tool_name": "mcp__drive__share_file",
+        "session.id": "s-1", "user.email": "a@example.com",
+        "tool_parameters": json!({"mcp_server_name": "drive", "mcp_tool_name": "share_file"}).to_string(),
+        "tool_input": json!({"file_id": "f1", "emails": ["b@example.com"]}).to_string()}),
+    );
+    assert_eq!(claude_share.attrs.get("vigil.args"), Some("tool_input"));
+    assert_eq!(
+        claude_share.attrs.get("tool_input.emails"),
+        None,
+        "one copy"
+    );
+    assert_eq!(
+        claude_share.attrs.get("args.emails"),
+        Some(r#"["b@example.com"]"#)
+    );
+    assert_eq!(claude_share.attrs.get("args.mcp_server_name"), None);
+    // Codex names them `arguments`; a gateway `gen_ai.tool.call.arguments`.
+    let codex = log(
+        json!({"service.name": "codex_cli_rs"}),
+        json!(""),
+        json!({"event.name": "codex.tool_result", "conversation.id": "cx-1", "user.email": "a@example.com",
+               "tool_name": "gdrive__share_file", "mcp_server": "gdrive",
+               "arguments": json!({"file_id": "f1", "emails": ["b@example.com"]}).to_string()}),
+    );
+    assert_eq!(codex.attrs.get("vigil.args"), Some("arguments"));
+    assert_eq!(codex.attrs.get("args.emails"), Some(r#"["b@example.com"]"#));
+    let gateway = span(
+        json!({"service.name": "mcp-gateway"}),
+        "tools/call send_email",
+        json!({"mcp.method.name": "tools/call", "gen_ai.tool.name": "send_email",
+               "server.address": "gmail-mcp.example.com", "user.email": "pia@example.com",
+               "gen_ai.tool.call.arguments": json!({"to": ["x@elsewhere.example"], "subject": "hi"}).to_string()}),
+        false,
+    );
+    assert_eq!(
+        gateway.attrs.get("args.to"),
+        Some(r#"["x@elsewhere.example"]"#)
+    );
+    assert_eq!(gateway.attrs.get("args.subject"), Some("hi"));
+    // No arguments, or arguments that are no JSON object (a cut-off tool_input): no args.
+    let bare = claude(
+        json!({"event.name": "tool_result", "tool_name": "Bash", "session.id": "s-1",
+                             "tool_input": "{\"command\": \"ls -la /very/long/pa"}),
+    );
+    assert_eq!(bare.attrs.get("vigil.args"), None);
+    assert_eq!(bare.attrs.get("args.command"), None);
+}
+
+#[test]
 fn mcp_gateway_tool_calls_split_into_connector_writes_and_reads() {
     let post = span(
         json!({"service.name": "mcp-gateway"}),
@@ -629,10 +683,7 @@ fn mcp_gateway_tool_calls_split_into_connector_writes_and_reads() {
     assert_eq!(post.mcp_server.as_deref(), Some("mcp.slack.com"));
     assert_eq!(post.session.as_deref(), Some("mcp-dana-1"));
     assert_eq!(post.user.as_deref(), Some("dana@example.com"));
-    assert_eq!(
-        post.attrs.get("gen_ai.tool.call.arguments.channel_id"),
-        Some("C024BE91L")
-    );
+    assert_eq!(post.attrs.get("args.channel_id"), Some("C024BE91L"));
     let read = span(
         json!({"service.name": "mcp-gateway"}),
         "tools/call fetch_page",

@@ -1879,6 +1879,56 @@ mod tests {
     }
 
     #[test]
+    fn a_step_that_shares_its_event_takes_it_for_the_step_before_too() {
+        let rule = "id: q\ntitle: Q\nseverity: low\nkey: [session]\nkind: sequence\nsequence:\n  within: 10m\n  steps:\n    - condition: {tool: [archive, read]}\n      count: 3\n      weight:\n        - when: {tool: archive}\n          weight: 3\n    - condition: {kind: tool_call, action: upload}\n      shares_event: true\n";
+        let call = |t: i64, tool: &str, action: Option<&str>| {
+            with(ev(T0 + t * S, EventKind::ToolCall, "a"), |e| {
+                e.tool = Some(tool.into());
+                e.action = action.map(Into::into);
+            })
+        };
+        // One event that archives and uploads is the whole chain, named once.
+        let out = run_all(&mut engine(rule), vec![call(0, "archive", Some("upload"))]);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].count, 1);
+        assert_eq!(out[0].event_ids.len(), 1);
+        // It still needs its own weight: a read that uploads is one of three.
+        let out = run_all(&mut engine(rule), vec![call(0, "read", Some("upload"))]);
+        assert!(out.is_empty(), "{out:?}");
+        let out = run_all(
+            &mut engine(rule),
+            vec![
+                call(0, "read", None),
+                call(1, "read", None),
+                call(2, "read", Some("upload")),
+            ],
+        );
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].count, 3);
+        // Without `shares_event`, one event is never two steps.
+        let strict = rule.replace("      shares_event: true\n", "");
+        let out = run_all(
+            &mut engine(&strict),
+            vec![call(0, "archive", Some("upload"))],
+        );
+        assert!(out.is_empty(), "{out:?}");
+        // The first step has no step before it to share with.
+        let first = rule.replace(
+            "    - condition: {tool: [archive, read]}\n",
+            "    - condition: {tool: [archive, read]}\n      shares_event: true\n",
+        );
+        let mut p = Parsed::default();
+        parse_text("t.yaml", &first, &mut p);
+        let err = compile_parsed(&p, &RulesContext::default(), None)
+            .err()
+            .unwrap_or_else(|| panic!("a first step sharing its event was accepted"));
+        assert!(
+            format!("{err:?}").contains("only a step after the first"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
     fn a_longer_window_catches_a_slow_burst_and_names_its_window() {
         let rule = "id: s\ntitle: S\nseverity: low\nkey: [user]\nkind: threshold\ncondition: {kind: connector_action}\nsummary: \"{count} writes within {window}\"\nthreshold: {count: 3, window: 1m, also: [{count: 5, window: 10m}]}\n";
         // One write every 40 s: never 3 in a minute, 5 within 10 minutes

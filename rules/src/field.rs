@@ -1,5 +1,6 @@
-//! Compiled field references: a rule names a column or `attrs.<key>` once, at
-//! load, and the engine reads it without matching the name on every event.
+//! Compiled field references: a rule names a column, `attrs.<key>` or
+//! `args.<member>` once, at load, and the engine reads it without matching
+//! the name on every event.
 
 use event::{Event, FieldValue};
 
@@ -61,6 +62,10 @@ impl FieldRef {
             "tokens_out" => TokensOut,
             "interactive" => Interactive,
             other => {
+                // `args.<member>` is short for `attrs.args.<member>`.
+                if other.len() > "args.".len() && other.starts_with("args.") {
+                    return Some(Attr(other.into()));
+                }
                 let key = other.strip_prefix("attrs.")?;
                 if key.is_empty() {
                     return None;

@@ -451,20 +451,39 @@ pub(crate) fn compile_parsed(
 /// reads the document's text rather than trusting any one place a field appears.
 fn attr_names(text: &str) -> Vec<String> {
     let mut out = Vec::new();
+    let name_end = |tail: &str| {
+        tail.find(|c: char| {
+            !(c.is_alphanumeric() || matches!(c, '_' | '.' | '-' | '/' | '@' | ':'))
+        })
+        .unwrap_or(tail.len())
+    };
     let mut rest = text;
     while let Some(i) = rest.find("attrs.") {
         let tail = &rest[i + "attrs.".len()..];
-        let end = tail
-            .find(|c: char| {
-                !(c.is_alphanumeric() || matches!(c, '_' | '.' | '-' | '/' | '@' | ':'))
-            })
-            .unwrap_or(tail.len());
+        let end = name_end(tail);
         // A YAML mapping key ends in ':'; names may contain ':' only inside.
         let name = tail[..end].trim_end_matches([':', '.']);
         if !name.is_empty() {
             out.push(name.to_string());
         }
         rest = &tail[end..];
+    }
+    // `args.<member>`, short for `attrs.args.<member>` (a word of its own:
+    // not the end of `attrs.args.` or of another name).
+    let mut at = 0;
+    while let Some(i) = text[at..].find("args.") {
+        let start = at + i;
+        let tail = &text[start + "args.".len()..];
+        let end = name_end(tail);
+        let own_word = text[..start]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !(c.is_alphanumeric() || matches!(c, '_' | '.' | '-')));
+        let name = tail[..end].trim_end_matches([':', '.']);
+        if own_word && !name.is_empty() {
+            out.push(format!("args.{name}"));
+        }
+        at = start + "args.".len() + end;
     }
     out
 }
@@ -752,6 +771,22 @@ mod tests {
         ));
         assert_eq!(d.line, 8, "{d}");
         assert!(d.to_string().starts_with("my.yaml:8: rule `b`"), "{d}");
+    }
+
+    #[test]
+    fn attributes_named_by_rules_include_the_arguments_they_read() {
+        let text = "condition: {args.to: {exists: true}, attrs.tool_parameters.x: 1, attrs.args.cc: 2}\nsummary: '{args.message.toRecipients}' # not my_args.x nor cargs.y";
+        let mut names = attr_names(text);
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "args.cc",
+                "args.message.toRecipients",
+                "args.to",
+                "tool_parameters.x"
+            ]
+        );
     }
 
     #[test]

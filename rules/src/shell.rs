@@ -280,9 +280,97 @@ fn as_windows_reads(cmd: &str, shell: WindowsShell) -> Option<String> {
     (out != cmd).then_some(out)
 }
 
+/// The commands of one line, for rules that judge the part of a line that
+/// does something by what that part names (the host an upload's own command
+/// sends to, not a health-check URL after `&&`). The line is cut at `&&`,
+/// `||`, `;`, `&` and newlines written outside quotes, parentheses
+/// (subshells, `$(...)`) and backticks; a pipeline stays one part, as data
+/// flows through it. A line with a here-document, or whose quotes do not
+/// close, is one part: its structure is not read with certainty.
+pub(crate) fn parts<'c>(cmd: &'c str, tool: Option<&str>) -> Vec<&'c str> {
+    let whole = || {
+        let t = cmd.trim();
+        if t.is_empty() {
+            Vec::new()
+        } else {
+            vec![t]
+        }
+    };
+    if !cmd.contains(['&', '|', ';', '\n']) {
+        return whole();
+    }
+    let shell = if tool.is_some_and(|t| t.eq_ignore_ascii_case("powershell")) {
+        Some(WindowsShell::PowerShell)
+    } else {
+        windows_shell(cmd)
+    };
+    let b = cmd.as_bytes();
+    let mut out = Vec::new();
+    let (mut start, mut depth, mut i) = (0, 0usize, 0);
+    let (mut single, mut double, mut tick) = (false, false, false);
+    let cut = |out: &mut Vec<&'c str>, from: usize, to: usize| {
+        let p = cmd[from..to].trim();
+        if !p.is_empty() {
+            out.push(p);
+        }
+    };
+    while i < b.len() {
+        let c = b[i];
+        let quoted = single || double || tick;
+        match (shell, c) {
+            // Escapes: a backslash in POSIX shells (not inside single quotes),
+            // cmd's caret and PowerShell's backtick outside quotes.
+            (None, b'\\') if !single => i += 1,
+            (Some(WindowsShell::Cmd), b'^') if !double => i += 1,
+            (Some(WindowsShell::PowerShell), b'`') if !single => i += 1,
+            (None | Some(WindowsShell::PowerShell), b'\'') if !double && !tick => single = !single,
+            (_, b'"') if !single && !tick => double = !double,
+            (None, b'`') if !single => tick = !tick,
+            _ if quoted => {}
+            (_, b'(') => depth += 1,
+            (_, b')') => depth = depth.saturating_sub(1),
+            // A here-document's body is lines of text, not commands.
+            (None, b'<') if b.get(i + 1) == Some(&b'<') => {
+                if b.get(i + 2) != Some(&b'<') {
+                    return whole();
+                }
+                // A here-string (`<<<`) is one word of input.
+                i += 2;
+            }
+            _ if depth > 0 => {}
+            (_, b';' | b'\n') => {
+                cut(&mut out, start, i);
+                start = i + 1;
+            }
+            (_, b'&' | b'|') if b.get(i + 1) == Some(&c) => {
+                cut(&mut out, start, i);
+                i += 1;
+                start = i + 1;
+            }
+            // `&` on its own runs what is before it in the background; as
+            // part of a redirection (`2>&1`, `&>`, `<&`) or a pipe (`|&`) it
+            // separates nothing.
+            (_, b'&')
+                if !matches!(i.checked_sub(1).map(|j| b[j]), Some(b'>' | b'<' | b'|'))
+                    && b.get(i + 1) != Some(&b'>') =>
+            {
+                cut(&mut out, start, i);
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if single || double || tick {
+        return whole();
+    }
+    cut(&mut out, start, b.len());
+    out
+}
+
 #[cfg(test)]
 mod tests {
-    use super::as_read;
+    use super::{as_read, parts};
 
     fn read(s: &str) -> String {
         as_read(s, None).unwrap_or_else(|| s.to_string())
@@ -372,6 +460,72 @@ mod tests {
             )
             .as_deref(),
             Some(r"Get-Content $env:USERPROFILE\.ssh\id_rsa")
+        );
+    }
+
+    #[test]
+    fn a_line_is_cut_into_its_commands_outside_quotes_and_subshells() {
+        fn p(s: &str) -> Vec<&str> {
+            parts(s, None)
+        }
+        assert_eq!(
+            p("rsync -a x 100.101.7.22:/b/ && curl -fsS https://hc-ping.com/u; echo done"),
+            [
+                "rsync -a x 100.101.7.22:/b/",
+                "curl -fsS https://hc-ping.com/u",
+                "echo done"
+            ]
+        );
+        assert_eq!(p("a || b & c\nd"), ["a", "b", "c", "d"]);
+        // Pipelines, redirections and quoted or escaped operators stay whole.
+        assert_eq!(
+            p("tar cz ~/d 2>&1 | curl -T - https://x.example &> /dev/null"),
+            ["tar cz ~/d 2>&1 | curl -T - https://x.example &> /dev/null"]
+        );
+        assert_eq!(
+            p(r#"bash -c 'a && b'; echo "c; d" e\;f"#),
+            [r#"bash -c 'a && b'"#, r#"echo "c; d" e\;f"#]
+        );
+        assert_eq!(
+            p("(cd x && tar c .) | ssh h 'cat > y' && echo `a; b` $(c; d)"),
+            ["(cd x && tar c .) | ssh h 'cat > y'", "echo `a; b` $(c; d)"]
+        );
+        // A here-document, or quotes that do not close: the line is one part.
+        assert_eq!(
+            p("python3 - <<'PY'\nu = 'https://x'\nrequests.post(u)\nPY"),
+            ["python3 - <<'PY'\nu = 'https://x'\nrequests.post(u)\nPY"]
+        );
+        assert_eq!(p("echo 'a; b && c"), ["echo 'a; b && c"]);
+        assert!(p("  ").is_empty());
+        assert_eq!(p("cat <<< 'x'; ls"), ["cat <<< 'x'", "ls"]);
+    }
+
+    #[test]
+    fn windows_lines_are_cut_the_windows_way() {
+        // Backslashes are path separators there; cmd escapes with a caret.
+        assert_eq!(
+            parts(
+                r"cmd /c copy C:\a\b.txt \\srv\s\ & curl.exe -T C:\a\b.txt https://x.example",
+                None
+            ),
+            [
+                r"cmd /c copy C:\a\b.txt \\srv\s\",
+                r"curl.exe -T C:\a\b.txt https://x.example"
+            ]
+        );
+        assert_eq!(
+            parts(r"cmd /c echo a^&b & dir C:\", None),
+            [r"cmd /c echo a^&b", r"dir C:\"]
+        );
+        assert_eq!(
+            parts(
+                "Compress-Archive a b; Invoke-RestMethod -Method Post `; x",
+                Some("PowerShell")
+            ),
+            [
+                "Compress-Archive a b",
+                "Invoke-RestMethod -Method Post `; x"
+            ]
         );
     }
 }

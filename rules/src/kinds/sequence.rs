@@ -11,6 +11,9 @@
 //! event binds a value; its newest event binding that value decides, so an
 //! event that binds it without meeting the step's condition (the remote
 //! pointed back inside, or removed) undoes an earlier one.
+//!
+//! A step that `shares_event` may take as the step before it the very event
+//! that meets it (one command that archives a folder and uploads it).
 
 use std::collections::VecDeque;
 
@@ -31,6 +34,8 @@ pub(crate) struct Step {
     pub(crate) optional: bool,
     /// How many of the step's `count` one event stands for.
     pub(crate) weight: Option<Weight>,
+    /// Its event may also count for the step before it.
+    pub(crate) shares_event: bool,
 }
 
 /// The value a step's event binds: the `value` group of a regex over a
@@ -175,6 +180,11 @@ fn before(a: &Held, b: &Held) -> bool {
     (a.kept.time(), a.kept.id()) < (b.kept.time(), b.kept.id())
 }
 
+/// The same event (kept by two steps).
+fn same(a: &Held, b: &Held) -> bool {
+    (a.kept.time(), a.kept.id()) == (b.kept.time(), b.kept.id())
+}
+
 impl SequenceState {
     pub(crate) fn new(spec: &SequenceSpec) -> Self {
         SequenceState {
@@ -285,8 +295,10 @@ impl SequenceState {
         ) {
             return None;
         }
-        // Earlier steps come before `bound`; a binding step joins `next`.
+        // Earlier steps come before `bound` (or are its event, when the step
+        // that chose it shares its event); a binding step joins `next`.
         let mut bound = *chosen.last().expect("need >= 1");
+        let mut shares = spec.steps[last_step].shares_event;
         let mut next = bound;
         for i in (0..last_step).rev() {
             let step = &spec.steps[i];
@@ -303,7 +315,7 @@ impl SequenceState {
                 self.step(i)
                     .iter()
                     .rev()
-                    .filter(|x| before(x, bound))
+                    .filter(|x| before(x, bound) || (shares && same(x, bound)))
                     .filter(|x| want.is_none_or(|v| x.bind.as_ref() == Some(v))),
                 step.count,
             );
@@ -315,10 +327,13 @@ impl SequenceState {
             // steps before it, which need only come before the next one.
             if !step.optional {
                 bound = next;
+                shares = step.shares_event;
             }
         }
         let mut chosen: Vec<Kept> = chosen.into_iter().map(|h| h.kept.clone()).collect();
         chosen.sort_by(|a, b| (a.time(), a.id()).cmp(&(b.time(), b.id())));
+        // An event that was two steps is one piece of evidence.
+        chosen.dedup_by(|a, b| (a.time(), a.id()) == (b.time(), b.id()));
         for q in self.first.iter_mut().chain(&mut self.rest) {
             q.clear();
         }
