@@ -43,6 +43,14 @@ def free_port(taken=()):
             return port
 
 
+# The suite runs on several workers (pytest-xdist, `--dist loadgroup`; see
+# scripts/test): most tests wait on a vigil and a sender far more than they
+# compute. Tests that load the machine on purpose (senders pushing as fast as
+# they can, a five-process cluster, the memory limiter, CPU profiles) run one
+# after the other on one worker, so that none of them measures another's load.
+HEAVY = pytest.mark.xdist_group("heavy")
+
+
 # How vigil says that a port it was given is taken (its exit line, see main.rs).
 PORT_TAKEN = "Address already in use"
 START_ATTEMPTS = 5
@@ -175,6 +183,14 @@ class Vigil:
                 return cur
             time.sleep(0.2)
         return self.alerts()
+
+    def wait_log(self, text, timeout=15):
+        """Waits until vigil's log says `text` (a reload's outcome is logged
+        once the signal is handled, which a loaded machine may delay)."""
+        deadline = time.time() + timeout
+        while text not in self.log():
+            assert time.time() < deadline and self.alive(), f"log never said {text!r}:\n{self.log()}"
+            time.sleep(0.1)
 
     def metrics(self):
         with urllib.request.urlopen(self.http + "/metrics", timeout=5) as r:

@@ -10,7 +10,7 @@ import urllib.request
 
 import pyarrow.dataset as ds
 
-from conftest import VIGIL_BIN, alerts_glob, duck, events_glob, send_scenario, scenario_dir
+from conftest import HEAVY, VIGIL_BIN, alerts_glob, duck, events_glob, send_scenario, scenario_dir
 from test_ingest import T0, json_logs, post
 
 
@@ -78,6 +78,7 @@ def test_sigterm_flushes_every_accepted_event(vigil_factory):
     assert not list(v.archive.rglob("*.tmp"))
 
 
+@HEAVY
 def test_sigkill_under_load_leaves_only_whole_files_and_loses_nothing_acknowledged(vigil_factory, tmp_path):
     v = vigil_factory(config={"archive": {"max_file_age": "1s"}})
     accepted, stop = [0], threading.Event()
@@ -126,6 +127,7 @@ def test_sigkill_under_load_leaves_only_whole_files_and_loses_nothing_acknowledg
     assert accepted[0] <= total <= accepted[0] + 3 * 200, (total, accepted[0])
 
 
+@HEAVY
 def test_files_roll_by_size_under_concurrent_load_and_keep_every_record(vigil_factory):
     # Under load the archive stage writes several requests at once (a group
     # commit); files that fill up in the middle of one are finished after it.

@@ -74,7 +74,7 @@ def test_tokens_bind_tenants_refuse_strangers_and_reload_on_sighup(vigil_factory
         time.sleep(0.2)
     tokens.write_text("broken: [")
     v.proc.send_signal(signal.SIGHUP)
-    time.sleep(0.5)
+    v.wait_log("NOT reloaded")
     assert post_auth(url, json_logs(1, "a2@acme.example"), "acme-token")[0] == 200
     assert 'status="unauthenticated"' in v.metrics()
     assert v.stop() == 0, v.log()

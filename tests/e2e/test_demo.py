@@ -3,7 +3,9 @@ sends a day of telemetry over OTLP, and shows every attack of the default pack."
 import json
 import subprocess
 
-from conftest import VIGIL_BIN, duck
+from conftest import HEAVY, VIGIL_BIN, duck
+
+pytestmark = HEAVY
 
 RULES = {
     "scheduled-task-created", "mcp-unapproved-server", "connector-write-off-hours", "connector-write-burst",

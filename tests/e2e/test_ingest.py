@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import Vigil, duck, events_glob
+from conftest import HEAVY, Vigil, duck, events_glob
 from conftest import duck, events_glob
 
 T0 = 1773154800  # 2026-03-10T15:00:00Z
@@ -223,6 +223,7 @@ def test_bad_input_gets_clear_errors_and_keeps_what_was_accepted(vigil_factory):
     assert counts == {"before@example.com": 4, "json@example.com": 2}
 
 
+@HEAVY
 def test_a_full_pipeline_answers_429_and_loses_no_accepted_record(vigil_factory):
     # One batch of queue and 1 ms of patience: concurrent senders must be pushed back.
     v = vigil_factory(config={"ingest": {"queue_batches": 1, "submit_timeout": "1ms"}})

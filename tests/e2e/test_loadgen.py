@@ -5,7 +5,9 @@ import json
 import os
 import subprocess
 
-from conftest import VIGIL_BIN
+from conftest import HEAVY, VIGIL_BIN
+
+pytestmark = HEAVY
 
 STAGES = ["read", "normalize", "columns", "parquet", "wal", "rules"]
 

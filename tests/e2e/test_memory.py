@@ -10,8 +10,10 @@ import time
 import urllib.error
 import urllib.request
 
-from conftest import VIGIL_BIN
+from conftest import HEAVY, VIGIL_BIN
 from test_ingest import T0, json_logs
+
+pytestmark = HEAVY
 
 
 def test_over_the_memory_limit_senders_are_told_to_retry(vigil_factory):

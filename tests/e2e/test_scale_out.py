@@ -16,9 +16,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from conftest import Vigil, free_port, scenario_dir, send_scenario
+from conftest import HEAVY, Vigil, free_port, scenario_dir, send_scenario
 from test_kafka import Broker, consume, tansu_path
 from test_scenarios import check
+
+pytestmark = HEAVY
 
 confluent_kafka = pytest.importorskip("confluent_kafka")
 

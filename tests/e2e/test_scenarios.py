@@ -11,7 +11,21 @@ from conftest import ROOT, VIGIL_BIN, scenario_dir, send_scenario
 
 # The shared acceptance scenarios, plus our own of the same format that vary
 # users, products, paths, domains, time zones and arrival order.
-SCENARIOS = sorted(scenario_dir().glob("*.json")) + sorted((ROOT / "tests" / "scenarios-extra").glob("*.json"))
+SHARED = sorted(scenario_dir().glob("*.json"))
+EXTRA = sorted((ROOT / "tests" / "scenarios-extra").glob("*.json"))
+SCENARIOS = SHARED + EXTRA
+
+
+def over(protocols):
+    """(scenario, protocol) pairs: every shared scenario over every protocol,
+    each of our own over one of them in turn. Past decoding, a record takes
+    the same path whatever its transport (test_ingest normalizes every source
+    family over each and compares OTLP/JSON with protobuf), so the transports
+    share our own scenarios out, and `vigil rules test` below runs them all in
+    process: the suite's time goes where it can find something."""
+    pairs = [(p, proto) for p in SHARED for proto in protocols]
+    pairs += [(p, protocols[i % len(protocols)]) for i, p in enumerate(EXTRA)]
+    return pytest.mark.parametrize(("path", "protocol"), pairs, ids=[f"{proto}-{p.stem}" for p, proto in pairs])
 
 
 def subject_matches(alert, want):
@@ -39,8 +53,7 @@ def check(scenario, alerts):
     return problems
 
 
-@pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
-@pytest.mark.parametrize("protocol", ["http", "grpc", "http-json"])
+@over(["http", "grpc", "http-json"])
 def test_scenario_raises_exactly_its_expected_alerts(vigil_factory, path, protocol):
     scenario = json.loads(path.read_text())
     v = vigil_factory(config=scenario.get("config") or {})
@@ -62,8 +75,7 @@ def test_scenario_raises_exactly_its_expected_alerts(vigil_factory, path, protoc
         assert a["severity"] in {"informational", "low", "medium", "high", "critical"}
 
 
-@pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
-@pytest.mark.parametrize("protocol", ["http", "http-json"])
+@over(["http", "http-json"])
 def test_replaying_the_archive_or_the_capture_gives_the_live_alerts(vigil_factory, path, protocol, tmp_path):
     scenario = json.loads(path.read_text())
     capture = tmp_path / "capture"

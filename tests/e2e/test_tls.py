@@ -86,7 +86,7 @@ def test_sdk_exports_over_tls_and_the_certificate_reloads(vigil_factory, tmp_pat
     assert served_cert(v.grpc_port) == served_cert(v.http_port)
     key.write_text("not a key")
     v.proc.send_signal(signal.SIGHUP)
-    time.sleep(0.5)
+    v.wait_log("TLS certificate NOT reloaded")
     assert served_cert(v.http_port) != first
     assert v.stop() == 0, v.log()
     assert "TLS certificate NOT reloaded" in v.log()
