@@ -22,7 +22,22 @@ use serde::{Deserialize, Serialize};
 pub const ALERT_SCHEMA_VERSION: u32 = 1;
 
 /// Version of the event record (docs/event-schema.md and the archive schema).
-pub const EVENT_SCHEMA_VERSION: u32 = 1;
+/// 2: a tool call's arguments are attributes `args.<member>` (see
+/// [`ARGS_PREFIX`]); records of version 1 are read as such.
+pub const EVENT_SCHEMA_VERSION: u32 = 2;
+
+/// The attributes that held tool arguments in records of version 1, under
+/// each product's name; a reader of such records names them `args.*`.
+pub const V1_ARGUMENT_ROOTS: &[&str] = &[
+    "tool_input",
+    "arguments",
+    "function_args",
+    "gen_ai.tool.call.arguments",
+    "gcp.vertex.agent.tool_call_args",
+    "tool_arguments",
+    "tfy.input",
+    "input.value",
+];
 
 /// Tenant used when authentication is off and no mapping names one.
 pub const DEFAULT_TENANT: &str = "default";

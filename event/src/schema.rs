@@ -14,6 +14,7 @@
 //! The archive writer does not store the Arrow schema in the file, so every
 //! reader (DuckDB, pyarrow, Spark, Trino) sees those columns as plain strings.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
 
@@ -29,8 +30,8 @@ use arrow::error::ArrowError;
 use rustc_hash::FxHashMap as HashMap;
 
 use crate::{
-    Alert, Event, EventKind, Evidence, Outcome, Severity, Source, Text, ALERT_SCHEMA_VERSION,
-    EVENT_SCHEMA_VERSION,
+    Alert, Attrs, Event, EventKind, Evidence, Outcome, Severity, Source, Text,
+    ALERT_SCHEMA_VERSION, EVENT_SCHEMA_VERSION,
 };
 
 /// Metadata key holding the record's schema version ([`EVENT_SCHEMA_VERSION`] or [`ALERT_SCHEMA_VERSION`]).
@@ -723,6 +724,28 @@ impl MapColumn {
     }
 }
 
+impl MapColumn {
+    /// Row `i` of a version 1 record: tool arguments kept under a product's
+    /// name (`tool_input.to`) are given as `args.<member>`, as ingest names
+    /// them now, and as such checked against `keep`.
+    fn row_v1(&self, i: usize, keep: Option<&HashSet<String>>) -> Attrs {
+        fn v1_argument(key: &str) -> Option<&str> {
+            crate::V1_ARGUMENT_ROOTS.iter().find_map(|root| {
+                key.strip_prefix(root)
+                    .and_then(|rest| rest.strip_prefix('.'))
+                    .filter(|member| !member.is_empty())
+            })
+        }
+        self.row(i, None)
+            .map(|(k, v)| match v1_argument(k) {
+                Some(member) => (Cow::Owned(format!("{}.{member}", crate::ARGS_PREFIX)), v),
+                None => (Cow::Borrowed(k), v),
+            })
+            .filter(|(k, _)| keep.is_none_or(|set| set.contains(k.as_ref())))
+            .collect()
+    }
+}
+
 struct StringLists {
     list: ListArray,
     values: StringArray,
@@ -1021,6 +1044,13 @@ pub fn batch_to_events_filtered(
     } else {
         None
     };
+    // Records of version 1 kept tool arguments under each product's name.
+    let v1_arguments = batch
+        .schema()
+        .metadata()
+        .get(SCHEMA_VERSION_KEY)
+        .and_then(|v| v.parse::<u32>().ok())
+        .is_none_or(|v| v < 2);
     out.events.reserve_exact(rows);
     for (i, kind) in kinds.into_iter().enumerate() {
         if !wanted[kind as usize] {
@@ -1052,7 +1082,13 @@ pub fn batch_to_events_filtered(
             interactive: opt_bool(&interactive, i),
             attrs: attrs
                 .as_ref()
-                .map(|m| m.row(i, projection.attrs.as_ref()).collect())
+                .map(|m| {
+                    if v1_arguments {
+                        m.row_v1(i, projection.attrs.as_ref())
+                    } else {
+                        m.row(i, projection.attrs.as_ref()).collect()
+                    }
+                })
                 .unwrap_or_default(),
         };
         if !keep(&e) {
@@ -1308,6 +1344,52 @@ mod tests {
         let batch = events_to_batch(&events).unwrap();
         assert_eq!(batch.num_rows(), 50);
         assert_eq!(batch_to_events(&batch).unwrap(), events);
+    }
+
+    #[test]
+    fn version_1_records_give_their_tool_arguments_as_args() {
+        let e = Event {
+            time: 1,
+            kind: EventKind::ConnectorAction,
+            attrs: [
+                ("tool_input.to", "[\"x@elsewhere.example\"]"),
+                ("gen_ai.tool.call.arguments.message.ccRecipients", "[]"),
+                ("tool_parameters.mcp_tool_name", "send_email"),
+                ("tool_input", "cut off {"),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        let batch = events_to_batch(std::slice::from_ref(&e)).unwrap();
+        // Written now: read as written.
+        assert_eq!(batch_to_events(&batch).unwrap(), std::slice::from_ref(&e));
+        // The same record as version 1 wrote it.
+        let mut meta = batch.schema().metadata().clone();
+        meta.insert(SCHEMA_VERSION_KEY.to_string(), "1".to_string());
+        let schema = Arc::new(batch.schema().as_ref().clone().with_metadata(meta));
+        let v1 = RecordBatch::try_new(schema, batch.columns().to_vec()).unwrap();
+        let read = batch_to_events(&v1).unwrap();
+        let keys: Vec<&str> = read[0].attrs.iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            [
+                "args.message.ccRecipients",
+                "args.to",
+                "tool_input",
+                "tool_parameters.mcp_tool_name"
+            ]
+        );
+        // A projection names the new keys.
+        let projection = EventProjection {
+            attrs: Some(["args.to".to_string()].into()),
+            ..Default::default()
+        };
+        let read = batch_to_events_filtered(&v1, &projection, |_| true).unwrap();
+        assert_eq!(
+            read.events[0].attrs.get("args.to"),
+            Some("[\"x@elsewhere.example\"]")
+        );
+        assert_eq!(read.events[0].attrs.len(), 1);
     }
 
     #[test]

@@ -103,7 +103,7 @@ pub fn read_alerts(
 /// order sorts (or relies on the engine's allowed lateness).
 pub struct ArchiveReader<R> {
     files: VecDeque<PathBuf>,
-    current: Option<(PathBuf, ParquetRecordBatchReader)>,
+    current: Option<(PathBuf, ParquetRecordBatchReader, FileMetadata)>,
     from: Option<i64>,
     to: Option<i64>,
     _record: PhantomData<fn() -> R>,
@@ -148,9 +148,9 @@ impl<R: ArchiveRecord> ArchiveReader<R> {
     /// The next record batch in file order, before any time filter.
     fn next_record_batch(&mut self) -> Option<Result<RecordBatch, ArchiveError>> {
         loop {
-            if let Some((path, reader)) = self.current.as_mut() {
+            if let Some((path, reader, meta)) = self.current.as_mut() {
                 match reader.next() {
-                    Some(Ok(batch)) => return Some(Ok(batch)),
+                    Some(Ok(batch)) => return Some(Ok(with_file_metadata(batch, meta))),
                     Some(Err(e)) => {
                         let path = path.clone();
                         self.current = None;
@@ -160,8 +160,12 @@ impl<R: ArchiveRecord> ArchiveReader<R> {
                 }
             }
             let path = self.files.pop_front()?;
-            match load_metadata::<R>(&path).and_then(|m| build_reader(&path, m, None, |_| true)) {
-                Ok(reader) => self.current = Some((path, reader)),
+            let loaded = load_metadata::<R>(&path).and_then(|m| {
+                let meta = file_metadata(&m);
+                build_reader(&path, m, None, |_| true).map(|r| (r, meta))
+            });
+            match loaded {
+                Ok((reader, meta)) => self.current = Some((path, reader, meta)),
                 Err(e) => return Some(Err(e)),
             }
         }
@@ -200,6 +204,34 @@ impl<R: ArchiveRecord> Iterator for ArchiveReader<R> {
 /// dictionary-encodes asked for as Arrow dictionaries, so Parquet's
 /// dictionary pages are not expanded into one string per row. A file whose
 /// columns do not fit that hint is read as it is.
+/// A file's key-value metadata (`vigil.schema_version`, `vigil.record`).
+type FileMetadata = std::sync::Arc<std::collections::HashMap<String, String>>;
+
+fn file_metadata(m: &ArrowReaderMetadata) -> FileMetadata {
+    std::sync::Arc::new(
+        m.schema()
+            .metadata()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    )
+}
+
+/// The batch with its file's metadata: the Parquet reader leaves it off its
+/// batches, and readers of the records go by the schema version it holds
+/// (version 1 named tool arguments by product; see `event::V1_ARGUMENT_ROOTS`).
+fn with_file_metadata(batch: RecordBatch, meta: &FileMetadata) -> RecordBatch {
+    if meta.is_empty() || batch.schema().metadata().len() == meta.len() {
+        return batch;
+    }
+    let schema = batch.schema().as_ref().clone().with_metadata(
+        meta.iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<std::collections::HashMap<String, String>>(),
+    );
+    RecordBatch::try_new(std::sync::Arc::new(schema), batch.columns().to_vec()).unwrap_or(batch)
+}
+
 fn load_metadata<R: ArchiveRecord>(path: &Path) -> Result<ArrowReaderMetadata, ArchiveError> {
     let file = File::open(path).map_err(ArchiveError::io("open", path))?;
     let plain = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
@@ -330,6 +362,7 @@ impl ProjectedReader {
     ) -> Result<Vec<ProjectedEvents>, ArchiveError> {
         let g = &self.groups[i];
         let columns = |name: &str| self.projection.reads(name);
+        let meta = file_metadata(&g.metadata);
         let reader = build_reader(&g.path, g.metadata.clone(), Some(vec![g.index]), columns)?;
         let (from, to) = (self.from, self.to);
         let mut out = Vec::new();
@@ -338,6 +371,7 @@ impl ProjectedReader {
                 path: g.path.clone(),
                 source,
             })?;
+            let batch = with_file_metadata(batch, &meta);
             let mut read = batch_to_events_filtered(&batch, &self.projection, &keep)?;
             read.events.retain(|e| in_range(from, to, e.time));
             read.other_times.retain(|t| in_range(from, to, *t));

@@ -412,6 +412,59 @@ fn alerts_round_trip_through_parquet_files() {
 }
 
 #[test]
+fn files_of_event_schema_version_1_give_their_tool_arguments_as_args() {
+    // A file as version 1 wrote it: Claude Code's arguments under tool_input.
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = event(BEFORE_MIDNIGHT, 1);
+    e.attrs = [
+        ("tool_input.to", "[\"x@elsewhere.example\"]"),
+        ("terminal.type", "vscode"),
+    ]
+    .into();
+    let mut w = EventArchive::open(config(dir.path())).unwrap();
+    w.write(std::slice::from_ref(&e)).unwrap();
+    w.close().unwrap();
+    let events = dir.path().join("events");
+    let path = events.join(parquet_files(&events).remove(0));
+    let batch = event::schema::events_to_batch(std::slice::from_ref(&e)).unwrap();
+    let mut meta = batch.schema().metadata().clone();
+    meta.insert("vigil.schema_version".to_string(), "1".to_string());
+    let schema = std::sync::Arc::new(batch.schema().as_ref().clone().with_metadata(meta));
+    let batch = arrow::array::RecordBatch::try_new(schema, batch.columns().to_vec()).unwrap();
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_key_value_metadata(Some(vec![
+            parquet::file::metadata::KeyValue::new("vigil.schema_version".into(), "1".to_string()),
+            parquet::file::metadata::KeyValue::new("vigil.record".into(), "events".to_string()),
+        ]))
+        .build();
+    let mut out = parquet::arrow::ArrowWriter::try_new(
+        fs::File::create(&path).unwrap(),
+        batch.schema(),
+        Some(props),
+    )
+    .unwrap();
+    out.write(&batch).unwrap();
+    out.close().unwrap();
+    let back = read_all(dir.path());
+    assert_eq!(back.len(), 1);
+    assert_eq!(
+        back[0].attrs.get("args.to"),
+        Some("[\"x@elsewhere.example\"]")
+    );
+    assert_eq!(back[0].attrs.get("tool_input.to"), None);
+    assert_eq!(back[0].attrs.get("terminal.type"), Some("vscode"));
+    // Files written now are read as written.
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = EventArchive::open(config(dir.path())).unwrap();
+    w.write(std::slice::from_ref(&e)).unwrap();
+    w.close().unwrap();
+    assert_eq!(
+        read_all(dir.path())[0].attrs.get("tool_input.to"),
+        Some("[\"x@elsewhere.example\"]")
+    );
+}
+
+#[test]
 fn files_carry_the_schema_version_and_read_back_as_plain_strings() {
     let dir = tempfile::tempdir().unwrap();
     let mut w = EventArchive::open(config(dir.path())).unwrap();
