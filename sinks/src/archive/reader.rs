@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::datatypes::{DataType, Field, Metadata, Schema};
 use event::schema::{batch_to_events_filtered, EventProjection, ProjectedEvents};
 use event::{Alert, Event};
 use parquet::arrow::arrow_reader::{
@@ -103,7 +103,7 @@ pub fn read_alerts(
 /// order sorts (or relies on the engine's allowed lateness).
 pub struct ArchiveReader<R> {
     files: VecDeque<PathBuf>,
-    current: Option<(PathBuf, ParquetRecordBatchReader, FileMetadata)>,
+    current: Option<(PathBuf, ParquetRecordBatchReader, Metadata)>,
     from: Option<i64>,
     to: Option<i64>,
     _record: PhantomData<fn() -> R>,
@@ -200,38 +200,26 @@ impl<R: ArchiveRecord> Iterator for ArchiveReader<R> {
     }
 }
 
-/// The metadata of one part file, with the string columns the writer
-/// dictionary-encodes asked for as Arrow dictionaries, so Parquet's
-/// dictionary pages are not expanded into one string per row. A file whose
-/// columns do not fit that hint is read as it is.
 /// A file's key-value metadata (`vigil.schema_version`, `vigil.record`).
-type FileMetadata = std::sync::Arc<std::collections::HashMap<String, String>>;
-
-fn file_metadata(m: &ArrowReaderMetadata) -> FileMetadata {
-    std::sync::Arc::new(
-        m.schema()
-            .metadata()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-    )
+fn file_metadata(m: &ArrowReaderMetadata) -> Metadata {
+    m.schema().metadata().clone()
 }
 
 /// The batch with its file's metadata: the Parquet reader leaves it off its
 /// batches, and readers of the records go by the schema version it holds
 /// (version 1 named tool arguments by product; see `event::V1_ARGUMENT_ROOTS`).
-fn with_file_metadata(batch: RecordBatch, meta: &FileMetadata) -> RecordBatch {
-    if meta.is_empty() || batch.schema().metadata().len() == meta.len() {
+fn with_file_metadata(batch: RecordBatch, meta: &Metadata) -> RecordBatch {
+    if meta.is_empty() || batch.schema().metadata() == meta {
         return batch;
     }
-    let schema = batch.schema().as_ref().clone().with_metadata(
-        meta.iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect::<std::collections::HashMap<String, String>>(),
-    );
+    let schema = batch.schema().as_ref().clone().with_metadata(meta.clone());
     RecordBatch::try_new(std::sync::Arc::new(schema), batch.columns().to_vec()).unwrap_or(batch)
 }
 
+/// The metadata of one part file, with the string columns the writer
+/// dictionary-encodes asked for as Arrow dictionaries, so Parquet's
+/// dictionary pages are not expanded into one string per row. A file whose
+/// columns do not fit that hint is read as it is.
 fn load_metadata<R: ArchiveRecord>(path: &Path) -> Result<ArrowReaderMetadata, ArchiveError> {
     let file = File::open(path).map_err(ArchiveError::io("open", path))?;
     let plain = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
