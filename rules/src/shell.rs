@@ -33,12 +33,7 @@ pub(crate) fn as_read(cmd: &str, tool: Option<&str>) -> Option<String> {
     if !posix && !windows {
         return None;
     }
-    let shell = if tool.is_some_and(|t| t.eq_ignore_ascii_case("powershell")) {
-        Some(WindowsShell::PowerShell)
-    } else {
-        windows_shell(cmd)
-    };
-    if let Some(shell) = shell {
+    if let Some(shell) = windows_shell_of(cmd, tool) {
         return if windows {
             as_windows_reads(cmd, shell)
         } else {
@@ -228,6 +223,15 @@ enum WindowsShell {
     PowerShell,
 }
 
+/// The Windows shell a line runs in: the agent tool's (Claude Code's
+/// `PowerShell` tool names no shell on the line), else the one it names.
+fn windows_shell_of(cmd: &str, tool: Option<&str>) -> Option<WindowsShell> {
+    if tool.is_some_and(|t| t.eq_ignore_ascii_case("powershell")) {
+        return Some(WindowsShell::PowerShell);
+    }
+    windows_shell(cmd)
+}
+
 fn windows_shell(cmd: &str) -> Option<WindowsShell> {
     let lower = cmd.to_ascii_lowercase();
     if lower.contains("powershell") || lower.contains("pwsh") {
@@ -299,11 +303,7 @@ pub(crate) fn parts<'c>(cmd: &'c str, tool: Option<&str>) -> Vec<&'c str> {
     if !cmd.contains(['&', '|', ';', '\n']) {
         return whole();
     }
-    let shell = if tool.is_some_and(|t| t.eq_ignore_ascii_case("powershell")) {
-        Some(WindowsShell::PowerShell)
-    } else {
-        windows_shell(cmd)
-    };
+    let shell = windows_shell_of(cmd, tool);
     let b = cmd.as_bytes();
     let mut out = Vec::new();
     let (mut start, mut depth, mut i) = (0, 0usize, 0);
